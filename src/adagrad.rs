@@ -1,0 +1,107 @@
+//! Adagrad, as `torch.optim.Adagrad`.
+//!
+//! With gradient `g`, parameter `p`, state `sum` (starting at `initial_accumulator_value`) and
+//! step `t`, each step computes
+//! ```text
+//! g = -grad if maximize else grad
+//! g = g + weight_decay * p
+//! clr = lr / (1 + (t - 1) * lr_decay)
+//! sum = sum + g^2
+//! p = p - clr * g / (sqrt(sum) + eps)
+//! ```
+//! Kernel: `shaders/adagrad.wgsl`.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{non_negative, positive, Result};
+use crate::kernel::UpdateRule;
+
+/// Hyperparameters of Adagrad, with PyTorch's names and defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Adagrad {
+    pub lr: f64,
+    pub lr_decay: f64,
+    pub weight_decay: f64,
+    pub initial_accumulator_value: f64,
+    pub eps: f64,
+    pub maximize: bool,
+}
+
+impl Default for Adagrad {
+    fn default() -> Self {
+        Self {
+            lr: 1e-2,
+            lr_decay: 0.0,
+            weight_decay: 0.0,
+            initial_accumulator_value: 0.0,
+            eps: 1e-10,
+            maximize: false,
+        }
+    }
+}
+
+/// Per-step values of `shaders/adagrad.wgsl`'s `Scalars`, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct AdagradScalars {
+    /// lr / (1 + (t - 1) * lr_decay)
+    pub clr: f32,
+    pub weight_decay: f32,
+    pub eps: f32,
+}
+
+impl UpdateRule for Adagrad {
+    type Scalars = AdagradScalars;
+    const SHADER: &'static str = include_str!("../shaders/adagrad.wgsl");
+    const STATE_SLOTS: &'static [&'static str] = &["sum"];
+    const COUNTS_STEPS: bool = true;
+
+    fn name(&self) -> &'static str {
+        "adagrad"
+    }
+
+    fn validate(&self) -> Result<()> {
+        non_negative("lr", self.lr)?;
+        non_negative("lr_decay", self.lr_decay)?;
+        non_negative("weight_decay", self.weight_decay)?;
+        non_negative("initial_accumulator_value", self.initial_accumulator_value)?;
+        positive("eps", self.eps)
+    }
+
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
+    fn keeps_state(&self, name: &str) -> bool {
+        name == "sum"
+    }
+
+    fn initial_state(&self, _name: &str) -> f32 {
+        self.initial_accumulator_value as f32
+    }
+
+    fn flags(&self) -> Vec<(&'static str, bool)> {
+        vec![("MAXIMIZE", self.maximize)]
+    }
+
+    fn scalars(&self, t: u64) -> AdagradScalars {
+        AdagradScalars {
+            clr: (self.lr / (1.0 + (t - 1) as f64 * self.lr_decay)) as f32,
+            weight_decay: self.weight_decay as f32,
+            eps: self.eps as f32,
+        }
+    }
+
+    fn twin_update(&self, s: &AdagradScalars, param: &mut f32, grad: f32, state: &mut [f32]) {
+        let p = *param;
+        let mut g = if self.maximize { -grad } else { grad };
+        g += s.weight_decay * p;
+        let acc = state[0] + g * g;
+        state[0] = acc;
+        *param = p - s.clr * (g / (acc.sqrt() + s.eps));
+    }
+}

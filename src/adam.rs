@@ -1,0 +1,159 @@
+//! Adam and AdamW, as `torch.optim.Adam` and `torch.optim.AdamW`.
+//!
+//! With gradient `g`, parameter `p`, state `exp_avg` (`m`), `exp_avg_sq` (`v`),
+//! `max_exp_avg_sq` (`v_max`, amsgrad only) and step `t`, each step computes
+//! ```text
+//! g = -grad if maximize else grad
+//! p = p * (1 - lr * weight_decay)   if decoupled_weight_decay (AdamW)
+//! g = g + weight_decay * p          otherwise (Adam's L2 penalty)
+//! m = beta1 * m + (1 - beta1) * g
+//! v = beta2 * v + (1 - beta2) * g^2
+//! v_max = max(v_max, v); use v_max for v below   if amsgrad
+//! p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+//! ```
+//! Epsilon is added after the square root of the bias-corrected second moment, as in PyTorch.
+//! Kernel: `shaders/adam.wgsl`.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{non_negative, positive, unit_interval, Result};
+use crate::kernel::UpdateRule;
+
+/// Hyperparameters of Adam, with PyTorch's names and defaults. [`Adam::adamw`] gives AdamW's.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Adam {
+    pub lr: f64,
+    pub betas: (f64, f64),
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// AdamW: decay the parameter by `1 - lr * weight_decay` instead of adding an L2 term to the gradient.
+    pub decoupled_weight_decay: bool,
+    pub amsgrad: bool,
+    pub maximize: bool,
+}
+
+impl Default for Adam {
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.0,
+            decoupled_weight_decay: false,
+            amsgrad: false,
+            maximize: false,
+        }
+    }
+}
+
+impl Adam {
+    /// `torch.optim.AdamW`'s defaults: Adam with decoupled weight decay 1e-2.
+    pub fn adamw() -> Self {
+        Self {
+            weight_decay: 1e-2,
+            decoupled_weight_decay: true,
+            ..Self::default()
+        }
+    }
+}
+
+/// Per-step values of `shaders/adam.wgsl`'s `Scalars`, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct AdamScalars {
+    /// lr / (1 - beta1^t)
+    pub step_size: f32,
+    pub beta1: f32,
+    pub one_minus_beta1: f32,
+    pub beta2: f32,
+    pub one_minus_beta2: f32,
+    /// sqrt(1 - beta2^t)
+    pub bias_correction2_sqrt: f32,
+    pub eps: f32,
+    /// The L2 coefficient: `weight_decay` for Adam, 0 for AdamW.
+    pub weight_decay: f32,
+    /// The parameter's multiplier: 1 - lr * weight_decay for AdamW, 1 for Adam.
+    pub decay: f32,
+}
+
+impl UpdateRule for Adam {
+    type Scalars = AdamScalars;
+    const SHADER: &'static str = include_str!("../shaders/adam.wgsl");
+    const STATE_SLOTS: &'static [&'static str] = &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"];
+    const COUNTS_STEPS: bool = true;
+
+    fn name(&self) -> &'static str {
+        match (self.decoupled_weight_decay, self.amsgrad) {
+            (false, false) => "adam",
+            (false, true) => "adam-amsgrad",
+            (true, false) => "adamw",
+            (true, true) => "adamw-amsgrad",
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        non_negative("lr", self.lr)?;
+        positive("eps", self.eps)?;
+        unit_interval("betas.0", self.betas.0)?;
+        unit_interval("betas.1", self.betas.1)?;
+        non_negative("weight_decay", self.weight_decay)
+    }
+
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
+    fn keeps_state(&self, name: &str) -> bool {
+        match name {
+            "exp_avg" | "exp_avg_sq" => true,
+            "max_exp_avg_sq" => self.amsgrad,
+            _ => false,
+        }
+    }
+
+    fn flags(&self) -> Vec<(&'static str, bool)> {
+        vec![("AMSGRAD", self.amsgrad), ("MAXIMIZE", self.maximize)]
+    }
+
+    fn scalars(&self, t: u64) -> AdamScalars {
+        let (beta1, beta2) = self.betas;
+        let t = t as f64;
+        let (weight_decay, decay) = if self.decoupled_weight_decay {
+            (0.0, 1.0 - self.lr * self.weight_decay)
+        } else {
+            (self.weight_decay, 1.0)
+        };
+        AdamScalars {
+            step_size: (self.lr / (1.0 - beta1.powf(t))) as f32,
+            beta1: beta1 as f32,
+            one_minus_beta1: (1.0 - beta1) as f32,
+            beta2: beta2 as f32,
+            one_minus_beta2: (1.0 - beta2) as f32,
+            bias_correction2_sqrt: (1.0 - beta2.powf(t)).sqrt() as f32,
+            eps: self.eps as f32,
+            weight_decay: weight_decay as f32,
+            decay: decay as f32,
+        }
+    }
+
+    fn twin_update(&self, s: &AdamScalars, param: &mut f32, grad: f32, state: &mut [f32]) {
+        let mut p = *param;
+        let mut g = if self.maximize { -grad } else { grad };
+        g += s.weight_decay * p;
+        p *= s.decay;
+        let m = s.beta1 * state[0] + s.one_minus_beta1 * g;
+        let mut v = s.beta2 * state[1] + s.one_minus_beta2 * (g * g);
+        state[0] = m;
+        state[1] = v;
+        if self.amsgrad {
+            v = state[2].max(v);
+            state[2] = v;
+        }
+        let denom = v.sqrt() / s.bias_correction2_sqrt + s.eps;
+        *param = p - s.step_size * (m / denom);
+    }
+}

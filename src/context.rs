@@ -1,0 +1,281 @@
+//! The GPU context shared by every optimizer: device setup, the pipeline cache, error scopes,
+//! and upload/readback helpers. Knows nothing of any single update rule.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+use crate::kernel::{Kernel, KernelKey};
+
+/// A wgpu device and queue, plus what fused-optim caches on them. Cheap to clone.
+#[derive(Clone)]
+pub struct GpuContext {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    kernels: Mutex<HashMap<KernelKey, Arc<Kernel>>>,
+    lost: Arc<Mutex<Option<String>>>,
+}
+
+/// Which adapter to open: a backend set and an optional case-insensitive substring of its name.
+#[derive(Clone, Debug)]
+pub struct AdapterChoice {
+    pub backends: wgpu::Backends,
+    pub name: Option<String>,
+}
+
+impl AdapterChoice {
+    /// `WGPU_BACKEND` (e.g. `vulkan`, `metal,dx12`) and `WGPU_ADAPTER_NAME`, as wgpu's own tools read them.
+    pub fn from_env() -> Self {
+        Self {
+            backends: wgpu::Backends::from_env().unwrap_or_default(),
+            name: std::env::var("WGPU_ADAPTER_NAME")
+                .ok()
+                .filter(|s| !s.is_empty()),
+        }
+    }
+}
+
+fn instance(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = backends;
+    wgpu::Instance::new(desc)
+}
+
+/// Every adapter the given backends expose, for `fused-optim info` and adapter selection.
+pub fn enumerate_adapters(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
+    pollster::block_on(instance(backends).enumerate_adapters(backends))
+}
+
+impl GpuContext {
+    /// Opens the adapter named by the environment (see [`AdapterChoice::from_env`]), headless.
+    pub fn new() -> Result<Self> {
+        Self::open(&AdapterChoice::from_env())
+    }
+
+    /// Opens the first adapter matching `choice` (the default high-performance one when no
+    /// name is given) with the adapter's own limits, not WebGPU's conservative defaults.
+    pub fn open(choice: &AdapterChoice) -> Result<Self> {
+        let adapter = match &choice.name {
+            Some(name) => {
+                let wanted = name.to_lowercase();
+                let adapters = enumerate_adapters(choice.backends);
+                let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+                adapters
+                    .into_iter()
+                    .find(|a| a.get_info().name.to_lowercase().contains(&wanted))
+                    .ok_or_else(|| Error::NoAdapter {
+                        detail: format!(
+                            "none is named like `{name}` on {:?}; found: [{}]",
+                            choice.backends,
+                            names.join(", ")
+                        ),
+                    })?
+            }
+            None => pollster::block_on(
+                instance(choice.backends).request_adapter(&wgpu::RequestAdapterOptions {
+                    power_preference: wgpu::PowerPreference::from_env()
+                        .unwrap_or(wgpu::PowerPreference::HighPerformance),
+                    ..Default::default()
+                }),
+            )
+            .map_err(|e| Error::NoAdapter {
+                detail: format!("{e} on {:?}", choice.backends),
+            })?,
+        };
+        let info = adapter.get_info();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("fused-optim"),
+            required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
+            required_limits: adapter.limits(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::RequestDevice {
+            adapter: info.name.clone(),
+            message: e.to_string(),
+        })?;
+        let context = Self::build(device, queue, info);
+        let lost = context.inner.lost.clone();
+        context
+            .inner
+            .device
+            .set_device_lost_callback(move |reason, message| {
+                *lost.lock().unwrap() = Some(format!("{reason:?}: {message}"));
+            });
+        Ok(context)
+    }
+
+    /// Wraps a device and queue the caller already owns. The caller keeps its own
+    /// device-lost callback and uncaptured-error handler; fused-optim only pushes error scopes.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        let info = device.adapter_info();
+        Self::build(device, queue, info)
+    }
+
+    fn build(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                device,
+                queue,
+                info,
+                kernels: Mutex::default(),
+                lost: Arc::default(),
+            }),
+        }
+    }
+
+    pub fn device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.inner.info
+    }
+
+    pub fn limits(&self) -> wgpu::Limits {
+        self.inner.device.limits()
+    }
+
+    /// Fails with `DeviceLost` once the device is gone. wgpu delivers the loss (and silently
+    /// drops submissions to a lost device) only when the device is maintained, so this polls
+    /// it first, without waiting.
+    pub(crate) fn ensure_alive(&self) -> Result<()> {
+        self.inner
+            .device
+            .poll(wgpu::PollType::Poll)
+            .map_err(|e| Error::DeviceLost {
+                reason: e.to_string(),
+            })?;
+        match self.inner.lost.lock().unwrap().as_ref() {
+            Some(reason) => Err(Error::DeviceLost {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `work` inside validation, out-of-memory and internal error scopes and turns the
+    /// first error any of them caught into `Error::Gpu`, so wgpu never aborts the process.
+    /// Checks the device afterwards, since work on a lost device is dropped without an error.
+    pub(crate) fn scoped<T>(&self, operation: &'static str, work: impl FnOnce() -> T) -> Result<T> {
+        let device = &self.inner.device;
+        let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
+        let memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let value = work();
+        // Popping resolves at once on native backends: errors are raised as commands are made.
+        let caught = [validation.pop(), memory.pop(), internal.pop()]
+            .into_iter()
+            .find_map(pollster::block_on);
+        self.ensure_alive()?;
+        match caught {
+            Some(error) => Err(Error::Gpu {
+                operation,
+                message: error.to_string(),
+            }),
+            None => Ok(value),
+        }
+    }
+
+    /// The compiled kernel for `key`, built once per context and shared by every optimizer.
+    pub(crate) fn kernel(
+        &self,
+        key: KernelKey,
+        build: impl FnOnce() -> Kernel,
+    ) -> Result<Arc<Kernel>> {
+        let mut kernels = self.inner.kernels.lock().unwrap();
+        if let Some(kernel) = kernels.get(&key) {
+            return Ok(kernel.clone());
+        }
+        let kernel = Arc::new(self.scoped("building the update pipeline", build)?);
+        kernels.insert(key, kernel.clone());
+        Ok(kernel)
+    }
+
+    /// A new storage buffer holding `data`, usable as params, grads or state.
+    pub fn upload(&self, label: &str, data: &[f32]) -> Result<wgpu::Buffer> {
+        self.scoped("uploading a buffer", || {
+            self.inner
+                .device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some(label),
+                    contents: bytemuck::cast_slice(data),
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_SRC
+                        | wgpu::BufferUsages::COPY_DST,
+                })
+        })
+    }
+
+    /// Replaces the contents of `buffer` with `data` (queued; visible to the next submission).
+    pub fn write(&self, buffer: &wgpu::Buffer, data: &[f32]) -> Result<()> {
+        self.scoped("writing a buffer", || {
+            self.inner
+                .queue
+                .write_buffer(buffer, 0, bytemuck::cast_slice(data))
+        })
+    }
+
+    /// Copies a whole buffer of f32 back to the host. Waits for the GPU: for tests,
+    /// checkpoints and printing, never inside a step.
+    pub fn download(&self, buffer: &wgpu::Buffer) -> Result<Vec<f32>> {
+        let device = &self.inner.device;
+        let size = buffer.size();
+        let staging = self.scoped("reading a buffer back", || {
+            let staging = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("fused-optim readback"),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let mut encoder = device.create_command_encoder(&Default::default());
+            encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
+            self.inner.queue.submit([encoder.finish()]);
+            staging
+        })?;
+        let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |result| {
+            sender.send(result).ok();
+        });
+        self.wait()?;
+        let mapped = pollster::block_on(receiver.receive());
+        let failed = |message: String| Error::Gpu {
+            operation: "mapping a readback buffer",
+            message,
+        };
+        match mapped {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(failed(e.to_string())),
+            None => return Err(failed("the map callback never ran".into())),
+        }
+        let data = {
+            let view = staging
+                .get_mapped_range(..)
+                .map_err(|e| failed(e.to_string()))?;
+            bytemuck::cast_slice(&view).to_vec()
+        };
+        staging.unmap();
+        Ok(data)
+    }
+
+    /// Blocks until every submitted command has finished.
+    pub fn wait(&self) -> Result<()> {
+        self.inner
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::DeviceLost {
+                reason: e.to_string(),
+            })?;
+        self.ensure_alive()
+    }
+}

@@ -1,0 +1,129 @@
+//! One error type for the whole crate: each variant says what went wrong and what to do.
+
+/// Everything fused-optim can fail with. No operation that returns an error has changed
+/// params, state or the step count.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "no GPU adapter found ({detail}). fused-optim needs a Vulkan, Metal or DX12 driver; on \
+         headless Linux install Mesa's software Vulkan driver with \
+         `apt-get install mesa-vulkan-drivers` and run with WGPU_BACKEND=vulkan"
+    )]
+    NoAdapter { detail: String },
+
+    #[error("adapter `{adapter}` refused to create a device: {message}")]
+    RequestDevice { adapter: String, message: String },
+
+    #[error("invalid hyperparameter `{field}` = {value}: {reason}")]
+    InvalidConfig {
+        field: &'static str,
+        value: f64,
+        reason: &'static str,
+    },
+
+    #[error(
+        "the {buffer} buffer lacks the {usage} usage; create it with \
+         `wgpu::BufferUsages::{usage}` among its usages"
+    )]
+    MissingUsage {
+        buffer: &'static str,
+        usage: &'static str,
+    },
+
+    #[error("the {buffer} buffer is {bytes} bytes, not a whole number of f32 elements")]
+    NotF32Sized { buffer: &'static str, bytes: u64 },
+
+    #[error(
+        "params hold {params} elements but grads hold {grads}; both buffers must describe \
+         the same tensor"
+    )]
+    LengthMismatch { params: u64, grads: u64 },
+
+    #[error(
+        "the buffers hold {got} elements but this optimizer's state was built for {expected}; \
+         build the optimizer with the length of the buffers it updates"
+    )]
+    StateMismatch { expected: u64, got: u64 },
+
+    #[error("an optimizer needs at least one element to update")]
+    EmptyParams,
+
+    #[error(
+        "{what} needs {bytes} bytes, past this adapter's storage-binding limit of {limit} \
+         bytes (`max_storage_buffer_binding_size`); split the tensor across optimizers"
+    )]
+    BufferTooLarge {
+        what: &'static str,
+        bytes: u64,
+        limit: u64,
+    },
+
+    #[error("this optimizer keeps no state named `{name}`; it keeps: {available}")]
+    UnknownState { name: String, available: String },
+
+    #[error("wgpu rejected {operation}: {message}")]
+    Gpu {
+        operation: &'static str,
+        message: String,
+    },
+
+    #[error(
+        "the GPU device was lost ({reason}); create a new context and re-upload params and \
+         state"
+    )]
+    DeviceLost { reason: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn check(ok: bool, field: &'static str, value: f64, reason: &'static str) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidConfig {
+            field,
+            value,
+            reason,
+        })
+    }
+}
+
+/// `value >= 0` and finite, as PyTorch requires of lr, weight_decay, momentum, ...
+pub(crate) fn non_negative(field: &'static str, value: f64) -> Result<()> {
+    check(
+        value.is_finite() && value >= 0.0,
+        field,
+        value,
+        "must be a finite number >= 0",
+    )
+}
+
+/// `value > 0` and finite: an epsilon of 0 divides by zero wherever a gradient is zero.
+pub(crate) fn positive(field: &'static str, value: f64) -> Result<()> {
+    check(
+        value.is_finite() && value > 0.0,
+        field,
+        value,
+        "must be a finite number > 0",
+    )
+}
+
+/// `0 <= value < 1`, as PyTorch requires of Adam's betas.
+pub(crate) fn unit_interval(field: &'static str, value: f64) -> Result<()> {
+    check(
+        (0.0..1.0).contains(&value),
+        field,
+        value,
+        "must lie in [0, 1)",
+    )
+}
+
+/// A condition between fields, e.g. nesterov needing momentum.
+pub(crate) fn require(
+    ok: bool,
+    field: &'static str,
+    value: f64,
+    reason: &'static str,
+) -> Result<()> {
+    check(ok, field, value, reason)
+}

@@ -1,0 +1,190 @@
+//! What the host layer needs from an update rule, and what it builds from one: the pipeline,
+//! its bind-group layout and the dispatch geometry. Shared by all rules.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::Result;
+
+/// Invocations per workgroup. Passed to every shader as the `WORKGROUP_SIZE` override, so this
+/// constant is the only place the dispatch geometry and the shaders learn it.
+pub const WORKGROUP_SIZE: u32 = 256;
+
+/// Source of the prelude every rule's shader is appended to (see its header for the layout).
+pub const PRELUDE: &str = include_str!("../shaders/common.wgsl");
+
+/// One optimizer's update rule: its PyTorch hyperparameters, the WGSL kernel that applies them,
+/// and the CPU twin that performs the same f32 operations in the same order.
+pub trait UpdateRule: Clone + std::fmt::Debug + Send + Sync + 'static {
+    /// Per-step values, field for field the `Scalars` struct in the rule's shader.
+    type Scalars: Pod + std::fmt::Debug;
+
+    /// The rule's WGSL, without the prelude.
+    const SHADER: &'static str;
+
+    /// Every state buffer the shader declares, in binding order (3, 4, ...), by PyTorch name.
+    const STATE_SLOTS: &'static [&'static str];
+
+    /// Whether PyTorch keeps a `step` count in this optimizer's state.
+    const COUNTS_STEPS: bool;
+
+    /// Short name for reports and labels (`adam`, `adamw`, ...).
+    fn name(&self) -> &'static str;
+
+    /// Rejects hyperparameters PyTorch rejects, naming the field.
+    fn validate(&self) -> Result<()>;
+
+    fn lr(&self) -> f64;
+    fn set_lr(&mut self, lr: f64);
+
+    /// Whether this configuration keeps the state slot `name` (e.g. `max_exp_avg_sq` only with amsgrad).
+    fn keeps_state(&self, name: &str) -> bool;
+
+    /// The value a state buffer starts at (zero except Adagrad's `initial_accumulator_value`).
+    fn initial_state(&self, _name: &str) -> f32 {
+        0.0
+    }
+
+    /// Pipeline-overridable constants selecting the flag variant (`AMSGRAD`, `NESTEROV`, ...).
+    fn flags(&self) -> Vec<(&'static str, bool)>;
+
+    /// The per-step values for step `t` (1-based), computed in f64 and rounded once to f32.
+    fn scalars(&self, t: u64) -> Self::Scalars;
+
+    /// The CPU twin of the shader for one element: `state` holds this element's value of every
+    /// slot in `STATE_SLOTS` (slots this configuration does not keep hold 0 and are ignored).
+    fn twin_update(&self, s: &Self::Scalars, param: &mut f32, grad: f32, state: &mut [f32]);
+}
+
+/// The full WGSL of a rule's kernel: prelude plus the rule's own file.
+pub fn shader_source<R: UpdateRule>() -> String {
+    format!("{PRELUDE}\n{}", R::SHADER)
+}
+
+/// Header of the per-step uniform; the rule's `Scalars` follow it at byte 16.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct StepHeader {
+    pub n: u32,
+    pub pad: [u32; 3],
+}
+
+pub(crate) const HEADER_BYTES: u64 = std::mem::size_of::<StepHeader>() as u64;
+
+/// Bytes of the uniform binding for rule `R`: header plus scalars, rounded to 16 as WGSL's
+/// uniform layout rounds the `Step` struct.
+pub(crate) fn uniform_binding_size<R: UpdateRule>() -> u64 {
+    (HEADER_BYTES + std::mem::size_of::<R::Scalars>() as u64).next_multiple_of(16)
+}
+
+/// Identifies a compiled kernel: the rule's shader and its flag values.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct KernelKey {
+    pub shader: &'static str,
+    pub flags: Vec<(&'static str, bool)>,
+}
+
+pub(crate) struct Kernel {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+impl Kernel {
+    /// Builds the pipeline for `rule`'s flag variant. Runs inside the context's error scopes.
+    pub fn build<R: UpdateRule>(device: &wgpu::Device, rule: &R) -> Self {
+        let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage { read_only },
+                has_dynamic_offset: false,
+                min_binding_size: wgpu::BufferSize::new(4),
+            },
+            count: None,
+        };
+        let mut entries = vec![
+            wgpu::BindGroupLayoutEntry {
+                binding: 0,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    has_dynamic_offset: true,
+                    min_binding_size: wgpu::BufferSize::new(uniform_binding_size::<R>()),
+                },
+                count: None,
+            },
+            storage(1, false),
+            storage(2, true),
+        ];
+        entries.extend((0..R::STATE_SLOTS.len() as u32).map(|slot| storage(3 + slot, false)));
+        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some(rule.name()),
+            entries: &entries,
+        });
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(rule.name()),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(rule.name()),
+            source: wgpu::ShaderSource::Wgsl(shader_source::<R>().into()),
+        });
+        let mut constants: Vec<(&str, f64)> = vec![("WORKGROUP_SIZE", WORKGROUP_SIZE as f64)];
+        constants.extend(
+            rule.flags()
+                .into_iter()
+                .map(|(name, on)| (name, if on { 1.0 } else { 0.0 })),
+        );
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(rule.name()),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &constants,
+                // The kernels use no workgroup memory.
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        });
+        Self { pipeline, layout }
+    }
+}
+
+/// Workgroup grid covering `n` elements: a row of up to `max_per_dim` workgroups, folded into
+/// as many rows as needed. `element_index` in shaders/common.wgsl unfolds it; invocations past
+/// `n` return early.
+pub fn dispatch_grid(n: u64, max_per_dim: u32) -> (u32, u32) {
+    let groups = n.div_ceil(WORKGROUP_SIZE as u64).max(1);
+    let rows = groups.div_ceil(max_per_dim as u64);
+    let columns = groups.div_ceil(rows);
+    (columns as u32, rows as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grid_covers_every_element_without_exceeding_the_limit() {
+        for (n, max) in [
+            (1, 65535),
+            (256, 65535),
+            (257, 65535),
+            (65535 * 256, 65535),
+            (65535 * 256 + 1, 65535),
+            (1 << 32, 65535),
+            (1000, 3),
+        ] {
+            let (x, y) = dispatch_grid(n, max);
+            assert!(x <= max && y <= max, "n={n}: {x}x{y} past {max}");
+            let invocations = x as u64 * y as u64 * WORKGROUP_SIZE as u64;
+            assert!(invocations >= n, "n={n}: {x}x{y} too small");
+            // No whole spare row: folding wastes less than one row of workgroups.
+            assert!(
+                invocations - n < x as u64 * WORKGROUP_SIZE as u64,
+                "n={n}: {x}x{y} wasteful"
+            );
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! RMSprop, as `torch.optim.RMSprop`.
+//!
+//! With gradient `g`, parameter `p` and state `square_avg` (`v`), `grad_avg` (centered only)
+//! and `momentum_buffer` (`b`, momentum > 0 only), each step computes
+//! ```text
+//! g = -grad if maximize else grad
+//! g = g + weight_decay * p
+//! v = alpha * v + (1 - alpha) * g^2
+//! if centered: grad_avg = alpha * grad_avg + (1 - alpha) * g;  v' = v - grad_avg^2  else v' = v
+//! avg = sqrt(v') + eps              (PyTorch's placement)
+//! avg = sqrt(v' + eps)              (eps_inside_sqrt: Keras / TensorFlow's placement)
+//! if momentum > 0: b = momentum * b + g / avg;  p = p - lr * b
+//! else:            p = p - lr * g / avg
+//! ```
+//! Kernel: `shaders/rmsprop.wgsl`.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{non_negative, positive, Result};
+use crate::kernel::UpdateRule;
+
+/// Hyperparameters of RMSprop, with PyTorch's names and defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RmsProp {
+    pub lr: f64,
+    pub alpha: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    pub momentum: f64,
+    pub centered: bool,
+    /// Put epsilon inside the square root, `sqrt(v + eps)`, the other common convention
+    /// (Keras, TensorFlow, many papers). PyTorch adds it outside: `sqrt(v) + eps`.
+    pub eps_inside_sqrt: bool,
+    pub maximize: bool,
+}
+
+impl Default for RmsProp {
+    fn default() -> Self {
+        Self {
+            lr: 1e-2,
+            alpha: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            momentum: 0.0,
+            centered: false,
+            eps_inside_sqrt: false,
+            maximize: false,
+        }
+    }
+}
+
+/// Per-step values of `shaders/rmsprop.wgsl`'s `Scalars`, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct RmsPropScalars {
+    pub lr: f32,
+    pub alpha: f32,
+    pub one_minus_alpha: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    pub momentum: f32,
+}
+
+impl UpdateRule for RmsProp {
+    type Scalars = RmsPropScalars;
+    const SHADER: &'static str = include_str!("../shaders/rmsprop.wgsl");
+    const STATE_SLOTS: &'static [&'static str] = &["square_avg", "momentum_buffer", "grad_avg"];
+    const COUNTS_STEPS: bool = true;
+
+    fn name(&self) -> &'static str {
+        match (self.centered, self.momentum > 0.0) {
+            (false, false) => "rmsprop",
+            (false, true) => "rmsprop-momentum",
+            (true, false) => "rmsprop-centered",
+            (true, true) => "rmsprop-centered-momentum",
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        non_negative("lr", self.lr)?;
+        positive("eps", self.eps)?;
+        non_negative("momentum", self.momentum)?;
+        non_negative("weight_decay", self.weight_decay)?;
+        non_negative("alpha", self.alpha)
+    }
+
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
+    fn keeps_state(&self, name: &str) -> bool {
+        match name {
+            "square_avg" => true,
+            "momentum_buffer" => self.momentum > 0.0,
+            "grad_avg" => self.centered,
+            _ => false,
+        }
+    }
+
+    fn flags(&self) -> Vec<(&'static str, bool)> {
+        vec![
+            ("CENTERED", self.centered),
+            ("MOMENTUM", self.momentum > 0.0),
+            ("EPS_INSIDE_SQRT", self.eps_inside_sqrt),
+            ("MAXIMIZE", self.maximize),
+        ]
+    }
+
+    fn scalars(&self, _t: u64) -> RmsPropScalars {
+        RmsPropScalars {
+            lr: self.lr as f32,
+            alpha: self.alpha as f32,
+            one_minus_alpha: (1.0 - self.alpha) as f32,
+            eps: self.eps as f32,
+            weight_decay: self.weight_decay as f32,
+            momentum: self.momentum as f32,
+        }
+    }
+
+    fn twin_update(&self, s: &RmsPropScalars, param: &mut f32, grad: f32, state: &mut [f32]) {
+        let p = *param;
+        let mut g = if self.maximize { -grad } else { grad };
+        g += s.weight_decay * p;
+        let v = s.alpha * state[0] + s.one_minus_alpha * (g * g);
+        state[0] = v;
+        let mut variance = v;
+        if self.centered {
+            let g_avg = s.alpha * state[2] + s.one_minus_alpha * g;
+            state[2] = g_avg;
+            variance = v - g_avg * g_avg;
+        }
+        let avg = if self.eps_inside_sqrt {
+            (variance + s.eps).sqrt()
+        } else {
+            variance.sqrt() + s.eps
+        };
+        *param = if self.momentum > 0.0 {
+            let buf = s.momentum * state[1] + g / avg;
+            state[1] = buf;
+            p - s.lr * buf
+        } else {
+            p - s.lr * (g / avg)
+        };
+    }
+}
