@@ -20,6 +20,7 @@
 
 mod adagrad;
 mod adam;
+pub mod bench;
 mod context;
 mod error;
 mod kernel;
@@ -45,3 +46,8 @@ pub fn shader_sources() -> Vec<(&'static str, String)> {
         ("adagrad.wgsl", shader_source::<Adagrad>()),
     ]
 }
+
+/// The README's examples, compiled and run as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,1 +1,170 @@
-fn main() {}
+//! `fused-optim`: inspect adapters and benchmark the fused update rules on one of them.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use fused_optim::bench::{measure, Measurement};
+use fused_optim::{Adagrad, Adam, AdapterChoice, GpuContext, RmsProp, Sgd};
+
+#[derive(Parser)]
+#[command(version, about = "Fused GPU optimizer steps in WGSL on wgpu")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct AdapterArgs {
+    /// Backends to consider, e.g. `vulkan` or `metal,dx12` (default: $WGPU_BACKEND, else all).
+    #[arg(long)]
+    backend: Option<String>,
+    /// Use the first adapter whose name contains this (default: $WGPU_ADAPTER_NAME, else the
+    /// high-performance default).
+    #[arg(long)]
+    adapter: Option<String>,
+}
+
+impl AdapterArgs {
+    fn choice(&self) -> AdapterChoice {
+        let mut choice = AdapterChoice::from_env();
+        if let Some(backend) = &self.backend {
+            choice.backends = wgpu::Backends::from_comma_list(backend);
+        }
+        if let Some(name) = &self.adapter {
+            choice.name = Some(name.clone());
+        }
+        choice
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List adapters and backends, and the limits that matter for optimizer steps.
+    Info(AdapterArgs),
+    /// Time every update rule on one adapter: ms per step and effective GB/s.
+    Bench {
+        #[command(flatten)]
+        adapter: AdapterArgs,
+        /// Parameters per tensor.
+        #[arg(long, default_value_t = 16 << 20)]
+        size: usize,
+        /// Timed steps per rule, after the warm-up.
+        #[arg(long, default_value_t = 10)]
+        steps: u32,
+        /// Untimed steps per rule before timing.
+        #[arg(long, default_value_t = 2)]
+        warmup: u32,
+    },
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Info(adapter) => info(&adapter.choice()),
+        Command::Bench {
+            adapter,
+            size,
+            steps,
+            warmup,
+        } => bench(&adapter.choice(), size, warmup, steps),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn describe(info: &wgpu::AdapterInfo) -> String {
+    format!(
+        "{} ({:?}, {:?}; driver {} {})",
+        info.name, info.backend, info.device_type, info.driver, info.driver_info
+    )
+}
+
+fn info(choice: &AdapterChoice) -> fused_optim::Result<()> {
+    println!("adapters on {:?}:", choice.backends);
+    for adapter in fused_optim::enumerate_adapters(choice.backends) {
+        println!("  {}", describe(&adapter.get_info()));
+    }
+    let gpu = GpuContext::open(choice)?;
+    let limits = gpu.limits();
+    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+    println!("\nselected: {}", describe(gpu.adapter_info()));
+    println!(
+        "  max_storage_buffer_binding_size     {:>14} B ({:.0} MiB, {} f32)",
+        limits.max_storage_buffer_binding_size,
+        mib(limits.max_storage_buffer_binding_size),
+        limits.max_storage_buffer_binding_size / 4
+    );
+    println!(
+        "  max_buffer_size                     {:>14} B ({:.0} MiB)",
+        limits.max_buffer_size,
+        mib(limits.max_buffer_size)
+    );
+    for (name, value) in [
+        (
+            "max_compute_workgroups_per_dimension",
+            limits.max_compute_workgroups_per_dimension,
+        ),
+        (
+            "max_compute_invocations_per_workgroup",
+            limits.max_compute_invocations_per_workgroup,
+        ),
+        (
+            "max_storage_buffers_per_shader_stage",
+            limits.max_storage_buffers_per_shader_stage,
+        ),
+        (
+            "min_storage_buffer_offset_alignment",
+            limits.min_storage_buffer_offset_alignment,
+        ),
+        (
+            "min_uniform_buffer_offset_alignment",
+            limits.min_uniform_buffer_offset_alignment,
+        ),
+    ] {
+        println!("  {name:<36}{value:>14}");
+    }
+    let timestamps = gpu
+        .device()
+        .features()
+        .contains(wgpu::Features::TIMESTAMP_QUERY);
+    println!("  timestamp queries                   {timestamps:>14}");
+    Ok(())
+}
+
+fn bench(choice: &AdapterChoice, size: usize, warmup: u32, steps: u32) -> fused_optim::Result<()> {
+    let gpu = GpuContext::open(choice)?;
+    println!("adapter: {}", describe(gpu.adapter_info()));
+    println!(
+        "{size} parameters ({:.1} MiB per buffer); {warmup} warm-up + {steps} timed steps per rule, \
+         wall clock around submit + wait",
+        size as f64 * 4.0 / (1 << 20) as f64
+    );
+    println!(
+        "\n{:<18}{:>14}{:>12}{:>10}",
+        "rule", "MB/step", "ms/step", "GB/s"
+    );
+    let print = |m: Measurement| {
+        println!(
+            "{:<18}{:>14.1}{:>12.3}{:>10.2}",
+            m.rule,
+            m.bytes_per_step as f64 / 1e6,
+            m.per_step.as_secs_f64() * 1e3,
+            m.gigabytes_per_second()
+        );
+    };
+    let momentum = Sgd {
+        momentum: 0.9,
+        ..Sgd::default()
+    };
+    print(measure(&gpu, Sgd::default(), size, warmup, steps)?);
+    print(measure(&gpu, momentum, size, warmup, steps)?);
+    print(measure(&gpu, Adam::default(), size, warmup, steps)?);
+    print(measure(&gpu, Adam::adamw(), size, warmup, steps)?);
+    print(measure(&gpu, RmsProp::default(), size, warmup, steps)?);
+    print(measure(&gpu, Adagrad::default(), size, warmup, steps)?);
+    Ok(())
+}

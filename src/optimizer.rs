@@ -208,6 +208,16 @@ impl<R: UpdateRule> Optimizer<R> {
         self.uniforms.size() + self.state.iter().map(wgpu::Buffer::size).sum::<u64>()
     }
 
+    /// Bytes one step must move: params read and written, grads read, and every kept state
+    /// buffer read and written. The denominator of effective bandwidth.
+    pub fn bytes_per_step(&self) -> u64 {
+        let kept = R::STATE_SLOTS
+            .iter()
+            .filter(|name| self.rule.keeps_state(name))
+            .count() as u64;
+        self.len * 4 * (3 + 2 * kept)
+    }
+
     /// Records one step into the caller's encoder without submitting it. The step's scalars are
     /// queued with `queue.write_buffer`, so they reach the GPU with the caller's next submit;
     /// up to [`MAX_PENDING_STEPS`] steps may be recorded before that submit.

@@ -133,3 +133,35 @@ fn adagrad_matches_twin() {
         });
     }
 }
+
+/// Past 65535 * 256 elements the dispatch needs more than 65535 workgroups in x and is folded
+/// into a 2D grid; every element must still be updated exactly once.
+#[test]
+fn folded_grid_updates_every_element() {
+    let gpu = common::gpu();
+    let len = 65_535 * fused_optim::WORKGROUP_SIZE as usize + 3;
+    let max_per_dim = gpu.limits().max_compute_workgroups_per_dimension;
+    let (_, rows) = fused_optim::dispatch_grid(len as u64, max_per_dim);
+    assert!(rows > 1 || max_per_dim > 65_535, "expected a folded grid");
+    let rule = Adam::adamw();
+    let mut params_cpu = common::random_nonzero(len, 7);
+    let params = gpu.upload("params", &params_cpu).unwrap();
+    let grads_cpu = common::random_nonzero(len, 8);
+    let grads = gpu.upload("grads", &grads_cpu).unwrap();
+    let mut cpu = CpuOptimizer::new(rule.clone(), len).unwrap();
+    let mut optimizer = Optimizer::new(gpu, rule, len).unwrap();
+    for _ in 0..2 {
+        cpu.step(&mut params_cpu, &grads_cpu).unwrap();
+        optimizer.step(&params, &grads).unwrap();
+    }
+    let error = common::worst_relative_error(&gpu.download(&params).unwrap(), &params_cpu);
+    assert!(error <= TOLERANCE, "folded grid: params off by {error:e}");
+    let error = common::worst_relative_error(
+        &optimizer.read_state("exp_avg_sq").unwrap(),
+        &cpu.state("exp_avg_sq").unwrap(),
+    );
+    assert!(
+        error <= TOLERANCE,
+        "folded grid: exp_avg_sq off by {error:e}"
+    );
+}
