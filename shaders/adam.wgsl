@@ -1,5 +1,6 @@
 // Adam and AdamW, torch.optim.Adam / AdamW semantics. CPU twin: `Adam::twin_update` in src/adam.rs.
-//   g = grad (negated when maximize) + weight_decay * p      (L2; weight_decay is 0 for AdamW)
+// `g` arrives negated when maximizing and with Adam's L2 term added (shaders/common.wgsl;
+// the L2 coefficient is 0 for AdamW).
 //   p = p * decay                                            (AdamW: decay = 1 - lr * wd; else 1)
 //   m = beta1 * m + (1 - beta1) * g
 //   v = beta2 * v + (1 - beta2) * g * g
@@ -9,7 +10,6 @@
 // computed on the host in f64 each step, as PyTorch does.
 
 override AMSGRAD: bool = false;
-override MAXIMIZE: bool = false;
 
 struct Scalars {
     step_size: f32,
@@ -19,7 +19,6 @@ struct Scalars {
     one_minus_beta2: f32,
     bias_correction2_sqrt: f32,
     eps: f32,
-    weight_decay: f32,
     decay: f32,
 }
 
@@ -27,24 +26,9 @@ struct Scalars {
 @group(0) @binding(4) var<storage, read_write> exp_avg_sq: array<f32>;
 @group(0) @binding(5) var<storage, read_write> max_exp_avg_sq: array<f32>;
 
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn main(
-    @builtin(workgroup_id) workgroup: vec3<u32>,
-    @builtin(num_workgroups) workgroups: vec3<u32>,
-    @builtin(local_invocation_index) local: u32,
-) {
-    let i = element_index(workgroup, workgroups, local);
-    if i >= step.n {
-        return;
-    }
+fn update(i: u32, p: f32, g: f32) -> f32 {
     let s = step.s;
-    var p = param[i];
-    var g = grad[i];
-    if MAXIMIZE {
-        g = -g;
-    }
-    g = g + s.weight_decay * p;
-    p = p * s.decay;
+    let decayed = p * s.decay;
     let m = s.beta1 * exp_avg[i] + s.one_minus_beta1 * g;
     var v = s.beta2 * exp_avg_sq[i] + s.one_minus_beta2 * (g * g);
     exp_avg[i] = m;
@@ -54,5 +38,5 @@ fn main(
         max_exp_avg_sq[i] = v;
     }
     let denom = sqrt(v) / s.bias_correction2_sqrt + s.eps;
-    param[i] = p - s.step_size * (m / denom);
+    return decayed - s.step_size * (m / denom);
 }

@@ -1,21 +1,26 @@
-// Prelude prepended to every update rule by `kernel::shader_source` (src/kernel.rs).
+// Prelude prepended to every update rule by `kernel::shader_source` (src/kernel.rs). It holds
+// what every torch.optim rule does alike: pick the element, negate the gradient when
+// maximizing, add the L2 weight-decay term; then it calls the rule's
+// `fn update(i: u32, p: f32, g: f32) -> f32`, which returns the new parameter.
+// `CpuOptimizer::step` (src/optimizer.rs) is this file's CPU twin.
 //
 // Invariants shared with src/kernel.rs:
-// - binding 0 is `StepHeader` (16 bytes, `n` then padding) followed by the rule's own
-//   `Scalars` struct, whose fields match the rule's `#[repr(C)]` Scalars in src/<rule>.rs
-//   field for field; the host writes both with one `queue.write_buffer` per step.
-// - binding 1 is the params, binding 2 the grads, bindings 3.. the rule's state buffers
-//   in the order of its `STATE_SLOTS`.
+// - binding 0 is `Step`: the 16-byte header (`StepHeader`) then the rule's own `Scalars`,
+//   field for field the rule's `#[repr(C)]` Scalars in src/<rule>.rs.
+// - binding 1 is the params, binding 2 the grads, bindings 3.. the rule's state buffers in
+//   the order of its `STATE_SLOTS`.
 // - the host dispatches ceil(n / WORKGROUP_SIZE) workgroups, folded into an x*y grid when
-//   that exceeds the per-dimension limit; `element_index` unfolds it.
+//   that exceeds the per-dimension limit; `main` unfolds it.
 
 override WORKGROUP_SIZE: u32 = 256u;
+override MAXIMIZE: bool = false;
 
 struct Step {
     n: u32,
+    // L2 coefficient added to the gradient (0 for decoupled weight decay).
+    weight_decay: f32,
     _pad0: u32,
     _pad1: u32,
-    _pad2: u32,
     s: Scalars,
 }
 
@@ -23,6 +28,20 @@ struct Step {
 @group(0) @binding(1) var<storage, read_write> param: array<f32>;
 @group(0) @binding(2) var<storage, read> grad: array<f32>;
 
-fn element_index(workgroup: vec3<u32>, workgroups: vec3<u32>, local: u32) -> u32 {
-    return (workgroup.y * workgroups.x + workgroup.x) * WORKGROUP_SIZE + local;
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) workgroups: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let i = (workgroup.y * workgroups.x + workgroup.x) * WORKGROUP_SIZE + local;
+    if i >= step.n {
+        return;
+    }
+    let p = param[i];
+    var g = grad[i];
+    if MAXIMIZE {
+        g = -g;
+    }
+    param[i] = update(i, p, g + step.weight_decay * p);
 }

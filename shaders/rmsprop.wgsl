@@ -1,5 +1,5 @@
 // RMSprop, torch.optim.RMSprop semantics. CPU twin: `RmsProp::twin_update` in src/rmsprop.rs.
-//   g = grad (negated when maximize) + weight_decay * p
+// `g` arrives negated when maximizing and with the L2 term added (shaders/common.wgsl).
 //   v = alpha * v + (1 - alpha) * g * g
 //   centered: g_avg = alpha * g_avg + (1 - alpha) * g, and v - g_avg^2 replaces v below
 //   avg = sqrt(v) + eps          (PyTorch)   or   sqrt(v + eps)   (EPS_INSIDE_SQRT, Keras/TF style)
@@ -9,14 +9,12 @@
 override CENTERED: bool = false;
 override MOMENTUM: bool = false;
 override EPS_INSIDE_SQRT: bool = false;
-override MAXIMIZE: bool = false;
 
 struct Scalars {
     lr: f32,
     alpha: f32,
     one_minus_alpha: f32,
     eps: f32,
-    weight_decay: f32,
     momentum: f32,
 }
 
@@ -24,23 +22,8 @@ struct Scalars {
 @group(0) @binding(4) var<storage, read_write> momentum_buffer: array<f32>;
 @group(0) @binding(5) var<storage, read_write> grad_avg: array<f32>;
 
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn main(
-    @builtin(workgroup_id) workgroup: vec3<u32>,
-    @builtin(num_workgroups) workgroups: vec3<u32>,
-    @builtin(local_invocation_index) local: u32,
-) {
-    let i = element_index(workgroup, workgroups, local);
-    if i >= step.n {
-        return;
-    }
+fn update(i: u32, p: f32, g: f32) -> f32 {
     let s = step.s;
-    let p = param[i];
-    var g = grad[i];
-    if MAXIMIZE {
-        g = -g;
-    }
-    g = g + s.weight_decay * p;
     let v = s.alpha * square_avg[i] + s.one_minus_alpha * (g * g);
     square_avg[i] = v;
     var variance = v;
@@ -58,8 +41,7 @@ fn main(
     if MOMENTUM {
         let buf = s.momentum * momentum_buffer[i] + g / avg;
         momentum_buffer[i] = buf;
-        param[i] = p - s.lr * buf;
-    } else {
-        param[i] = p - s.lr * (g / avg);
+        return p - s.lr * buf;
     }
+    return p - s.lr * (g / avg);
 }

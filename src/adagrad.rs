@@ -46,7 +46,6 @@ impl Default for Adagrad {
 pub struct AdagradScalars {
     /// lr / (1 + (t - 1) * lr_decay)
     pub clr: f32,
-    pub weight_decay: f32,
     pub eps: f32,
 }
 
@@ -84,24 +83,28 @@ impl UpdateRule for Adagrad {
         self.initial_accumulator_value as f32
     }
 
+    fn maximize(&self) -> bool {
+        self.maximize
+    }
+
+    fn l2_weight_decay(&self) -> f64 {
+        self.weight_decay
+    }
+
     fn flags(&self) -> Vec<(&'static str, bool)> {
-        vec![("MAXIMIZE", self.maximize)]
+        Vec::new()
     }
 
     fn scalars(&self, t: u64) -> AdagradScalars {
         AdagradScalars {
             clr: (self.lr / (1.0 + (t - 1) as f64 * self.lr_decay)) as f32,
-            weight_decay: self.weight_decay as f32,
             eps: self.eps as f32,
         }
     }
 
-    fn twin_update(&self, s: &AdagradScalars, param: &mut f32, grad: f32, state: &mut [f32]) {
-        let p = *param;
-        let mut g = if self.maximize { -grad } else { grad };
-        g += s.weight_decay * p;
+    fn twin_update(&self, s: &AdagradScalars, p: f32, g: f32, state: &mut [f32]) -> f32 {
         let acc = state[0] + g * g;
         state[0] = acc;
-        *param = p - s.clr * (g / (acc.sqrt() + s.eps));
+        p - s.clr * (g / (acc.sqrt() + s.eps))
     }
 }

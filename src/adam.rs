@@ -70,8 +70,6 @@ pub struct AdamScalars {
     /// sqrt(1 - beta2^t)
     pub bias_correction2_sqrt: f32,
     pub eps: f32,
-    /// The L2 coefficient: `weight_decay` for Adam, 0 for AdamW.
-    pub weight_decay: f32,
     /// The parameter's multiplier: 1 - lr * weight_decay for AdamW, 1 for Adam.
     pub decay: f32,
 }
@@ -115,17 +113,29 @@ impl UpdateRule for Adam {
         }
     }
 
+    fn maximize(&self) -> bool {
+        self.maximize
+    }
+
+    fn l2_weight_decay(&self) -> f64 {
+        if self.decoupled_weight_decay {
+            0.0
+        } else {
+            self.weight_decay
+        }
+    }
+
     fn flags(&self) -> Vec<(&'static str, bool)> {
-        vec![("AMSGRAD", self.amsgrad), ("MAXIMIZE", self.maximize)]
+        vec![("AMSGRAD", self.amsgrad)]
     }
 
     fn scalars(&self, t: u64) -> AdamScalars {
         let (beta1, beta2) = self.betas;
         let t = t as f64;
-        let (weight_decay, decay) = if self.decoupled_weight_decay {
-            (0.0, 1.0 - self.lr * self.weight_decay)
+        let decay = if self.decoupled_weight_decay {
+            1.0 - self.lr * self.weight_decay
         } else {
-            (self.weight_decay, 1.0)
+            1.0
         };
         AdamScalars {
             step_size: (self.lr / (1.0 - beta1.powf(t))) as f32,
@@ -135,16 +145,12 @@ impl UpdateRule for Adam {
             one_minus_beta2: (1.0 - beta2) as f32,
             bias_correction2_sqrt: (1.0 - beta2.powf(t)).sqrt() as f32,
             eps: self.eps as f32,
-            weight_decay: weight_decay as f32,
             decay: decay as f32,
         }
     }
 
-    fn twin_update(&self, s: &AdamScalars, param: &mut f32, grad: f32, state: &mut [f32]) {
-        let mut p = *param;
-        let mut g = if self.maximize { -grad } else { grad };
-        g += s.weight_decay * p;
-        p *= s.decay;
+    fn twin_update(&self, s: &AdamScalars, p: f32, g: f32, state: &mut [f32]) -> f32 {
+        let decayed = p * s.decay;
         let m = s.beta1 * state[0] + s.one_minus_beta1 * g;
         let mut v = s.beta2 * state[1] + s.one_minus_beta2 * (g * g);
         state[0] = m;
@@ -154,6 +160,6 @@ impl UpdateRule for Adam {
             state[2] = v;
         }
         let denom = v.sqrt() / s.bias_correction2_sqrt + s.eps;
-        *param = p - s.step_size * (m / denom);
+        decayed - s.step_size * (m / denom)
     }
 }

@@ -44,15 +44,47 @@ pub trait UpdateRule: Clone + std::fmt::Debug + Send + Sync + 'static {
         0.0
     }
 
-    /// Pipeline-overridable constants selecting the flag variant (`AMSGRAD`, `NESTEROV`, ...).
+    /// PyTorch's `maximize`: the prelude negates the gradient (the `MAXIMIZE` override).
+    fn maximize(&self) -> bool;
+
+    /// The coefficient of the L2 term `weight_decay * p` the prelude adds to the gradient
+    /// (0 where weight decay is decoupled, as in AdamW).
+    fn l2_weight_decay(&self) -> f64;
+
+    /// The rule's own pipeline-overridable flags (`AMSGRAD`, `NESTEROV`, ...); `MAXIMIZE` is
+    /// the prelude's and comes from [`UpdateRule::maximize`].
     fn flags(&self) -> Vec<(&'static str, bool)>;
 
     /// The per-step values for step `t` (1-based), computed in f64 and rounded once to f32.
     fn scalars(&self, t: u64) -> Self::Scalars;
 
-    /// The CPU twin of the shader for one element: `state` holds this element's value of every
-    /// slot in `STATE_SLOTS` (slots this configuration does not keep hold 0 and are ignored).
-    fn twin_update(&self, s: &Self::Scalars, param: &mut f32, grad: f32, state: &mut [f32]);
+    /// The CPU twin of the shader's `update`: the new parameter from parameter `p` and
+    /// gradient `g`, which arrives negated when maximizing and with the L2 term added, as the
+    /// prelude passes it. `state` holds this element's value of every slot in `STATE_SLOTS`
+    /// (slots this configuration does not keep hold 0 and are ignored).
+    fn twin_update(&self, s: &Self::Scalars, p: f32, g: f32, state: &mut [f32]) -> f32;
+}
+
+/// Every override the rule's pipeline is specialised on: its own flags plus the prelude's `MAXIMIZE`.
+pub(crate) fn pipeline_flags<R: UpdateRule>(rule: &R) -> Vec<(&'static str, bool)> {
+    let mut flags = rule.flags();
+    flags.push(("MAXIMIZE", rule.maximize()));
+    flags
+}
+
+/// The CPU twin of the prelude's `main` for one element: negate when maximizing, add the L2
+/// term, hand the result to the rule's `update`.
+pub(crate) fn twin_element<R: UpdateRule>(
+    rule: &R,
+    header: &StepHeader,
+    s: &R::Scalars,
+    param: &mut f32,
+    grad: f32,
+    state: &mut [f32],
+) {
+    let p = *param;
+    let g = if rule.maximize() { -grad } else { grad };
+    *param = rule.twin_update(s, p, g + header.weight_decay * p, state);
 }
 
 /// The full WGSL of a rule's kernel: prelude plus the rule's own file.
@@ -60,12 +92,24 @@ pub fn shader_source<R: UpdateRule>() -> String {
     format!("{PRELUDE}\n{}", R::SHADER)
 }
 
-/// Header of the per-step uniform; the rule's `Scalars` follow it at byte 16.
+/// Header of the per-step uniform (`Step` in shaders/common.wgsl); the rule's `Scalars`
+/// follow it at byte 16.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub(crate) struct StepHeader {
     pub n: u32,
-    pub pad: [u32; 3],
+    pub weight_decay: f32,
+    pub pad: [u32; 2],
+}
+
+impl StepHeader {
+    pub fn new<R: UpdateRule>(rule: &R, n: u64) -> Self {
+        Self {
+            n: n as u32,
+            weight_decay: rule.l2_weight_decay() as f32,
+            pad: [0; 2],
+        }
+    }
 }
 
 pub(crate) const HEADER_BYTES: u64 = std::mem::size_of::<StepHeader>() as u64;
@@ -131,7 +175,7 @@ impl Kernel {
         });
         let mut constants: Vec<(&str, f64)> = vec![("WORKGROUP_SIZE", WORKGROUP_SIZE as f64)];
         constants.extend(
-            rule.flags()
+            pipeline_flags(rule)
                 .into_iter()
                 .map(|(name, on)| (name, if on { 1.0 } else { 0.0 })),
         );

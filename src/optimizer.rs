@@ -9,7 +9,8 @@ use wgpu::util::DeviceExt;
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::kernel::{
-    dispatch_grid, uniform_binding_size, Kernel, KernelKey, StepHeader, UpdateRule, HEADER_BYTES,
+    dispatch_grid, pipeline_flags, twin_element, uniform_binding_size, Kernel, KernelKey,
+    StepHeader, UpdateRule, HEADER_BYTES,
 };
 
 /// Steps that may be recorded with [`Optimizer::record_step`] into command buffers not yet
@@ -107,7 +108,7 @@ impl<R: UpdateRule> Optimizer<R> {
         let device = context.device();
         let key = KernelKey {
             shader: R::SHADER,
-            flags: rule.flags(),
+            flags: pipeline_flags(&rule),
         };
         let kernel = context.kernel(key, || Kernel::build(device, &rule))?;
         let uniform_stride = uniform_binding_size::<R>()
@@ -303,10 +304,7 @@ impl<R: UpdateRule> Optimizer<R> {
     ) {
         let t = self.steps + 1;
         let offset = (self.steps % MAX_PENDING_STEPS) * self.uniform_stride;
-        let header = StepHeader {
-            n: self.len as u32,
-            pad: [0; 3],
-        };
+        let header = StepHeader::new(&self.rule, self.len);
         let queue = self.context.queue();
         queue.write_buffer(&self.uniforms, offset, bytemuck::bytes_of(&header));
         queue.write_buffer(
@@ -423,7 +421,8 @@ impl<R: UpdateRule> CpuOptimizer<R> {
         })
     }
 
-    /// One step of the twin, element by element in the shader's order of operations.
+    /// One step of the twin, element by element in the shader's order of operations
+    /// (shaders/common.wgsl, then the rule's `update`).
     pub fn step(&mut self, params: &mut [f32], grads: &[f32]) -> Result<()> {
         let (params_len, grads_len) = (params.len() as u64, grads.len() as u64);
         if params_len != grads_len {
@@ -439,13 +438,14 @@ impl<R: UpdateRule> CpuOptimizer<R> {
             });
         }
         let t = self.steps + 1;
+        let header = StepHeader::new(&self.rule, self.len as u64);
         let scalars = self.rule.scalars(t);
         let mut values = vec![0.0; self.state.len()];
         for (i, (param, &grad)) in params.iter_mut().zip(grads).enumerate() {
             for (value, slot) in values.iter_mut().zip(&self.state) {
                 *value = slot.get(i).copied().unwrap_or(0.0);
             }
-            self.rule.twin_update(&scalars, param, grad, &mut values);
+            twin_element(&self.rule, &header, &scalars, param, grad, &mut values);
             for (value, slot) in values.iter().zip(&mut self.state) {
                 if let Some(stored) = slot.get_mut(i) {
                     *stored = *value;

@@ -57,7 +57,6 @@ pub struct RmsPropScalars {
     pub alpha: f32,
     pub one_minus_alpha: f32,
     pub eps: f32,
-    pub weight_decay: f32,
     pub momentum: f32,
 }
 
@@ -101,12 +100,19 @@ impl UpdateRule for RmsProp {
         }
     }
 
+    fn maximize(&self) -> bool {
+        self.maximize
+    }
+
+    fn l2_weight_decay(&self) -> f64 {
+        self.weight_decay
+    }
+
     fn flags(&self) -> Vec<(&'static str, bool)> {
         vec![
             ("CENTERED", self.centered),
             ("MOMENTUM", self.momentum > 0.0),
             ("EPS_INSIDE_SQRT", self.eps_inside_sqrt),
-            ("MAXIMIZE", self.maximize),
         ]
     }
 
@@ -116,15 +122,11 @@ impl UpdateRule for RmsProp {
             alpha: self.alpha as f32,
             one_minus_alpha: (1.0 - self.alpha) as f32,
             eps: self.eps as f32,
-            weight_decay: self.weight_decay as f32,
             momentum: self.momentum as f32,
         }
     }
 
-    fn twin_update(&self, s: &RmsPropScalars, param: &mut f32, grad: f32, state: &mut [f32]) {
-        let p = *param;
-        let mut g = if self.maximize { -grad } else { grad };
-        g += s.weight_decay * p;
+    fn twin_update(&self, s: &RmsPropScalars, p: f32, g: f32, state: &mut [f32]) -> f32 {
         let v = s.alpha * state[0] + s.one_minus_alpha * (g * g);
         state[0] = v;
         let mut variance = v;
@@ -138,12 +140,12 @@ impl UpdateRule for RmsProp {
         } else {
             variance.sqrt() + s.eps
         };
-        *param = if self.momentum > 0.0 {
+        if self.momentum > 0.0 {
             let buf = s.momentum * state[1] + g / avg;
             state[1] = buf;
             p - s.lr * buf
         } else {
             p - s.lr * (g / avg)
-        };
+        }
     }
 }

@@ -46,7 +46,6 @@ impl Default for Sgd {
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct SgdScalars {
     pub lr: f32,
-    pub weight_decay: f32,
     pub momentum: f32,
     pub one_minus_dampening: f32,
     /// 1 on the first step, when the momentum buffer is set to the gradient itself.
@@ -106,28 +105,31 @@ impl UpdateRule for Sgd {
         name == "momentum_buffer" && self.momentum != 0.0
     }
 
+    fn maximize(&self) -> bool {
+        self.maximize
+    }
+
+    fn l2_weight_decay(&self) -> f64 {
+        self.weight_decay
+    }
+
     fn flags(&self) -> Vec<(&'static str, bool)> {
         vec![
             ("MOMENTUM", self.momentum != 0.0),
             ("NESTEROV", self.nesterov),
-            ("MAXIMIZE", self.maximize),
         ]
     }
 
     fn scalars(&self, t: u64) -> SgdScalars {
         SgdScalars {
             lr: self.lr as f32,
-            weight_decay: self.weight_decay as f32,
             momentum: self.momentum as f32,
             one_minus_dampening: (1.0 - self.dampening) as f32,
             first_step: (t == 1) as u32,
         }
     }
 
-    fn twin_update(&self, s: &SgdScalars, param: &mut f32, grad: f32, state: &mut [f32]) {
-        let p = *param;
-        let mut g = if self.maximize { -grad } else { grad };
-        g += s.weight_decay * p;
+    fn twin_update(&self, s: &SgdScalars, p: f32, mut g: f32, state: &mut [f32]) -> f32 {
         if self.momentum != 0.0 {
             let buf = if s.first_step == 1 {
                 g
@@ -141,6 +143,6 @@ impl UpdateRule for Sgd {
                 buf
             };
         }
-        *param = p - s.lr * g;
+        p - s.lr * g
     }
 }

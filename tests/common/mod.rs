@@ -37,6 +37,8 @@ pub fn worst_relative_error(got: &[f32], want: &[f32]) -> f64 {
         .map(|(&g, &w)| {
             if g.to_bits() == w.to_bits() {
                 0.0
+            } else if g.is_nan() || w.is_nan() {
+                f64::INFINITY
             } else {
                 (g as f64 - w as f64).abs() / (w.abs() as f64).max(1e-3)
             }
