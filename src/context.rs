@@ -100,34 +100,38 @@ impl GpuContext {
             adapter: info.name.clone(),
             message: e.to_string(),
         })?;
-        let context = Self::build(device, queue, info);
-        let lost = context.inner.lost.clone();
-        context
-            .inner
-            .device
-            .set_device_lost_callback(move |reason, message| {
-                *lost.lock().unwrap() = Some(format!("{reason:?}: {message}"));
-            });
-        Ok(context)
+        Ok(Self::build(device, queue, info))
     }
 
-    /// Wraps a device and queue the caller already owns. The caller keeps its own
-    /// device-lost callback and uncaptured-error handler; fused-optim only pushes error scopes.
+    /// Wraps a device and queue the caller already owns. wgpu reports a lost device only
+    /// through its device-lost callback, so this installs fused-optim's, replacing any the
+    /// caller set: ask [`GpuContext::device_lost`] instead. The uncaptured-error handler stays
+    /// the caller's; fused-optim only pushes error scopes.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
         let info = device.adapter_info();
         Self::build(device, queue, info)
     }
 
     fn build(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Self {
+        let lost: Arc<Mutex<Option<String>>> = Arc::default();
+        let record = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            *record.lock().unwrap() = Some(format!("{reason:?}: {message}"));
+        });
         Self {
             inner: Arc::new(Inner {
                 device,
                 queue,
                 info,
                 kernels: Mutex::default(),
-                lost: Arc::default(),
+                lost,
             }),
         }
+    }
+
+    /// Why the device was lost, once it has been (checked without waiting).
+    pub fn device_lost(&self) -> Option<String> {
+        self.ensure_alive().err().map(|error| error.to_string())
     }
 
     pub fn device(&self) -> &wgpu::Device {
@@ -231,6 +235,16 @@ impl GpuContext {
     pub fn download(&self, buffer: &wgpu::Buffer) -> Result<Vec<f32>> {
         let device = &self.inner.device;
         let size = buffer.size();
+        if size % 4 != 0 {
+            return Err(Error::NotF32Sized {
+                buffer: "downloaded",
+                bytes: size,
+            });
+        }
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
         let staging = self.scoped("reading a buffer back", || {
             let staging = device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("fused-optim readback"),
@@ -241,12 +255,11 @@ impl GpuContext {
             let mut encoder = device.create_command_encoder(&Default::default());
             encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
             self.inner.queue.submit([encoder.finish()]);
+            staging.map_async(wgpu::MapMode::Read, .., move |result| {
+                sender.send(result).ok();
+            });
             staging
         })?;
-        let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |result| {
-            sender.send(result).ok();
-        });
         self.wait()?;
         let mapped = pollster::block_on(receiver.receive());
         let failed = |message: String| Error::Gpu {

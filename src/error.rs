@@ -45,6 +45,15 @@ pub enum Error {
     )]
     StateMismatch { expected: u64, got: u64 },
 
+    #[error(
+        "the {first} and {second} buffers are the same wgpu::Buffer; a step reads and writes \
+         them in one dispatch, so each needs a buffer of its own"
+    )]
+    AliasedBuffers {
+        first: &'static str,
+        second: &'static str,
+    },
+
     #[error("an optimizer needs at least one element to update")]
     EmptyParams,
 

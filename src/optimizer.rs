@@ -10,7 +10,7 @@ use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::kernel::{
     dispatch_grid, pipeline_flags, twin_element, uniform_binding_size, Kernel, KernelKey,
-    StepHeader, UpdateRule, HEADER_BYTES,
+    StepHeader, UpdateRule, HEADER_BYTES, WORKGROUP_SIZE,
 };
 
 /// Steps that may be recorded with [`Optimizer::record_step`] into command buffers not yet
@@ -95,9 +95,13 @@ impl<R: UpdateRule> Optimizer<R> {
         let rule = validated(rule, len)?;
         let limits = context.limits();
         let bytes = len as u64 * 4;
+        // Shaders index elements with u32, so no binding may hold more than a u32 index reaches
+        // (Metal's binding limit can exceed that).
+        let index_limit = (u32::MAX - WORKGROUP_SIZE) as u64 * 4;
         let binding_limit = limits
             .max_storage_buffer_binding_size
-            .min(limits.max_buffer_size);
+            .min(limits.max_buffer_size)
+            .min(index_limit);
         if bytes > binding_limit {
             return Err(Error::BufferTooLarge {
                 what: "the optimizer's state",
@@ -221,29 +225,25 @@ impl<R: UpdateRule> Optimizer<R> {
 
     /// Records one step into the caller's encoder without submitting it. The step's scalars are
     /// queued with `queue.write_buffer`, so they reach the GPU with the caller's next submit;
-    /// up to [`MAX_PENDING_STEPS`] steps may be recorded before that submit.
+    /// up to [`MAX_PENDING_STEPS`] steps may be recorded before that submit. On error nothing
+    /// has been recorded.
     pub fn record_step(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
         params: &wgpu::Buffer,
         grads: &wgpu::Buffer,
     ) -> Result<()> {
-        self.check_buffers(params, grads)?;
-        let context = self.context.clone();
-        context.scoped("recording an optimizer step", || {
-            self.record(encoder, params, grads)
-        })?;
+        self.record(encoder, params, grads)?;
         self.steps += 1;
         Ok(())
     }
 
     /// Records and submits one step. Returns once it is queued; it does not wait for the GPU.
     pub fn step(&mut self, params: &wgpu::Buffer, grads: &wgpu::Buffer) -> Result<()> {
-        self.check_buffers(params, grads)?;
         let context = self.context.clone();
-        context.scoped("an optimizer step", || {
-            let mut encoder = context.device().create_command_encoder(&Default::default());
-            self.record(&mut encoder, params, grads);
+        let mut encoder = context.device().create_command_encoder(&Default::default());
+        self.record(&mut encoder, params, grads)?;
+        context.scoped("submitting an optimizer step", || {
             context.queue().submit([encoder.finish()]);
         })?;
         self.steps += 1;
@@ -253,6 +253,20 @@ impl<R: UpdateRule> Optimizer<R> {
     /// Checks everything wgpu would otherwise only report when the caller's encoder finishes.
     fn check_buffers(&self, params: &wgpu::Buffer, grads: &wgpu::Buffer) -> Result<()> {
         self.context.ensure_alive()?;
+        if params == grads {
+            return Err(Error::AliasedBuffers {
+                first: "params",
+                second: "grads",
+            });
+        }
+        for (buffer, name) in [(params, "params"), (grads, "grads")] {
+            if self.state.contains(buffer) {
+                return Err(Error::AliasedBuffers {
+                    first: name,
+                    second: "optimizer's own state",
+                });
+            }
+        }
         let mut lengths = [0; 2];
         for (length, (buffer, name)) in lengths
             .iter_mut()
@@ -295,13 +309,20 @@ impl<R: UpdateRule> Optimizer<R> {
         Ok(())
     }
 
-    /// Queues step `steps + 1`'s scalars into its ring slot and records the dispatch.
+    /// Checks the buffers, binds them, queues step `steps + 1`'s scalars into its ring slot and
+    /// records the dispatch. Everything that can fail happens before the pass is recorded: wgpu
+    /// reports errors inside a pass only when the encoder finishes, outside any scope of ours.
     fn record(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
         params: &wgpu::Buffer,
         grads: &wgpu::Buffer,
-    ) {
+    ) -> Result<()> {
+        self.check_buffers(params, grads)?;
+        let context = self.context.clone();
+        let bind_group = context.scoped("binding the step's buffers", || {
+            self.bind_group(params, grads)
+        })?;
         let t = self.steps + 1;
         let offset = (self.steps % MAX_PENDING_STEPS) * self.uniform_stride;
         let header = StepHeader::new(&self.rule, self.len);
@@ -312,7 +333,6 @@ impl<R: UpdateRule> Optimizer<R> {
             offset + HEADER_BYTES,
             bytemuck::bytes_of(&self.rule.scalars(t)),
         );
-        let bind_group = self.bind_group(params, grads);
         let (x, y) = dispatch_grid(self.len, self.max_workgroups_per_dim);
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some(self.rule.name()),
@@ -321,6 +341,7 @@ impl<R: UpdateRule> Optimizer<R> {
         pass.set_pipeline(&self.kernel.pipeline);
         pass.set_bind_group(0, &bind_group, &[offset as u32]);
         pass.dispatch_workgroups(x, y, 1);
+        Ok(())
     }
 
     fn bind_group(&mut self, params: &wgpu::Buffer, grads: &wgpu::Buffer) -> wgpu::BindGroup {

@@ -203,6 +203,94 @@ fn wgpu_validation_errors_are_caught_not_aborted() {
     assert_eq!(s.optimizer.step_count(), 2);
 }
 
+/// Errors inside a pass surface only when the caller's encoder finishes, outside our scopes;
+/// a failed `record_step` must leave that encoder clean.
+fn assert_encoder_still_clean(gpu: &GpuContext, encoder: wgpu::CommandEncoder) {
+    let scope = gpu.device().push_error_scope(wgpu::ErrorFilter::Validation);
+    gpu.queue().submit([encoder.finish()]);
+    let error = pollster::block_on(scope.pop());
+    assert!(
+        error.is_none(),
+        "the failed step left work in the encoder: {error:?}"
+    );
+}
+
+#[test]
+fn params_and_grads_in_one_buffer() {
+    let gpu = common::gpu();
+    let mut s = stepped(gpu);
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    let error = s
+        .optimizer
+        .record_step(&mut encoder, &s.params, &s.params)
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::AliasedBuffers {
+                first: "params",
+                second: "grads"
+            }
+        ),
+        "{error:?}"
+    );
+    let own_state = s.optimizer.state_buffer("exp_avg").unwrap().clone();
+    let error = s
+        .optimizer
+        .record_step(&mut encoder, &s.params, &own_state)
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::AliasedBuffers { first: "grads", .. }),
+        "{error:?}"
+    );
+    assert_encoder_still_clean(gpu, encoder);
+    s.assert_untouched(gpu);
+}
+
+#[test]
+fn a_failed_record_step_records_nothing() {
+    let gpu = common::gpu();
+    let mut s = stepped(gpu);
+    let grads = gpu
+        .upload("grads", &common::random_nonzero(LEN, 6))
+        .unwrap();
+    grads.destroy();
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    let error = s
+        .optimizer
+        .record_step(&mut encoder, &s.params, &grads)
+        .unwrap_err();
+    assert!(matches!(error, Error::Gpu { .. }), "{error:?}");
+    assert_encoder_still_clean(gpu, encoder);
+    s.assert_untouched(gpu);
+}
+
+#[test]
+fn a_lost_caller_owned_device_is_reported() {
+    let own = GpuContext::new().unwrap();
+    let gpu = GpuContext::from_device(own.device().clone(), own.queue().clone());
+    let params = gpu.upload("params", &[1.0; 3]).unwrap();
+    let grads = gpu.upload("grads", &[1.0; 3]).unwrap();
+    let mut optimizer = Optimizer::new(&gpu, Adam::default(), 3).unwrap();
+    assert_eq!(gpu.device_lost(), None);
+    gpu.device().destroy();
+    let error = optimizer.step(&params, &grads).unwrap_err();
+    assert!(matches!(error, Error::DeviceLost { .. }), "{error:?}");
+    assert!(gpu.device_lost().is_some());
+    assert!(matches!(
+        gpu.download(&params).unwrap_err(),
+        Error::DeviceLost { .. }
+    ));
+    assert_eq!(optimizer.step_count(), 0);
+}
+
+#[test]
+fn empty_buffers_download_as_empty() {
+    let gpu = common::gpu();
+    let empty = gpu.upload("empty", &[]).unwrap();
+    assert_eq!(gpu.download(&empty).unwrap(), Vec::<f32>::new());
+}
+
 #[test]
 fn a_lost_device_is_reported() {
     let gpu = GpuContext::new().unwrap();

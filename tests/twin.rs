@@ -4,7 +4,9 @@
 
 mod common;
 
-use fused_optim::{Adagrad, Adam, CpuOptimizer, Optimizer, RmsProp, Sgd, UpdateRule};
+use fused_optim::{
+    Adagrad, Adam, CpuOptimizer, Optimizer, RmsProp, Sgd, UpdateRule, MAX_PENDING_STEPS,
+};
 
 const SIZES: [usize; 9] = [1, 3, 4, 5, 255, 257, 1025, 100_003, 4_194_307];
 const STEPS: usize = 5;
@@ -174,5 +176,41 @@ fn folded_grid_updates_every_element() {
     assert!(
         error <= TOLERANCE,
         "folded grid: exp_avg_sq off by {error:e}"
+    );
+}
+
+/// Steps recorded into one encoder before a submit each read their own uniform slot: record a
+/// full ring of steps with a different lr each, twice so the ring wraps, and compare.
+#[test]
+fn recorded_steps_each_keep_their_scalars() {
+    let gpu = common::gpu();
+    let len = 1025;
+    let rule = Adam {
+        eps: EPS,
+        ..Adam::default()
+    };
+    let mut params_cpu = common::random_nonzero(len, 9);
+    let params = gpu.upload("params", &params_cpu).unwrap();
+    let grads_cpu = common::random_nonzero(len, 10);
+    let grads = gpu.upload("grads", &grads_cpu).unwrap();
+    let mut cpu = CpuOptimizer::new(rule.clone(), len).unwrap();
+    let mut optimizer = Optimizer::new(gpu, rule, len).unwrap();
+    for _ in 0..2 {
+        let mut encoder = gpu.device().create_command_encoder(&Default::default());
+        for step in 0..MAX_PENDING_STEPS {
+            let lr = 1e-3 * (1 + step % 7) as f64;
+            cpu.set_lr(lr).unwrap();
+            optimizer.set_lr(lr).unwrap();
+            cpu.step(&mut params_cpu, &grads_cpu).unwrap();
+            optimizer
+                .record_step(&mut encoder, &params, &grads)
+                .unwrap();
+        }
+        gpu.queue().submit([encoder.finish()]);
+    }
+    let error = common::worst_relative_error(&gpu.download(&params).unwrap(), &params_cpu);
+    assert!(
+        error <= TOLERANCE,
+        "recorded steps: params off by {error:e}"
     );
 }
