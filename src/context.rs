@@ -235,7 +235,7 @@ impl GpuContext {
     pub fn download(&self, buffer: &wgpu::Buffer) -> Result<Vec<f32>> {
         let device = &self.inner.device;
         let size = buffer.size();
-        if size % 4 != 0 {
+        if !size.is_multiple_of(4) {
             return Err(Error::NotF32Sized {
                 buffer: "downloaded",
                 bytes: size,

@@ -278,7 +278,7 @@ impl<R: UpdateRule> Optimizer<R> {
                     usage: "STORAGE",
                 });
             }
-            if buffer.size() % 4 != 0 {
+            if !buffer.size().is_multiple_of(4) {
                 return Err(Error::NotF32Sized {
                     buffer: name,
                     bytes: buffer.size(),

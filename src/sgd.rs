@@ -17,7 +17,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{non_negative, require, Result};
 use crate::kernel::UpdateRule;
 
-/// Hyperparameters of SGD, with PyTorch's names and defaults (PyTorch requires `lr`; 1e-3 here).
+/// Hyperparameters of SGD, with PyTorch's names and defaults.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sgd {
     pub lr: f64,

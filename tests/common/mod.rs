@@ -12,13 +12,13 @@ pub fn gpu() -> &'static GpuContext {
     GPU.get_or_init(|| GpuContext::new().expect("a GPU adapter (lavapipe in CI)"))
 }
 
-/// Values in ±[0.05, 1): random sign and magnitude, never zero, so every term of every rule
+/// Values in ±[INPUT_SCALE, 1): random sign and magnitude, never zero, so every term of every rule
 /// contributes.
 pub fn random_nonzero(len: usize, seed: u64) -> Vec<f32> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     (0..len)
         .map(|_| {
-            let magnitude: f32 = rng.random_range(0.05..1.0);
+            let magnitude: f32 = rng.random_range(INPUT_SCALE as f32..1.0);
             if rng.random_bool(0.5) {
                 magnitude
             } else {
@@ -28,8 +28,13 @@ pub fn random_nonzero(len: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// Worst relative error of `got` against `want`, relative to max(|want|, 1e-3) so that values
-/// near zero after cancellation are judged by their absolute error at the scale of the inputs.
+/// The smallest magnitude `random_nonzero` produces.
+pub const INPUT_SCALE: f64 = 0.05;
+
+/// Worst relative error of `got` against `want`, relative to max(|want|, INPUT_SCALE): a value
+/// that cancelled to near zero (p - lr * u with both terms around 0.2, say) is judged at the
+/// scale of the inputs that produced it, where one rounding of those inputs is what it can
+/// carry. NaN against a number is an infinite error.
 pub fn worst_relative_error(got: &[f32], want: &[f32]) -> f64 {
     assert_eq!(got.len(), want.len());
     got.iter()
@@ -40,7 +45,7 @@ pub fn worst_relative_error(got: &[f32], want: &[f32]) -> f64 {
             } else if g.is_nan() || w.is_nan() {
                 f64::INFINITY
             } else {
-                (g as f64 - w as f64).abs() / (w.abs() as f64).max(1e-3)
+                (g as f64 - w as f64).abs() / (w.abs() as f64).max(INPUT_SCALE)
             }
         })
         .fold(0.0, f64::max)
