@@ -251,8 +251,8 @@ impl<R: UpdateRule> Optimizer<R> {
     }
 
     /// Checks everything wgpu would otherwise only report when the caller's encoder finishes.
+    /// (A lost device is caught by the scope around binding, which checks it afterwards.)
     fn check_buffers(&self, params: &wgpu::Buffer, grads: &wgpu::Buffer) -> Result<()> {
-        self.context.ensure_alive()?;
         if params == grads {
             return Err(Error::AliasedBuffers {
                 first: "params",
@@ -319,10 +319,7 @@ impl<R: UpdateRule> Optimizer<R> {
         grads: &wgpu::Buffer,
     ) -> Result<()> {
         self.check_buffers(params, grads)?;
-        let context = self.context.clone();
-        let bind_group = context.scoped("binding the step's buffers", || {
-            self.bind_group(params, grads)
-        })?;
+        let bind_group = self.bind_group(params, grads)?;
         let t = self.steps + 1;
         let offset = (self.steps % MAX_PENDING_STEPS) * self.uniform_stride;
         let header = StepHeader::new(&self.rule, self.len);
@@ -344,10 +341,16 @@ impl<R: UpdateRule> Optimizer<R> {
         Ok(())
     }
 
-    fn bind_group(&mut self, params: &wgpu::Buffer, grads: &wgpu::Buffer) -> wgpu::BindGroup {
+    /// The bind group for these buffers: the cached one while the caller passes the same pair,
+    /// else a new one, cached only once wgpu has accepted it.
+    fn bind_group(
+        &mut self,
+        params: &wgpu::Buffer,
+        grads: &wgpu::Buffer,
+    ) -> Result<wgpu::BindGroup> {
         if let Some((p, g, group)) = &self.bound {
             if p == params && g == grads {
-                return group.clone();
+                return Ok(group.clone());
             }
         }
         let mut entries = vec![
@@ -377,16 +380,17 @@ impl<R: UpdateRule> Optimizer<R> {
                     resource: buffer.as_entire_binding(),
                 }),
         );
-        let group = self
-            .context
-            .device()
-            .create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some(self.rule.name()),
-                layout: &self.kernel.layout,
-                entries: &entries,
-            });
+        let group = self.context.scoped("binding the step's buffers", || {
+            self.context
+                .device()
+                .create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some(self.rule.name()),
+                    layout: &self.kernel.layout,
+                    entries: &entries,
+                })
+        })?;
         self.bound = Some((params.clone(), grads.clone(), group.clone()));
-        group
+        Ok(group)
     }
 }
 
