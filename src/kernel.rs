@@ -135,6 +135,31 @@ pub(crate) struct Kernel {
 impl Kernel {
     /// Builds the pipeline for `rule`'s flag variant. Runs inside the context's error scopes.
     pub fn build<R: UpdateRule>(device: &wgpu::Device, rule: &R) -> Self {
+        let flags: Vec<(&str, f64)> = pipeline_flags(rule)
+            .into_iter()
+            .map(|(name, on)| (name, if on { 1.0 } else { 0.0 }))
+            .collect();
+        Self::compile(
+            device,
+            rule.name(),
+            &shader_source::<R>(),
+            &flags,
+            uniform_binding_size::<R>(),
+            R::STATE_SLOTS.len() as u32,
+        )
+    }
+
+    /// Compiles a kernel with the layout every fused-optim shader declares: binding 0 a uniform
+    /// (dynamic offset) of `uniform_size` bytes, 1 the params, 2 the grads (read-only), then
+    /// `state_slots` read-write state buffers; entry point `main`, `WORKGROUP_SIZE` overridden.
+    pub fn compile(
+        device: &wgpu::Device,
+        label: &str,
+        source: &str,
+        overrides: &[(&str, f64)],
+        uniform_size: u64,
+        state_slots: u32,
+    ) -> Self {
         let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
             binding,
             visibility: wgpu::ShaderStages::COMPUTE,
@@ -152,35 +177,31 @@ impl Kernel {
                 ty: wgpu::BindingType::Buffer {
                     ty: wgpu::BufferBindingType::Uniform,
                     has_dynamic_offset: true,
-                    min_binding_size: wgpu::BufferSize::new(uniform_binding_size::<R>()),
+                    min_binding_size: wgpu::BufferSize::new(uniform_size),
                 },
                 count: None,
             },
             storage(1, false),
             storage(2, true),
         ];
-        entries.extend((0..R::STATE_SLOTS.len() as u32).map(|slot| storage(3 + slot, false)));
+        entries.extend((0..state_slots).map(|slot| storage(3 + slot, false)));
         let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some(rule.name()),
+            label: Some(label),
             entries: &entries,
         });
         let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some(rule.name()),
+            label: Some(label),
             bind_group_layouts: &[Some(&layout)],
             immediate_size: 0,
         });
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(rule.name()),
-            source: wgpu::ShaderSource::Wgsl(shader_source::<R>().into()),
+            label: Some(label),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
         });
         let mut constants: Vec<(&str, f64)> = vec![("WORKGROUP_SIZE", WORKGROUP_SIZE as f64)];
-        constants.extend(
-            pipeline_flags(rule)
-                .into_iter()
-                .map(|(name, on)| (name, if on { 1.0 } else { 0.0 })),
-        );
+        constants.extend_from_slice(overrides);
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(rule.name()),
+            label: Some(label),
             layout: Some(&pipeline_layout),
             module: &module,
             entry_point: Some("main"),
@@ -192,6 +213,47 @@ impl Kernel {
             cache: None,
         });
         Self { pipeline, layout }
+    }
+
+    /// A bind group for this kernel's layout: the uniform binding, params, grads, then one
+    /// buffer per state slot.
+    pub fn bind_group(
+        &self,
+        device: &wgpu::Device,
+        label: &str,
+        uniform: wgpu::BufferBinding<'_>,
+        params: &wgpu::Buffer,
+        grads: &wgpu::Buffer,
+        state: &[wgpu::Buffer],
+    ) -> wgpu::BindGroup {
+        let mut entries = vec![
+            wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(uniform),
+            },
+            wgpu::BindGroupEntry {
+                binding: 1,
+                resource: params.as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 2,
+                resource: grads.as_entire_binding(),
+            },
+        ];
+        entries.extend(
+            state
+                .iter()
+                .zip(3..)
+                .map(|(buffer, binding)| wgpu::BindGroupEntry {
+                    binding,
+                    resource: buffer.as_entire_binding(),
+                }),
+        );
+        device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(label),
+            layout: &self.layout,
+            entries: &entries,
+        })
     }
 }
 

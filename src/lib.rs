@@ -37,13 +37,15 @@ pub use optimizer::{CpuOptimizer, Optimizer, MAX_PENDING_STEPS};
 pub use rmsprop::{RmsProp, RmsPropScalars};
 pub use sgd::{Sgd, SgdScalars};
 
-/// Every rule's full WGSL (prelude included), by file name, for validation and tooling.
+/// Every shader's full WGSL (the rules with their prelude, and the benchmark's roofline), by
+/// file name, for validation and tooling.
 pub fn shader_sources() -> Vec<(&'static str, String)> {
     vec![
         ("sgd.wgsl", shader_source::<Sgd>()),
         ("adam.wgsl", shader_source::<Adam>()),
         ("rmsprop.wgsl", shader_source::<RmsProp>()),
         ("adagrad.wgsl", shader_source::<Adagrad>()),
+        ("roofline.wgsl", bench::roofline_source()),
     ]
 }
 

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use fused_optim::bench::{measure, Measurement};
+use fused_optim::bench::{copy_bandwidth, measure, Measurement};
 use fused_optim::{Adagrad, Adam, AdapterChoice, GpuContext, RmsProp, Sgd};
 
 #[derive(Parser)]
@@ -54,6 +54,9 @@ enum Command {
         /// Untimed steps per rule before timing.
         #[arg(long, default_value_t = 2)]
         warmup: u32,
+        /// Steps of the CPU twin per rule (slow: it runs on one core).
+        #[arg(long, default_value_t = 2)]
+        cpu_steps: u32,
     },
 }
 
@@ -65,7 +68,8 @@ fn main() -> ExitCode {
             size,
             steps,
             warmup,
-        } => bench(&adapter.choice(), size, warmup, steps),
+            cpu_steps,
+        } => bench(&adapter.choice(), size, warmup, steps, cpu_steps),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -135,36 +139,77 @@ fn info(choice: &AdapterChoice) -> fused_optim::Result<()> {
     Ok(())
 }
 
-fn bench(choice: &AdapterChoice, size: usize, warmup: u32, steps: u32) -> fused_optim::Result<()> {
+fn bench(
+    choice: &AdapterChoice,
+    size: usize,
+    warmup: u32,
+    steps: u32,
+    cpu_steps: u32,
+) -> fused_optim::Result<()> {
     let gpu = GpuContext::open(choice)?;
+    let buffer_bytes = size as u64 * 4;
     println!("adapter: {}", describe(gpu.adapter_info()));
     println!(
-        "{size} parameters ({:.1} MiB per buffer); {warmup} warm-up + {steps} timed steps per rule, \
-         wall clock around submit + wait",
-        size as f64 * 4.0 / (1 << 20) as f64
+        "{size} parameters ({:.1} MiB per buffer); {warmup} warm-up + {steps} timed steps per \
+         kernel, wall clock around submit + wait; {cpu_steps} CPU twin steps",
+        buffer_bytes as f64 / (1 << 20) as f64
+    );
+    let copy = copy_bandwidth(&gpu, buffer_bytes, steps)?;
+    println!("copy_buffer_to_buffer bandwidth: {copy:.2} GB/s (read + write)");
+    println!(
+        "roofline: a kernel moving the same bytes with no update arithmetic; cpu: the CPU twin\n"
     );
     println!(
-        "\n{:<18}{:>14}{:>12}{:>10}",
-        "rule", "MB/step", "ms/step", "GB/s"
+        "{:<16}{:>10}{:>11}{:>9}{:>7}{:>13}{:>11}{:>10}{:>9}",
+        "rule",
+        "MB/step",
+        "fused ms",
+        "GB/s",
+        "%copy",
+        "roofline ms",
+        "x roofline",
+        "cpu ms",
+        "vs cpu"
     );
     let print = |m: Measurement| {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
         println!(
-            "{:<18}{:>14.1}{:>12.3}{:>10.2}",
+            "{:<16}{:>10.1}{:>11.3}{:>9.2}{:>6.0}%{:>13.3}{:>10.2}x{:>10.1}{:>8.1}x",
             m.rule,
             m.bytes_per_step as f64 / 1e6,
-            m.per_step.as_secs_f64() * 1e3,
-            m.gigabytes_per_second()
+            ms(m.fused),
+            m.gigabytes_per_second(),
+            100.0 * m.gigabytes_per_second() / copy,
+            ms(m.roofline),
+            m.roofline_ratio(),
+            ms(m.cpu),
+            m.cpu_speedup()
         );
     };
     let momentum = Sgd {
         momentum: 0.9,
         ..Sgd::default()
     };
-    print(measure(&gpu, Sgd::default(), size, warmup, steps)?);
-    print(measure(&gpu, momentum, size, warmup, steps)?);
-    print(measure(&gpu, Adam::default(), size, warmup, steps)?);
-    print(measure(&gpu, Adam::adamw(), size, warmup, steps)?);
-    print(measure(&gpu, RmsProp::default(), size, warmup, steps)?);
-    print(measure(&gpu, Adagrad::default(), size, warmup, steps)?);
+    let run = (warmup, steps, cpu_steps);
+    print(measure(&gpu, Sgd::default(), size, run.0, run.1, run.2)?);
+    print(measure(&gpu, momentum, size, run.0, run.1, run.2)?);
+    print(measure(&gpu, Adam::default(), size, run.0, run.1, run.2)?);
+    print(measure(&gpu, Adam::adamw(), size, run.0, run.1, run.2)?);
+    print(measure(
+        &gpu,
+        RmsProp::default(),
+        size,
+        run.0,
+        run.1,
+        run.2,
+    )?);
+    print(measure(
+        &gpu,
+        Adagrad::default(),
+        size,
+        run.0,
+        run.1,
+        run.2,
+    )?);
     Ok(())
 }

@@ -216,11 +216,15 @@ impl<R: UpdateRule> Optimizer<R> {
     /// Bytes one step must move: params read and written, grads read, and every kept state
     /// buffer read and written. The denominator of effective bandwidth.
     pub fn bytes_per_step(&self) -> u64 {
-        let kept = R::STATE_SLOTS
+        self.len * 4 * (3 + 2 * self.state_buffer_count() as u64)
+    }
+
+    /// How many per-element state buffers this configuration keeps.
+    pub fn state_buffer_count(&self) -> usize {
+        R::STATE_SLOTS
             .iter()
             .filter(|name| self.rule.keeps_state(name))
-            .count() as u64;
-        self.len * 4 * (3 + 2 * kept)
+            .count()
     }
 
     /// Records one step into the caller's encoder without submitting it. The step's scalars are
@@ -353,41 +357,19 @@ impl<R: UpdateRule> Optimizer<R> {
                 return Ok(group.clone());
             }
         }
-        let mut entries = vec![
-            wgpu::BindGroupEntry {
-                binding: 0,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        let group = self.context.scoped("binding the step's buffers", || {
+            self.kernel.bind_group(
+                self.context.device(),
+                self.rule.name(),
+                wgpu::BufferBinding {
                     buffer: &self.uniforms,
                     offset: 0,
                     size: wgpu::BufferSize::new(uniform_binding_size::<R>()),
-                }),
-            },
-            wgpu::BindGroupEntry {
-                binding: 1,
-                resource: params.as_entire_binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 2,
-                resource: grads.as_entire_binding(),
-            },
-        ];
-        entries.extend(
-            self.state
-                .iter()
-                .zip(3..)
-                .map(|(buffer, binding)| wgpu::BindGroupEntry {
-                    binding,
-                    resource: buffer.as_entire_binding(),
-                }),
-        );
-        let group = self.context.scoped("binding the step's buffers", || {
-            self.context
-                .device()
-                .create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some(self.rule.name()),
-                    layout: &self.kernel.layout,
-                    entries: &entries,
-                })
+                },
+                params,
+                grads,
+                &self.state,
+            )
         })?;
         self.bound = Some((params.clone(), grads.clone(), group.clone()));
         Ok(group)
