@@ -8,7 +8,9 @@ use wgpu::util::DeviceExt;
 
 use crate::context::GpuContext;
 use crate::error::Result;
-use crate::kernel::{dispatch_grid, Kernel, UpdateRule, PRELUDE};
+use crate::kernel::{
+    bytes_per_step, dispatch_grid, Kernel, StepHeader, UpdateRule, HEADER_BYTES, PRELUDE,
+};
 use crate::optimizer::{CpuOptimizer, Optimizer};
 
 /// The roofline kernel's full WGSL: the rules' prelude plus shaders/roofline.wgsl.
@@ -16,8 +18,8 @@ pub fn roofline_source() -> String {
     format!("{PRELUDE}\n{}", include_str!("../shaders/roofline.wgsl"))
 }
 
-/// The roofline's `Step` uniform: the 16-byte header and its one-field `Scalars`, rounded to 16.
-const ROOFLINE_UNIFORM_BYTES: u64 = 32;
+/// The roofline's `Step` uniform: the header, then its one-field `Scalars` rounded up to 16.
+const ROOFLINE_UNIFORM_BYTES: u64 = HEADER_BYTES + 16;
 
 /// Small non-zero values every bench buffer starts from.
 pub fn pattern(len: usize) -> Vec<f32> {
@@ -110,12 +112,17 @@ impl Roofline {
                 ROOFLINE_UNIFORM_BYTES,
                 Self::MAX_STATES as u32,
             );
-            // `Step` of shaders/common.wgsl: n, an L2 coefficient of 0, padding, `Scalars`.
-            let mut step = [0u32; ROOFLINE_UNIFORM_BYTES as usize / 4];
-            step[0] = len as u32;
+            // No L2 term, and `Scalars` (unused) left zero.
+            let header = StepHeader {
+                n: len as u32,
+                weight_decay: 0.0,
+                pad: [0; 2],
+            };
+            let mut step = bytemuck::bytes_of(&header).to_vec();
+            step.resize(ROOFLINE_UNIFORM_BYTES as usize, 0);
             let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some("roofline step"),
-                contents: bytemuck::cast_slice(&step),
+                contents: &step,
                 usage: wgpu::BufferUsages::UNIFORM,
             });
             let bind_group = kernel.bind_group(
@@ -142,7 +149,7 @@ impl Roofline {
 
     /// The same byte count as [`Optimizer::bytes_per_step`] for a rule with as many states.
     pub fn bytes_per_step(&self) -> u64 {
-        self.len as u64 * 4 * (3 + 2 * self.states as u64)
+        bytes_per_step(self.len as u64, self.states)
     }
 
     /// Records and submits one pass.
@@ -218,16 +225,30 @@ impl Measurement {
     }
 }
 
-/// Times `rule` over `len` parameters: `warmup` untimed then `steps` timed fused steps, the
-/// roofline for as many state buffers the same way, and `cpu_steps` steps of the CPU twin.
+/// How many steps `measure` takes of each kernel.
+#[derive(Clone, Copy, Debug)]
+pub struct Repetitions {
+    /// Untimed GPU steps before timing.
+    pub warmup: u32,
+    /// Timed GPU steps.
+    pub steps: u32,
+    /// Timed CPU twin steps.
+    pub cpu_steps: u32,
+}
+
+/// Times `rule` over `len` parameters: warm-up then timed fused steps, the roofline for as
+/// many state buffers the same way, and the CPU twin.
 pub fn measure<R: UpdateRule>(
     gpu: &GpuContext,
     rule: R,
     len: usize,
-    warmup: u32,
-    steps: u32,
-    cpu_steps: u32,
+    repetitions: Repetitions,
 ) -> Result<Measurement> {
+    let Repetitions {
+        warmup,
+        steps,
+        cpu_steps,
+    } = repetitions;
     let name = rule.name();
     let (fused, bytes_per_step, states) = {
         let mut workload = Workload::new(gpu, rule.clone(), len)?;

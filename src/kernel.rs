@@ -87,6 +87,13 @@ pub(crate) fn twin_element<R: UpdateRule>(
     *param = rule.twin_update(s, p, g + header.weight_decay * p, state);
 }
 
+/// Bytes one step over `len` elements must move with `state_buffers` state buffers: params
+/// read and written, grads read, each state read and written. Shared by the optimizer's
+/// bandwidth figures and the benchmark's roofline, which must move exactly as much.
+pub fn bytes_per_step(len: u64, state_buffers: usize) -> u64 {
+    len * 4 * (3 + 2 * state_buffers as u64)
+}
+
 /// The full WGSL of a rule's kernel: prelude plus the rule's own file.
 pub fn shader_source<R: UpdateRule>() -> String {
     format!("{PRELUDE}\n{}", R::SHADER)

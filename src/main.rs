@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use fused_optim::bench::{copy_bandwidth, measure, Measurement};
+use fused_optim::bench::{copy_bandwidth, measure, Measurement, Repetitions};
 use fused_optim::{Adagrad, Adam, AdapterChoice, GpuContext, RmsProp, Sgd};
 
 #[derive(Parser)]
@@ -190,26 +190,16 @@ fn bench(
         momentum: 0.9,
         ..Sgd::default()
     };
-    let run = (warmup, steps, cpu_steps);
-    print(measure(&gpu, Sgd::default(), size, run.0, run.1, run.2)?);
-    print(measure(&gpu, momentum, size, run.0, run.1, run.2)?);
-    print(measure(&gpu, Adam::default(), size, run.0, run.1, run.2)?);
-    print(measure(&gpu, Adam::adamw(), size, run.0, run.1, run.2)?);
-    print(measure(
-        &gpu,
-        RmsProp::default(),
-        size,
-        run.0,
-        run.1,
-        run.2,
-    )?);
-    print(measure(
-        &gpu,
-        Adagrad::default(),
-        size,
-        run.0,
-        run.1,
-        run.2,
-    )?);
+    let repetitions = Repetitions {
+        warmup,
+        steps,
+        cpu_steps,
+    };
+    print(measure(&gpu, Sgd::default(), size, repetitions)?);
+    print(measure(&gpu, momentum, size, repetitions)?);
+    print(measure(&gpu, Adam::default(), size, repetitions)?);
+    print(measure(&gpu, Adam::adamw(), size, repetitions)?);
+    print(measure(&gpu, RmsProp::default(), size, repetitions)?);
+    print(measure(&gpu, Adagrad::default(), size, repetitions)?);
     Ok(())
 }

@@ -9,8 +9,8 @@ use wgpu::util::DeviceExt;
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::kernel::{
-    dispatch_grid, pipeline_flags, twin_element, uniform_binding_size, Kernel, KernelKey,
-    StepHeader, UpdateRule, HEADER_BYTES, WORKGROUP_SIZE,
+    bytes_per_step, dispatch_grid, pipeline_flags, twin_element, uniform_binding_size, Kernel,
+    KernelKey, StepHeader, UpdateRule, HEADER_BYTES, WORKGROUP_SIZE,
 };
 
 /// Steps that may be recorded with [`Optimizer::record_step`] into command buffers not yet
@@ -216,7 +216,7 @@ impl<R: UpdateRule> Optimizer<R> {
     /// Bytes one step must move: params read and written, grads read, and every kept state
     /// buffer read and written. The denominator of effective bandwidth.
     pub fn bytes_per_step(&self) -> u64 {
-        self.len * 4 * (3 + 2 * self.state_buffer_count() as u64)
+        bytes_per_step(self.len, self.state_buffer_count())
     }
 
     /// How many per-element state buffers this configuration keeps.
@@ -254,9 +254,11 @@ impl<R: UpdateRule> Optimizer<R> {
         Ok(())
     }
 
-    /// Checks everything wgpu would otherwise only report when the caller's encoder finishes.
-    /// (A lost device is caught by the scope around binding, which checks it afterwards.)
+    /// Checks everything wgpu would otherwise only report when the caller's encoder finishes,
+    /// or not at all: a lost device silently drops the work, and a cached bind group means no
+    /// wgpu call of ours would notice.
     fn check_buffers(&self, params: &wgpu::Buffer, grads: &wgpu::Buffer) -> Result<()> {
+        self.context.ensure_alive()?;
         if params == grads {
             return Err(Error::AliasedBuffers {
                 first: "params",
