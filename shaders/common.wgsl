@@ -9,18 +9,21 @@
 //   field for field the rule's `#[repr(C)]` Scalars in src/<rule>.rs.
 // - binding 1 is the params, binding 2 the grads, bindings 3.. the rule's state buffers in
 //   the order of its `STATE_SLOTS`.
-// - the host dispatches ceil(n / WORKGROUP_SIZE) workgroups, folded into an x*y grid when
-//   that exceeds the per-dimension limit; `main` unfolds it.
+// - each dispatch updates one window: the buffers are bound from an aligned element offset,
+//   and the window's elements are indices `begin..end` of those bindings (`begin` is below
+//   the offset alignment; src/plan.rs cuts the windows). The host dispatches
+//   ceil((end - begin) / WORKGROUP_SIZE) workgroups, folded into an x*y grid when that exceeds
+//   the per-dimension limit; `main` unfolds it.
 
 override WORKGROUP_SIZE: u32 = 256u;
 override MAXIMIZE: bool = false;
 
 struct Step {
-    n: u32,
+    begin: u32,
+    end: u32,
     // L2 coefficient added to the gradient (0 for decoupled weight decay).
     weight_decay: f32,
-    _pad0: u32,
-    _pad1: u32,
+    _pad: u32,
     s: Scalars,
 }
 
@@ -34,8 +37,8 @@ fn main(
     @builtin(num_workgroups) workgroups: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let i = (workgroup.y * workgroups.x + workgroup.x) * WORKGROUP_SIZE + local;
-    if i >= step.n {
+    let i = step.begin + (workgroup.y * workgroups.x + workgroup.x) * WORKGROUP_SIZE + local;
+    if i >= step.end {
         return;
     }
     let p = param[i];

@@ -114,9 +114,10 @@ impl Roofline {
             );
             // No L2 term, and `Scalars` (unused) left zero.
             let header = StepHeader {
-                n: len as u32,
+                begin: 0,
+                end: len as u32,
                 weight_decay: 0.0,
-                pad: [0; 2],
+                pad: 0,
             };
             let mut step = bytemuck::bytes_of(&header).to_vec();
             step.resize(ROOFLINE_UNIFORM_BYTES as usize, 0);
@@ -129,9 +130,10 @@ impl Roofline {
                 device,
                 "roofline",
                 uniform.as_entire_buffer_binding(),
-                &params,
-                &grads,
-                &state,
+                [&params, &grads]
+                    .into_iter()
+                    .chain(&state)
+                    .map(wgpu::Buffer::as_entire_buffer_binding),
             );
             (kernel, bind_group)
         })?;

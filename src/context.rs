@@ -13,6 +13,33 @@ use crate::kernel::{Kernel, KernelKey};
 #[derive(Clone)]
 pub struct GpuContext {
     inner: Arc<Inner>,
+    dispatch: DispatchLimits,
+}
+
+/// How big one dispatch may be: optimizers cut their buffers into windows of at most
+/// `window_elements` and fold grids past `workgroups_per_dimension`. The defaults come from the
+/// adapter; [`GpuContext::with_dispatch_limits`] lowers them, e.g. to test window edges on any
+/// adapter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DispatchLimits {
+    /// Elements one window binds: a multiple of 4, so windows never split a vec4.
+    pub window_elements: u64,
+    pub workgroups_per_dimension: u32,
+}
+
+/// Elements a u32 index reaches with room for the overshoot of a folded grid.
+const INDEX_LIMIT_ELEMENTS: u64 = 1 << 30;
+
+/// The adapter's own dispatch limits: the largest window a storage binding (and a buffer, and a
+/// u32 index) holds, rounded down to whole vec4s.
+fn adapter_dispatch_limits(limits: &wgpu::Limits) -> DispatchLimits {
+    let binding_bytes = limits
+        .max_storage_buffer_binding_size
+        .min(limits.max_buffer_size);
+    DispatchLimits {
+        window_elements: (binding_bytes / 16 * 4).min(INDEX_LIMIT_ELEMENTS),
+        workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+    }
 }
 
 struct Inner {
@@ -45,6 +72,9 @@ impl AdapterChoice {
 fn instance(backends: wgpu::Backends) -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     desc.backends = backends;
+    // Where the driver reports a memory budget, creating past it fails with an out-of-memory
+    // error (caught by our scopes) instead of overcommitting or losing the device.
+    desc.memory_budget_thresholds.for_resource_creation = Some(95);
     wgpu::Instance::new(desc)
 }
 
@@ -119,6 +149,7 @@ impl GpuContext {
             *record.lock().unwrap() = Some(format!("{reason:?}: {message}"));
         });
         Self {
+            dispatch: adapter_dispatch_limits(&device.limits()),
             inner: Arc::new(Inner {
                 device,
                 queue,
@@ -127,6 +158,46 @@ impl GpuContext {
                 lost,
             }),
         }
+    }
+
+    /// The dispatch limits optimizers built from this context use.
+    pub fn dispatch_limits(&self) -> DispatchLimits {
+        self.dispatch
+    }
+
+    /// The same device with lower dispatch limits, for optimizers built from the returned
+    /// context. Limits past the adapter's, or a window that is not a whole number of vec4s,
+    /// are rejected.
+    pub fn with_dispatch_limits(&self, limits: DispatchLimits) -> Result<Self> {
+        let adapter = adapter_dispatch_limits(&self.limits());
+        let window = limits.window_elements;
+        crate::error::require(
+            window > 0 && window.is_multiple_of(4) && window <= adapter.window_elements,
+            "window_elements",
+            window as f64,
+            "must be a positive multiple of 4 no larger than the adapter's window",
+        )?;
+        let workgroups = limits.workgroups_per_dimension;
+        crate::error::require(
+            workgroups > 0 && workgroups <= adapter.workgroups_per_dimension,
+            "workgroups_per_dimension",
+            workgroups as f64,
+            "must be positive and no larger than the adapter's limit",
+        )?;
+        Ok(Self {
+            inner: self.inner.clone(),
+            dispatch: limits,
+        })
+    }
+
+    /// Elements one storage binding may hold on this adapter (`window_elements` never exceeds it).
+    pub(crate) fn binding_elements(&self) -> u64 {
+        adapter_dispatch_limits(&self.limits()).window_elements
+    }
+
+    /// `min_storage_buffer_offset_alignment` in elements: where a window's binding may start.
+    pub(crate) fn alignment_elements(&self) -> u64 {
+        (self.limits().min_storage_buffer_offset_alignment as u64 / 4).max(4)
     }
 
     /// Why the device was lost, once it has been (checked without waiting).
@@ -183,6 +254,7 @@ impl GpuContext {
             .find_map(pollster::block_on);
         self.ensure_alive()?;
         match caught {
+            Some(wgpu::Error::OutOfMemory { .. }) => Err(Error::OutOfMemory { operation }),
             Some(error) => Err(Error::Gpu {
                 operation,
                 message: error.to_string(),
@@ -221,6 +293,30 @@ impl GpuContext {
         })
     }
 
+    /// A new zeroed storage buffer of `len` f32, e.g. the packed params or grads of a
+    /// [`ParamLayout`](crate::ParamLayout).
+    pub fn zeros(&self, label: &str, len: u64) -> Result<wgpu::Buffer> {
+        let bytes = len * 4;
+        let limit = self.limits().max_buffer_size;
+        if bytes > limit {
+            return Err(Error::BufferTooLarge {
+                what: "a zeroed buffer",
+                bytes,
+                limit,
+            });
+        }
+        self.scoped("allocating a buffer", || {
+            self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: bytes,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })
+    }
+
     /// Replaces the contents of `buffer` with `data` (queued; visible to the next submission).
     pub fn write(&self, buffer: &wgpu::Buffer, data: &[f32]) -> Result<()> {
         self.scoped("writing a buffer", || {
@@ -237,7 +333,7 @@ impl GpuContext {
         let size = buffer.size();
         if !size.is_multiple_of(4) {
             return Err(Error::NotF32Sized {
-                buffer: "downloaded",
+                buffer: "downloaded".into(),
                 bytes: size,
             });
         }

@@ -25,47 +25,85 @@ pub enum Error {
         "the {buffer} buffer lacks the {usage} usage; create it with \
          `wgpu::BufferUsages::{usage}` among its usages"
     )]
-    MissingUsage {
-        buffer: &'static str,
-        usage: &'static str,
-    },
+    MissingUsage { buffer: String, usage: &'static str },
 
     #[error("the {buffer} buffer is {bytes} bytes, not a whole number of f32 elements")]
-    NotF32Sized { buffer: &'static str, bytes: u64 },
+    NotF32Sized { buffer: String, bytes: u64 },
 
     #[error(
-        "params hold {params} elements but grads hold {grads}; both buffers must describe \
-         the same tensor"
+        "{tensor}: params hold {params} elements but grads hold {grads}; both buffers must \
+         describe the same tensor"
     )]
-    LengthMismatch { params: u64, grads: u64 },
+    LengthMismatch {
+        tensor: String,
+        params: u64,
+        grads: u64,
+    },
 
     #[error(
-        "the buffers hold {got} elements but this optimizer's state was built for {expected}; \
-         build the optimizer with the length of the buffers it updates"
+        "{tensor}: the buffers hold {got} elements but the optimizer's state was built for \
+         {expected}; build the optimizer with the length of the buffers it updates"
     )]
-    StateMismatch { expected: u64, got: u64 },
+    StateMismatch {
+        tensor: String,
+        expected: u64,
+        got: u64,
+    },
+
+    #[error(
+        "this optimizer updates {expected} (params, grads) pairs but the step was given {got}; \
+         pass them in the order of the lengths it was built with"
+    )]
+    PairCount { expected: usize, got: usize },
 
     #[error(
         "the {first} and {second} buffers are the same wgpu::Buffer; a step reads and writes \
          them in one dispatch, so each needs a buffer of its own"
     )]
-    AliasedBuffers {
-        first: &'static str,
-        second: &'static str,
-    },
+    AliasedBuffers { first: String, second: String },
 
     #[error("an optimizer needs at least one element to update")]
     EmptyParams,
 
     #[error(
-        "{what} needs {bytes} bytes, past this adapter's storage-binding limit of {limit} \
-         bytes (`max_storage_buffer_binding_size`); split the tensor across optimizers"
+        "{what} needs {bytes} bytes, past this adapter's largest buffer of {limit} bytes \
+         (`max_buffer_size`); split the parameters across optimizers"
     )]
     BufferTooLarge {
         what: &'static str,
         bytes: u64,
         limit: u64,
     },
+
+    #[error(
+        "the GPU ran out of memory while {operation}; nothing was kept. Free buffers or use a \
+         smaller model"
+    )]
+    OutOfMemory { operation: &'static str },
+
+    #[error("tensor `{name}` is registered twice; tensor names must be unique")]
+    DuplicateTensor { name: String },
+
+    #[error("tensor `{name}` has no elements; leave it out of the parameter set")]
+    EmptyTensor { name: String },
+
+    #[error("no tensor is named `{name}`; register it before naming it in a group")]
+    UnknownTensor { name: String },
+
+    #[error("tensor `{name}` is in parameter groups {first} and {second}; each tensor belongs to exactly one")]
+    TensorInTwoGroups {
+        name: String,
+        first: usize,
+        second: usize,
+    },
+
+    #[error(
+        "tensor `{name}` is in no parameter group; add it to one (e.g. a group with the defaults)"
+    )]
+    UngroupedTensor { name: String },
+
+    #[error("parameter group {group} names no tensors; drop it or give it some")]
+    EmptyGroup { group: usize },
 
     #[error("this optimizer keeps no state named `{name}`; it keeps: {available}")]
     UnknownState { name: String, available: String },

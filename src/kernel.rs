@@ -99,22 +99,24 @@ pub fn shader_source<R: UpdateRule>() -> String {
     format!("{PRELUDE}\n{}", R::SHADER)
 }
 
-/// Header of the per-step uniform (`Step` in shaders/common.wgsl); the rule's `Scalars`
-/// follow it at byte 16.
+/// Header of the per-step uniform (`Step` in shaders/common.wgsl): which indices of the bound
+/// window to update, and the L2 coefficient. The rule's `Scalars` follow it at byte 16.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub(crate) struct StepHeader {
-    pub n: u32,
+    pub begin: u32,
+    pub end: u32,
     pub weight_decay: f32,
-    pub pad: [u32; 2],
+    pub pad: u32,
 }
 
 impl StepHeader {
-    pub fn new<R: UpdateRule>(rule: &R, n: u64) -> Self {
+    pub fn new<R: UpdateRule>(rule: &R, begin: u64, end: u64) -> Self {
         Self {
-            n: n as u32,
+            begin: begin as u32,
+            end: end as u32,
             weight_decay: rule.l2_weight_decay() as f32,
-            pad: [0; 2],
+            pad: 0,
         }
     }
 }
@@ -222,40 +224,23 @@ impl Kernel {
         Self { pipeline, layout }
     }
 
-    /// A bind group for this kernel's layout: the uniform binding, params, grads, then one
-    /// buffer per state slot.
-    pub fn bind_group(
+    /// A bind group for this kernel's layout: the uniform binding, then `storage` at bindings
+    /// 1.. (params, grads, then one binding per state slot).
+    pub fn bind_group<'a>(
         &self,
         device: &wgpu::Device,
         label: &str,
-        uniform: wgpu::BufferBinding<'_>,
-        params: &wgpu::Buffer,
-        grads: &wgpu::Buffer,
-        state: &[wgpu::Buffer],
+        uniform: wgpu::BufferBinding<'a>,
+        storage: impl IntoIterator<Item = wgpu::BufferBinding<'a>>,
     ) -> wgpu::BindGroup {
-        let mut entries = vec![
-            wgpu::BindGroupEntry {
-                binding: 0,
-                resource: wgpu::BindingResource::Buffer(uniform),
-            },
-            wgpu::BindGroupEntry {
-                binding: 1,
-                resource: params.as_entire_binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 2,
-                resource: grads.as_entire_binding(),
-            },
-        ];
-        entries.extend(
-            state
-                .iter()
-                .zip(3..)
-                .map(|(buffer, binding)| wgpu::BindGroupEntry {
-                    binding,
-                    resource: buffer.as_entire_binding(),
-                }),
-        );
+        let entries: Vec<wgpu::BindGroupEntry> = std::iter::once(uniform)
+            .chain(storage)
+            .zip(0..)
+            .map(|(buffer, binding)| wgpu::BindGroupEntry {
+                binding,
+                resource: wgpu::BindingResource::Buffer(buffer),
+            })
+            .collect();
         device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(label),
             layout: &self.layout,

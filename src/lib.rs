@@ -22,18 +22,21 @@ mod adagrad;
 mod adam;
 pub mod bench;
 mod context;
+mod engine;
 mod error;
 mod kernel;
 mod optimizer;
+mod plan;
 mod rmsprop;
 mod sgd;
 
 pub use adagrad::{Adagrad, AdagradScalars};
 pub use adam::{Adam, AdamScalars};
-pub use context::{enumerate_adapters, AdapterChoice, GpuContext};
+pub use context::{enumerate_adapters, AdapterChoice, DispatchLimits, GpuContext};
+pub use engine::MAX_PENDING_STEPS;
 pub use error::{Error, Result};
 pub use kernel::{dispatch_grid, shader_source, UpdateRule, PRELUDE, WORKGROUP_SIZE};
-pub use optimizer::{CpuOptimizer, Optimizer, MAX_PENDING_STEPS};
+pub use optimizer::{CpuOptimizer, Optimizer};
 pub use rmsprop::{RmsProp, RmsPropScalars};
 pub use sgd::{Sgd, SgdScalars};
 

@@ -87,9 +87,9 @@ fn grads_without_storage_usage() {
         matches!(
             error,
             Error::MissingUsage {
-                buffer: "grads",
+                ref buffer,
                 usage: "STORAGE"
-            }
+            } if buffer == "grads"
         ),
         "{error:?}"
     );
@@ -109,7 +109,8 @@ fn params_and_grads_of_different_lengths() {
             error,
             Error::LengthMismatch {
                 params: 1025,
-                grads: 1024
+                grads: 1024,
+                ..
             }
         ),
         "{error:?}"
@@ -137,7 +138,8 @@ fn buffers_not_matching_the_state() {
             error,
             Error::StateMismatch {
                 expected: 1025,
-                got: 1027
+                got: 1027,
+                ..
             }
         ),
         "{error:?}"
@@ -155,10 +157,7 @@ fn buffers_not_made_of_f32() {
     assert!(
         matches!(
             error,
-            Error::NotF32Sized {
-                buffer: "grads",
-                ..
-            }
+            Error::NotF32Sized { ref buffer, .. } if buffer == "grads"
         ),
         "{error:?}"
     );
@@ -166,25 +165,23 @@ fn buffers_not_made_of_f32() {
 }
 
 #[test]
-fn buffers_past_the_binding_limit() {
+fn state_past_the_largest_buffer_is_refused_before_allocating() {
     let gpu = common::gpu();
-    let limit = gpu.limits().max_storage_buffer_binding_size;
+    let limit = gpu.limits().max_buffer_size;
     let too_long = (limit / 4 + 1) as usize;
     let error = Optimizer::new(gpu, Adam::default(), too_long)
         .err()
         .unwrap();
-    assert!(matches!(error, Error::BufferTooLarge { .. }), "{error:?}");
-
-    let mut s = stepped(gpu);
-    if gpu.limits().max_buffer_size > limit {
-        let params = buffer(gpu, limit + 4, wgpu::BufferUsages::STORAGE);
-        let error = s.optimizer.step(&params, &s.grads).unwrap_err();
-        assert!(
-            matches!(error, Error::BufferTooLarge { what: "params", .. }),
-            "{error:?}"
-        );
-    }
-    s.assert_untouched(gpu);
+    assert!(
+        matches!(
+            error,
+            Error::BufferTooLarge {
+                what: "a state buffer",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
 }
 
 #[test]
@@ -234,10 +231,8 @@ fn params_and_grads_in_one_buffer() {
     assert!(
         matches!(
             error,
-            Error::AliasedBuffers {
-                first: "params",
-                second: "grads"
-            }
+            Error::AliasedBuffers { ref first, ref second }
+                if first == "params" && second == "grads"
         ),
         "{error:?}"
     );
@@ -247,7 +242,7 @@ fn params_and_grads_in_one_buffer() {
         .record_step(&mut encoder, &s.params, &own_state)
         .unwrap_err();
     assert!(
-        matches!(error, Error::AliasedBuffers { first: "grads", .. }),
+        matches!(error, Error::AliasedBuffers { ref second, .. } if second == "grads"),
         "{error:?}"
     );
     assert_encoder_still_clean(gpu, encoder);
@@ -262,7 +257,7 @@ fn a_lost_caller_owned_device_is_reported() {
     let grads = gpu.upload("grads", &[1.0; 3]).unwrap();
     let mut optimizer = Optimizer::new(&gpu, Adam::default(), 3).unwrap();
     optimizer.step(&params, &grads).unwrap(); // binds and caches the bind group
-    // wgpu delivers the loss once the queue has drained, so let that step finish first.
+                                              // wgpu delivers the loss once the queue has drained, so let that step finish first.
     gpu.wait().unwrap();
     assert_eq!(gpu.device_lost(), None);
     gpu.device().destroy();
