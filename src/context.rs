@@ -2,6 +2,7 @@
 //! and upload/readback helpers. Knows nothing of any single update rule.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use wgpu::util::DeviceExt;
@@ -329,14 +330,20 @@ impl GpuContext {
     /// Copies a whole buffer of f32 back to the host. Waits for the GPU: for tests,
     /// checkpoints and printing, never inside a step.
     pub fn download(&self, buffer: &wgpu::Buffer) -> Result<Vec<f32>> {
-        let device = &self.inner.device;
-        let size = buffer.size();
-        if !size.is_multiple_of(4) {
+        if !buffer.size().is_multiple_of(4) {
             return Err(Error::NotF32Sized {
                 buffer: "downloaded".into(),
-                bytes: size,
+                bytes: buffer.size(),
             });
         }
+        self.download_range(buffer, 0..buffer.size() / 4)
+    }
+
+    /// Copies elements `range` of a buffer of f32 back to the host, e.g. one tensor of a packed
+    /// buffer. Waits for the GPU.
+    pub fn download_range(&self, buffer: &wgpu::Buffer, range: Range<u64>) -> Result<Vec<f32>> {
+        let device = &self.inner.device;
+        let size = (range.end - range.start) * 4;
         if size == 0 {
             return Ok(Vec::new());
         }
@@ -349,7 +356,7 @@ impl GpuContext {
                 mapped_at_creation: false,
             });
             let mut encoder = device.create_command_encoder(&Default::default());
-            encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
+            encoder.copy_buffer_to_buffer(buffer, range.start * 4, &staging, 0, size);
             self.inner.queue.submit([encoder.finish()]);
             staging.map_async(wgpu::MapMode::Read, .., move |result| {
                 sender.send(result).ok();

@@ -62,6 +62,42 @@ pub(crate) fn try_set_lr<R: UpdateRule>(rule: &mut R, lr: f64) -> Result<()> {
     Ok(())
 }
 
+/// The accessors every optimizer kind forwards to its `engine` field, written once.
+macro_rules! engine_accessors {
+    () => {
+        /// Steps taken so far (PyTorch's `state["step"]`).
+        pub fn step_count(&self) -> u64 {
+            self.engine.steps
+        }
+
+        /// The states this optimizer keeps, by PyTorch name.
+        pub fn state_names(&self) -> Vec<&'static str> {
+            crate::engine::state_names(&self.engine.groups)
+        }
+
+        /// Bytes of GPU memory this optimizer allocated: its state buffers, a 16-byte
+        /// placeholder for state slots no group keeps, and the uniform ring. Params and grads
+        /// are the caller's.
+        pub fn state_bytes(&self) -> u64 {
+            self.engine.state_bytes()
+        }
+
+        /// Bytes one step must move: params read and written, grads read, and every kept state
+        /// read and written (padding between packed tensors included). The denominator of
+        /// effective bandwidth.
+        pub fn bytes_per_step(&self) -> u64 {
+            self.engine.bytes_per_step()
+        }
+
+        /// Dispatches one step records: one per parameter group (or buffer pair) and binding
+        /// window, never one per tensor of a packed set.
+        pub fn dispatches_per_step(&self) -> usize {
+            self.engine.dispatches()
+        }
+    };
+}
+pub(crate) use engine_accessors;
+
 /// Fused steps over `targets` caller buffer pairs, each element updated by its group's rule.
 pub(crate) struct Engine<R: UpdateRule> {
     context: GpuContext,
@@ -203,6 +239,11 @@ impl<R: UpdateRule> Engine<R> {
 
     pub fn context(&self) -> &GpuContext {
         &self.context
+    }
+
+    /// How many (params, grads) pairs a step takes.
+    pub fn targets(&self) -> usize {
+        self.lens.len()
     }
 
     /// Dispatches per step: one per window.

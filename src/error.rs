@@ -102,6 +102,9 @@ pub enum Error {
     )]
     UngroupedTensor { name: String },
 
+    #[error("there is no parameter group {group}")]
+    UnknownGroup { group: usize },
+
     #[error("parameter group {group} names no tensors; drop it or give it some")]
     EmptyGroup { group: usize },
 

@@ -25,7 +25,9 @@ mod context;
 mod engine;
 mod error;
 mod kernel;
+mod layout;
 mod optimizer;
+mod param_set;
 mod plan;
 mod rmsprop;
 mod sgd;
@@ -36,7 +38,9 @@ pub use context::{enumerate_adapters, AdapterChoice, DispatchLimits, GpuContext}
 pub use engine::MAX_PENDING_STEPS;
 pub use error::{Error, Result};
 pub use kernel::{dispatch_grid, shader_source, UpdateRule, PRELUDE, WORKGROUP_SIZE};
+pub use layout::{ParamLayout, TensorSlot, TENSOR_ALIGNMENT};
 pub use optimizer::{CpuOptimizer, Optimizer};
+pub use param_set::{ForeachOptimizer, ParamGroup, ParamSet};
 pub use rmsprop::{RmsProp, RmsPropScalars};
 pub use sgd::{Sgd, SgdScalars};
 

@@ -3,7 +3,7 @@
 //! over the rule and know nothing of any single one.
 
 use crate::context::GpuContext;
-use crate::engine::{find_state, state_names, try_set_lr, Engine, StateRef};
+use crate::engine::{engine_accessors, find_state, state_names, try_set_lr, Engine, StateRef};
 use crate::error::{Error, Result};
 use crate::kernel::{twin_element, StepHeader, UpdateRule};
 use crate::plan::Span;
@@ -48,17 +48,14 @@ impl<R: UpdateRule> Optimizer<R> {
         &self.engine.groups[0]
     }
 
+    engine_accessors!();
+
     pub fn len(&self) -> usize {
         self.len as usize
     }
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
-    }
-
-    /// Steps taken so far (PyTorch's `state["step"]`).
-    pub fn step_count(&self) -> u64 {
-        self.engine.steps
     }
 
     pub fn lr(&self) -> f64 {
@@ -69,11 +66,6 @@ impl<R: UpdateRule> Optimizer<R> {
     /// pipeline is rebuilt. A rejected value leaves the old one in force.
     pub fn set_lr(&mut self, lr: f64) -> Result<()> {
         try_set_lr(&mut self.engine.groups[0], lr)
-    }
-
-    /// The state this optimizer keeps, by PyTorch name.
-    pub fn state_names(&self) -> Vec<&'static str> {
-        state_names(&self.engine.groups)
     }
 
     /// The GPU buffer of a state (`exp_avg`, ...), e.g. to copy it into a checkpoint.
@@ -99,28 +91,12 @@ impl<R: UpdateRule> Optimizer<R> {
         }
     }
 
-    /// Bytes of GPU memory this optimizer allocated (state, placeholder and the uniform ring).
-    pub fn state_bytes(&self) -> u64 {
-        self.engine.state_bytes()
-    }
-
-    /// Bytes one step must move: params read and written, grads read, and every kept state
-    /// buffer read and written. The denominator of effective bandwidth.
-    pub fn bytes_per_step(&self) -> u64 {
-        self.engine.bytes_per_step()
-    }
-
     /// How many per-element state buffers this configuration keeps.
     pub fn state_buffer_count(&self) -> usize {
         R::STATE_SLOTS
             .iter()
             .filter(|name| self.rule().keeps_state(name))
             .count()
-    }
-
-    /// Dispatches one step records: one per window of the adapter's binding limit.
-    pub fn dispatches_per_step(&self) -> usize {
-        self.engine.dispatches()
     }
 
     /// Records one step into the caller's encoder without submitting it. The step's scalars are
@@ -178,12 +154,12 @@ impl<R: UpdateRule> CpuOptimizer<R> {
         self.steps
     }
 
-    pub fn set_lr(&mut self, lr: f64) -> Result<()> {
-        try_set_lr(&mut self.rule, lr)
-    }
-
     pub fn state_names(&self) -> Vec<&'static str> {
         state_names(std::slice::from_ref(&self.rule))
+    }
+
+    pub fn set_lr(&mut self, lr: f64) -> Result<()> {
+        try_set_lr(&mut self.rule, lr)
     }
 
     /// A state by PyTorch name; `step` reads as one element.

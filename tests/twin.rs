@@ -1,14 +1,36 @@
 //! Every rule and every flag combination on the GPU against its CPU twin, on random non-zero
 //! data, at sizes that are not multiples of the workgroup (256) or of 4, over five steps with
 //! the learning rate changed before each one. Params and every state buffer are compared.
+//! Each configuration runs twice: with the adapter's dispatch limits, and with windows forced
+//! down to a few hundred elements so every window edge is crossed on any adapter.
 
 mod common;
 
 use fused_optim::{
-    Adagrad, Adam, CpuOptimizer, Optimizer, RmsProp, Sgd, UpdateRule, MAX_PENDING_STEPS,
+    Adagrad, Adam, CpuOptimizer, DispatchLimits, GpuContext, Optimizer, RmsProp, Sgd, UpdateRule,
+    MAX_PENDING_STEPS,
 };
 
 const SIZES: [usize; 9] = [1, 3, 4, 5, 255, 257, 1025, 100_003, 4_194_307];
+
+/// Forced windows of 1004 elements: a multiple of 4 but not of any storage offset alignment
+/// (8 to 64 elements), so windows after the first start inside an aligned block and reach
+/// their first element through the header's `begin`. Three workgroups per dimension fold each
+/// window's four workgroups into a 2x2 grid. The sizes leave short last windows.
+const FORCED: DispatchLimits = DispatchLimits {
+    window_elements: 1004,
+    workgroups_per_dimension: 3,
+};
+const FORCED_SIZES: [usize; 6] = [3, 1004, 1005, 2011, 3012, 100_003];
+
+/// The shared context with its own limits, and with forced small windows.
+fn contexts() -> [(GpuContext, &'static [usize]); 2] {
+    let gpu = common::gpu();
+    [
+        (gpu.clone(), &SIZES),
+        (gpu.with_dispatch_limits(FORCED).unwrap(), &FORCED_SIZES),
+    ]
+}
 const STEPS: usize = 5;
 const LEARNING_RATES: [f64; STEPS] = [0.1, 0.03, 0.2, 0.05, 0.12];
 
@@ -27,41 +49,44 @@ const WEIGHT_DECAY: f64 = 0.3;
 const EPS: f64 = 1e-2;
 
 fn check_rule<R: UpdateRule>(rule: R) {
-    let gpu = common::gpu();
     let mut worst = (0.0, "params", SIZES[0]);
-    for (index, &len) in SIZES.iter().enumerate() {
-        let seed = 1000 * index as u64;
-        let mut params_cpu = common::random_nonzero(len, seed);
-        let params = gpu.upload("params", &params_cpu).unwrap();
-        let grads = gpu.upload("grads", &params_cpu).unwrap();
-        let mut cpu = CpuOptimizer::new(rule.clone(), len).unwrap();
-        let mut optimizer = Optimizer::new(gpu, rule.clone(), len).unwrap();
-        for (step, lr) in LEARNING_RATES.into_iter().enumerate() {
-            let grads_cpu = common::random_nonzero(len, seed + 1 + step as u64);
-            gpu.write(&grads, &grads_cpu).unwrap();
-            cpu.set_lr(lr).unwrap();
-            optimizer.set_lr(lr).unwrap();
-            cpu.step(&mut params_cpu, &grads_cpu).unwrap();
-            optimizer.step(&params, &grads).unwrap();
-        }
-        let mut compared = vec![("params", gpu.download(&params).unwrap(), params_cpu)];
-        for name in optimizer.state_names() {
-            compared.push((
-                name,
-                optimizer.read_state(name).unwrap(),
-                cpu.state(name).unwrap(),
-            ));
-        }
-        for (name, got, want) in compared {
-            let error = common::worst_relative_error(&got, &want);
-            assert!(
-                error <= TOLERANCE,
-                "{} {:?}, len {len}: {name} off by {error:e} (bound {TOLERANCE:e})",
-                rule.name(),
-                rule
-            );
-            if error > worst.0 {
-                worst = (error, name, len);
+    for (gpu, sizes) in contexts() {
+        for (index, &len) in sizes.iter().enumerate() {
+            let seed = 1000 * index as u64;
+            let mut params_cpu = common::random_nonzero(len, seed);
+            let params = gpu.upload("params", &params_cpu).unwrap();
+            let grads = gpu.upload("grads", &params_cpu).unwrap();
+            let mut cpu = CpuOptimizer::new(rule.clone(), len).unwrap();
+            let mut optimizer = Optimizer::new(&gpu, rule.clone(), len).unwrap();
+            for (step, lr) in LEARNING_RATES.into_iter().enumerate() {
+                let grads_cpu = common::random_nonzero(len, seed + 1 + step as u64);
+                gpu.write(&grads, &grads_cpu).unwrap();
+                cpu.set_lr(lr).unwrap();
+                optimizer.set_lr(lr).unwrap();
+                cpu.step(&mut params_cpu, &grads_cpu).unwrap();
+                optimizer.step(&params, &grads).unwrap();
+            }
+            let mut compared = vec![("params", gpu.download(&params).unwrap(), params_cpu)];
+            for name in optimizer.state_names() {
+                compared.push((
+                    name,
+                    optimizer.read_state(name).unwrap(),
+                    cpu.state(name).unwrap(),
+                ));
+            }
+            let windows = optimizer.dispatches_per_step();
+            for (name, got, want) in compared {
+                let error = common::worst_relative_error(&got, &want);
+                assert!(
+                    error <= TOLERANCE,
+                    "{} {:?}, len {len} in {windows} windows: {name} off by {error:e} \
+                     (bound {TOLERANCE:e})",
+                    rule.name(),
+                    rule
+                );
+                if error > worst.0 {
+                    worst = (error, name, len);
+                }
             }
         }
     }

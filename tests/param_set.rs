@@ -1,0 +1,444 @@
+//! Many tensors per step: packed parameter sets with groups, foreach lists of caller buffers,
+//! memory accounting, and the errors registering and stepping them can raise. Every result is
+//! compared with the rule's CPU twin applied tensor by tensor with its group's rule.
+
+mod common;
+
+use fused_optim::{
+    Adagrad, Adam, CpuOptimizer, DispatchLimits, Error, ForeachOptimizer, GpuContext, Optimizer,
+    ParamGroup, ParamSet, RmsProp, Sgd, UpdateRule,
+};
+
+/// Same bound and reasoning as tests/twin.rs: three steps of a few f32 operations each.
+const TOLERANCE: f64 = 1e-4;
+const STEPS: usize = 3;
+
+/// Awkward sizes: not multiples of 4, of the workgroup or of the tensor alignment.
+const TENSORS: [(&str, usize); 7] = [
+    ("embed.weight", 2011),
+    ("embed.bias", 3),
+    ("block.weight", 1025),
+    ("block.bias", 1),
+    ("norm.weight", 5),
+    ("head.weight", 300),
+    ("head.bias", 64),
+];
+
+fn is_decayed(name: &str) -> bool {
+    name.ends_with("weight") && !name.starts_with("norm")
+}
+
+/// The shared context, and one whose forced 1004-element windows cut the groups into several
+/// windows starting off alignment (see tests/twin.rs).
+fn contexts() -> [GpuContext; 2] {
+    let gpu = common::gpu();
+    let forced = DispatchLimits {
+        window_elements: 1004,
+        workgroups_per_dimension: 3,
+    };
+    [gpu.clone(), gpu.with_dispatch_limits(forced).unwrap()]
+}
+
+/// Steps a two-group set (decayed weights; the rest) on the GPU and with per-tensor CPU twins,
+/// changing each group's lr before every step, and compares params, every state and the
+/// padding between tensors, which must stay zero.
+fn check_groups<R: UpdateRule>(decayed: R, rest: R) {
+    let names = |decay: bool| {
+        TENSORS
+            .iter()
+            .filter(move |(name, _)| is_decayed(name) == decay)
+    };
+    for gpu in contexts() {
+        let groups = vec![
+            ParamGroup::new(decayed.clone(), names(true).map(|(name, _)| *name)),
+            ParamGroup::new(rest.clone(), names(false).map(|(name, _)| *name)),
+        ];
+        let mut set = ParamSet::new(&gpu, &TENSORS, groups).unwrap();
+        let layout = set.layout().clone();
+        let len = layout.len() as usize;
+        let mut params_cpu = vec![0.0; len];
+        let mut grads_cpu = vec![0.0; len];
+        let mut twins = Vec::new();
+        for (index, (name, tensor_len)) in TENSORS.iter().enumerate() {
+            let slot = layout.tensor(name).unwrap();
+            let seed = 100 * index as u64;
+            layout
+                .view_mut(&mut params_cpu, name)
+                .unwrap()
+                .copy_from_slice(&common::random_nonzero(*tensor_len, seed));
+            layout
+                .view_mut(&mut grads_cpu, name)
+                .unwrap()
+                .copy_from_slice(&common::random_nonzero(*tensor_len, seed + 1));
+            let rule = set.groups()[slot.group].clone();
+            twins.push((slot.clone(), CpuOptimizer::new(rule, *tensor_len).unwrap()));
+        }
+        let params = gpu.upload("params", &params_cpu).unwrap();
+        let grads = gpu.upload("grads", &grads_cpu).unwrap();
+        for step in 0..STEPS {
+            let lrs = [0.1 / (step + 1) as f64, 0.05 * (step + 1) as f64];
+            for (group, lr) in lrs.into_iter().enumerate() {
+                set.set_group_lr(group, lr).unwrap();
+            }
+            set.step(&params, &grads).unwrap();
+            for (slot, twin) in &mut twins {
+                twin.set_lr(lrs[slot.group]).unwrap();
+                let range = slot.range();
+                twin.step(&mut params_cpu[range.clone()], &grads_cpu[range])
+                    .unwrap();
+            }
+        }
+        let got = gpu.download(&params).unwrap();
+        let windows = set.dispatches_per_step();
+        for (slot, twin) in &twins {
+            let mut compared = vec![(
+                "params",
+                got[slot.range()].to_vec(),
+                params_cpu[slot.range()].to_vec(),
+            )];
+            for state in twin.state_names() {
+                compared.push((
+                    state,
+                    set.read_state(state, &slot.name).unwrap(),
+                    twin.state(state).unwrap(),
+                ));
+            }
+            for (state, got, want) in compared {
+                let error = common::worst_relative_error(&got, &want);
+                assert!(
+                    error <= TOLERANCE,
+                    "{} group {} ({windows} windows): {} {state} off by {error:e}",
+                    decayed.name(),
+                    slot.group,
+                    slot.name
+                );
+            }
+        }
+        let mut padding = got;
+        for slot in layout.tensors() {
+            padding[slot.range()].fill(0.0);
+        }
+        assert!(
+            padding.iter().all(|&p| p == 0.0),
+            "padding between tensors changed"
+        );
+    }
+}
+
+#[test]
+fn sgd_groups_match_twins() {
+    let decayed = Sgd {
+        momentum: 0.9,
+        nesterov: true,
+        weight_decay: 0.3,
+        ..Sgd::default()
+    };
+    check_groups(
+        decayed,
+        Sgd {
+            maximize: true,
+            ..Sgd::default()
+        },
+    );
+}
+
+#[test]
+fn adam_groups_match_twins() {
+    // AdamW with decay for weights; no decay but amsgrad for the rest, so one group keeps a
+    // state the other does not.
+    let decayed = Adam {
+        weight_decay: 0.3,
+        eps: 1e-2,
+        betas: (0.8, 0.9),
+        ..Adam::adamw()
+    };
+    let rest = Adam {
+        weight_decay: 0.0,
+        amsgrad: true,
+        ..decayed.clone()
+    };
+    check_groups(decayed, rest);
+}
+
+#[test]
+fn rmsprop_groups_match_twins() {
+    let decayed = RmsProp {
+        centered: true,
+        momentum: 0.9,
+        weight_decay: 0.3,
+        eps: 1e-2,
+        alpha: 0.9,
+        ..RmsProp::default()
+    };
+    check_groups(
+        decayed,
+        RmsProp {
+            eps: 1e-2,
+            ..RmsProp::default()
+        },
+    );
+}
+
+#[test]
+fn adagrad_groups_match_twins() {
+    let decayed = Adagrad {
+        weight_decay: 0.3,
+        lr_decay: 0.1,
+        initial_accumulator_value: 0.5,
+        eps: 1e-2,
+        ..Adagrad::default()
+    };
+    check_groups(
+        decayed,
+        Adagrad {
+            initial_accumulator_value: 0.1,
+            ..Adagrad::default()
+        },
+    );
+}
+
+#[test]
+fn a_group_is_one_dispatch_per_window_however_many_tensors() {
+    let gpu = common::gpu();
+    let tensors: Vec<(String, usize)> = (0..500).map(|i| (format!("t{i}"), 1 + i % 97)).collect();
+    let (even, odd): (Vec<_>, Vec<_>) = tensors
+        .iter()
+        .map(|(name, _)| name.clone())
+        .partition(|name| name[1..].parse::<usize>().unwrap() % 2 == 0);
+    let set = ParamSet::new(
+        gpu,
+        &tensors,
+        vec![
+            ParamGroup::new(Sgd::default(), even),
+            ParamGroup::new(Sgd::default(), odd),
+        ],
+    )
+    .unwrap();
+    assert_eq!(set.dispatches_per_step(), 2);
+}
+
+#[test]
+fn foreach_matches_twins_and_creates_nothing_after_the_first_step() {
+    let gpu = common::gpu();
+    let lens = [1, 3, 1025, 4099];
+    let rule = Adam {
+        eps: 1e-2,
+        weight_decay: 0.3,
+        ..Adam::adamw()
+    };
+    let mut optimizer = ForeachOptimizer::new(gpu, rule.clone(), &lens).unwrap();
+    let mut host = Vec::new();
+    let mut buffers = Vec::new();
+    for (index, &len) in lens.iter().enumerate() {
+        let params = common::random_nonzero(len, 10 * index as u64);
+        let grads = common::random_nonzero(len, 10 * index as u64 + 1);
+        buffers.push((
+            gpu.upload("params", &params).unwrap(),
+            gpu.upload("grads", &grads).unwrap(),
+        ));
+        host.push((params, grads, CpuOptimizer::new(rule.clone(), len).unwrap()));
+    }
+    let pairs: Vec<(&wgpu::Buffer, &wgpu::Buffer)> = buffers.iter().map(|(p, g)| (p, g)).collect();
+    optimizer.step(&pairs).unwrap();
+    // Steps recorded into one encoder keep anything they create alive until the submit.
+    let counters = || gpu.device().get_internal_counters().hal;
+    let before = counters();
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    for _ in 1..STEPS {
+        optimizer.record_step(&mut encoder, &pairs).unwrap();
+    }
+    let after = counters();
+    assert_eq!(
+        after.bind_groups.read(),
+        before.bind_groups.read(),
+        "a step created bind groups"
+    );
+    assert_eq!(
+        after.compute_pipelines.read(),
+        before.compute_pipelines.read(),
+        "a step created pipelines"
+    );
+    gpu.queue().submit([encoder.finish()]);
+    for ((params, grads, twin), (params_gpu, _)) in host.iter_mut().zip(&buffers) {
+        for _ in 0..STEPS {
+            twin.step(params, grads).unwrap();
+        }
+        let error = common::worst_relative_error(&gpu.download(params_gpu).unwrap(), params);
+        assert!(error <= TOLERANCE, "foreach params off by {error:e}");
+    }
+    for (index, (_, _, twin)) in host.iter().enumerate() {
+        for state in ["exp_avg", "exp_avg_sq"] {
+            let error = common::worst_relative_error(
+                &optimizer.read_state(state, index).unwrap(),
+                &twin.state(state).unwrap(),
+            );
+            assert!(
+                error <= TOLERANCE,
+                "foreach {state}[{index}] off by {error:e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn state_bytes_is_what_was_allocated() {
+    // A device of its own: the counters are per device, and other tests allocate in parallel.
+    let own = GpuContext::new().unwrap();
+    let gpu = &own;
+    let counters = || {
+        gpu.device()
+            .get_internal_counters()
+            .hal
+            .buffer_memory
+            .read()
+    };
+    let groups = vec![ParamGroup::new(
+        Adam {
+            amsgrad: true,
+            ..Adam::default()
+        },
+        TENSORS.map(|(name, _)| name),
+    )];
+    let before = counters();
+    let set = ParamSet::new(gpu, &TENSORS, groups).unwrap();
+    let allocated = counters() - before;
+    // Three packed state buffers, a 16-byte placeholder and the uniform ring.
+    let state = 3 * set.layout().bytes();
+    assert!(
+        set.state_bytes() > state && set.state_bytes() - state < 64 * 1024,
+        "{}",
+        set.state_bytes()
+    );
+    assert_eq!(
+        allocated as u64,
+        set.state_bytes(),
+        "the driver saw a different allocation"
+    );
+    drop(set);
+
+    let before = counters();
+    let single = Optimizer::new(
+        gpu,
+        Sgd {
+            momentum: 0.9,
+            ..Sgd::default()
+        },
+        1025,
+    )
+    .unwrap();
+    assert_eq!((counters() - before) as u64, single.state_bytes());
+}
+
+#[test]
+fn registration_errors_are_typed() {
+    let gpu = common::gpu();
+    // Keeps a state buffer, so the largest-buffer check has something to refuse.
+    let momentum = Sgd {
+        momentum: 0.9,
+        ..Sgd::default()
+    };
+    let build = |tensors: &[(&str, usize)], groups: &[&[&str]]| {
+        let groups = groups
+            .iter()
+            .map(|names| ParamGroup::new(momentum.clone(), names.iter().copied()))
+            .collect();
+        ParamSet::new(gpu, tensors, groups)
+            .err()
+            .expect("registration should fail")
+    };
+    let error = build(&[("a", 4), ("a", 8)], &[&["a"]]);
+    assert!(
+        matches!(error, Error::DuplicateTensor { ref name } if name == "a"),
+        "{error:?}"
+    );
+    let error = build(&[("a", 4), ("b", 0)], &[&["a", "b"]]);
+    assert!(
+        matches!(error, Error::EmptyTensor { ref name } if name == "b"),
+        "{error:?}"
+    );
+    let error = build(&[("a", 4), ("b", 4)], &[&["a", "b"], &["b"]]);
+    assert!(
+        matches!(
+            error,
+            Error::TensorInTwoGroups {
+                first: 0,
+                second: 1,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    let error = build(&[("a", 4), ("b", 4)], &[&["a"]]);
+    assert!(
+        matches!(error, Error::UngroupedTensor { ref name } if name == "b"),
+        "{error:?}"
+    );
+    let error = build(&[("a", 4)], &[&["a", "c"]]);
+    assert!(
+        matches!(error, Error::UnknownTensor { ref name } if name == "c"),
+        "{error:?}"
+    );
+    // Past the adapter's largest buffer: refused before anything is allocated.
+    let huge = (gpu.limits().max_buffer_size / 4) as usize;
+    let error = build(&[("a", huge), ("b", 1)], &[&["a", "b"]]);
+    assert!(matches!(error, Error::BufferTooLarge { .. }), "{error:?}");
+    let error = ForeachOptimizer::new(gpu, Sgd::default(), &[4, 0])
+        .err()
+        .unwrap();
+    assert!(matches!(error, Error::EmptyParams), "{error:?}");
+}
+
+#[test]
+fn stepping_errors_are_typed_and_change_nothing() {
+    let gpu = common::gpu();
+    let groups = vec![ParamGroup::new(
+        Adam::default(),
+        TENSORS.map(|(name, _)| name),
+    )];
+    let mut set = ParamSet::new(gpu, &TENSORS, groups).unwrap();
+    let len = set.layout().len() as usize;
+    let values = common::random_nonzero(len, 1);
+    let params = gpu.upload("params", &values).unwrap();
+    let short_grads = gpu.upload("grads", &values[1..]).unwrap();
+    let error = set.step(&params, &short_grads).unwrap_err();
+    assert!(matches!(error, Error::LengthMismatch { .. }), "{error:?}");
+    let short_params = gpu.upload("params", &values[1..]).unwrap();
+    let error = set.step(&short_params, &short_grads).unwrap_err();
+    assert!(matches!(error, Error::StateMismatch { .. }), "{error:?}");
+    let error = set.set_group_lr(1, 0.1).unwrap_err();
+    assert!(
+        matches!(error, Error::UnknownGroup { group: 1 }),
+        "{error:?}"
+    );
+    let error = set.read_state("exp_avg", "missing").unwrap_err();
+    assert!(matches!(error, Error::UnknownTensor { .. }), "{error:?}");
+    assert_eq!(set.step_count(), 0);
+    assert_eq!(gpu.download(&params).unwrap(), values);
+
+    let mut foreach = ForeachOptimizer::new(gpu, Adam::default(), &[4, 8]).unwrap();
+    let [a, b, c] = [4, 8, 7].map(|len| gpu.upload("buffer", &values[..len]).unwrap());
+    let a2 = gpu.upload("buffer", &values[..4]).unwrap();
+    let error = foreach.step(&[(&a, &a2)]).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::PairCount {
+                expected: 2,
+                got: 1
+            }
+        ),
+        "{error:?}"
+    );
+    let error = foreach.step(&[(&a, &a2), (&b, &c)]).unwrap_err();
+    assert!(
+        matches!(error, Error::LengthMismatch { ref tensor, .. } if tensor == "params[1]"),
+        "{error:?}"
+    );
+    let error = foreach.step(&[(&a, &a2), (&a2, &b)]).unwrap_err();
+    assert!(
+        matches!(error, Error::AliasedBuffers { ref first, ref second } if first == "grads[0]" && second == "params[1]"),
+        "{error:?}"
+    );
+    assert_eq!(foreach.step_count(), 0);
+    assert_eq!(gpu.download(&a).unwrap(), values[..4]);
+}
