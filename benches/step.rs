@@ -1,11 +1,15 @@
 //! `cargo bench`: one fused step of each rule, and the roofline kernel moving the same bytes,
 //! at 1M and 16M parameters on the default adapter, so regressions in the kernels or the host
-//! layer show up. `fused-optim bench` is the full report.
+//! layer show up, and a many-tensor parameter set beside one tensor of the same length.
+//! `fused-optim bench` is the full report.
 
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
-use fused_optim::bench::{Roofline, Workload};
-use fused_optim::{Adagrad, Adam, GpuContext, RmsProp, Sgd, UpdateRule};
+use fused_optim::bench::{gpt2_decays, gpt2_tensors, pattern, time_steps, Roofline, Workload};
+use fused_optim::{
+    Adagrad, Adam, DispatchLimits, GpuContext, Optimizer, ParamGroup, ParamSet, RmsProp, Sgd,
+    UpdateRule,
+};
 
 const SIZES: [(usize, &str); 2] = [(1 << 20, "1M"), (16 << 20, "16M")];
 
@@ -49,5 +53,63 @@ fn steps(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, steps);
+/// What many tensors, groups and windows cost: AdamW over a 148-tensor GPT-2-shaped set of
+/// about 15M parameters in two groups (decay / no decay), beside one tensor of the same
+/// packed length, and beside that tensor cut into 1M-element windows.
+fn many_tensors(c: &mut Criterion) {
+    let gpu = GpuContext::new().expect("a GPU adapter");
+    let tensors = gpt2_tensors(192);
+    let names = |decay: bool| {
+        tensors
+            .iter()
+            .filter(move |(name, _)| gpt2_decays(name) == decay)
+            .map(|(name, _)| name.clone())
+    };
+    let rule = Adam {
+        weight_decay: 0.1,
+        ..Adam::adamw()
+    };
+    let groups = vec![
+        ParamGroup::new(rule.clone(), names(true)),
+        ParamGroup::new(
+            Adam {
+                weight_decay: 0.0,
+                ..rule.clone()
+            },
+            names(false),
+        ),
+    ];
+    let mut set = ParamSet::new(&gpu, &tensors, groups).expect("parameter set");
+    let len = set.layout().len() as usize;
+    let values = pattern(len);
+    let params = gpu.upload("params", &values).expect("params");
+    let grads = gpu.upload("grads", &values).expect("grads");
+    let mut group = c.benchmark_group("many_tensors_15M");
+    group.sample_size(10);
+    group.throughput(Throughput::Bytes(set.bytes_per_step()));
+    group.bench_function("gpt2-148-tensors-2-groups", |b| {
+        b.iter_custom(|iters| {
+            let per_step = time_steps(&gpu, iters as u32, || set.step(&params, &grads));
+            per_step.expect("set step") * iters as u32
+        })
+    });
+    let windowed = gpu
+        .with_dispatch_limits(DispatchLimits {
+            window_elements: 1 << 20,
+            ..gpu.dispatch_limits()
+        })
+        .expect("1M windows");
+    for (name, context) in [("one-tensor", &gpu), ("one-tensor-1M-windows", &windowed)] {
+        let mut optimizer = Optimizer::new(context, rule.clone(), len).expect("optimizer");
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let per_step = time_steps(&gpu, iters as u32, || optimizer.step(&params, &grads));
+                per_step.expect("step") * iters as u32
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, steps, many_tensors);
 criterion_main!(benches);

@@ -31,7 +31,13 @@ fn main() -> fused_optim::Result<()> {
     };
     let groups = vec![
         ParamGroup::new(adamw.clone(), names(true)),
-        ParamGroup::new(Adam { weight_decay: 0.0, ..adamw }, names(false)),
+        ParamGroup::new(
+            Adam {
+                weight_decay: 0.0,
+                ..adamw
+            },
+            names(false),
+        ),
     ];
     let mut optimizer = ParamSet::new(&gpu, &tensors, groups)?;
     let layout = optimizer.layout().clone();

@@ -28,7 +28,7 @@ pub fn pattern(len: usize) -> Vec<f32> {
 
 /// Runs `step` `steps` times after the GPU is idle and waits for the last: wall-clock time
 /// per step, submission overhead included.
-fn time_steps(
+pub fn time_steps(
     gpu: &GpuContext,
     steps: u32,
     mut step: impl FnMut() -> Result<()>,
@@ -40,6 +40,43 @@ fn time_steps(
     }
     gpu.wait()?;
     Ok(start.elapsed() / steps.max(1))
+}
+
+/// The 148 tensors of a 12-layer GPT-2 of the given width, by their Hugging Face names; width
+/// 768 is GPT-2 small (124,439,808 parameters), the shape of a real model's parameter set.
+pub fn gpt2_tensors(width: usize) -> Vec<(String, usize)> {
+    let (vocab, context) = (50_257, 1024);
+    let mut tensors = vec![
+        ("wte.weight".to_owned(), vocab * width),
+        ("wpe.weight".to_owned(), context * width),
+    ];
+    for layer in 0..12 {
+        for (name, len) in [
+            ("ln_1.weight", width),
+            ("ln_1.bias", width),
+            ("attn.c_attn.weight", width * 3 * width),
+            ("attn.c_attn.bias", 3 * width),
+            ("attn.c_proj.weight", width * width),
+            ("attn.c_proj.bias", width),
+            ("ln_2.weight", width),
+            ("ln_2.bias", width),
+            ("mlp.c_fc.weight", width * 4 * width),
+            ("mlp.c_fc.bias", 4 * width),
+            ("mlp.c_proj.weight", 4 * width * width),
+            ("mlp.c_proj.bias", width),
+        ] {
+            tensors.push((format!("h.{layer}.{name}"), len));
+        }
+    }
+    tensors.push(("ln_f.weight".to_owned(), width));
+    tensors.push(("ln_f.bias".to_owned(), width));
+    tensors
+}
+
+/// Whether a GPT-2 tensor takes weight decay in the usual recipe: the matrices do, biases and
+/// layer norms do not.
+pub fn gpt2_decays(name: &str) -> bool {
+    name.ends_with(".weight") && !name.contains("ln_")
 }
 
 /// Buffers and an optimizer ready to step.

@@ -131,6 +131,12 @@ fn info(choice: &AdapterChoice) -> fused_optim::Result<()> {
     ] {
         println!("  {name:<36}{value:>14}");
     }
+    let window = gpu.dispatch_limits().window_elements;
+    println!(
+        "  fused-optim window (one dispatch)   {:>14} f32 ({:.0} MiB)",
+        window,
+        mib(window * 4)
+    );
     let timestamps = gpu
         .device()
         .features()

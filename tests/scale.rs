@@ -6,6 +6,7 @@ mod common;
 
 use std::sync::Mutex;
 
+use fused_optim::bench::{gpt2_decays, gpt2_tensors};
 use fused_optim::{Adam, CpuOptimizer, Optimizer, ParamGroup, ParamSet};
 
 /// Same bound and reasoning as tests/twin.rs.
@@ -56,51 +57,20 @@ fn adam_past_the_binding_limit_matches_twin() {
     }
 }
 
-/// GPT-2 small's 148 tensors (124,439,808 parameters) as Hugging Face names them.
-fn gpt2_small() -> Vec<(String, usize)> {
-    let (vocab, context, width) = (50_257, 1024, 768);
-    let mut tensors = vec![
-        ("wte.weight".to_owned(), vocab * width),
-        ("wpe.weight".to_owned(), context * width),
-    ];
-    for layer in 0..12 {
-        for (name, len) in [
-            ("ln_1.weight", width),
-            ("ln_1.bias", width),
-            ("attn.c_attn.weight", width * 3 * width),
-            ("attn.c_attn.bias", 3 * width),
-            ("attn.c_proj.weight", width * width),
-            ("attn.c_proj.bias", width),
-            ("ln_2.weight", width),
-            ("ln_2.bias", width),
-            ("mlp.c_fc.weight", width * 4 * width),
-            ("mlp.c_fc.bias", 4 * width),
-            ("mlp.c_proj.weight", 4 * width * width),
-            ("mlp.c_proj.bias", width),
-        ] {
-            tensors.push((format!("h.{layer}.{name}"), len));
-        }
-    }
-    tensors.push(("ln_f.weight".to_owned(), width));
-    tensors.push(("ln_f.bias".to_owned(), width));
-    tensors
-}
-
 /// AdamW with weight decay on the matrices and none on biases and norms, three steps with the
 /// lr changed before each, against a CPU twin per tensor with its group's hyperparameters.
 #[test]
 fn gpt2_small_parameter_set_matches_twins() {
     let _turn = BIG.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let gpu = common::gpu();
-    let tensors = gpt2_small();
+    let tensors = gpt2_tensors(768);
     assert_eq!(tensors.len(), 148);
     let total: usize = tensors.iter().map(|(_, len)| len).sum();
     assert_eq!(total, 124_439_808);
-    let decayed = |name: &str| !name.contains("ln_") && name.ends_with("weight");
     let names = |decay: bool| {
         tensors
             .iter()
-            .filter(move |(name, _)| decayed(name) == decay)
+            .filter(move |(name, _)| gpt2_decays(name) == decay)
             .map(|(name, _)| name.clone())
     };
     let rule = Adam {
