@@ -5,10 +5,9 @@
 
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
-use fused_optim::bench::{gpt2_decays, gpt2_tensors, pattern, time_steps, Roofline, Workload};
+use fused_optim::bench::{gpt2_groups, gpt2_tensors, pattern, time_steps, Roofline, Workload};
 use fused_optim::{
-    Adagrad, Adam, DispatchLimits, GpuContext, Optimizer, ParamGroup, ParamSet, RmsProp, Sgd,
-    UpdateRule,
+    Adagrad, Adam, DispatchLimits, GpuContext, Optimizer, ParamSet, RmsProp, Sgd, UpdateRule,
 };
 
 const SIZES: [(usize, &str); 2] = [(1 << 20, "1M"), (16 << 20, "16M")];
@@ -59,26 +58,15 @@ fn steps(c: &mut Criterion) {
 fn many_tensors(c: &mut Criterion) {
     let gpu = GpuContext::new().expect("a GPU adapter");
     let tensors = gpt2_tensors(192);
-    let names = |decay: bool| {
-        tensors
-            .iter()
-            .filter(move |(name, _)| gpt2_decays(name) == decay)
-            .map(|(name, _)| name.clone())
-    };
     let rule = Adam {
         weight_decay: 0.1,
         ..Adam::adamw()
     };
-    let groups = vec![
-        ParamGroup::new(rule.clone(), names(true)),
-        ParamGroup::new(
-            Adam {
-                weight_decay: 0.0,
-                ..rule.clone()
-            },
-            names(false),
-        ),
-    ];
+    let no_decay = Adam {
+        weight_decay: 0.0,
+        ..rule.clone()
+    };
+    let groups = gpt2_groups(&tensors, rule.clone(), no_decay);
     let mut set = ParamSet::new(&gpu, &tensors, groups).expect("parameter set");
     let len = set.layout().len() as usize;
     let values = pattern(len);

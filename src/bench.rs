@@ -12,6 +12,7 @@ use crate::kernel::{
     bytes_per_step, dispatch_grid, Kernel, StepHeader, UpdateRule, HEADER_BYTES, PRELUDE,
 };
 use crate::optimizer::{CpuOptimizer, Optimizer};
+use crate::param_set::ParamGroup;
 
 /// The roofline kernel's full WGSL: the rules' prelude plus shaders/roofline.wgsl.
 pub fn roofline_source() -> String {
@@ -73,10 +74,20 @@ pub fn gpt2_tensors(width: usize) -> Vec<(String, usize)> {
     tensors
 }
 
-/// Whether a GPT-2 tensor takes weight decay in the usual recipe: the matrices do, biases and
-/// layer norms do not.
-pub fn gpt2_decays(name: &str) -> bool {
-    name.ends_with(".weight") && !name.contains("ln_")
+/// GPT-2's usual two parameter groups: the matrices with `decayed` (weight decay), biases and
+/// layer norms with `rest` (none).
+pub fn gpt2_groups<R>(tensors: &[(String, usize)], decayed: R, rest: R) -> Vec<ParamGroup<R>> {
+    let decays = |name: &str| name.ends_with(".weight") && !name.contains("ln_");
+    let names = |decay: bool| {
+        tensors
+            .iter()
+            .filter(move |(name, _)| decays(name) == decay)
+            .map(|(name, _)| name.clone())
+    };
+    vec![
+        ParamGroup::new(decayed, names(true)),
+        ParamGroup::new(rest, names(false)),
+    ]
 }
 
 /// Buffers and an optimizer ready to step.

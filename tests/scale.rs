@@ -6,8 +6,8 @@ mod common;
 
 use std::sync::Mutex;
 
-use fused_optim::bench::{gpt2_decays, gpt2_tensors};
-use fused_optim::{Adam, CpuOptimizer, Optimizer, ParamGroup, ParamSet};
+use fused_optim::bench::{gpt2_groups, gpt2_tensors};
+use fused_optim::{Adam, CpuOptimizer, Optimizer, ParamSet};
 
 /// Same bound and reasoning as tests/twin.rs.
 const TOLERANCE: f64 = 1e-4;
@@ -67,12 +67,6 @@ fn gpt2_small_parameter_set_matches_twins() {
     assert_eq!(tensors.len(), 148);
     let total: usize = tensors.iter().map(|(_, len)| len).sum();
     assert_eq!(total, 124_439_808);
-    let names = |decay: bool| {
-        tensors
-            .iter()
-            .filter(move |(name, _)| gpt2_decays(name) == decay)
-            .map(|(name, _)| name.clone())
-    };
     let rule = Adam {
         lr: 0.1,
         eps: 1e-2,
@@ -80,16 +74,11 @@ fn gpt2_small_parameter_set_matches_twins() {
         weight_decay: 0.3,
         ..Adam::adamw()
     };
-    let groups = vec![
-        ParamGroup::new(rule.clone(), names(true)),
-        ParamGroup::new(
-            Adam {
-                weight_decay: 0.0,
-                ..rule
-            },
-            names(false),
-        ),
-    ];
+    let no_decay = Adam {
+        weight_decay: 0.0,
+        ..rule.clone()
+    };
+    let groups = gpt2_groups(&tensors, rule, no_decay);
     let mut set = ParamSet::new(gpu, &tensors, groups).unwrap();
     let layout = set.layout().clone();
     // One dispatch per group and binding window, not per tensor.
