@@ -5,13 +5,42 @@
 
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
-use fused_optim::bench::{gpt2_groups, gpt2_tensors, pattern, time_steps, Roofline, Workload};
+use fused_optim::bench::{gpt2_groups, gpt2_tensors, pattern, time_steps};
 use fused_optim::{
-    Adagrad, Adam, DispatchLimits, GpuContext, Optimizer, ParamSet, RmsProp, Sgd, UpdateRule,
+    Adagrad, Adam, DispatchLimits, GpuContext, Optimizer, ParamSet, RmsProp, Roofline, Sgd,
+    UpdateRule,
 };
 
 const SIZES: [(usize, &str); 2] = [(1 << 20, "1M"), (16 << 20, "16M")];
 
+/// Criterion timing of `rule`'s fused step, submit to completion, on fixed buffers.
+fn bench_optimizer<R: UpdateRule>(
+    group: &mut BenchmarkGroup<WallTime>,
+    gpu: &GpuContext,
+    name: &str,
+    rule: R,
+    len: usize,
+) -> usize {
+    let mut optimizer = Optimizer::new(gpu, rule, len).expect("optimizer");
+    let values = pattern(len);
+    let params = gpu.upload("params", &values).expect("params");
+    let grads = gpu.upload("grads", &values).expect("grads");
+    group.throughput(Throughput::Bytes(optimizer.bytes_per_step()));
+    let states = optimizer
+        .state_names()
+        .iter()
+        .filter(|n| **n != "step")
+        .count();
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let per_step = time_steps(gpu, iters as u32, || optimizer.step(&params, &grads));
+            per_step.expect("step") * iters as u32
+        })
+    });
+    states
+}
+
+/// `rule` beside the roofline moving the same bytes.
 fn bench_rule<R: UpdateRule>(
     group: &mut BenchmarkGroup<WallTime>,
     gpu: &GpuContext,
@@ -19,19 +48,14 @@ fn bench_rule<R: UpdateRule>(
     len: usize,
 ) {
     let name = rule.name();
-    let mut workload = Workload::new(gpu, rule, len).expect("bench workload");
-    let optimizer = &workload.optimizer;
-    let (bytes, states) = (optimizer.bytes_per_step(), optimizer.state_buffer_count());
-    group.throughput(Throughput::Bytes(bytes));
-    group.bench_function(name, |b| {
-        b.iter_custom(|iters| workload.run(gpu, iters as u32).expect("bench step") * iters as u32)
-    });
-    let roofline = Roofline::new(gpu, len, states).expect("roofline");
-    group.bench_function(format!("{name}-roofline"), |b| {
-        b.iter_custom(|iters| {
-            roofline.run(gpu, iters as u32).expect("roofline pass") * iters as u32
-        })
-    });
+    let states = bench_optimizer(group, gpu, name, rule, len);
+    bench_optimizer(
+        group,
+        gpu,
+        &format!("{name}-roofline"),
+        Roofline { states },
+        len,
+    );
 }
 
 fn steps(c: &mut Criterion) {

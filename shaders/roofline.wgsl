@@ -1,10 +1,13 @@
-// The benchmark's floor (src/bench.rs `Roofline`), appended to shaders/common.wgsl like an
-// update rule so it shares the rules' bindings, entry point and indexing exactly. It reads and
-// writes the bytes a rule with STATES state buffers must move (params read and written, grads
-// read, each state read and written) with one add per written value, so that no load or store
-// can be optimised away, and no update arithmetic. The host sets the L2 coefficient to 0.
+// The benchmark's floor (src/roofline.rs), appended to shaders/common.wgsl like an update rule
+// so it shares the rules' bindings, entry point, indexing and windows exactly. It reads and
+// writes the bytes a rule with as many state buffers must move (params read and written,
+// grads read, each kept state read and written) with one add per written value, so that no
+// load or store can be optimised away, and no update arithmetic. Its L2 coefficient is 0.
+// CPU twin: `Roofline::twin_update`.
 
-override STATES: u32 = 0u;
+override STATE0: bool = false;
+override STATE1: bool = false;
+override STATE2: bool = false;
 
 struct Scalars {
     unused: f32,
@@ -15,13 +18,13 @@ struct Scalars {
 @group(0) @binding(5) var<storage, read_write> state2: array<f32>;
 
 fn update(i: u32, p: f32, g: f32) -> f32 {
-    if STATES > 0u {
+    if STATE0 {
         state0[i] = state0[i] + p;
     }
-    if STATES > 1u {
+    if STATE1 {
         state1[i] = state1[i] + p;
     }
-    if STATES > 2u {
+    if STATE2 {
         state2[i] = state2[i] + p;
     }
     return p + g;

@@ -15,6 +15,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{non_negative, positive, Result};
 use crate::kernel::UpdateRule;
+use crate::unfused::{Operand, Program};
 
 /// Hyperparameters of Adagrad, with PyTorch's names and defaults.
 #[derive(Clone, Debug, PartialEq)]
@@ -106,5 +107,19 @@ impl UpdateRule for Adagrad {
         let acc = state[0] + g * g;
         state[0] = acc;
         p - s.clr * (g / (acc.sqrt() + s.eps))
+    }
+
+    fn unfused(&self, t: u64, program: &mut Program) {
+        let s = self.scalars(t);
+        let g = program.gradient(self.maximize, self.weight_decay as f32);
+        let (sum, scratch, denom) = (Operand::State(0), Operand::Temp(1), Operand::Temp(2));
+        program.square(scratch, g);
+        program.add(sum, scratch);
+        program.sqrt(denom, sum);
+        program.add_scalar(denom, s.eps);
+        program.copy(scratch, g);
+        program.div(scratch, denom);
+        program.mul_scalar(scratch, -s.clr);
+        program.add(Operand::Param, scratch);
     }
 }

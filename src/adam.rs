@@ -18,6 +18,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{non_negative, positive, unit_interval, Result};
 use crate::kernel::UpdateRule;
+use crate::unfused::{Operand, Program};
 
 /// Hyperparameters of Adam, with PyTorch's names and defaults. [`Adam::adamw`] gives AdamW's.
 #[derive(Clone, Debug, PartialEq)]
@@ -161,5 +162,35 @@ impl UpdateRule for Adam {
         }
         let denom = v.sqrt() / s.bias_correction2_sqrt + s.eps;
         decayed - s.step_size * (m / denom)
+    }
+
+    fn unfused(&self, t: u64, program: &mut Program) {
+        let s = self.scalars(t);
+        let g = program.gradient(self.maximize, self.l2_weight_decay() as f32);
+        if self.decoupled_weight_decay {
+            program.mul_scalar(Operand::Param, s.decay);
+        }
+        let (m, v, scratch) = (Operand::State(0), Operand::State(1), Operand::Temp(1));
+        program.mul_scalar(m, s.beta1);
+        program.scale(scratch, g, s.one_minus_beta1);
+        program.add(m, scratch);
+        program.mul_scalar(v, s.beta2);
+        program.square(scratch, g);
+        program.mul_scalar(scratch, s.one_minus_beta2);
+        program.add(v, scratch);
+        let second_moment = if self.amsgrad {
+            program.max(Operand::State(2), v);
+            Operand::State(2)
+        } else {
+            v
+        };
+        let denom = scratch;
+        program.sqrt(denom, second_moment);
+        program.div_scalar(denom, s.bias_correction2_sqrt);
+        program.add_scalar(denom, s.eps);
+        let update = Operand::Temp(2);
+        program.scale(update, m, -s.step_size);
+        program.div(update, denom);
+        program.add(Operand::Param, update);
     }
 }

@@ -1,26 +1,19 @@
-//! Timing of fused steps, shared by the CLI's `bench` and the criterion benches: the fused
-//! kernel, the streaming floor it is measured against, the adapter's copy bandwidth and the CPU
-//! twin, all on the same data sizes.
+//! The benchmark behind `fused-optim bench` and the criterion benches: each rule's fused step
+//! timed beside its floor (the roofline rule moving the same bytes), its unfused chain, the CPU
+//! twin and the adapter's copy bandwidth, all on the same adapter, sizes and data.
 
 use std::time::{Duration, Instant};
 
-use wgpu::util::DeviceExt;
+use serde::Serialize;
 
 use crate::context::GpuContext;
-use crate::error::Result;
-use crate::kernel::{
-    bytes_per_step, dispatch_grid, Kernel, StepHeader, UpdateRule, HEADER_BYTES, PRELUDE,
-};
+use crate::error::{Error, Result};
+use crate::kernel::UpdateRule;
 use crate::optimizer::{CpuOptimizer, Optimizer};
 use crate::param_set::ParamGroup;
-
-/// The roofline kernel's full WGSL: the rules' prelude plus shaders/roofline.wgsl.
-pub fn roofline_source() -> String {
-    format!("{PRELUDE}\n{}", include_str!("../shaders/roofline.wgsl"))
-}
-
-/// The roofline's `Step` uniform: the header, then its one-field `Scalars` rounded up to 16.
-const ROOFLINE_UNIFORM_BYTES: u64 = HEADER_BYTES + 16;
+use crate::roofline::Roofline;
+use crate::unfused::UnfusedChain;
+use crate::{Adagrad, Adam, RmsProp, Sgd};
 
 /// Small non-zero values every bench buffer starts from.
 pub fn pattern(len: usize) -> Vec<f32> {
@@ -90,142 +83,247 @@ pub fn gpt2_groups<R>(tensors: &[(String, usize)], decayed: R, rest: R) -> Vec<P
     ]
 }
 
-/// Buffers and an optimizer ready to step.
-pub struct Workload<R: UpdateRule> {
-    pub optimizer: Optimizer<R>,
-    pub params: wgpu::Buffer,
-    pub grads: wgpu::Buffer,
+/// Buffers are rotated until the sets stepped in turn span at least this much, so a small
+/// working set is not served from a cache between steps (GPU L2 and last-level caches are
+/// tens to a few hundred MiB).
+const ROTATION_BYTES: u64 = 512 << 20;
+const MAX_ROTATION: usize = 8;
+
+/// How many steps [`measure`] takes of each kernel.
+#[derive(Clone, Copy, Debug)]
+pub struct Repetitions {
+    /// Untimed GPU steps before timing.
+    pub warmup: u32,
+    /// Timed GPU steps: the samples of the median and spread.
+    pub steps: u32,
+    /// Timed CPU twin steps (0 skips the twin).
+    pub cpu_steps: u32,
 }
 
-impl<R: UpdateRule> Workload<R> {
-    pub fn new(gpu: &GpuContext, rule: R, len: usize) -> Result<Self> {
-        let values = pattern(len);
-        Ok(Self {
-            optimizer: Optimizer::new(gpu, rule, len)?,
-            params: gpu.upload("bench params", &values)?,
-            grads: gpu.upload("bench grads", &values)?,
+/// What a time was measured with.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Clock {
+    /// GPU timestamps written at the start and end of each step's compute pass.
+    Timestamps,
+    /// Wall clock around submit and wait, where the adapter has no timestamp queries.
+    WallClock,
+}
+
+impl Clock {
+    pub fn of(gpu: &GpuContext) -> Self {
+        match gpu
+            .device()
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+        {
+            true => Clock::Timestamps,
+            false => Clock::WallClock,
+        }
+    }
+}
+
+/// Per-step times of one kernel, in milliseconds.
+#[derive(Clone, Debug, Serialize)]
+pub struct Stats {
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub max_ms: f64,
+    pub samples: usize,
+}
+
+impl Stats {
+    fn of(mut times: Vec<f64>) -> Self {
+        times.sort_by(f64::total_cmp);
+        let n = times.len();
+        let median = match n {
+            0 => f64::NAN,
+            _ if n % 2 == 1 => times[n / 2],
+            _ => (times[n / 2 - 1] + times[n / 2]) / 2.0,
+        };
+        Self {
+            median_ms: median,
+            min_ms: times.first().copied().unwrap_or(f64::NAN),
+            max_ms: times.last().copied().unwrap_or(f64::NAN),
+            samples: n,
+        }
+    }
+
+    /// (max - min) / median, as a percentage.
+    pub fn spread_percent(&self) -> f64 {
+        100.0 * (self.max_ms - self.min_ms) / self.median_ms
+    }
+}
+
+/// Reads GPU timestamps written around each timed step.
+struct Timestamps {
+    queries: wgpu::QuerySet,
+    resolved: wgpu::Buffer,
+    capacity: u32,
+}
+
+impl Timestamps {
+    fn new(gpu: &GpuContext, steps: u32) -> Result<Self> {
+        let capacity = 2 * steps.max(1);
+        gpu.scoped("creating timestamp queries", || Self {
+            queries: gpu.device().create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("bench timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: capacity,
+            }),
+            resolved: gpu.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("bench timestamps resolved"),
+                size: capacity as u64 * 8,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            }),
+            capacity,
         })
     }
 
-    /// Submits `steps` steps back to back: wall-clock time per step.
-    pub fn run(&mut self, gpu: &GpuContext, steps: u32) -> Result<Duration> {
-        time_steps(gpu, steps, || {
-            self.optimizer.step(&self.params, &self.grads)
-        })
-    }
-}
-
-/// The floor for a rule with `states` state buffers: one dispatch that moves exactly the bytes
-/// the rule must move and computes nothing else (shaders/roofline.wgsl).
-pub struct Roofline {
-    kernel: Kernel,
-    bind_group: wgpu::BindGroup,
-    len: usize,
-    states: usize,
-    max_workgroups_per_dim: u32,
-    pub params: wgpu::Buffer,
-    pub grads: wgpu::Buffer,
-    pub state: Vec<wgpu::Buffer>,
-}
-
-impl Roofline {
-    /// Most state buffers any rule keeps (Adam with amsgrad, centered RMSprop with momentum).
-    pub const MAX_STATES: usize = 3;
-
-    /// Buffers of `len` elements starting at [`pattern`]. `states` must be at most `MAX_STATES`.
-    pub fn new(gpu: &GpuContext, len: usize, states: usize) -> Result<Self> {
-        assert!(
-            states <= Self::MAX_STATES,
-            "the roofline kernel has {} state slots",
-            Self::MAX_STATES
-        );
-        let device = gpu.device();
-        let values = pattern(len);
-        let params = gpu.upload("roofline params", &values)?;
-        let grads = gpu.upload("roofline grads", &values)?;
-        let state = (0..Self::MAX_STATES)
-            .map(|slot| {
-                gpu.upload(
-                    "roofline state",
-                    if slot < states { &values } else { &[0.0] },
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let (kernel, bind_group) = gpu.scoped("building the roofline kernel", || {
-            let kernel = Kernel::compile(
-                device,
-                "roofline",
-                &roofline_source(),
-                &[("STATES", states as f64)],
-                ROOFLINE_UNIFORM_BYTES,
-                Self::MAX_STATES as u32,
-            );
-            // No L2 term, and `Scalars` (unused) left zero.
-            let header = StepHeader {
-                begin: 0,
-                end: len as u32,
-                weight_decay: 0.0,
-                pad: 0,
-            };
-            let mut step = bytemuck::bytes_of(&header).to_vec();
-            step.resize(ROOFLINE_UNIFORM_BYTES as usize, 0);
-            let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("roofline step"),
-                contents: &step,
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
-            let bind_group = kernel.bind_group(
-                device,
-                "roofline",
-                uniform.as_entire_buffer_binding(),
-                [&params, &grads]
-                    .into_iter()
-                    .chain(&state)
-                    .map(wgpu::Buffer::as_entire_buffer_binding),
-            );
-            (kernel, bind_group)
-        })?;
-        Ok(Self {
-            kernel,
-            bind_group,
-            len,
-            states,
-            max_workgroups_per_dim: gpu.limits().max_compute_workgroups_per_dimension,
-            params,
-            grads,
-            state,
-        })
+    fn writes(&self, step: u32) -> wgpu::ComputePassTimestampWrites<'_> {
+        wgpu::ComputePassTimestampWrites {
+            query_set: &self.queries,
+            beginning_of_pass_write_index: Some(2 * step),
+            end_of_pass_write_index: Some(2 * step + 1),
+        }
     }
 
-    /// The same byte count as [`Optimizer::bytes_per_step`] for a rule with as many states.
-    pub fn bytes_per_step(&self) -> u64 {
-        bytes_per_step(self.len as u64, self.states)
-    }
-
-    /// Records and submits one pass.
-    pub fn step(&self, gpu: &GpuContext) -> Result<()> {
-        gpu.scoped("a roofline pass", || {
+    /// Milliseconds between each step's two timestamps.
+    fn read(&self, gpu: &GpuContext, steps: u32) -> Result<Vec<f64>> {
+        gpu.scoped("resolving timestamps", || {
             let mut encoder = gpu.device().create_command_encoder(&Default::default());
-            {
-                let mut pass = encoder.begin_compute_pass(&Default::default());
-                pass.set_pipeline(&self.kernel.pipeline);
-                pass.set_bind_group(0, &self.bind_group, &[0]);
-                let (x, y) = dispatch_grid(self.len as u64, self.max_workgroups_per_dim);
-                pass.dispatch_workgroups(x, y, 1);
-            }
+            encoder.resolve_query_set(&self.queries, 0..2 * steps, &self.resolved, 0);
             gpu.queue().submit([encoder.finish()]);
-        })
-    }
-
-    /// Submits `steps` passes back to back: wall-clock time per pass.
-    pub fn run(&self, gpu: &GpuContext, steps: u32) -> Result<Duration> {
-        time_steps(gpu, steps, || self.step(gpu))
+        })?;
+        let raw = gpu.download(&self.resolved)?;
+        let ticks: &[u64] = bytemuck::cast_slice(&raw);
+        let period_ns = gpu.queue().get_timestamp_period() as f64;
+        Ok(ticks[..2 * steps as usize]
+            .chunks(2)
+            .map(|pair| pair[1].wrapping_sub(pair[0]) as f64 * period_ns / 1e6)
+            .collect())
     }
 }
 
-/// The adapter's `copy_buffer_to_buffer` bandwidth in GB/s over `bytes`-byte buffers, counting
-/// the bytes read and written, after one warm-up copy.
-pub fn copy_bandwidth(gpu: &GpuContext, bytes: u64, copies: u32) -> Result<f64> {
+/// Times `submit(set, timestamps)` after `warmup` untimed calls: one sample per step, from GPU
+/// timestamps around its pass where the adapter has them, else from the wall clock around
+/// submit and wait. `set` cycles through `sets` buffer sets.
+fn time_kernel(
+    gpu: &GpuContext,
+    repetitions: Repetitions,
+    sets: usize,
+    mut submit: impl FnMut(usize, Option<wgpu::ComputePassTimestampWrites>) -> Result<()>,
+) -> Result<Stats> {
+    for step in 0..repetitions.warmup as usize {
+        submit(step % sets, None)?;
+    }
+    gpu.wait()?;
+    let steps = repetitions.steps.max(1);
+    let times = match Clock::of(gpu) {
+        Clock::Timestamps => {
+            let timestamps = Timestamps::new(gpu, steps)?;
+            debug_assert!(2 * steps <= timestamps.capacity);
+            for step in 0..steps {
+                submit(step as usize % sets, Some(timestamps.writes(step)))?;
+            }
+            timestamps.read(gpu, steps)?
+        }
+        Clock::WallClock => (0..steps as usize)
+            .map(|step| {
+                let start = Instant::now();
+                submit(step % sets, None)?;
+                gpu.wait()?;
+                Ok(start.elapsed().as_secs_f64() * 1e3)
+            })
+            .collect::<Result<Vec<_>>>()?,
+    };
+    Ok(Stats::of(times))
+}
+
+/// Caller-side buffers for `sets` rotated (params, grads) pairs of `len` elements.
+fn buffer_sets(
+    gpu: &GpuContext,
+    len: usize,
+    sets: usize,
+) -> Result<Vec<(wgpu::Buffer, wgpu::Buffer)>> {
+    let values = pattern(len);
+    (0..sets)
+        .map(|_| {
+            Ok((
+                gpu.upload("bench params", &values)?,
+                gpu.upload("bench grads", &values)?,
+            ))
+        })
+        .collect()
+}
+
+/// How many buffer sets to rotate through for a working set of `bytes`.
+fn rotation(bytes: u64) -> usize {
+    (ROTATION_BYTES.div_ceil(bytes.max(1)) as usize).clamp(1, MAX_ROTATION)
+}
+
+/// Times fused steps of `rule` over `len` elements, rotating buffer sets.
+fn time_fused<R: UpdateRule>(
+    gpu: &GpuContext,
+    rule: &R,
+    len: usize,
+    repetitions: Repetitions,
+) -> Result<(Stats, u64, usize)> {
+    let probe = Optimizer::new(gpu, rule.clone(), len)?;
+    let (bytes, dispatches) = (probe.bytes_per_step(), probe.dispatches_per_step());
+    let sets = rotation(bytes);
+    drop(probe);
+    let buffers = buffer_sets(gpu, len, sets)?;
+    let mut optimizers = (0..sets)
+        .map(|_| Optimizer::new(gpu, rule.clone(), len))
+        .collect::<Result<Vec<_>>>()?;
+    let stats = time_kernel(gpu, repetitions, sets, |set, timestamps| {
+        let (params, grads) = &buffers[set];
+        optimizers[set].step_timed(params, grads, timestamps)
+    })?;
+    Ok((stats, bytes, dispatches))
+}
+
+/// Times the unfused chain of `rule` the same way.
+fn time_unfused<R: UpdateRule>(
+    gpu: &GpuContext,
+    rule: &R,
+    len: usize,
+    bytes_per_step: u64,
+    repetitions: Repetitions,
+) -> Result<(Stats, usize)> {
+    let sets = rotation(bytes_per_step);
+    let buffers = buffer_sets(gpu, len, sets)?;
+    let mut chains = (0..sets)
+        .map(|_| UnfusedChain::new(gpu, rule.clone(), len))
+        .collect::<Result<Vec<_>>>()?;
+    let stats = time_kernel(gpu, repetitions, sets, |set, timestamps| {
+        let (params, grads) = &buffers[set];
+        chains[set].submit(params, grads, timestamps)
+    })?;
+    Ok((stats, chains[0].dispatches_per_step()))
+}
+
+/// The CPU twin's median step time in milliseconds over `steps` steps (NaN for 0 steps).
+fn time_cpu<R: UpdateRule>(rule: &R, len: usize, steps: u32) -> Result<f64> {
+    let mut twin = CpuOptimizer::new(rule.clone(), len)?;
+    let (mut params, grads) = (pattern(len), pattern(len));
+    let times = (0..steps)
+        .map(|_| {
+            let start = Instant::now();
+            twin.step(&mut params, &grads)?;
+            Ok(start.elapsed().as_secs_f64() * 1e3)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Stats::of(times).median_ms)
+}
+
+/// The adapter's `copy_buffer_to_buffer` bandwidth in GB/s between two buffers of `bytes`,
+/// counting the bytes read and written: the median of five submits of eight copies each,
+/// after a warm-up submit.
+pub fn copy_bandwidth(gpu: &GpuContext, bytes: u64) -> Result<f64> {
+    const COPIES: u32 = 8;
     let device = gpu.device();
     let [source, destination] = ["copy source", "copy destination"].map(|label| {
         device.create_buffer(&wgpu::BufferDescriptor {
@@ -235,102 +333,185 @@ pub fn copy_bandwidth(gpu: &GpuContext, bytes: u64, copies: u32) -> Result<f64> 
             mapped_at_creation: false,
         })
     });
-    let copy = || {
+    // Milliseconds per submit.
+    let batch = || -> Result<f64> {
+        let start = Instant::now();
         gpu.scoped("a bandwidth copy", || {
             let mut encoder = device.create_command_encoder(&Default::default());
-            encoder.copy_buffer_to_buffer(&source, 0, &destination, 0, bytes);
+            for _ in 0..COPIES {
+                encoder.copy_buffer_to_buffer(&source, 0, &destination, 0, bytes);
+            }
             gpu.queue().submit([encoder.finish()]);
-        })
+        })?;
+        gpu.wait()?;
+        Ok(start.elapsed().as_secs_f64() * 1e3)
     };
-    time_steps(gpu, 1, copy)?;
-    let per_copy = time_steps(gpu, copies, copy)?;
-    Ok(2.0 * bytes as f64 / per_copy.as_secs_f64() / 1e9)
+    batch()?;
+    let times = (0..5).map(|_| batch()).collect::<Result<Vec<_>>>()?;
+    let per_submit_ms = Stats::of(times).median_ms;
+    Ok(2.0 * (bytes * COPIES as u64) as f64 / per_submit_ms / 1e6)
 }
 
-/// One rule timed on one adapter, beside its floor and its CPU twin.
-#[derive(Clone, Debug)]
+/// One rule at one size, measured in one run on one adapter.
+#[derive(Clone, Debug, Serialize)]
 pub struct Measurement {
     pub rule: &'static str,
-    pub len: usize,
+    pub params: usize,
+    /// Bytes the rule must move per step (see BENCHMARKS.md).
     pub bytes_per_step: u64,
-    pub fused: Duration,
-    pub roofline: Duration,
-    pub cpu: Duration,
+    pub fused: Stats,
+    pub fused_dispatches: usize,
+    /// The roofline rule moving the same bytes: the floor on this adapter.
+    pub roofline: Stats,
+    pub unfused: Stats,
+    pub unfused_dispatches: usize,
+    /// The CPU twin's median step (NaN when skipped).
+    pub cpu_ms: f64,
+    /// `copy_buffer_to_buffer` bandwidth measured at this size, in GB/s.
+    pub copy_gb_per_s: f64,
 }
 
 impl Measurement {
-    /// Bytes the rule must move per step over the fused step's time, in GB/s (10^9 bytes).
+    /// Bytes the rule must move per step over the fused median, in GB/s (10^9 bytes).
     pub fn gigabytes_per_second(&self) -> f64 {
-        self.bytes_per_step as f64 / self.fused.as_secs_f64() / 1e9
+        self.bytes_per_step as f64 / self.fused.median_ms / 1e6
     }
 
-    /// Fused time over the roofline's: 1.0 is the floor.
+    /// The roofline's effective bandwidth over the same bytes.
+    pub fn roofline_gigabytes_per_second(&self) -> f64 {
+        self.bytes_per_step as f64 / self.roofline.median_ms / 1e6
+    }
+
+    /// Fused median over the roofline's: 1.0 is the floor.
     pub fn roofline_ratio(&self) -> f64 {
-        self.fused.as_secs_f64() / self.roofline.as_secs_f64()
+        self.fused.median_ms / self.roofline.median_ms
+    }
+
+    /// How many times faster the fused step is than the unfused chain.
+    pub fn unfused_speedup(&self) -> f64 {
+        self.unfused.median_ms / self.fused.median_ms
     }
 
     /// How many times faster the fused step is than the CPU twin.
     pub fn cpu_speedup(&self) -> f64 {
-        self.cpu.as_secs_f64() / self.fused.as_secs_f64()
+        self.cpu_ms / self.fused.median_ms
+    }
+
+    /// Effective bandwidth as a share of the copy bandwidth, in percent.
+    pub fn copy_percent(&self) -> f64 {
+        100.0 * self.gigabytes_per_second() / self.copy_gb_per_s
     }
 }
 
-/// How many steps `measure` takes of each kernel.
-#[derive(Clone, Copy, Debug)]
-pub struct Repetitions {
-    /// Untimed GPU steps before timing.
-    pub warmup: u32,
-    /// Timed GPU steps.
-    pub steps: u32,
-    /// Timed CPU twin steps.
-    pub cpu_steps: u32,
-}
-
-/// Times `rule` over `len` parameters: warm-up then timed fused steps, the roofline for as
-/// many state buffers the same way, and the CPU twin.
+/// Measures `rule` over `len` parameters: fused steps, the roofline with as many state
+/// buffers, the unfused chain (each after a warm-up, rotating buffers where they would fit in
+/// a cache), and the CPU twin. `copy_gb_per_s` is the copy bandwidth measured at this size.
 pub fn measure<R: UpdateRule>(
     gpu: &GpuContext,
     rule: R,
     len: usize,
     repetitions: Repetitions,
+    copy_gb_per_s: f64,
 ) -> Result<Measurement> {
-    let Repetitions {
-        warmup,
-        steps,
-        cpu_steps,
-    } = repetitions;
-    let name = rule.name();
-    let (fused, bytes_per_step, states) = {
-        let mut workload = Workload::new(gpu, rule.clone(), len)?;
-        workload.run(gpu, warmup)?;
-        let fused = workload.run(gpu, steps)?;
-        let optimizer = &workload.optimizer;
-        (
-            fused,
-            optimizer.bytes_per_step(),
-            optimizer.state_buffer_count(),
-        )
-    };
-    let roofline = {
-        let floor = Roofline::new(gpu, len, states)?;
-        floor.run(gpu, warmup)?;
-        floor.run(gpu, steps)?
-    };
-    let cpu = {
-        let mut twin = CpuOptimizer::new(rule, len)?;
-        let (mut params, grads) = (pattern(len), pattern(len));
-        let start = Instant::now();
-        for _ in 0..cpu_steps {
-            twin.step(&mut params, &grads)?;
-        }
-        start.elapsed() / cpu_steps.max(1)
-    };
+    let (fused, bytes_per_step, fused_dispatches) = time_fused(gpu, &rule, len, repetitions)?;
+    let states = R::STATE_SLOTS
+        .iter()
+        .filter(|name| rule.keeps_state(name))
+        .count();
+    let (roofline, _, _) = time_fused(gpu, &Roofline { states }, len, repetitions)?;
+    let (unfused, unfused_dispatches) = time_unfused(gpu, &rule, len, bytes_per_step, repetitions)?;
     Ok(Measurement {
-        rule: name,
-        len,
+        rule: rule.name(),
+        params: len,
         bytes_per_step,
         fused,
+        fused_dispatches,
         roofline,
-        cpu,
+        unfused,
+        unfused_dispatches,
+        cpu_ms: match repetitions.cpu_steps {
+            0 => f64::NAN,
+            steps => time_cpu(&rule, len, steps)?,
+        },
+        copy_gb_per_s,
+    })
+}
+
+/// A rule configuration the sweep measures: each rule and its main variants.
+#[derive(Clone, Debug)]
+pub enum Variant {
+    Sgd(Sgd),
+    Adam(Adam),
+    RmsProp(RmsProp),
+    Adagrad(Adagrad),
+}
+
+impl Variant {
+    /// Every rule with PyTorch's defaults, plus the variants that change what a step moves or
+    /// computes: momentum, Nesterov, amsgrad, AdamW, centered and momentum RMSprop.
+    pub fn all() -> Vec<Variant> {
+        let momentum = Sgd {
+            momentum: 0.9,
+            ..Sgd::default()
+        };
+        vec![
+            Variant::Sgd(Sgd::default()),
+            Variant::Sgd(momentum.clone()),
+            Variant::Sgd(Sgd {
+                nesterov: true,
+                ..momentum
+            }),
+            Variant::Adam(Adam::default()),
+            Variant::Adam(Adam {
+                amsgrad: true,
+                ..Adam::default()
+            }),
+            Variant::Adam(Adam::adamw()),
+            Variant::RmsProp(RmsProp::default()),
+            Variant::RmsProp(RmsProp {
+                centered: true,
+                momentum: 0.9,
+                ..RmsProp::default()
+            }),
+            Variant::Adagrad(Adagrad::default()),
+        ]
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Variant::Sgd(rule) => rule.name(),
+            Variant::Adam(rule) => rule.name(),
+            Variant::RmsProp(rule) => rule.name(),
+            Variant::Adagrad(rule) => rule.name(),
+        }
+    }
+
+    pub fn measure(
+        &self,
+        gpu: &GpuContext,
+        len: usize,
+        repetitions: Repetitions,
+        copy_gb_per_s: f64,
+    ) -> Result<Measurement> {
+        match self {
+            Variant::Sgd(rule) => measure(gpu, rule.clone(), len, repetitions, copy_gb_per_s),
+            Variant::Adam(rule) => measure(gpu, rule.clone(), len, repetitions, copy_gb_per_s),
+            Variant::RmsProp(rule) => measure(gpu, rule.clone(), len, repetitions, copy_gb_per_s),
+            Variant::Adagrad(rule) => measure(gpu, rule.clone(), len, repetitions, copy_gb_per_s),
+        }
+    }
+}
+
+/// Why a size is skipped on this adapter, if it is: a tensor past the largest buffer.
+pub fn unfit(gpu: &GpuContext, len: usize) -> Option<String> {
+    let bytes = len as u64 * 4;
+    let limit = gpu.limits().max_buffer_size;
+    (bytes > limit).then(|| {
+        Error::BufferTooLarge {
+            what: "a tensor",
+            bytes,
+            limit,
+        }
+        .to_string()
     })
 }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::kernel::{
-    bytes_per_step, dispatch_grid, pipeline_flags, uniform_binding_size, Kernel, KernelKey,
-    StepHeader, UpdateRule, HEADER_BYTES,
+    bytes_per_step, dispatch_grid, uniform_binding_size, Kernel, KernelKey, StepHeader, UpdateRule,
+    HEADER_BYTES,
 };
 use crate::plan::{windows, Span, Window};
 
@@ -173,13 +173,7 @@ impl<R: UpdateRule> Engine<R> {
         let device = context.device();
         let kernels = groups
             .iter()
-            .map(|rule| {
-                let key = KernelKey {
-                    shader: R::SHADER,
-                    flags: pipeline_flags(rule),
-                };
-                context.kernel(key, || Kernel::build(device, rule))
-            })
+            .map(|rule| context.kernel(KernelKey::of(rule), || Kernel::build(device, rule)))
             .collect::<Result<Vec<_>>>()?;
         let (uniforms, placeholder, state) =
             context.scoped("allocating optimizer state", || {
@@ -288,16 +282,21 @@ impl<R: UpdateRule> Engine<R> {
         encoder: &mut wgpu::CommandEncoder,
         pairs: &[(&wgpu::Buffer, &wgpu::Buffer)],
     ) -> Result<()> {
-        self.record(encoder, pairs)?;
+        self.record(encoder, pairs, None)?;
         self.steps += 1;
         Ok(())
     }
 
-    /// Records and submits one step; returns once it is queued.
-    pub fn step(&mut self, pairs: &[(&wgpu::Buffer, &wgpu::Buffer)]) -> Result<()> {
+    /// Records and submits one step, with `timestamps` written around its pass (for the
+    /// benchmark); returns once it is queued.
+    pub fn step(
+        &mut self,
+        pairs: &[(&wgpu::Buffer, &wgpu::Buffer)],
+        timestamps: Option<wgpu::ComputePassTimestampWrites>,
+    ) -> Result<()> {
         let context = self.context.clone();
         let mut encoder = context.device().create_command_encoder(&Default::default());
-        self.record(&mut encoder, pairs)?;
+        self.record(&mut encoder, pairs, timestamps)?;
         context.scoped("submitting an optimizer step", || {
             context.queue().submit([encoder.finish()]);
         })?;
@@ -425,6 +424,7 @@ impl<R: UpdateRule> Engine<R> {
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
         pairs: &[(&wgpu::Buffer, &wgpu::Buffer)],
+        timestamps: Option<wgpu::ComputePassTimestampWrites>,
     ) -> Result<()> {
         // A lost device silently drops the work, and cached bind groups mean no wgpu call of
         // ours would notice.
@@ -462,7 +462,7 @@ impl<R: UpdateRule> Engine<R> {
             .write_buffer(&self.uniforms, ring_offset, &uniform);
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some(self.groups[0].name()),
-            timestamp_writes: None,
+            timestamp_writes: timestamps,
         });
         for (index, window) in self.windows.iter().enumerate() {
             let group = self.bind_groups[index]

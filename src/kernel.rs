@@ -4,6 +4,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::Result;
+use crate::unfused::Program;
 
 /// Invocations per workgroup. Passed to every shader as the `WORKGROUP_SIZE` override, so this
 /// constant is the only place the dispatch geometry and the shaders learn it.
@@ -63,6 +64,11 @@ pub trait UpdateRule: Clone + std::fmt::Debug + Send + Sync + 'static {
     /// prelude passes it. `state` holds this element's value of every slot in `STATE_SLOTS`
     /// (slots this configuration does not keep hold 0 and are ignored).
     fn twin_update(&self, s: &Self::Scalars, p: f32, g: f32, state: &mut [f32]) -> f32;
+
+    /// Step `t` as the unfused chain of elementwise operations a framework without fusion
+    /// would run (the benchmark's baseline; see src/unfused.rs). Starts from
+    /// [`Program::gradient`], the prelude's gradient, and uses the same scalars as the kernel.
+    fn unfused(&self, t: u64, program: &mut Program);
 }
 
 /// Every override the rule's pipeline is specialised on: its own flags plus the prelude's `MAXIMIZE`.
@@ -129,11 +135,24 @@ pub(crate) fn uniform_binding_size<R: UpdateRule>() -> u64 {
     (HEADER_BYTES + std::mem::size_of::<R::Scalars>() as u64).next_multiple_of(16)
 }
 
-/// Identifies a compiled kernel: the rule's shader and its flag values.
+/// Identifies a compiled kernel: its shader and its override values.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct KernelKey {
     pub shader: &'static str,
-    pub flags: Vec<(&'static str, bool)>,
+    pub constants: Vec<(&'static str, u32)>,
+}
+
+impl KernelKey {
+    /// The key of `rule`'s pipeline: its shader and flags.
+    pub fn of<R: UpdateRule>(rule: &R) -> Self {
+        Self {
+            shader: R::SHADER,
+            constants: pipeline_flags(rule)
+                .into_iter()
+                .map(|(name, on)| (name, on as u32))
+                .collect(),
+        }
+    }
 }
 
 pub(crate) struct Kernel {

@@ -29,8 +29,11 @@ mod layout;
 mod optimizer;
 mod param_set;
 mod plan;
+pub mod report;
 mod rmsprop;
+mod roofline;
 mod sgd;
+mod unfused;
 
 pub use adagrad::{Adagrad, AdagradScalars};
 pub use adam::{Adam, AdamScalars};
@@ -42,9 +45,12 @@ pub use layout::{ParamLayout, TensorSlot, TENSOR_ALIGNMENT};
 pub use optimizer::{CpuOptimizer, Optimizer};
 pub use param_set::{ForeachOptimizer, ParamGroup, ParamSet};
 pub use rmsprop::{RmsProp, RmsPropScalars};
+pub use roofline::{Roofline, RooflineScalars};
 pub use sgd::{Sgd, SgdScalars};
+pub use unfused::{Elementwise, Op, Operand, Program, UnfusedChain};
 
-/// Every shader's full WGSL (the rules with their prelude, and the benchmark's roofline), by
+/// Every shader's full WGSL (the rules with their prelude, the benchmark's roofline and the
+/// unfused chain's elementwise kernel), by
 /// file name, for validation and tooling.
 pub fn shader_sources() -> Vec<(&'static str, String)> {
     vec![
@@ -52,7 +58,8 @@ pub fn shader_sources() -> Vec<(&'static str, String)> {
         ("adam.wgsl", shader_source::<Adam>()),
         ("rmsprop.wgsl", shader_source::<RmsProp>()),
         ("adagrad.wgsl", shader_source::<Adagrad>()),
-        ("roofline.wgsl", bench::roofline_source()),
+        ("roofline.wgsl", shader_source::<Roofline>()),
+        ("elementwise.wgsl", unfused::SHADER.to_owned()),
     ]
 }
 

@@ -2,9 +2,13 @@
 
 use std::process::ExitCode;
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
-use fused_optim::bench::{copy_bandwidth, measure, Measurement, Repetitions};
-use fused_optim::{Adagrad, Adam, AdapterChoice, GpuContext, RmsProp, Sgd};
+use fused_optim::bench::{self, Repetitions, Variant};
+use fused_optim::report::{self, size_label, Report, Setup};
+use fused_optim::{AdapterChoice, GpuContext};
+use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
 #[command(version, about = "Fused GPU optimizer steps in WGSL on wgpu")]
@@ -41,35 +45,48 @@ impl AdapterArgs {
 enum Command {
     /// List adapters and backends, and the limits that matter for optimizer steps.
     Info(AdapterArgs),
-    /// Time every update rule on one adapter: ms per step and effective GB/s.
+    /// Time every update rule and variant at several sizes on one adapter, beside the roofline,
+    /// the unfused chain and the CPU twin.
     Bench {
         #[command(flatten)]
         adapter: AdapterArgs,
-        /// Parameters per tensor.
-        #[arg(long, default_value_t = 16 << 20)]
-        size: usize,
-        /// Timed steps per rule, after the warm-up.
-        #[arg(long, default_value_t = 10)]
-        steps: u32,
-        /// Untimed steps per rule before timing.
-        #[arg(long, default_value_t = 2)]
-        warmup: u32,
-        /// Steps of the CPU twin per rule (slow: it runs on one core).
-        #[arg(long, default_value_t = 2)]
-        cpu_steps: u32,
+        #[command(flatten)]
+        options: BenchOptions,
     },
+}
+
+#[derive(clap::Args)]
+struct BenchOptions {
+    /// Parameter counts to sweep, comma separated (K and M are binary multiples).
+    #[arg(long, value_delimiter = ',', default_value = "1M,4M,16M,64M", value_parser = parse_size)]
+    sizes: Vec<usize>,
+    /// Rules to run, comma separated, by the names in the table (default: all).
+    #[arg(long, value_delimiter = ',')]
+    rules: Vec<String>,
+    /// Timed steps per kernel, after the warm-up: the samples of the median and spread.
+    #[arg(long, default_value_t = 10)]
+    steps: u32,
+    /// Untimed steps per kernel before timing.
+    #[arg(long, default_value_t = 2)]
+    warmup: u32,
+    /// Steps of the CPU twin per row (it runs on one core; 0 skips it).
+    #[arg(long, default_value_t = 1)]
+    cpu_steps: u32,
+    /// Also write the report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Also write one CSV record per row.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Also plot effective GB/s against size per rule, with the rooflines, as SVG.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
-        Command::Info(adapter) => info(&adapter.choice()),
-        Command::Bench {
-            adapter,
-            size,
-            steps,
-            warmup,
-            cpu_steps,
-        } => bench(&adapter.choice(), size, warmup, steps, cpu_steps),
+        Command::Info(adapter) => info(&adapter.choice()).map_err(Into::into),
+        Command::Bench { adapter, options } => bench(&adapter.choice(), &options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -145,67 +162,108 @@ fn info(choice: &AdapterChoice) -> fused_optim::Result<()> {
     Ok(())
 }
 
-fn bench(
-    choice: &AdapterChoice,
-    size: usize,
-    warmup: u32,
-    steps: u32,
-    cpu_steps: u32,
-) -> fused_optim::Result<()> {
+fn bench(choice: &AdapterChoice, options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
     let gpu = GpuContext::open(choice)?;
-    let buffer_bytes = size as u64 * 4;
-    println!("adapter: {}", describe(gpu.adapter_info()));
-    println!(
-        "{size} parameters ({:.1} MiB per buffer); {warmup} warm-up + {steps} timed steps per \
-         kernel, wall clock around submit + wait; {cpu_steps} CPU twin steps",
-        buffer_bytes as f64 / (1 << 20) as f64
-    );
-    let copy = copy_bandwidth(&gpu, buffer_bytes, steps)?;
-    println!("copy_buffer_to_buffer bandwidth: {copy:.2} GB/s (read + write)");
-    println!(
-        "roofline: a kernel moving the same bytes with no update arithmetic; cpu: the CPU twin\n"
-    );
-    println!(
-        "{:<16}{:>10}{:>11}{:>9}{:>7}{:>13}{:>11}{:>10}{:>9}",
-        "rule",
-        "MB/step",
-        "fused ms",
-        "GB/s",
-        "%copy",
-        "roofline ms",
-        "x roofline",
-        "cpu ms",
-        "vs cpu"
-    );
-    let print = |m: Measurement| {
-        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-        println!(
-            "{:<16}{:>10.1}{:>11.3}{:>9.2}{:>6.0}%{:>13.3}{:>10.2}x{:>10.1}{:>8.1}x",
-            m.rule,
-            m.bytes_per_step as f64 / 1e6,
-            ms(m.fused),
-            m.gigabytes_per_second(),
-            100.0 * m.gigabytes_per_second() / copy,
-            ms(m.roofline),
-            m.roofline_ratio(),
-            ms(m.cpu),
-            m.cpu_speedup()
-        );
-    };
-    let momentum = Sgd {
-        momentum: 0.9,
-        ..Sgd::default()
-    };
     let repetitions = Repetitions {
-        warmup,
-        steps,
-        cpu_steps,
+        warmup: options.warmup,
+        steps: options.steps,
+        cpu_steps: options.cpu_steps,
     };
-    print(measure(&gpu, Sgd::default(), size, repetitions)?);
-    print(measure(&gpu, momentum, size, repetitions)?);
-    print(measure(&gpu, Adam::default(), size, repetitions)?);
-    print(measure(&gpu, Adam::adamw(), size, repetitions)?);
-    print(measure(&gpu, RmsProp::default(), size, repetitions)?);
-    print(measure(&gpu, Adagrad::default(), size, repetitions)?);
+    let setup = Setup::new(&gpu, options.warmup, options.steps, options.cpu_steps);
+    println!("{}", setup.header());
+    let variants: Vec<Variant> = Variant::all()
+        .into_iter()
+        .filter(|v| options.rules.is_empty() || options.rules.iter().any(|r| r == v.name()))
+        .collect();
+    if variants.is_empty() {
+        let names: Vec<&str> = Variant::all().iter().map(Variant::name).collect();
+        return Err(format!("no rule matches --rules; choose from {}", names.join(", ")).into());
+    }
+    let mut skipped = Vec::new();
+    let sizes: Vec<usize> = options
+        .sizes
+        .iter()
+        .copied()
+        .filter(|&len| match bench::unfit(&gpu, len) {
+            Some(reason) => {
+                skipped.push(format!("{}: {reason}", size_label(len)));
+                false
+            }
+            None => true,
+        })
+        .collect();
+    let progress = ProgressBar::new((variants.len() * sizes.len()) as u64).with_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed}]")
+            .expect("a valid progress template"),
+    );
+    let mut rows = Vec::new();
+    for &len in &sizes {
+        let copy = bench::copy_bandwidth(&gpu, len as u64 * 16)?;
+        for variant in &variants {
+            progress.set_message(format!("{} at {}", variant.name(), size_label(len)));
+            match variant.measure(&gpu, len, repetitions, copy) {
+                Ok(row) => rows.push(row),
+                Err(
+                    error @ (fused_optim::Error::OutOfMemory { .. }
+                    | fused_optim::Error::BufferTooLarge { .. }),
+                ) => skipped.push(format!(
+                    "{} at {}: {error}",
+                    variant.name(),
+                    size_label(len)
+                )),
+                Err(error) => return Err(error.into()),
+            }
+            progress.inc(1);
+        }
+    }
+    progress.finish_and_clear();
+    rows.sort_by_key(|m| {
+        (
+            Variant::all().iter().position(|v| v.name() == m.rule),
+            m.params,
+        )
+    });
+    println!(
+        "roofline: the same bytes moved with no update arithmetic (the floor); unfused: one \
+         kernel per elementwise operation; cpu: the CPU twin on one core\n"
+    );
+    print!("{}", report::table(&rows));
+    for note in &skipped {
+        println!("skipped {note}");
+    }
+    let report = Report {
+        setup,
+        rows,
+        skipped,
+    };
+    if let Some(path) = &options.json {
+        report::write_json(&report, path)?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = &options.csv {
+        report::write_csv(&report, path)?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = &options.plot {
+        report::write_svg(&report, path)?;
+        println!("wrote {}", path.display());
+    }
     Ok(())
+}
+
+/// Parses a parameter count: `1048576`, `64K`, `16M` (binary multiples).
+fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let (digits, scale) = match text.chars().last() {
+        Some('K' | 'k') => (&text[..text.len() - 1], 1 << 10),
+        Some('M' | 'm') => (&text[..text.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&text[..text.len() - 1], 1 << 30),
+        _ => (text, 1),
+    };
+    match digits.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n * scale),
+        _ => Err(format!(
+            "`{text}` is not a parameter count like 1000000, 64K or 16M"
+        )),
+    }
 }

@@ -114,7 +114,17 @@ impl<R: UpdateRule> Optimizer<R> {
 
     /// Records and submits one step. Returns once it is queued; it does not wait for the GPU.
     pub fn step(&mut self, params: &wgpu::Buffer, grads: &wgpu::Buffer) -> Result<()> {
-        self.engine.step(&[(params, grads)])
+        self.engine.step(&[(params, grads)], None)
+    }
+
+    /// [`Optimizer::step`] with `timestamps` written around its pass, for the benchmark.
+    pub(crate) fn step_timed(
+        &mut self,
+        params: &wgpu::Buffer,
+        grads: &wgpu::Buffer,
+        timestamps: Option<wgpu::ComputePassTimestampWrites>,
+    ) -> Result<()> {
+        self.engine.step(&[(params, grads)], timestamps)
     }
 }
 

@@ -135,7 +135,7 @@ impl<R: UpdateRule> ParamSet<R> {
 
     /// Records and submits one step; returns once it is queued.
     pub fn step(&mut self, params: &wgpu::Buffer, grads: &wgpu::Buffer) -> Result<()> {
-        self.engine.step(&[(params, grads)])
+        self.engine.step(&[(params, grads)], None)
     }
 }
 
@@ -209,6 +209,6 @@ impl<R: UpdateRule> ForeachOptimizer<R> {
 
     /// Records and submits one step; returns once it is queued.
     pub fn step(&mut self, pairs: &[(&wgpu::Buffer, &wgpu::Buffer)]) -> Result<()> {
-        self.engine.step(pairs)
+        self.engine.step(pairs, None)
     }
 }

@@ -18,6 +18,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{non_negative, positive, Result};
 use crate::kernel::UpdateRule;
+use crate::unfused::{Operand, Program};
 
 /// Hyperparameters of RMSprop, with PyTorch's names and defaults.
 #[derive(Clone, Debug, PartialEq)]
@@ -147,5 +148,46 @@ impl UpdateRule for RmsProp {
         } else {
             p - s.lr * (g / avg)
         }
+    }
+
+    fn unfused(&self, t: u64, program: &mut Program) {
+        let s = self.scalars(t);
+        let g = program.gradient(self.maximize, self.weight_decay as f32);
+        let (square_avg, scratch, avg) = (Operand::State(0), Operand::Temp(1), Operand::Temp(2));
+        program.mul_scalar(square_avg, s.alpha);
+        program.square(scratch, g);
+        program.mul_scalar(scratch, s.one_minus_alpha);
+        program.add(square_avg, scratch);
+        let mut variance = square_avg;
+        if self.centered {
+            let grad_avg = Operand::State(2);
+            program.mul_scalar(grad_avg, s.alpha);
+            program.scale(scratch, g, s.one_minus_alpha);
+            program.add(grad_avg, scratch);
+            program.square(avg, grad_avg);
+            program.copy(scratch, square_avg);
+            program.sub(scratch, avg);
+            variance = scratch;
+        }
+        if self.eps_inside_sqrt {
+            program.copy(avg, variance);
+            program.add_scalar(avg, s.eps);
+            program.sqrt_in_place(avg);
+        } else {
+            program.sqrt(avg, variance);
+            program.add_scalar(avg, s.eps);
+        }
+        let update = Operand::Temp(3);
+        program.copy(update, g);
+        program.div(update, avg);
+        if self.momentum > 0.0 {
+            let buf = Operand::State(1);
+            program.mul_scalar(buf, s.momentum);
+            program.add(buf, update);
+            program.scale(update, buf, -s.lr);
+        } else {
+            program.mul_scalar(update, -s.lr);
+        }
+        program.add(Operand::Param, update);
     }
 }

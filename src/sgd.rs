@@ -16,6 +16,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{non_negative, require, Result};
 use crate::kernel::UpdateRule;
+use crate::unfused::{Operand, Program};
 
 /// Hyperparameters of SGD, with PyTorch's names and defaults.
 #[derive(Clone, Debug, PartialEq)]
@@ -144,5 +145,30 @@ impl UpdateRule for Sgd {
             };
         }
         p - s.lr * g
+    }
+
+    fn unfused(&self, t: u64, program: &mut Program) {
+        let s = self.scalars(t);
+        let mut g = program.gradient(self.maximize, self.weight_decay as f32);
+        if self.momentum != 0.0 {
+            let (buf, scaled) = (Operand::State(0), Operand::Temp(1));
+            if t == 1 {
+                program.copy(buf, g);
+            } else {
+                program.mul_scalar(buf, s.momentum);
+                program.scale(scaled, g, s.one_minus_dampening);
+                program.add(buf, scaled);
+            }
+            g = if self.nesterov {
+                program.scale(scaled, buf, s.momentum);
+                program.add(scaled, g);
+                scaled
+            } else {
+                buf
+            };
+        }
+        let update = Operand::Temp(2);
+        program.scale(update, g, -s.lr);
+        program.add(Operand::Param, update);
     }
 }

@@ -7,8 +7,8 @@
 mod common;
 
 use fused_optim::{
-    Adagrad, Adam, CpuOptimizer, DispatchLimits, GpuContext, Optimizer, RmsProp, Sgd, UpdateRule,
-    MAX_PENDING_STEPS,
+    Adagrad, Adam, CpuOptimizer, DispatchLimits, GpuContext, Optimizer, RmsProp, Sgd, UnfusedChain,
+    UpdateRule, MAX_PENDING_STEPS,
 };
 
 const SIZES: [usize; 9] = [1, 3, 4, 5, 255, 257, 1025, 100_003, 4_194_307];
@@ -58,6 +58,11 @@ fn check_rule<R: UpdateRule>(rule: R) {
             let grads = gpu.upload("grads", &params_cpu).unwrap();
             let mut cpu = CpuOptimizer::new(rule.clone(), len).unwrap();
             let mut optimizer = Optimizer::new(&gpu, rule.clone(), len).unwrap();
+            // The benchmark's unfused baseline must compute the same step (different rounding
+            // order, same bound); it runs below the largest size, where it would dominate.
+            let unfused_params = gpu.upload("params", &params_cpu).unwrap();
+            let mut unfused =
+                (len < 1 << 20).then(|| UnfusedChain::new(&gpu, rule.clone(), len).unwrap());
             for (step, lr) in LEARNING_RATES.into_iter().enumerate() {
                 let grads_cpu = common::random_nonzero(len, seed + 1 + step as u64);
                 gpu.write(&grads, &grads_cpu).unwrap();
@@ -65,14 +70,32 @@ fn check_rule<R: UpdateRule>(rule: R) {
                 optimizer.set_lr(lr).unwrap();
                 cpu.step(&mut params_cpu, &grads_cpu).unwrap();
                 optimizer.step(&params, &grads).unwrap();
+                if let Some(chain) = &mut unfused {
+                    chain.set_lr(lr).unwrap();
+                    chain.step(&unfused_params, &grads).unwrap();
+                }
             }
-            let mut compared = vec![("params", gpu.download(&params).unwrap(), params_cpu)];
+            let mut compared = vec![("params", gpu.download(&params).unwrap(), params_cpu.clone())];
             for name in optimizer.state_names() {
                 compared.push((
                     name,
                     optimizer.read_state(name).unwrap(),
                     cpu.state(name).unwrap(),
                 ));
+            }
+            if let Some(chain) = &unfused {
+                compared.push((
+                    "unfused params",
+                    gpu.download(&unfused_params).unwrap(),
+                    params_cpu,
+                ));
+                for name in optimizer.state_names() {
+                    compared.push((
+                        name,
+                        chain.read_state(name).unwrap(),
+                        cpu.state(name).unwrap(),
+                    ));
+                }
             }
             let windows = optimizer.dispatches_per_step();
             for (name, got, want) in compared {
