@@ -292,7 +292,7 @@ fn time_unfused<R: UpdateRule>(
     len: usize,
     bytes_per_step: u64,
     repetitions: Repetitions,
-) -> Result<(Stats, usize)> {
+) -> Result<(Stats, usize, u64)> {
     let sets = rotation(bytes_per_step);
     let buffers = buffer_sets(gpu, len, sets)?;
     let mut chains = (0..sets)
@@ -302,7 +302,11 @@ fn time_unfused<R: UpdateRule>(
         let (params, grads) = &buffers[set];
         chains[set].submit(params, grads, timestamps)
     })?;
-    Ok((stats, chains[0].dispatches_per_step()))
+    Ok((
+        stats,
+        chains[0].dispatches_per_step(),
+        chains[0].bytes_per_step(),
+    ))
 }
 
 /// The CPU twin's median step time in milliseconds over `steps` steps (NaN for 0 steps).
@@ -365,6 +369,8 @@ pub struct Measurement {
     pub roofline: Stats,
     pub unfused: Stats,
     pub unfused_dispatches: usize,
+    /// Bytes the unfused chain moves per step: every operation reads and writes whole tensors.
+    pub unfused_bytes_per_step: u64,
     /// The CPU twin's median step (NaN when skipped).
     pub cpu_ms: f64,
     /// `copy_buffer_to_buffer` bandwidth measured at this size, in GB/s.
@@ -419,7 +425,8 @@ pub fn measure<R: UpdateRule>(
         .filter(|name| rule.keeps_state(name))
         .count();
     let (roofline, _, _) = time_fused(gpu, &Roofline { states }, len, repetitions)?;
-    let (unfused, unfused_dispatches) = time_unfused(gpu, &rule, len, bytes_per_step, repetitions)?;
+    let (unfused, unfused_dispatches, unfused_bytes_per_step) =
+        time_unfused(gpu, &rule, len, bytes_per_step, repetitions)?;
     Ok(Measurement {
         rule: rule.name(),
         params: len,
@@ -429,6 +436,7 @@ pub fn measure<R: UpdateRule>(
         roofline,
         unfused,
         unfused_dispatches,
+        unfused_bytes_per_step,
         cpu_ms: match repetitions.cpu_steps {
             0 => f64::NAN,
             steps => time_cpu(&rule, len, steps)?,

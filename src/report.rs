@@ -81,41 +81,33 @@ pub struct Report {
     pub skipped: Vec<String>,
 }
 
-const TABLE_HEADER: [&str; 12] = [
-    "rule",
-    "params",
-    "MB/step",
-    "fused ms",
-    "spread",
-    "GB/s",
-    "%copy",
-    "roofline ms",
-    "x roofline",
-    "unfused ms",
-    "vs unfused",
-    "vs cpu",
+/// Column titles and widths of the table (the rule's column is left-aligned).
+const COLUMNS: [(&str, usize); 13] = [
+    ("rule", 26),
+    ("params", 8),
+    ("MB/step", 9),
+    ("fused ms", 10),
+    ("spread", 8),
+    ("GB/s", 8),
+    ("%copy", 7),
+    ("roofline ms", 13),
+    ("x roofline", 11),
+    ("unfused ms", 12),
+    ("unfused MB", 11),
+    ("vs unfused", 11),
+    ("vs cpu", 8),
 ];
 
 /// One table line per row: the terminal's view of the report.
 pub fn table(rows: &[Measurement]) -> String {
-    let mut out = format!(
-        "{:<26}{:>8}{:>9}{:>10}{:>8}{:>8}{:>7}{:>13}{:>11}{:>12}{:>11}{:>8}\n",
-        TABLE_HEADER[0],
-        TABLE_HEADER[1],
-        TABLE_HEADER[2],
-        TABLE_HEADER[3],
-        TABLE_HEADER[4],
-        TABLE_HEADER[5],
-        TABLE_HEADER[6],
-        TABLE_HEADER[7],
-        TABLE_HEADER[8],
-        TABLE_HEADER[9],
-        TABLE_HEADER[10],
-        TABLE_HEADER[11],
-    );
+    let mut out = format!("{:<26}", COLUMNS[0].0);
+    for (title, width) in &COLUMNS[1..] {
+        out += &format!("{title:>width$}");
+    }
+    out.push('\n');
     for m in rows {
         out += &format!(
-            "{:<26}{:>8}{:>9.1}{:>10.3}{:>7.0}%{:>8.2}{:>6.0}%{:>13.3}{:>10.2}x{:>12.3}{:>10.1}x{:>7.1}x\n",
+            "{:<26}{:>8}{:>9.1}{:>10.3}{:>7.0}%{:>8.2}{:>6.0}%{:>13.3}{:>10.2}x{:>12.3}{:>11.1}{:>10.1}x{:>7.1}x\n",
             m.rule,
             size_label(m.params),
             m.bytes_per_step as f64 / 1e6,
@@ -126,6 +118,7 @@ pub fn table(rows: &[Measurement]) -> String {
             m.roofline.median_ms,
             m.roofline_ratio(),
             m.unfused.median_ms,
+            m.unfused_bytes_per_step as f64 / 1e6,
             m.unfused_speedup(),
             m.cpu_speedup(),
         );
@@ -158,6 +151,7 @@ struct CsvRow<'a> {
     roofline_ratio: f64,
     unfused_median_ms: f64,
     unfused_dispatches: usize,
+    unfused_bytes_per_step: u64,
     unfused_speedup: f64,
     cpu_ms: f64,
     cpu_speedup: f64,
@@ -186,6 +180,7 @@ pub fn write_csv(report: &Report, path: &Path) -> std::io::Result<()> {
                 roofline_ratio: m.roofline_ratio(),
                 unfused_median_ms: m.unfused.median_ms,
                 unfused_dispatches: m.unfused_dispatches,
+                unfused_bytes_per_step: m.unfused_bytes_per_step,
                 unfused_speedup: m.unfused_speedup(),
                 cpu_ms: m.cpu_ms,
                 cpu_speedup: m.cpu_speedup(),

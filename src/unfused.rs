@@ -306,6 +306,28 @@ impl<R: UpdateRule> UnfusedChain<R> {
         try_set_lr(&mut self.rule, lr)
     }
 
+    /// Bytes one step moves through memory: per operation, every element of each operand it
+    /// reads and of the tensor it writes (an in-place op reads and writes its destination).
+    pub fn bytes_per_step(&self) -> u64 {
+        let mut program = Program::default();
+        self.rule.unfused(self.steps.max(1) + 1, &mut program);
+        program
+            .ops
+            .iter()
+            .map(|op| {
+                let tensors = match op.kind {
+                    Elementwise::Add
+                    | Elementwise::Sub
+                    | Elementwise::Mul
+                    | Elementwise::Div
+                    | Elementwise::Max => 3,
+                    _ => 2,
+                };
+                tensors * self.len * 4
+            })
+            .sum()
+    }
+
     /// Kernels one step launches: one per operation and window.
     pub fn dispatches_per_step(&self) -> usize {
         let mut program = Program::default();
