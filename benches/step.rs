@@ -1,4 +1,5 @@
-//! `cargo bench`: one fused step of each rule, and the roofline kernel moving the same bytes,
+//! `cargo bench`: one fused step of each rule, the roofline kernel moving the same bytes and
+//! the rule's unfused chain,
 //! at 1M and 16M parameters on the default adapter, so regressions in the kernels or the host
 //! layer show up, and a many-tensor parameter set beside one tensor of the same length.
 //! `fused-optim bench` is the full report.
@@ -8,7 +9,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Thro
 use fused_optim::bench::{gpt2_groups, gpt2_tensors, pattern, time_steps};
 use fused_optim::{
     Adagrad, Adam, DispatchLimits, GpuContext, Optimizer, ParamSet, RmsProp, Roofline, Sgd,
-    UpdateRule,
+    UnfusedChain, UpdateRule,
 };
 
 const SIZES: [(usize, &str); 2] = [(1 << 20, "1M"), (16 << 20, "16M")];
@@ -40,7 +41,7 @@ fn bench_optimizer<R: UpdateRule>(
     states
 }
 
-/// `rule` beside the roofline moving the same bytes.
+/// `rule` beside the roofline moving the same bytes and its unfused chain.
 fn bench_rule<R: UpdateRule>(
     group: &mut BenchmarkGroup<WallTime>,
     gpu: &GpuContext,
@@ -48,14 +49,19 @@ fn bench_rule<R: UpdateRule>(
     len: usize,
 ) {
     let name = rule.name();
-    let states = bench_optimizer(group, gpu, name, rule, len);
-    bench_optimizer(
-        group,
-        gpu,
-        &format!("{name}-roofline"),
-        Roofline { states },
-        len,
-    );
+    let states = bench_optimizer(group, gpu, name, rule.clone(), len);
+    let roofline = Roofline { states };
+    bench_optimizer(group, gpu, &format!("{name}-roofline"), roofline, len);
+    let mut chain = UnfusedChain::new(gpu, rule, len).expect("unfused chain");
+    let values = pattern(len);
+    let params = gpu.upload("params", &values).expect("params");
+    let grads = gpu.upload("grads", &values).expect("grads");
+    group.bench_function(format!("{name}-unfused"), |b| {
+        b.iter_custom(|iters| {
+            let per_step = time_steps(gpu, iters as u32, || chain.step(&params, &grads));
+            per_step.expect("unfused step") * iters as u32
+        })
+    });
 }
 
 fn steps(c: &mut Criterion) {

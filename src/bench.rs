@@ -523,3 +523,24 @@ pub fn unfit(gpu: &GpuContext, len: usize) -> Option<String> {
         .to_string()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_take_the_median_and_range() {
+        let odd = Stats::of(vec![3.0, 1.0, 2.0]);
+        assert_eq!((odd.median_ms, odd.min_ms, odd.max_ms), (2.0, 1.0, 3.0));
+        assert_eq!(Stats::of(vec![4.0, 1.0, 2.0, 3.0]).median_ms, 2.5);
+        assert_eq!(odd.spread_percent(), 100.0);
+    }
+
+    #[test]
+    fn small_working_sets_rotate_past_the_cache() {
+        assert_eq!(rotation(ROTATION_BYTES), 1);
+        assert_eq!(rotation(ROTATION_BYTES / 4), 4);
+        assert_eq!(rotation(ROTATION_BYTES / 4 - 1), 5);
+        assert_eq!(rotation(1), MAX_ROTATION);
+    }
+}
