@@ -32,6 +32,7 @@ mod plan;
 pub mod report;
 mod rmsprop;
 mod roofline;
+mod schedule;
 mod sgd;
 mod unfused;
 
@@ -46,6 +47,7 @@ pub use optimizer::{CpuOptimizer, Optimizer};
 pub use param_set::{ForeachOptimizer, ParamGroup, ParamSet};
 pub use rmsprop::{RmsProp, RmsPropScalars};
 pub use roofline::{Roofline, RooflineScalars};
+pub use schedule::LrSchedule;
 pub use sgd::{Sgd, SgdScalars};
 pub use unfused::{Elementwise, Op, Operand, Program, UnfusedChain};
 
