@@ -2,7 +2,8 @@
 // what every torch.optim rule does alike: pick the element, negate the gradient when
 // maximizing, add the L2 weight-decay term; then it calls the rule's
 // `fn update(i: u32, p: f32, g: f32) -> f32`, which returns the new parameter.
-// `CpuOptimizer::step` (src/optimizer.rs) is this file's CPU twin.
+// `kernel::twin_element` (src/kernel.rs), called by `CpuOptimizer::step`, is this file's CPU
+// twin.
 //
 // Invariants shared with src/kernel.rs:
 // - binding 0 is `Step`: the 16-byte header (`StepHeader`) then the rule's own `Scalars`,

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
-use crate::kernel::UpdateRule;
+use crate::kernel::{bytes_per_step, kept_states, UpdateRule};
 use crate::optimizer::{CpuOptimizer, Optimizer};
 use crate::param_set::ParamGroup;
 use crate::roofline::Roofline;
@@ -159,7 +159,6 @@ impl Stats {
 struct Timestamps {
     queries: wgpu::QuerySet,
     resolved: wgpu::Buffer,
-    capacity: u32,
 }
 
 impl Timestamps {
@@ -177,7 +176,6 @@ impl Timestamps {
                 usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
                 mapped_at_creation: false,
             }),
-            capacity,
         })
     }
 
@@ -196,8 +194,7 @@ impl Timestamps {
             encoder.resolve_query_set(&self.queries, 0..2 * steps, &self.resolved, 0);
             gpu.queue().submit([encoder.finish()]);
         })?;
-        let raw = gpu.download(&self.resolved)?;
-        let ticks: &[u64] = bytemuck::cast_slice(&raw);
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&gpu.download(&self.resolved)?);
         let period_ns = gpu.queue().get_timestamp_period() as f64;
         Ok(ticks[..2 * steps as usize]
             .chunks(2)
@@ -223,7 +220,6 @@ fn time_kernel(
     let times = match Clock::of(gpu) {
         Clock::Timestamps => {
             let timestamps = Timestamps::new(gpu, steps)?;
-            debug_assert!(2 * steps <= timestamps.capacity);
             for step in 0..steps {
                 submit(step as usize % sets, Some(timestamps.writes(step)))?;
             }
@@ -270,14 +266,13 @@ fn time_fused<R: UpdateRule>(
     len: usize,
     repetitions: Repetitions,
 ) -> Result<(Stats, u64, usize)> {
-    let probe = Optimizer::new(gpu, rule.clone(), len)?;
-    let (bytes, dispatches) = (probe.bytes_per_step(), probe.dispatches_per_step());
+    let bytes = bytes_per_step(len as u64, kept_states(rule));
     let sets = rotation(bytes);
-    drop(probe);
     let buffers = buffer_sets(gpu, len, sets)?;
     let mut optimizers = (0..sets)
         .map(|_| Optimizer::new(gpu, rule.clone(), len))
         .collect::<Result<Vec<_>>>()?;
+    let dispatches = optimizers[0].dispatches_per_step();
     let stats = time_kernel(gpu, repetitions, sets, |set, timestamps| {
         let (params, grads) = &buffers[set];
         optimizers[set].step_timed(params, grads, timestamps)
@@ -329,14 +324,16 @@ fn time_cpu<R: UpdateRule>(rule: &R, len: usize, steps: u32) -> Result<f64> {
 pub fn copy_bandwidth(gpu: &GpuContext, bytes: u64) -> Result<f64> {
     const COPIES: u32 = 8;
     let device = gpu.device();
-    let [source, destination] = ["copy source", "copy destination"].map(|label| {
-        device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size: bytes,
-            usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
+    let [source, destination] = gpu.scoped("allocating copy buffers", || {
+        ["copy source", "copy destination"].map(|label| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: bytes,
+                usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
         })
-    });
+    })?;
     // Milliseconds per submit.
     let batch = || -> Result<f64> {
         let start = Instant::now();
@@ -420,11 +417,10 @@ pub fn measure<R: UpdateRule>(
     copy_gb_per_s: f64,
 ) -> Result<Measurement> {
     let (fused, bytes_per_step, fused_dispatches) = time_fused(gpu, &rule, len, repetitions)?;
-    let states = R::STATE_SLOTS
-        .iter()
-        .filter(|name| rule.keeps_state(name))
-        .count();
-    let (roofline, _, _) = time_fused(gpu, &Roofline { states }, len, repetitions)?;
+    let roofline = Roofline {
+        states: kept_states(&rule),
+    };
+    let (roofline, _, _) = time_fused(gpu, &roofline, len, repetitions)?;
     let (unfused, unfused_dispatches, unfused_bytes_per_step) =
         time_unfused(gpu, &rule, len, bytes_per_step, repetitions)?;
     Ok(Measurement {
@@ -510,13 +506,20 @@ impl Variant {
     }
 }
 
-/// Why a size is skipped on this adapter, if it is: a tensor past the largest buffer.
+/// Bytes of each buffer the copy-bandwidth measurement at `len` parameters uses: four
+/// tensors' worth, the size of a rule's working set.
+pub fn copy_bytes(len: usize) -> u64 {
+    len as u64 * 16
+}
+
+/// Why a size is skipped on this adapter, if it is: a tensor, or the copy measurement's
+/// buffers, past the largest buffer.
 pub fn unfit(gpu: &GpuContext, len: usize) -> Option<String> {
-    let bytes = len as u64 * 4;
+    let bytes = copy_bytes(len);
     let limit = gpu.limits().max_buffer_size;
     (bytes > limit).then(|| {
         Error::BufferTooLarge {
-            what: "a tensor",
+            what: "the copy-bandwidth buffers at this size",
             bytes,
             limit,
         }

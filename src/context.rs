@@ -342,6 +342,12 @@ impl GpuContext {
     /// Copies elements `range` of a buffer of f32 back to the host, e.g. one tensor of a packed
     /// buffer. Waits for the GPU.
     pub fn download_range(&self, buffer: &wgpu::Buffer, range: Range<u64>) -> Result<Vec<f32>> {
+        crate::error::require(
+            range.start <= range.end,
+            "range.start",
+            range.start as f64,
+            "must not be past range.end",
+        )?;
         let device = &self.inner.device;
         let size = (range.end - range.start) * 4;
         if size == 0 {

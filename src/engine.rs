@@ -9,8 +9,8 @@ use std::sync::Arc;
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::kernel::{
-    bytes_per_step, dispatch_grid, uniform_binding_size, Kernel, KernelKey, StepHeader, UpdateRule,
-    HEADER_BYTES,
+    bytes_per_step, dispatch_grid, kept_states, uniform_binding_size, Kernel, KernelKey,
+    StepHeader, UpdateRule, HEADER_BYTES,
 };
 use crate::plan::{windows, Span, Window};
 
@@ -158,16 +158,14 @@ impl<R: UpdateRule> Engine<R> {
         } else {
             0
         };
-        for (what, bytes) in [
-            ("a state buffer", largest_state),
-            ("the uniform ring", ring_bytes),
+        // Dynamic offsets into the ring are u32.
+        let ring_limit = limits.max_buffer_size.min(u32::MAX as u64);
+        for (what, bytes, limit) in [
+            ("a state buffer", largest_state, limits.max_buffer_size),
+            ("the uniform ring", ring_bytes, ring_limit),
         ] {
-            if bytes > limits.max_buffer_size {
-                return Err(Error::BufferTooLarge {
-                    what,
-                    bytes,
-                    limit: limits.max_buffer_size,
-                });
+            if bytes > limit {
+                return Err(Error::BufferTooLarge { what, bytes, limit });
             }
         }
         let device = context.device();
@@ -268,11 +266,7 @@ impl<R: UpdateRule> Engine<R> {
     pub fn bytes_per_step(&self) -> u64 {
         self.windows
             .iter()
-            .map(|window| {
-                let rule = &self.groups[window.group];
-                let states = R::STATE_SLOTS.iter().filter(|name| rule.keeps_state(name));
-                bytes_per_step(window.len(), states.count())
-            })
+            .map(|window| bytes_per_step(window.len(), kept_states(&self.groups[window.group])))
             .sum()
     }
 

@@ -93,6 +93,14 @@ pub(crate) fn twin_element<R: UpdateRule>(
     *param = rule.twin_update(s, p, g + header.weight_decay * p, state);
 }
 
+/// How many per-element state buffers `rule`'s configuration keeps.
+pub(crate) fn kept_states<R: UpdateRule>(rule: &R) -> usize {
+    R::STATE_SLOTS
+        .iter()
+        .filter(|name| rule.keeps_state(name))
+        .count()
+}
+
 /// Bytes one step over `len` elements must move with `state_buffers` state buffers: params
 /// read and written, grads read, each state read and written. Shared by the optimizer's
 /// bandwidth figures and the benchmark's roofline, which must move exactly as much.

@@ -163,14 +163,27 @@ impl ParamLayout {
         self.groups[group].clone()
     }
 
-    /// One tensor's values in a packed host copy of a buffer.
+    /// One tensor's values in a packed host copy of a buffer (`len()` elements).
     pub fn view<'a>(&self, packed: &'a [f32], name: &str) -> Result<&'a [f32]> {
+        self.check_packed(packed.len())?;
         Ok(&packed[self.tensor(name)?.range()])
     }
 
     /// One tensor's values in a packed host copy of a buffer, to fill it.
     pub fn view_mut<'a>(&self, packed: &'a mut [f32], name: &str) -> Result<&'a mut [f32]> {
+        self.check_packed(packed.len())?;
         Ok(&mut packed[self.tensor(name)?.range()])
+    }
+
+    fn check_packed(&self, len: usize) -> Result<()> {
+        match len as u64 == self.len {
+            true => Ok(()),
+            false => Err(Error::StateMismatch {
+                tensor: "packed host copy".into(),
+                expected: self.len,
+                got: len as u64,
+            }),
+        }
     }
 }
 

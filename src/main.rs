@@ -198,7 +198,7 @@ fn bench(choice: &AdapterChoice, options: &BenchOptions) -> Result<(), Box<dyn s
     );
     let mut rows = Vec::new();
     for &len in &sizes {
-        let copy = bench::copy_bandwidth(&gpu, len as u64 * 16)?;
+        let copy = bench::copy_bandwidth(&gpu, bench::copy_bytes(len))?;
         for variant in &variants {
             progress.set_message(format!("{} at {}", variant.name(), size_label(len)));
             match variant.measure(&gpu, len, repetitions, copy) {

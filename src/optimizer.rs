@@ -5,7 +5,7 @@
 use crate::context::GpuContext;
 use crate::engine::{engine_accessors, find_state, state_names, try_set_lr, Engine, StateRef};
 use crate::error::{Error, Result};
-use crate::kernel::{twin_element, StepHeader, UpdateRule};
+use crate::kernel::{kept_states, twin_element, StepHeader, UpdateRule};
 use crate::plan::Span;
 
 fn validated<R: UpdateRule>(rule: R, len: usize) -> Result<R> {
@@ -32,7 +32,6 @@ impl<R: UpdateRule> Optimizer<R> {
     /// elements. Fails before allocating anything if a state buffer would exceed the adapter's
     /// `max_buffer_size`.
     pub fn new(context: &GpuContext, rule: R, len: usize) -> Result<Self> {
-        let rule = validated(rule, len)?;
         let len = len as u64;
         let span = Span {
             target: 0,
@@ -93,10 +92,7 @@ impl<R: UpdateRule> Optimizer<R> {
 
     /// How many per-element state buffers this configuration keeps.
     pub fn state_buffer_count(&self) -> usize {
-        R::STATE_SLOTS
-            .iter()
-            .filter(|name| self.rule().keeps_state(name))
-            .count()
+        kept_states(self.rule())
     }
 
     /// Records one step into the caller's encoder without submitting it. The step's scalars are

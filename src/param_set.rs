@@ -44,10 +44,9 @@ impl<R: UpdateRule> ParamSet<R> {
         tensors: &[(T, usize)],
         groups: Vec<ParamGroup<R>>,
     ) -> Result<Self> {
-        let names: Vec<&Vec<String>> = groups.iter().map(|group| &group.tensors).collect();
-        let names: Vec<Vec<&str>> = names
+        let names: Vec<Vec<&str>> = groups
             .iter()
-            .map(|group| group.iter().map(String::as_str).collect())
+            .map(|group| group.tensors.iter().map(String::as_str).collect())
             .collect();
         let layout = ParamLayout::new(tensors, &names)?;
         let spans: Vec<Span> = (0..layout.group_count())
@@ -99,12 +98,13 @@ impl<R: UpdateRule> ParamSet<R> {
 
     /// The packed GPU buffer of a state, laid out like the params.
     pub fn state_buffer(&self, name: &str) -> Result<&wgpu::Buffer> {
+        let kept = self.state_names();
         let slot = R::STATE_SLOTS
             .iter()
-            .position(|slot| *slot == name && self.state_names().contains(slot))
+            .position(|slot| *slot == name && kept.contains(slot))
             .ok_or_else(|| Error::UnknownState {
                 name: name.into(),
-                available: self.state_names().join(", "),
+                available: kept.join(", "),
             })?;
         Ok(self.engine.state_buffer(0, slot))
     }

@@ -194,6 +194,9 @@ pub fn write_csv(report: &Report, path: &Path) -> std::io::Result<()> {
 /// colour, with the copy bandwidth in black; the title names the adapter.
 pub fn write_svg(report: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let rows = &report.rows;
+    if rows.is_empty() {
+        return Err("no rows were measured, so there is nothing to plot".into());
+    }
     let mut rules: Vec<&str> = rows.iter().map(|m| m.rule).collect();
     rules.dedup();
     let sizes = || rows.iter().map(|m| m.params as f64);

@@ -357,10 +357,22 @@ impl<R: UpdateRule> UnfusedChain<R> {
         timestamps: Option<wgpu::ComputePassTimestampWrites>,
     ) -> Result<()> {
         self.context.ensure_alive()?;
-        for buffer in [params, grads] {
+        if params == grads {
+            return Err(Error::AliasedBuffers {
+                first: "params".into(),
+                second: "grads".into(),
+            });
+        }
+        for (buffer, name) in [(params, "params"), (grads, "grads")] {
+            if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+                return Err(Error::MissingUsage {
+                    buffer: name.into(),
+                    usage: "STORAGE",
+                });
+            }
             if buffer.size() != self.len * 4 {
                 return Err(Error::StateMismatch {
-                    tensor: "params".into(),
+                    tensor: name.into(),
                     expected: self.len,
                     got: buffer.size() / 4,
                 });

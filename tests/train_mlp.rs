@@ -43,8 +43,14 @@ fn every_optimizer_trains_on_the_gpu_like_its_cpu_twin() {
             );
         }
         let last = *run.gpu_loss.last().unwrap();
-        assert!(last < LOSS_AFTER_TRAINING, "{optimizer}: loss {last} after training");
-        assert_eq!(run.gpu_accuracy, run.cpu_accuracy, "{optimizer}: accuracy differs");
+        assert!(
+            last < LOSS_AFTER_TRAINING,
+            "{optimizer}: loss {last} after training"
+        );
+        assert_eq!(
+            run.gpu_accuracy, run.cpu_accuracy,
+            "{optimizer}: accuracy differs"
+        );
         println!(
             "{:<8} {} parameters, losses {:?}, test accuracy {:.1}%",
             run.optimizer,
