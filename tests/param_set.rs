@@ -5,12 +5,11 @@
 mod common;
 
 use fused_optim::{
-    Adagrad, Adam, CpuOptimizer, DispatchLimits, Error, ForeachOptimizer, GpuContext, Optimizer,
-    ParamGroup, ParamSet, RmsProp, Sgd, UpdateRule,
+    Adagrad, Adam, CpuOptimizer, Error, ForeachOptimizer, GpuContext, Optimizer, ParamGroup,
+    ParamSet, RmsProp, Sgd, UpdateRule,
 };
 
-/// Same bound and reasoning as tests/twin.rs: three steps of a few f32 operations each.
-const TOLERANCE: f64 = 1e-4;
+const TOLERANCE: f64 = common::TWIN_TOLERANCE;
 const STEPS: usize = 3;
 
 /// Awkward sizes: not multiples of 4, of the workgroup or of the tensor alignment.
@@ -28,15 +27,10 @@ fn is_decayed(name: &str) -> bool {
     name.ends_with("weight") && !name.starts_with("norm")
 }
 
-/// The shared context, and one whose forced 1004-element windows cut the groups into several
-/// windows starting off alignment (see tests/twin.rs).
+/// The shared context, and one whose forced windows cut the groups into several windows
+/// starting off alignment.
 fn contexts() -> [GpuContext; 2] {
-    let gpu = common::gpu();
-    let forced = DispatchLimits {
-        window_elements: 1004,
-        workgroups_per_dimension: 3,
-    };
-    [gpu.clone(), gpu.with_dispatch_limits(forced).unwrap()]
+    [common::gpu().clone(), common::forced_windows()]
 }
 
 /// Steps a two-group set (decayed weights; the rest) on the GPU and with per-tensor CPU twins,

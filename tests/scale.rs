@@ -9,16 +9,8 @@ use std::sync::Mutex;
 use fused_optim::bench::{gpt2_groups, gpt2_tensors};
 use fused_optim::{Adam, CpuOptimizer, Optimizer, ParamSet};
 
-/// Same bound and reasoning as tests/twin.rs.
-const TOLERANCE: f64 = 1e-4;
-
 /// One big test at a time keeps the binary under 8 GiB.
 static BIG: Mutex<()> = Mutex::new(());
-
-fn assert_close(what: &str, got: &[f32], want: &[f32]) {
-    let error = common::worst_relative_error(got, want);
-    assert!(error <= TOLERANCE, "{what} off by {error:e}");
-}
 
 /// 50M elements: 200 MB per buffer, past a 128 MiB binding limit, so the step runs in windows;
 /// a 33.5M-element window also needs more than 65535 workgroups and is folded.
@@ -47,9 +39,9 @@ fn adam_past_the_binding_limit_matches_twin() {
         optimizer.step(&params, &grads).unwrap();
         cpu.step(&mut params_cpu, &grads_cpu).unwrap();
     }
-    assert_close("params", &gpu.download(&params).unwrap(), &params_cpu);
+    common::assert_twin_close("params", &gpu.download(&params).unwrap(), &params_cpu);
     for state in ["exp_avg", "exp_avg_sq"] {
-        assert_close(
+        common::assert_twin_close(
             state,
             &optimizer.read_state(state).unwrap(),
             &cpu.state(state).unwrap(),
@@ -114,14 +106,14 @@ fn gpt2_small_parameter_set_matches_twins() {
     let got = gpu.download(&params).unwrap();
     assert_eq!(got.len(), params_cpu.len());
     for slot in layout.tensors() {
-        assert_close(&slot.name, &got[slot.range()], &params_cpu[slot.range()]);
+        common::assert_twin_close(&slot.name, &got[slot.range()], &params_cpu[slot.range()]);
     }
     drop((got, params_cpu));
     for state in ["exp_avg", "exp_avg_sq"] {
         let got = gpu.download(set.state_buffer(state).unwrap()).unwrap();
         for (slot, twin) in layout.tensors().iter().zip(&twins) {
             let what = format!("{} {state}", slot.name);
-            assert_close(&what, &got[slot.range()], &twin.state(state).unwrap());
+            common::assert_twin_close(&what, &got[slot.range()], &twin.state(state).unwrap());
         }
     }
 }

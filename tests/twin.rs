@@ -7,20 +7,13 @@
 mod common;
 
 use fused_optim::{
-    Adagrad, Adam, CpuOptimizer, DispatchLimits, GpuContext, Optimizer, RmsProp, Sgd, UnfusedChain,
-    UpdateRule, MAX_PENDING_STEPS,
+    Adagrad, Adam, CpuOptimizer, GpuContext, Optimizer, RmsProp, Sgd, UnfusedChain, UpdateRule,
+    MAX_PENDING_STEPS,
 };
 
 const SIZES: [usize; 9] = [1, 3, 4, 5, 255, 257, 1025, 100_003, 4_194_307];
 
-/// Forced windows of 1004 elements: a multiple of 4 but not of any storage offset alignment
-/// (8 to 64 elements), so windows after the first start inside an aligned block and reach
-/// their first element through the header's `begin`. Three workgroups per dimension fold each
-/// window's four workgroups into a 2x2 grid. The sizes leave short last windows.
-const FORCED: DispatchLimits = DispatchLimits {
-    window_elements: 1004,
-    workgroups_per_dimension: 3,
-};
+/// Sizes that leave short last windows under `common::FORCED_LIMITS`.
 const FORCED_SIZES: [usize; 6] = [3, 1004, 1005, 2011, 3012, 100_003];
 
 /// The shared context with its own limits, and with forced small windows.
@@ -28,23 +21,17 @@ fn contexts() -> [(GpuContext, &'static [usize]); 2] {
     let gpu = common::gpu();
     [
         (gpu.clone(), &SIZES),
-        (gpu.with_dispatch_limits(FORCED).unwrap(), &FORCED_SIZES),
+        (common::forced_windows(), &FORCED_SIZES),
     ]
 }
+
 const STEPS: usize = 5;
 const LEARNING_RATES: [f64; STEPS] = [0.1, 0.03, 0.2, 0.05, 0.12];
 
-/// Bound on the worst relative error (see `common::worst_relative_error`) after five steps.
-/// Each step is a handful of f32 operations; Vulkan allows sqrt and division 2.5 ulp (about
-/// 3e-7 relative) and a driver may contract a * b + c into one fma. Centered RMSprop subtracts
-/// grad_avg² from square_avg, which cancels about log2(1 / (1 - alpha)) bits and magnifies
-/// those differences up to 10 times at the alpha = 0.9 used here. Five compounding steps of
-/// that stay well under 1e-4.
-///
-/// The hyperparameters below are bolder than PyTorch's defaults (lr up to 0.2, weight decay
+/// The bound is `common::TWIN_TOLERANCE`, justified there. The hyperparameters below are bolder than PyTorch's defaults (lr up to 0.2, weight decay
 /// 0.3, eps 1e-2) so that every term moves the result by far more than the bound: a wrong
 /// term, order, flag or epsilon placement shows up at 1e-3 or more.
-const TOLERANCE: f64 = 1e-4;
+const TOLERANCE: f64 = common::TWIN_TOLERANCE;
 const WEIGHT_DECAY: f64 = 0.3;
 const EPS: f64 = 1e-2;
 

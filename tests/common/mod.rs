@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use fused_optim::GpuContext;
+use fused_optim::{DispatchLimits, GpuContext};
 use rand::{Rng, SeedableRng};
 
 /// One device per test binary; error scopes are per thread, so tests may share it.
@@ -49,4 +49,35 @@ pub fn worst_relative_error(got: &[f32], want: &[f32]) -> f64 {
             }
         })
         .fold(0.0, f64::max)
+}
+
+/// Forced windows of 1004 elements: a multiple of 4 but not of any storage offset alignment
+/// (8 to 64 elements), so windows after the first start inside an aligned block and reach
+/// their first element through the header's `begin`. Three workgroups per dimension fold each
+/// window's four workgroups into a 2x2 grid.
+pub const FORCED_LIMITS: DispatchLimits = DispatchLimits {
+    window_elements: 1004,
+    workgroups_per_dimension: 3,
+};
+
+/// The shared device with `FORCED_LIMITS`, so window edges are crossed on any adapter.
+pub fn forced_windows() -> GpuContext {
+    gpu().with_dispatch_limits(FORCED_LIMITS).unwrap()
+}
+
+/// Bound on the worst relative error (see `worst_relative_error`) of a GPU step against its
+/// CPU twin after a few steps. Each step is a handful of f32 operations; Vulkan allows sqrt
+/// and division 2.5 ulp (about 3e-7 relative) and a driver may contract a * b + c into one
+/// fma. Centered RMSprop subtracts grad_avg² from square_avg, which cancels about
+/// log2(1 / (1 - alpha)) bits and magnifies those differences up to 10 times at the
+/// alpha = 0.9 the tests use. Five compounding steps of that stay well under 1e-4.
+pub const TWIN_TOLERANCE: f64 = 1e-4;
+
+/// Asserts `got` is within `TWIN_TOLERANCE` of `want`, naming `what` otherwise.
+pub fn assert_twin_close(what: &str, got: &[f32], want: &[f32]) {
+    let error = worst_relative_error(got, want);
+    assert!(
+        error <= TWIN_TOLERANCE,
+        "{what} off by {error:e} (bound {TWIN_TOLERANCE:e})"
+    );
 }
