@@ -474,7 +474,7 @@ impl<R: UpdateRule> Engine<R> {
 
 /// A zeroed state buffer of `len` elements, with each span's non-zero initial value queued
 /// into it (only Adagrad's `initial_accumulator_value` is non-zero).
-fn state_buffer(
+pub(crate) fn state_buffer(
     context: &GpuContext,
     name: &str,
     len: u64,

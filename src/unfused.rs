@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytemuck::{Pod, Zeroable};
 
 use crate::context::GpuContext;
-use crate::engine::{find_state, try_set_lr, StateRef};
+use crate::engine::{find_state, state_buffer, try_set_lr, StateRef};
 use crate::error::{Error, Result};
 use crate::kernel::{dispatch_grid, Kernel, KernelKey, UpdateRule};
 use crate::plan::{windows, Span, Window};
@@ -208,7 +208,7 @@ impl<R: UpdateRule> UnfusedChain<R> {
             end: len,
         };
         let windows = windows(
-            &[span],
+            std::slice::from_ref(&span),
             dispatch.window_elements,
             context.binding_elements(),
             context.alignment_elements(),
@@ -249,16 +249,9 @@ impl<R: UpdateRule> UnfusedChain<R> {
         let device = context.device();
         let (uniforms, placeholder, state, temps) =
             context.scoped("allocating the unfused chain", || {
-                let tensor = |label: &str, len: u64| {
-                    device.create_buffer(&wgpu::BufferDescriptor {
-                        label: Some(label),
-                        size: len * 4,
-                        usage: wgpu::BufferUsages::STORAGE
-                            | wgpu::BufferUsages::COPY_SRC
-                            | wgpu::BufferUsages::COPY_DST,
-                        mapped_at_creation: false,
-                    })
-                };
+                // Zeroed tensors of the chain's own, made like the engine's state.
+                let tensor =
+                    |label: &str, len: u64| state_buffer(context, label, len, |_| 0.0, &[]);
                 let uniforms = device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("unfused ops"),
                     size: uniform_stride * (most_ops * windows.len()).max(1) as u64,
@@ -267,17 +260,11 @@ impl<R: UpdateRule> UnfusedChain<R> {
                 });
                 let state: Vec<wgpu::Buffer> = R::STATE_SLOTS
                     .iter()
-                    .map(|name| {
-                        let kept = rule.keeps_state(name);
-                        let buffer = tensor(name, if kept { len } else { 4 });
-                        let initial = rule.initial_state(name);
-                        if kept && initial != 0.0 {
-                            let values = vec![initial; len as usize];
-                            context
-                                .queue()
-                                .write_buffer(&buffer, 0, bytemuck::cast_slice(&values));
+                    .map(|name| match rule.keeps_state(name) {
+                        true => {
+                            state_buffer(context, name, len, |_| rule.initial_state(name), &[&span])
                         }
-                        buffer
+                        false => tensor(name, 4),
                     })
                     .collect();
                 let temps = (0..temps).map(|_| tensor("unfused temp", len)).collect();

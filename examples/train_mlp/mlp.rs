@@ -597,7 +597,7 @@ impl<R: UpdateRule> GpuModel<R> {
 struct CpuModel<R: UpdateRule> {
     params: Vec<f32>,
     grads: Vec<f32>,
-    slots: Vec<TensorSlot>,
+    layout: ParamLayout,
     twins: Vec<CpuOptimizer<R>>,
     widths: Vec<usize>,
     batch: usize,
@@ -611,8 +611,8 @@ impl<R: UpdateRule> CpuModel<R> {
         batch: usize,
         params: Vec<f32>,
     ) -> Self {
-        let slots = layout.tensors().to_vec();
-        let twins = slots
+        let twins = layout
+            .tensors()
             .iter()
             .map(|slot| {
                 CpuOptimizer::new(set.groups()[slot.group].clone(), slot.len as usize)
@@ -622,7 +622,7 @@ impl<R: UpdateRule> CpuModel<R> {
         Self {
             grads: vec![0.0; params.len()],
             params,
-            slots,
+            layout: layout.clone(),
             twins,
             widths: widths.to_vec(),
             batch,
@@ -630,7 +630,7 @@ impl<R: UpdateRule> CpuModel<R> {
     }
 
     fn set_group_lr(&mut self, group: usize, lr: f64) -> fused_optim::Result<()> {
-        for (slot, twin) in self.slots.iter().zip(&mut self.twins) {
+        for (slot, twin) in self.layout.tensors().iter().zip(&mut self.twins) {
             if slot.group == group {
                 twin.set_lr(lr)?;
             }
@@ -639,11 +639,7 @@ impl<R: UpdateRule> CpuModel<R> {
     }
 
     fn tensor(&self, name: String) -> std::ops::Range<usize> {
-        self.slots
-            .iter()
-            .find(|slot| slot.name == name)
-            .expect("registered")
-            .range()
+        self.layout.tensor(&name).expect("registered").range()
     }
 
     /// Activations of every layer for `rows` rows of `x`.
@@ -748,7 +744,7 @@ impl<R: UpdateRule> CpuModel<R> {
                 delta = below;
             }
         }
-        for (slot, twin) in self.slots.iter().zip(&mut self.twins) {
+        for (slot, twin) in self.layout.tensors().iter().zip(&mut self.twins) {
             let range = slot.range();
             twin.step(&mut self.params[range.clone()], &self.grads[range])?;
         }
