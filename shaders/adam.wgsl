@@ -22,11 +22,11 @@ struct Scalars {
     decay: f32,
 }
 
-@group(0) @binding(3) var<storage, read_write> exp_avg: array<f32>;
-@group(0) @binding(4) var<storage, read_write> exp_avg_sq: array<f32>;
-@group(0) @binding(5) var<storage, read_write> max_exp_avg_sq: array<f32>;
+@group(0) @binding(3) var<storage, read_write> exp_avg: array<V>;
+@group(0) @binding(4) var<storage, read_write> exp_avg_sq: array<V>;
+@group(0) @binding(5) var<storage, read_write> max_exp_avg_sq: array<V>;
 
-fn update(i: u32, p: f32, g: f32) -> f32 {
+fn update(i: u32, p: V, g: V) -> V {
     let s = step.s;
     let decayed = p * s.decay;
     let m = s.beta1 * exp_avg[i] + s.one_minus_beta1 * g;

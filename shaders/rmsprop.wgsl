@@ -18,11 +18,11 @@ struct Scalars {
     momentum: f32,
 }
 
-@group(0) @binding(3) var<storage, read_write> square_avg: array<f32>;
-@group(0) @binding(4) var<storage, read_write> momentum_buffer: array<f32>;
-@group(0) @binding(5) var<storage, read_write> grad_avg: array<f32>;
+@group(0) @binding(3) var<storage, read_write> square_avg: array<V>;
+@group(0) @binding(4) var<storage, read_write> momentum_buffer: array<V>;
+@group(0) @binding(5) var<storage, read_write> grad_avg: array<V>;
 
-fn update(i: u32, p: f32, g: f32) -> f32 {
+fn update(i: u32, p: V, g: V) -> V {
     let s = step.s;
     let v = s.alpha * square_avg[i] + s.one_minus_alpha * (g * g);
     square_avg[i] = v;
@@ -32,7 +32,7 @@ fn update(i: u32, p: f32, g: f32) -> f32 {
         grad_avg[i] = g_avg;
         variance = v - g_avg * g_avg;
     }
-    var avg: f32;
+    var avg: V;
     if EPS_INSIDE_SQRT {
         avg = sqrt(variance + s.eps);
     } else {

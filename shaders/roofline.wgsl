@@ -13,11 +13,11 @@ struct Scalars {
     unused: f32,
 }
 
-@group(0) @binding(3) var<storage, read_write> state0: array<f32>;
-@group(0) @binding(4) var<storage, read_write> state1: array<f32>;
-@group(0) @binding(5) var<storage, read_write> state2: array<f32>;
+@group(0) @binding(3) var<storage, read_write> state0: array<V>;
+@group(0) @binding(4) var<storage, read_write> state1: array<V>;
+@group(0) @binding(5) var<storage, read_write> state2: array<V>;
 
-fn update(i: u32, p: f32, g: f32) -> f32 {
+fn update(i: u32, p: V, g: V) -> V {
     if STATE0 {
         state0[i] = state0[i] + p;
     }

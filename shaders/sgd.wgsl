@@ -14,9 +14,9 @@ struct Scalars {
     first_step: u32,
 }
 
-@group(0) @binding(3) var<storage, read_write> momentum_buffer: array<f32>;
+@group(0) @binding(3) var<storage, read_write> momentum_buffer: array<V>;
 
-fn update(i: u32, p: f32, g_in: f32) -> f32 {
+fn update(i: u32, p: V, g_in: V) -> V {
     let s = step.s;
     var g = g_in;
     if MOMENTUM {

@@ -390,6 +390,17 @@ impl Measurement {
         self.fused.median_ms / self.roofline.median_ms
     }
 
+    /// The time the rule's bytes take at the copy bandwidth: the copy engine's floor, beside
+    /// the roofline kernel's.
+    pub fn copy_floor_ms(&self) -> f64 {
+        self.bytes_per_step as f64 / self.copy_gb_per_s / 1e6
+    }
+
+    /// Fused median over the copy engine's floor.
+    pub fn copy_ratio(&self) -> f64 {
+        self.fused.median_ms / self.copy_floor_ms()
+    }
+
     /// How many times faster the fused step is than the unfused chain.
     pub fn unfused_speedup(&self) -> f64 {
         self.unfused.median_ms / self.fused.median_ms

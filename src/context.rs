@@ -8,13 +8,16 @@ use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
-use crate::kernel::{Kernel, KernelKey};
+use crate::kernel::{Kernel, KernelKey, StepValues};
 
 /// A wgpu device and queue, plus what fused-optim caches on them. Cheap to clone.
 #[derive(Clone)]
 pub struct GpuContext {
     inner: Arc<Inner>,
     dispatch: DispatchLimits,
+    /// How kernels get their per-dispatch values; `None` picks per kernel (see
+    /// [`GpuContext::step_values_for`]).
+    step_values: Option<StepValues>,
 }
 
 /// How big one dispatch may be: optimizers cut their buffers into windows of at most
@@ -27,6 +30,10 @@ pub struct DispatchLimits {
     pub window_elements: u64,
     pub workgroups_per_dimension: u32,
 }
+
+/// The most bytes of per-dispatch values any kernel here takes: the 16-byte header and eight
+/// scalars (Adam's).
+pub const MAX_STEP_VALUES_BYTES: u64 = 48;
 
 /// Elements a u32 index reaches with room for the overshoot of a folded grid.
 const INDEX_LIMIT_ELEMENTS: u64 = 1 << 30;
@@ -70,13 +77,43 @@ impl AdapterChoice {
     }
 }
 
+/// One wgpu instance per backend set for the whole process. Every device opened through it
+/// shares its resource registry, so a buffer of another device is a validation error wgpu
+/// reports (and fused-optim turns into [`Error::ForeignBuffer`]), where a buffer of another
+/// instance's registry would make wgpu-core panic.
 fn instance(backends: wgpu::Backends) -> wgpu::Instance {
+    static INSTANCES: Mutex<Vec<(wgpu::Backends, wgpu::Instance)>> = Mutex::new(Vec::new());
+    let mut instances = INSTANCES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((_, instance)) = instances.iter().find(|(set, _)| *set == backends) {
+        return instance.clone();
+    }
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     desc.backends = backends;
     // Where the driver reports a memory budget, creating past it fails with an out-of-memory
     // error (caught by our scopes) instead of overcommitting or losing the device.
     desc.memory_budget_thresholds.for_resource_creation = Some(95);
-    wgpu::Instance::new(desc)
+    let instance = wgpu::Instance::new(desc);
+    instances.push((backends, instance.clone()));
+    instance
+}
+
+/// Whether wgpu's `error` (from creating a bind group) says a resource belongs to another
+/// device. wgpu-core's errors forward to one another transparently, so the mismatch is a
+/// variant of the bind-group error rather than a link of the source chain.
+fn is_device_mismatch(error: &wgpu::Error) -> bool {
+    use wgpu::wgc::{binding_model::CreateBindGroupError, device::DeviceError};
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = source {
+        if let Some(CreateBindGroupError::Device(DeviceError::DeviceMismatch(_))) =
+            error.downcast_ref()
+        {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// Every adapter the given backends expose, for `fused-optim info` and adapter selection.
@@ -123,7 +160,9 @@ impl GpuContext {
         let info = adapter.get_info();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("fused-optim"),
-            required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
+            // Timestamps for the benchmark; immediates carry each dispatch's values.
+            required_features: adapter.features()
+                & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::IMMEDIATES),
             required_limits: adapter.limits(),
             ..Default::default()
         }))
@@ -151,6 +190,7 @@ impl GpuContext {
         });
         Self {
             dispatch: adapter_dispatch_limits(&device.limits()),
+            step_values: None,
             inner: Arc::new(Inner {
                 device,
                 queue,
@@ -186,8 +226,49 @@ impl GpuContext {
             "must be positive and no larger than the adapter's limit",
         )?;
         Ok(Self {
-            inner: self.inner.clone(),
             dispatch: limits,
+            ..self.clone()
+        })
+    }
+
+    /// How a kernel whose values take `bytes` gets them: immediates where the device has them
+    /// and they fit, else a uniform copied in by each step, unless
+    /// [`GpuContext::with_step_values`] chose one.
+    pub fn step_values_for(&self, bytes: u64) -> StepValues {
+        let device = &self.inner.device;
+        let fits = device.features().contains(wgpu::Features::IMMEDIATES)
+            && bytes <= device.limits().max_immediate_size as u64;
+        match self.step_values {
+            Some(chosen) => chosen,
+            None if fits => StepValues::Immediates,
+            None => StepValues::UniformCopy,
+        }
+    }
+
+    /// The same device with every kernel built from the returned context getting its values
+    /// the given way, e.g. to test the uniform path on an adapter with immediates. Immediates
+    /// on a device without `wgpu::Features::IMMEDIATES`, or whose `max_immediate_size` is
+    /// below what every rule needs, are rejected.
+    pub fn with_step_values(&self, values: StepValues) -> Result<Self> {
+        if values == StepValues::Immediates {
+            let device = &self.inner.device;
+            let limit = device.limits().max_immediate_size as u64;
+            if !device.features().contains(wgpu::Features::IMMEDIATES)
+                || limit < MAX_STEP_VALUES_BYTES
+            {
+                return Err(Error::Unsupported {
+                    what: "immediates for the per-dispatch values",
+                    detail: format!(
+                        "the device needs wgpu::Features::IMMEDIATES and a max_immediate_size of \
+                         at least {MAX_STEP_VALUES_BYTES} bytes (it has {limit}); use \
+                         StepValues::UniformCopy"
+                    ),
+                });
+            }
+        }
+        Ok(Self {
+            step_values: Some(values),
+            ..self.clone()
         })
     }
 
@@ -264,6 +345,39 @@ impl GpuContext {
         }
     }
 
+    /// Whether `buffer` belongs to this context's device. wgpu offers no direct query, so this
+    /// binds it in a throwaway bind group and looks for wgpu's device-mismatch error: a
+    /// diagnosis for when binding has already failed, not a check for every step.
+    pub(crate) fn owns(&self, buffer: &wgpu::Buffer) -> bool {
+        let device = &self.inner.device;
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("fused-optim device probe"),
+            entries: &[wgpu::BindGroupLayoutEntry {
+                binding: 0,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage { read_only: true },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            }],
+        });
+        let _probe = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("fused-optim device probe"),
+            layout: &layout,
+            entries: &[wgpu::BindGroupEntry {
+                binding: 0,
+                resource: buffer.as_entire_binding(),
+            }],
+        });
+        match pollster::block_on(scope.pop()) {
+            Some(error) => !is_device_mismatch(&error),
+            None => true,
+        }
+    }
+
     /// The compiled kernel for `key`, built once per context and shared by every optimizer.
     pub(crate) fn kernel(
         &self,
@@ -297,7 +411,7 @@ impl GpuContext {
     /// A new zeroed storage buffer of `len` f32, e.g. the packed params or grads of a
     /// [`ParamLayout`](crate::ParamLayout).
     pub fn zeros(&self, label: &str, len: u64) -> Result<wgpu::Buffer> {
-        let bytes = len * 4;
+        let bytes = len.saturating_mul(4);
         let limit = self.limits().max_buffer_size;
         if bytes > limit {
             return Err(Error::BufferTooLarge {

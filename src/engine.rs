@@ -1,7 +1,8 @@
-//! The stepping machinery every optimizer kind shares: state allocation, the windows a step is
-//! cut into, cached bind groups, the per-step uniform ring and the compute pass. It knows no
-//! single rule and no single way of laying out tensors: an optimizer describes its caller's
-//! buffer pairs as targets and says which group's rule updates which elements of each.
+//! The stepping machinery every optimizer kind shares: state allocation, the windows and
+//! dispatches a step is cut into, cached bind groups, the per-dispatch values and the compute
+//! pass. It knows no single rule and no single way of laying out tensors: an optimizer
+//! describes its caller's buffer pairs as targets and says which group's rule updates which
+//! elements of each.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,15 +10,10 @@ use std::sync::Arc;
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::kernel::{
-    bytes_per_step, dispatch_grid, kept_states, uniform_binding_size, Kernel, KernelKey,
-    StepHeader, UpdateRule, HEADER_BYTES,
+    bytes_per_step, dispatch_grid, kept_states, step_values, values_size, Kernel, KernelKey,
+    UpdateRule, ValueSlots,
 };
-use crate::plan::{windows, Span, Window};
-
-/// Steps that may be recorded with `record_step` into command buffers not yet submitted. Each
-/// recorded step reads its scalars from its own slot of a ring of this many uniform slots;
-/// recording more before a submit would overwrite a pending step's scalars.
-pub const MAX_PENDING_STEPS: u64 = 64;
+use crate::plan::{dispatches, windows, Dispatch, Span, Window};
 
 /// Where a state name lives: a buffer slot of the rule, or the host-side step count.
 pub(crate) enum StateRef {
@@ -76,8 +72,9 @@ macro_rules! engine_accessors {
         }
 
         /// Bytes of GPU memory this optimizer allocated: its state buffers, a 16-byte
-        /// placeholder for state slots no group keeps, and the uniform ring. Params and grads
-        /// are the caller's.
+        /// placeholder for state slots no group keeps, and, on adapters without immediates,
+        /// one uniform slot per dispatch for the step's values. Params and grads are the
+        /// caller's.
         pub fn state_bytes(&self) -> u64 {
             self.engine.state_bytes()
         }
@@ -90,7 +87,8 @@ macro_rules! engine_accessors {
         }
 
         /// Dispatches one step records: one per parameter group (or buffer pair) and binding
-        /// window, never one per tensor of a packed set.
+        /// window, never one per tensor of a packed set, plus one for the 1 to 3 elements
+        /// past the last whole vec4 of each group or pair whose length is not a multiple of 4.
         pub fn dispatches_per_step(&self) -> usize {
             self.engine.dispatches()
         }
@@ -103,7 +101,6 @@ pub(crate) struct Engine<R: UpdateRule> {
     context: GpuContext,
     pub groups: Vec<R>,
     pub steps: u64,
-    kernels: Vec<Arc<Kernel>>,
     /// Elements of each target.
     lens: Vec<u64>,
     /// Per target, one buffer per `R::STATE_SLOTS`: the target's state where some group keeps
@@ -113,11 +110,13 @@ pub(crate) struct Engine<R: UpdateRule> {
     kept: Vec<bool>,
     placeholder: wgpu::Buffer,
     windows: Vec<Window>,
-    uniforms: wgpu::Buffer,
-    uniform_stride: u64,
+    dispatches: Vec<Dispatch>,
+    /// Each dispatch's kernel: its group's rule, vector or scalar.
+    kernels: Vec<Arc<Kernel>>,
+    values: ValueSlots,
     workgroups_per_dimension: u32,
-    /// The (params, grads) pair each target was last bound to, and each window's bind group;
-    /// reused while the caller passes the same buffers.
+    /// The (params, grads) pair each target was last bound to, and each dispatch's bind
+    /// group; reused while the caller passes the same buffers.
     bound: Vec<Option<(wgpu::Buffer, wgpu::Buffer)>>,
     bind_groups: Vec<Option<wgpu::BindGroup>>,
 }
@@ -139,6 +138,19 @@ impl<R: UpdateRule> Engine<R> {
             return Err(Error::EmptyParams);
         }
         let limits = context.limits();
+        // Sizes are checked before anything is planned or allocated: a length no buffer can
+        // hold is refused here, not found out by cutting it into windows.
+        if let Some(bytes) = lens
+            .iter()
+            .map(|len| len.saturating_mul(4))
+            .find(|&bytes| bytes > limits.max_buffer_size)
+        {
+            return Err(Error::BufferTooLarge {
+                what: "a tensor of this length (its params, grads and each state buffer)",
+                bytes,
+                limit: limits.max_buffer_size,
+            });
+        }
         let dispatch = context.dispatch_limits();
         let windows = windows(
             spans,
@@ -146,71 +158,64 @@ impl<R: UpdateRule> Engine<R> {
             context.binding_elements(),
             context.alignment_elements(),
         );
-        let uniform_stride = uniform_binding_size::<R>()
-            .next_multiple_of(limits.min_uniform_buffer_offset_alignment as u64);
-        let ring_bytes = uniform_stride * windows.len() as u64 * MAX_PENDING_STEPS;
+        let dispatches = dispatches(&windows);
+        let device = context.device();
+        let values = context.step_values_for(values_size::<R>());
+        let values_bytes =
+            ValueSlots::bytes_needed(device, values, values_size::<R>(), dispatches.len());
+        // Dynamic offsets into the values' uniform are u32.
+        let values_limit = limits.max_buffer_size.min(u32::MAX as u64);
+        if values_bytes > values_limit {
+            return Err(Error::BufferTooLarge {
+                what: "the uniform of the step's values",
+                bytes: values_bytes,
+                limit: values_limit,
+            });
+        }
         let kept: Vec<bool> = R::STATE_SLOTS
             .iter()
             .map(|name| groups.iter().any(|rule| rule.keeps_state(name)))
             .collect();
-        let largest_state = if kept.contains(&true) {
-            lens.iter().max().copied().unwrap_or(0) * 4
-        } else {
-            0
-        };
-        // Dynamic offsets into the ring are u32.
-        let ring_limit = limits.max_buffer_size.min(u32::MAX as u64);
-        for (what, bytes, limit) in [
-            ("a state buffer", largest_state, limits.max_buffer_size),
-            ("the uniform ring", ring_bytes, ring_limit),
-        ] {
-            if bytes > limit {
-                return Err(Error::BufferTooLarge { what, bytes, limit });
-            }
-        }
-        let device = context.device();
-        let kernels = groups
+        let kernels = dispatches
             .iter()
-            .map(|rule| context.kernel(KernelKey::of(rule), || Kernel::build(device, rule)))
+            .map(|d| {
+                let rule = &groups[windows[d.window].group];
+                let key = KernelKey::of(rule, d.lanes, values);
+                context.kernel(key, || Kernel::build(device, rule, d.lanes, values))
+            })
             .collect::<Result<Vec<_>>>()?;
-        let (uniforms, placeholder, state) =
-            context.scoped("allocating optimizer state", || {
-                let uniforms = device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("fused-optim step scalars"),
-                    size: ring_bytes,
-                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                });
-                let placeholder = device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("fused-optim unused state slot"),
-                    size: 16,
-                    usage: wgpu::BufferUsages::STORAGE,
-                    mapped_at_creation: false,
-                });
-                let state: Vec<Vec<wgpu::Buffer>> = lens
-                    .iter()
-                    .enumerate()
-                    .map(|(target, &len)| {
-                        let target_spans: Vec<&Span> =
-                            spans.iter().filter(|span| span.target == target).collect();
-                        R::STATE_SLOTS
-                            .iter()
-                            .zip(&kept)
-                            .map(|(name, &kept)| match kept {
-                                true => state_buffer(
-                                    context,
-                                    name,
-                                    len,
-                                    |span| groups[span.group].initial_state(name),
-                                    &target_spans,
-                                ),
-                                false => placeholder.clone(),
-                            })
-                            .collect()
-                    })
-                    .collect();
-                (uniforms, placeholder, state)
-            })?;
+        let (values, placeholder, state) = context.scoped("allocating optimizer state", || {
+            let values = ValueSlots::new(device, values, values_size::<R>(), dispatches.len());
+            let placeholder = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("fused-optim unused state slot"),
+                size: 16,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            });
+            let state: Vec<Vec<wgpu::Buffer>> = lens
+                .iter()
+                .enumerate()
+                .map(|(target, &len)| {
+                    let target_spans: Vec<&Span> =
+                        spans.iter().filter(|span| span.target == target).collect();
+                    R::STATE_SLOTS
+                        .iter()
+                        .zip(&kept)
+                        .map(|(name, &kept)| match kept {
+                            true => state_buffer(
+                                context,
+                                name,
+                                len,
+                                |span| groups[span.group].initial_state(name),
+                                &target_spans,
+                            ),
+                            false => placeholder.clone(),
+                        })
+                        .collect()
+                })
+                .collect();
+            (values, placeholder, state)
+        })?;
         Ok(Self {
             context: context.clone(),
             groups,
@@ -221,10 +226,10 @@ impl<R: UpdateRule> Engine<R> {
             state,
             kept,
             placeholder,
-            bind_groups: vec![None; windows.len()],
+            bind_groups: vec![None; dispatches.len()],
             windows,
-            uniforms,
-            uniform_stride,
+            dispatches,
+            values,
             workgroups_per_dimension: dispatch.workgroups_per_dimension,
         })
     }
@@ -238,9 +243,9 @@ impl<R: UpdateRule> Engine<R> {
         self.lens.len()
     }
 
-    /// Dispatches per step: one per window.
+    /// Dispatches per step: one per window, plus one per window ending mid-vec4.
     pub fn dispatches(&self) -> usize {
-        self.windows.len()
+        self.dispatches.len()
     }
 
     /// The GPU buffer of state slot `slot` for `target`.
@@ -248,8 +253,8 @@ impl<R: UpdateRule> Engine<R> {
         &self.state[target][slot]
     }
 
-    /// Bytes of GPU memory allocated: state buffers, the placeholder and the uniform ring,
-    /// each buffer counted once.
+    /// Bytes of GPU memory allocated: state buffers, the placeholder and the values'
+    /// uniform, each buffer counted once.
     pub fn state_bytes(&self) -> u64 {
         let state: u64 = self
             .state
@@ -258,7 +263,7 @@ impl<R: UpdateRule> Engine<R> {
             .filter(|(_, &kept)| kept)
             .map(|(buffer, _)| buffer.size())
             .sum();
-        state + self.placeholder.size() + self.uniforms.size()
+        state + self.placeholder.size() + self.values.allocated_bytes()
     }
 
     /// Bytes one step must move: per window, params read and written, grads read and every
@@ -361,22 +366,22 @@ impl<R: UpdateRule> Engine<R> {
         Ok(())
     }
 
-    /// Binds the windows of every target whose pair changed, caching the new bind groups only
-    /// once wgpu has accepted all of them.
+    /// Binds the dispatches of every target whose pair changed, caching the new bind groups
+    /// only once wgpu has accepted all of them.
     fn bind(&mut self, pairs: &[(&wgpu::Buffer, &wgpu::Buffer)], stale: &[usize]) -> Result<()> {
-        let uniform_size = wgpu::BufferSize::new(uniform_binding_size::<R>());
         let created =
             self.context.scoped("binding the step's buffers", || {
-                self.windows
+                self.dispatches
                     .iter()
                     .enumerate()
-                    .filter(|(_, window)| stale.contains(&window.target))
-                    .map(|(index, window)| {
+                    .filter(|(_, d)| stale.contains(&self.windows[d.window].target))
+                    .map(|(index, d)| {
+                        let window = &self.windows[d.window];
                         let (params, grads) = pairs[window.target];
                         let window_of = |buffer| wgpu::BufferBinding {
                             buffer,
                             offset: window.offset * 4,
-                            size: wgpu::BufferSize::new(window.end * 4),
+                            size: wgpu::BufferSize::new(d.binding_bytes()),
                         };
                         let state = self.state[window.target].iter().zip(&self.kept).map(
                             |(buffer, &kept)| match kept {
@@ -387,20 +392,20 @@ impl<R: UpdateRule> Engine<R> {
                         let storage = [window_of(params), window_of(grads)]
                             .into_iter()
                             .chain(state);
-                        let group = self.kernels[window.group].bind_group(
+                        let group = self.kernels[index].bind_group(
                             self.context.device(),
                             self.groups[window.group].name(),
-                            wgpu::BufferBinding {
-                                buffer: &self.uniforms,
-                                offset: 0,
-                                size: uniform_size,
-                            },
+                            self.values.binding(),
                             storage,
                         );
                         (index, group)
                     })
                     .collect::<Vec<_>>()
-            })?;
+            });
+        let created = match created {
+            Ok(created) => created,
+            Err(error) => return Err(self.foreign_buffer(pairs, stale).unwrap_or(error)),
+        };
         for (index, group) in created {
             self.bind_groups[index] = Some(group);
         }
@@ -411,9 +416,27 @@ impl<R: UpdateRule> Engine<R> {
         Ok(())
     }
 
-    /// Checks and binds the buffers, queues step `steps + 1`'s scalars into its ring slots and
-    /// records the dispatches. Everything that can fail happens before the pass is recorded:
-    /// wgpu reports errors inside a pass only when the encoder finishes, outside our scopes.
+    /// After binding failed: names the first caller buffer of `stale` targets that belongs to
+    /// another device, if one does.
+    fn foreign_buffer(
+        &self,
+        pairs: &[(&wgpu::Buffer, &wgpu::Buffer)],
+        stale: &[usize],
+    ) -> Option<Error> {
+        stale.iter().find_map(|&target| {
+            let (params, grads) = pairs[target];
+            [(params, "params"), (grads, "grads")]
+                .into_iter()
+                .find(|(buffer, _)| !self.context.owns(buffer))
+                .map(|(_, which)| Error::ForeignBuffer {
+                    buffer: self.buffer_name(target, which),
+                })
+        })
+    }
+
+    /// Checks and binds the buffers, stages step `steps + 1`'s values and records the
+    /// dispatches. Everything that can fail happens before the pass is recorded: wgpu reports
+    /// errors inside a pass only when the encoder finishes, outside our scopes.
     fn record(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
@@ -441,31 +464,22 @@ impl<R: UpdateRule> Engine<R> {
         }
         let t = self.steps + 1;
         let scalars: Vec<R::Scalars> = self.groups.iter().map(|rule| rule.scalars(t)).collect();
-        let stride = self.uniform_stride as usize;
-        let mut uniform = vec![0u8; stride * self.windows.len()];
-        for (slot, window) in uniform.chunks_mut(stride).zip(&self.windows) {
-            let header = StepHeader::new(&self.groups[window.group], window.begin, window.end);
-            let header_bytes = HEADER_BYTES as usize;
-            slot[..header_bytes].copy_from_slice(bytemuck::bytes_of(&header));
-            let values = bytemuck::bytes_of(&scalars[window.group]);
-            slot[header_bytes..header_bytes + values.len()].copy_from_slice(values);
-        }
-        let ring_offset = (self.steps % MAX_PENDING_STEPS) * uniform.len() as u64;
-        self.context
-            .queue()
-            .write_buffer(&self.uniforms, ring_offset, &uniform);
+        let step = self.values.layout(self.dispatches.iter().map(|d| {
+            let group = self.windows[d.window].group;
+            step_values(&self.groups[group], &scalars[group], d.begin, d.end)
+        }));
+        self.values.stage(&self.context, encoder, &step)?;
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some(self.groups[0].name()),
             timestamp_writes: timestamps,
         });
-        for (index, window) in self.windows.iter().enumerate() {
+        for (index, d) in self.dispatches.iter().enumerate() {
             let group = self.bind_groups[index]
                 .as_ref()
-                .expect("every window is bound above");
-            pass.set_pipeline(&self.kernels[window.group].pipeline);
-            let offset = ring_offset + index as u64 * self.uniform_stride;
-            pass.set_bind_group(0, group, &[offset as u32]);
-            let (x, y) = dispatch_grid(window.len(), self.workgroups_per_dimension);
+                .expect("every dispatch is bound above");
+            pass.set_pipeline(&self.kernels[index].pipeline);
+            self.values.set(&mut pass, index, group, &step);
+            let (x, y) = dispatch_grid(d.len(), self.workgroups_per_dimension);
             pass.dispatch_workgroups(x, y, 1);
         }
         Ok(())

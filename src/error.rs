@@ -62,6 +62,15 @@ pub enum Error {
     )]
     AliasedBuffers { first: String, second: String },
 
+    #[error(
+        "the {buffer} buffer belongs to another device than the optimizer's; create it on the \
+         device of the GpuContext the optimizer was built with"
+    )]
+    ForeignBuffer { buffer: String },
+
+    #[error("this device does not support {what}: {detail}")]
+    Unsupported { what: &'static str, detail: String },
+
     #[error("an optimizer needs at least one element to update")]
     EmptyParams,
 
@@ -80,6 +89,12 @@ pub enum Error {
          smaller model"
     )]
     OutOfMemory { operation: &'static str },
+
+    #[error(
+        "the host could not allocate {bytes} bytes for the CPU twin's state; use a shorter \
+         tensor"
+    )]
+    HostOutOfMemory { bytes: u64 },
 
     #[error("tensor `{name}` is registered twice; tensor names must be unique")]
     DuplicateTensor { name: String },

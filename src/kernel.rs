@@ -2,8 +2,11 @@
 //! its bind-group layout and the dispatch geometry. Shared by all rules.
 
 use bytemuck::{Pod, Zeroable};
+use wgpu::util::DeviceExt;
 
+use crate::context::GpuContext;
 use crate::error::Result;
+pub use crate::plan::Lanes;
 use crate::unfused::Program;
 
 /// Invocations per workgroup. Passed to every shader as the `WORKGROUP_SIZE` override, so this
@@ -108,13 +111,55 @@ pub fn bytes_per_step(len: u64, state_buffers: usize) -> u64 {
     len * 4 * (3 + 2 * state_buffers as u64)
 }
 
-/// The full WGSL of a rule's kernel: prelude plus the rule's own file.
-pub fn shader_source<R: UpdateRule>() -> String {
-    format!("{PRELUDE}\n{}", R::SHADER)
+/// How a kernel receives the values of each dispatch (the shaders' `step`: which items to
+/// update, the L2 coefficient and the rule's per-step scalars). Either way, any number of
+/// steps may be recorded before a submit, each with its own values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StepValues {
+    /// Immediates (push constants), set in the compute pass before each dispatch: nothing is
+    /// allocated or copied, and the values travel inside the recorded commands. Needs
+    /// `wgpu::Features::IMMEDIATES` and a `max_immediate_size` that holds them.
+    Immediates,
+    /// A uniform buffer with one slot per dispatch, read at a dynamic offset. Each step
+    /// records a copy into those slots ahead of its pass, from a staging buffer of its own,
+    /// so a later step recorded before the submit never overwrites values an earlier one
+    /// still has to read. For adapters without immediates.
+    UniformCopy,
 }
 
-/// Header of the per-step uniform (`Step` in shaders/common.wgsl): which indices of the bound
-/// window to update, and the L2 coefficient. The rule's `Scalars` follow it at byte 16.
+impl StepValues {
+    /// The WGSL declaration of `step` for this way of passing it.
+    fn declaration(self) -> &'static str {
+        match self {
+            StepValues::Immediates => "var<immediate> step: Step;",
+            StepValues::UniformCopy => "@group(0) @binding(0) var<uniform> step: Step;",
+        }
+    }
+}
+
+/// Assembles a kernel's WGSL: the declarations of `V` and `step` that the shader files leave
+/// to the host (see shaders/common.wgsl), then `body`.
+pub(crate) fn assemble(body: &str, lanes: Lanes, values: StepValues) -> String {
+    let alias = match lanes {
+        Lanes::Vector => "vec4<f32>",
+        Lanes::Scalar => "f32",
+    };
+    format!(
+        "// Declared by the host (src/kernel.rs): {lanes:?} lanes, values as {values:?}.\n\
+         alias V = {alias};\n{}\n{body}",
+        values.declaration()
+    )
+}
+
+/// The full WGSL of a rule's kernel: prelude plus the rule's own file, for `lanes` and
+/// `values` (see shaders/common.wgsl).
+pub fn shader_source<R: UpdateRule>(lanes: Lanes, values: StepValues) -> String {
+    assemble(&format!("{PRELUDE}\n{}", R::SHADER), lanes, values)
+}
+
+/// Header of the per-dispatch values (`Step` in shaders/common.wgsl): which items of the
+/// bound window to update, counted in the dispatch's lanes, and the L2 coefficient. The rule's
+/// `Scalars` follow it at byte 16.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub(crate) struct StepHeader {
@@ -135,32 +180,60 @@ impl StepHeader {
     }
 }
 
-pub(crate) const HEADER_BYTES: u64 = std::mem::size_of::<StepHeader>() as u64;
+pub(crate) const HEADER_BYTES: usize = std::mem::size_of::<StepHeader>();
 
-/// Bytes of the uniform binding for rule `R`: header plus scalars, rounded to 16 as WGSL's
-/// uniform layout rounds the `Step` struct.
-pub(crate) fn uniform_binding_size<R: UpdateRule>() -> u64 {
-    (HEADER_BYTES + std::mem::size_of::<R::Scalars>() as u64).next_multiple_of(16)
+/// Bytes of rule `R`'s per-dispatch values: header plus scalars.
+pub(crate) fn values_size<R: UpdateRule>() -> u64 {
+    (HEADER_BYTES + std::mem::size_of::<R::Scalars>()) as u64
 }
 
-/// Identifies a compiled kernel: its shader and its override values.
+/// The values of one dispatch of `rule`: its header, then `scalars`.
+pub(crate) fn step_values<R: UpdateRule>(
+    rule: &R,
+    scalars: &R::Scalars,
+    begin: u64,
+    end: u64,
+) -> Vec<u8> {
+    let mut bytes = bytemuck::bytes_of(&StepHeader::new(rule, begin, end)).to_vec();
+    bytes.extend_from_slice(bytemuck::bytes_of(scalars));
+    bytes
+}
+
+/// Identifies a compiled kernel: its shader, lanes, how it gets its values, and its override
+/// values.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct KernelKey {
     pub shader: &'static str,
+    pub lanes: Lanes,
+    pub values: StepValues,
     pub constants: Vec<(&'static str, u32)>,
 }
 
 impl KernelKey {
     /// The key of `rule`'s pipeline: its shader and flags.
-    pub fn of<R: UpdateRule>(rule: &R) -> Self {
+    pub fn of<R: UpdateRule>(rule: &R, lanes: Lanes, values: StepValues) -> Self {
         Self {
             shader: R::SHADER,
+            lanes,
+            values,
             constants: pipeline_flags(rule)
                 .into_iter()
                 .map(|(name, on)| (name, on as u32))
                 .collect(),
         }
     }
+}
+
+/// What a kernel's pipeline is built from, beyond its WGSL.
+pub(crate) struct KernelShape<'a> {
+    pub label: &'a str,
+    /// Pipeline-overridable constants other than `WORKGROUP_SIZE`.
+    pub overrides: &'a [(&'a str, f64)],
+    /// Bytes of the shader's `Step`.
+    pub values_size: u64,
+    pub state_slots: u32,
+    pub lanes: Lanes,
+    pub values: StepValues,
 }
 
 pub(crate) struct Kernel {
@@ -170,74 +243,83 @@ pub(crate) struct Kernel {
 
 impl Kernel {
     /// Builds the pipeline for `rule`'s flag variant. Runs inside the context's error scopes.
-    pub fn build<R: UpdateRule>(device: &wgpu::Device, rule: &R) -> Self {
+    pub fn build<R: UpdateRule>(
+        device: &wgpu::Device,
+        rule: &R,
+        lanes: Lanes,
+        values: StepValues,
+    ) -> Self {
         let flags: Vec<(&str, f64)> = pipeline_flags(rule)
             .into_iter()
             .map(|(name, on)| (name, if on { 1.0 } else { 0.0 }))
             .collect();
         Self::compile(
             device,
-            rule.name(),
-            &shader_source::<R>(),
-            &flags,
-            uniform_binding_size::<R>(),
-            R::STATE_SLOTS.len() as u32,
+            &shader_source::<R>(lanes, values),
+            KernelShape {
+                label: rule.name(),
+                overrides: &flags,
+                values_size: values_size::<R>(),
+                state_slots: R::STATE_SLOTS.len() as u32,
+                lanes,
+                values,
+            },
         )
     }
 
-    /// Compiles a kernel with the layout every fused-optim shader declares: binding 0 a uniform
-    /// (dynamic offset) of `uniform_size` bytes, 1 the params, 2 the grads (read-only), then
-    /// `state_slots` read-write state buffers; entry point `main`, `WORKGROUP_SIZE` overridden.
-    pub fn compile(
-        device: &wgpu::Device,
-        label: &str,
-        source: &str,
-        overrides: &[(&str, f64)],
-        uniform_size: u64,
-        state_slots: u32,
-    ) -> Self {
+    /// Compiles a kernel with the layout every fused-optim shader declares: the values as
+    /// immediates or, at binding 0, a uniform with a dynamic offset; binding 1 the params, 2 the
+    /// grads (read-only), then `state_slots` read-write state buffers, all arrays of the
+    /// shape's lanes; entry point `main`, `WORKGROUP_SIZE` overridden.
+    pub fn compile(device: &wgpu::Device, source: &str, shape: KernelShape) -> Self {
+        let item_bytes = shape.lanes.width() * 4;
         let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
             binding,
             visibility: wgpu::ShaderStages::COMPUTE,
             ty: wgpu::BindingType::Buffer {
                 ty: wgpu::BufferBindingType::Storage { read_only },
                 has_dynamic_offset: false,
-                min_binding_size: wgpu::BufferSize::new(4),
+                min_binding_size: wgpu::BufferSize::new(item_bytes),
             },
             count: None,
         };
-        let mut entries = vec![
-            wgpu::BindGroupLayoutEntry {
+        let mut entries = Vec::new();
+        if shape.values == StepValues::UniformCopy {
+            entries.push(wgpu::BindGroupLayoutEntry {
                 binding: 0,
                 visibility: wgpu::ShaderStages::COMPUTE,
                 ty: wgpu::BindingType::Buffer {
                     ty: wgpu::BufferBindingType::Uniform,
                     has_dynamic_offset: true,
-                    min_binding_size: wgpu::BufferSize::new(uniform_size),
+                    min_binding_size: wgpu::BufferSize::new(uniform_binding_size(
+                        shape.values_size,
+                    )),
                 },
                 count: None,
-            },
-            storage(1, false),
-            storage(2, true),
-        ];
-        entries.extend((0..state_slots).map(|slot| storage(3 + slot, false)));
+            });
+        }
+        entries.extend([storage(1, false), storage(2, true)]);
+        entries.extend((0..shape.state_slots).map(|slot| storage(3 + slot, false)));
         let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some(label),
+            label: Some(shape.label),
             entries: &entries,
         });
         let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some(label),
+            label: Some(shape.label),
             bind_group_layouts: &[Some(&layout)],
-            immediate_size: 0,
+            immediate_size: match shape.values {
+                StepValues::Immediates => shape.values_size as u32,
+                StepValues::UniformCopy => 0,
+            },
         });
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(label),
+            label: Some(shape.label),
             source: wgpu::ShaderSource::Wgsl(source.into()),
         });
         let mut constants: Vec<(&str, f64)> = vec![("WORKGROUP_SIZE", WORKGROUP_SIZE as f64)];
-        constants.extend_from_slice(overrides);
+        constants.extend_from_slice(shape.overrides);
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(label),
+            label: Some(shape.label),
             layout: Some(&pipeline_layout),
             module: &module,
             entry_point: Some("main"),
@@ -251,19 +333,21 @@ impl Kernel {
         Self { pipeline, layout }
     }
 
-    /// A bind group for this kernel's layout: the uniform binding, then `storage` at bindings
-    /// 1.. (params, grads, then one binding per state slot).
+    /// A bind group for this kernel's layout: the values' uniform at binding 0 where they
+    /// come in one, then `storage` at bindings 1.. (params, grads, then one binding per state
+    /// slot).
     pub fn bind_group<'a>(
         &self,
         device: &wgpu::Device,
         label: &str,
-        uniform: wgpu::BufferBinding<'a>,
+        values: Option<wgpu::BufferBinding<'a>>,
         storage: impl IntoIterator<Item = wgpu::BufferBinding<'a>>,
     ) -> wgpu::BindGroup {
-        let entries: Vec<wgpu::BindGroupEntry> = std::iter::once(uniform)
-            .chain(storage)
-            .zip(0..)
-            .map(|(buffer, binding)| wgpu::BindGroupEntry {
+        let entries: Vec<wgpu::BindGroupEntry> = values
+            .map(|values| (0, values))
+            .into_iter()
+            .chain((1..).zip(storage))
+            .map(|(binding, buffer)| wgpu::BindGroupEntry {
                 binding,
                 resource: wgpu::BindingResource::Buffer(buffer),
             })
@@ -276,9 +360,141 @@ impl Kernel {
     }
 }
 
-/// Workgroup grid covering `n` elements: a row of up to `max_per_dim` workgroups, folded into
-/// as many rows as needed. `element_index` in shaders/common.wgsl unfolds it; invocations past
-/// `n` return early.
+/// Bytes of a uniform binding of `values_size` bytes of values: WGSL's uniform layout rounds
+/// the `Step` struct to 16.
+fn uniform_binding_size(values_size: u64) -> u64 {
+    values_size.next_multiple_of(16)
+}
+
+/// Where the dispatches of one step read their values: immediates, or the slots of a uniform
+/// buffer (see [`StepValues`]). Owned by each optimizer (and the unfused chain).
+pub(crate) struct ValueSlots {
+    values: StepValues,
+    /// Bytes of one dispatch's values, and between two dispatches' values in a step's bytes.
+    size: u64,
+    stride: u64,
+    uniforms: Option<wgpu::Buffer>,
+}
+
+impl ValueSlots {
+    /// Slots for `dispatches` dispatches of `size` bytes of values each. Allocates (the
+    /// uniform) only for [`StepValues::UniformCopy`]; call inside an error scope.
+    pub fn new(device: &wgpu::Device, values: StepValues, size: u64, dispatches: usize) -> Self {
+        let (stride, uniforms) = match values {
+            StepValues::Immediates => (size, None),
+            StepValues::UniformCopy => {
+                let stride = Self::uniform_stride(device, size);
+                let uniforms = device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("fused-optim step values"),
+                    size: stride * dispatches.max(1) as u64,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                (stride, Some(uniforms))
+            }
+        };
+        Self {
+            values,
+            size,
+            stride,
+            uniforms,
+        }
+    }
+
+    /// Bytes the uniform of `dispatches` slots would take with `values` (0 for immediates), to
+    /// check against the adapter's limits before allocating anything.
+    pub fn bytes_needed(
+        device: &wgpu::Device,
+        values: StepValues,
+        size: u64,
+        dispatches: usize,
+    ) -> u64 {
+        match values {
+            StepValues::Immediates => 0,
+            StepValues::UniformCopy => {
+                Self::uniform_stride(device, size) * dispatches.max(1) as u64
+            }
+        }
+    }
+
+    fn uniform_stride(device: &wgpu::Device, size: u64) -> u64 {
+        uniform_binding_size(size)
+            .next_multiple_of(device.limits().min_uniform_buffer_offset_alignment as u64)
+    }
+
+    /// Bytes of GPU memory allocated.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.uniforms.as_ref().map_or(0, wgpu::Buffer::size)
+    }
+
+    /// Binding 0 of every bind group, when the values come in a uniform.
+    pub fn binding(&self) -> Option<wgpu::BufferBinding<'_>> {
+        self.uniforms.as_ref().map(|buffer| wgpu::BufferBinding {
+            buffer,
+            offset: 0,
+            size: wgpu::BufferSize::new(uniform_binding_size(self.size)),
+        })
+    }
+
+    /// Lays out one step's values, one entry per dispatch, as [`ValueSlots::stage`] and
+    /// [`ValueSlots::set`] read them.
+    pub fn layout(&self, values: impl IntoIterator<Item = Vec<u8>>) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for (index, value) in values.into_iter().enumerate() {
+            debug_assert_eq!(value.len() as u64, self.size);
+            bytes.resize(index * self.stride as usize, 0);
+            bytes.extend_from_slice(&value);
+        }
+        bytes
+    }
+
+    /// For a uniform, records into `encoder` a copy of `step` (from [`ValueSlots::layout`])
+    /// into the slots, from a staging buffer of this step's own, ahead of the step's pass.
+    /// Nothing to do for immediates.
+    pub fn stage(
+        &self,
+        context: &GpuContext,
+        encoder: &mut wgpu::CommandEncoder,
+        step: &[u8],
+    ) -> Result<()> {
+        let Some(uniforms) = &self.uniforms else {
+            return Ok(());
+        };
+        let staging = context.scoped("staging the step's values", || {
+            context
+                .device()
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("fused-optim staged step values"),
+                    contents: step,
+                    usage: wgpu::BufferUsages::COPY_SRC,
+                })
+        })?;
+        encoder.copy_buffer_to_buffer(&staging, 0, uniforms, 0, step.len() as u64);
+        Ok(())
+    }
+
+    /// Sets dispatch `index`'s bind group and values in `pass`.
+    pub fn set(
+        &self,
+        pass: &mut wgpu::ComputePass,
+        index: usize,
+        group: &wgpu::BindGroup,
+        step: &[u8],
+    ) {
+        let start = index * self.stride as usize;
+        match self.values {
+            StepValues::Immediates => {
+                pass.set_bind_group(0, group, &[]);
+                pass.set_immediates(0, &step[start..start + self.size as usize]);
+            }
+            StepValues::UniformCopy => pass.set_bind_group(0, group, &[start as u32]),
+        }
+    }
+}
+
+/// Workgroup grid covering `n` items (vec4s or f32s): a row of up to `max_per_dim` workgroups,
+/// folded into as many rows as needed. `main` in shaders/common.wgsl unfolds it; invocations
+/// past `n` return early.
 pub fn dispatch_grid(n: u64, max_per_dim: u32) -> (u32, u32) {
     let groups = n.div_ceil(WORKGROUP_SIZE as u64).max(1);
     let rows = groups.div_ceil(max_per_dim as u64);

@@ -38,13 +38,20 @@ impl TensorSlot {
     }
 }
 
+/// `x` rounded up to a multiple of `m`, saturating (see the absurd lengths in `ParamLayout::new`).
+fn round_up(x: u64, m: u64) -> u64 {
+    x.checked_next_multiple_of(m).unwrap_or(u64::MAX)
+}
+
 /// Named tensors packed group by group: each group's tensors in registration order, each at
 /// the next multiple of [`TENSOR_ALIGNMENT`], so every group is one contiguous run of elements
 /// and a step needs one dispatch per group and window, however many tensors there are. The
 /// same tensors and groups always give the same offsets, so checkpoints can name tensors.
 ///
-/// The padding between tensors is updated along with its group; it stays zero as long as its
-/// grads do, which they are unless something writes there.
+/// Each group's run ends on a whole vec4 (padded by up to 3 elements), so a step over a group
+/// is vector dispatches only, with no scalar tail. The padding between and after tensors is
+/// updated along with its group; it stays zero as long as its grads do, which they are unless
+/// something writes there.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParamLayout {
     /// In layout order (group by group).
@@ -107,11 +114,13 @@ impl ParamLayout {
             len: 0,
         };
         for group in 0..groups.len() {
-            let start = layout.len.next_multiple_of(TENSOR_ALIGNMENT);
+            let start = round_up(layout.len, TENSOR_ALIGNMENT);
             let mut end = start;
             for ((name, len), _) in tensors.iter().zip(&owners).filter(|(_, &g)| g == group) {
-                let offset = end.next_multiple_of(TENSOR_ALIGNMENT);
-                end = offset + *len as u64;
+                let offset = round_up(end, TENSOR_ALIGNMENT);
+                // Saturating: an absurd length makes an absurd layout, which the optimizer
+                // then refuses as too large, rather than an overflow.
+                end = offset.saturating_add(*len as u64);
                 layout
                     .by_name
                     .insert(name.as_ref().to_owned(), layout.tensors.len());
@@ -122,6 +131,7 @@ impl ParamLayout {
                     group,
                 });
             }
+            let end = round_up(end, 4);
             layout.groups.push(start..end);
             layout.len = end;
         }
@@ -210,8 +220,9 @@ mod tests {
             ]
         );
         assert_eq!(layout.group_range(0), 0..192);
-        assert_eq!(layout.group_range(1), 192..257);
-        assert_eq!(layout.len(), 257);
+        // Each group's run ends on a whole vec4: b2 ends at 257, its group at 260.
+        assert_eq!(layout.group_range(1), 192..260);
+        assert_eq!(layout.len(), 260);
         assert_eq!(layout.tensor("b1").unwrap().range(), 192..195);
     }
 

@@ -38,10 +38,13 @@ mod unfused;
 
 pub use adagrad::{Adagrad, AdagradScalars};
 pub use adam::{Adam, AdamScalars};
-pub use context::{enumerate_adapters, AdapterChoice, DispatchLimits, GpuContext};
-pub use engine::MAX_PENDING_STEPS;
+pub use context::{
+    enumerate_adapters, AdapterChoice, DispatchLimits, GpuContext, MAX_STEP_VALUES_BYTES,
+};
 pub use error::{Error, Result};
-pub use kernel::{dispatch_grid, shader_source, UpdateRule, PRELUDE, WORKGROUP_SIZE};
+pub use kernel::{
+    dispatch_grid, shader_source, Lanes, StepValues, UpdateRule, PRELUDE, WORKGROUP_SIZE,
+};
 pub use layout::{ParamLayout, TensorSlot, TENSOR_ALIGNMENT};
 pub use optimizer::{CpuOptimizer, Optimizer};
 pub use param_set::{ForeachOptimizer, ParamGroup, ParamSet};
@@ -52,17 +55,30 @@ pub use sgd::{Sgd, SgdScalars};
 pub use unfused::{Elementwise, Op, Operand, Program, UnfusedChain};
 
 /// Every shader's full WGSL (the rules with their prelude, the benchmark's roofline and the
-/// unfused chain's elementwise kernel), by
-/// file name, for validation and tooling.
-pub fn shader_sources() -> Vec<(&'static str, String)> {
-    vec![
-        ("sgd.wgsl", shader_source::<Sgd>()),
-        ("adam.wgsl", shader_source::<Adam>()),
-        ("rmsprop.wgsl", shader_source::<RmsProp>()),
-        ("adagrad.wgsl", shader_source::<Adagrad>()),
-        ("roofline.wgsl", shader_source::<Roofline>()),
-        ("elementwise.wgsl", unfused::SHADER.to_owned()),
-    ]
+/// unfused chain's elementwise kernel) in each of the forms the host builds: vector and scalar
+/// lanes, values as immediates or in a uniform. Named `file [lanes, values]`, for validation
+/// and tooling.
+pub fn shader_sources() -> Vec<(String, String)> {
+    let mut sources = Vec::new();
+    for lanes in [Lanes::Vector, Lanes::Scalar] {
+        for values in [StepValues::Immediates, StepValues::UniformCopy] {
+            let form = format!("[{lanes:?}, {values:?}]");
+            for (file, source) in [
+                ("sgd.wgsl", shader_source::<Sgd>(lanes, values)),
+                ("adam.wgsl", shader_source::<Adam>(lanes, values)),
+                ("rmsprop.wgsl", shader_source::<RmsProp>(lanes, values)),
+                ("adagrad.wgsl", shader_source::<Adagrad>(lanes, values)),
+                ("roofline.wgsl", shader_source::<Roofline>(lanes, values)),
+                (
+                    "elementwise.wgsl",
+                    kernel::assemble(unfused::SHADER, lanes, values),
+                ),
+            ] {
+                sources.push((format!("{file} {form}"), source));
+            }
+        }
+    }
+    sources
 }
 
 /// The README's examples, compiled and run as doc tests.

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use fused_optim::bench::{self, Repetitions, Variant};
 use fused_optim::report::{self, size_label, Report, Setup};
-use fused_optim::{AdapterChoice, GpuContext};
+use fused_optim::{AdapterChoice, GpuContext, StepValues};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
@@ -159,6 +159,14 @@ fn info(choice: &AdapterChoice) -> fused_optim::Result<()> {
         .features()
         .contains(wgpu::Features::TIMESTAMP_QUERY);
     println!("  timestamp queries                   {timestamps:>14}");
+    let values = match gpu.step_values_for(fused_optim::MAX_STEP_VALUES_BYTES) {
+        StepValues::Immediates => format!(
+            "immediates (max {} B)",
+            gpu.device().limits().max_immediate_size
+        ),
+        StepValues::UniformCopy => "uniform copied in per step".to_owned(),
+    };
+    println!("  per-dispatch values      {values:>25}");
     Ok(())
 }
 

@@ -95,10 +95,11 @@ impl<R: UpdateRule> Optimizer<R> {
         kept_states(self.rule())
     }
 
-    /// Records one step into the caller's encoder without submitting it. The step's scalars are
-    /// queued with `queue.write_buffer`, so they reach the GPU with the caller's next submit;
-    /// up to [`MAX_PENDING_STEPS`](crate::MAX_PENDING_STEPS) steps may be recorded before that
-    /// submit. On error nothing has been recorded.
+    /// Records one step into the caller's encoder without submitting it. The step's values
+    /// (learning rate, bias corrections, ...) travel with the recorded commands (see
+    /// [`StepValues`](crate::StepValues)), so any number of steps may be recorded, into one
+    /// encoder or several, before a submit, each with its own values. On error nothing has
+    /// been recorded.
     pub fn record_step(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
@@ -124,6 +125,19 @@ impl<R: UpdateRule> Optimizer<R> {
     }
 }
 
+/// A host state vector of `len` copies of `value`, or `HostOutOfMemory` where the allocator
+/// refuses (an absurd length), instead of aborting the process.
+fn host_state(len: usize, value: f32) -> Result<Vec<f32>> {
+    let mut state = Vec::new();
+    state
+        .try_reserve_exact(len)
+        .map_err(|_| Error::HostOutOfMemory {
+            bytes: (len as u64).saturating_mul(4),
+        })?;
+    state.resize(len, value);
+    Ok(state)
+}
+
 /// The CPU twin of [`Optimizer`]: the same rule, step count and state, on host slices.
 #[derive(Clone, Debug)]
 pub struct CpuOptimizer<R: UpdateRule> {
@@ -140,10 +154,10 @@ impl<R: UpdateRule> CpuOptimizer<R> {
         let state = R::STATE_SLOTS
             .iter()
             .map(|name| match rule.keeps_state(name) {
-                true => vec![rule.initial_state(name); len],
-                false => Vec::new(),
+                true => host_state(len, rule.initial_state(name)),
+                false => Ok(Vec::new()),
             })
-            .collect();
+            .collect::<Result<_>>()?;
         Ok(Self {
             rule,
             len,

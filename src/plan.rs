@@ -1,6 +1,7 @@
 //! How a step is cut into dispatches: every run of elements one rule updates is split into
-//! windows that fit the adapter's storage-binding limit, each bound at an aligned offset.
-//! Pure arithmetic, shared by every optimizer kind.
+//! windows that fit the adapter's storage-binding limit, each bound at an aligned offset, and
+//! each window into a vector dispatch over its whole vec4s and, where it ends mid-vec4, a
+//! scalar dispatch over the rest. Pure arithmetic, shared by every optimizer kind.
 
 /// Elements `start..end` of one target (a caller's params/grads pair and the optimizer's state
 /// for it), updated by the rule of parameter group `group`.
@@ -58,6 +59,76 @@ pub(crate) fn windows(spans: &[Span], window: u64, binding: u64, alignment: u64)
     windows
 }
 
+/// What one invocation of a kernel updates: a `vec4<f32>` (16-byte loads and stores) or one
+/// `f32`. The shader's `V` (see shaders/common.wgsl).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Lanes {
+    /// Four elements per invocation, loaded and stored as one `vec4<f32>`: a window's body.
+    Vector,
+    /// One element per invocation: the 1 to 3 elements past a window's last whole vec4.
+    Scalar,
+}
+
+impl Lanes {
+    /// Elements per invocation.
+    pub fn width(self) -> u64 {
+        match self {
+            Lanes::Vector => 4,
+            Lanes::Scalar => 1,
+        }
+    }
+}
+
+/// One dispatch of window `window`: items `begin..end` of its bindings, counted in `lanes`
+/// (vec4s or f32s). Its buffers are bound from the window's offset for `binding_items` items.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Dispatch {
+    pub window: usize,
+    pub lanes: Lanes,
+    pub begin: u64,
+    pub end: u64,
+}
+
+impl Dispatch {
+    pub fn len(&self) -> u64 {
+        self.end - self.begin
+    }
+
+    /// Bytes each buffer binding of this dispatch holds from the window's offset: the
+    /// window's whole vec4s for the vector dispatch, every element for the scalar tail.
+    pub fn binding_bytes(&self) -> u64 {
+        self.end * self.lanes.width() * 4
+    }
+}
+
+/// The dispatches of `windows`, in order: for each, a vector dispatch over its whole vec4s
+/// (windows start on multiples of 4) and, when it ends mid-vec4, a scalar dispatch over the 1
+/// to 3 elements left. Together they cover each element of each window once.
+pub(crate) fn dispatches(windows: &[Window]) -> Vec<Dispatch> {
+    let mut dispatches = Vec::with_capacity(windows.len());
+    for (index, window) in windows.iter().enumerate() {
+        debug_assert!(window.begin.is_multiple_of(4));
+        let whole = window.end - window.end % 4;
+        if whole > window.begin {
+            dispatches.push(Dispatch {
+                window: index,
+                lanes: Lanes::Vector,
+                begin: window.begin / 4,
+                end: whole / 4,
+            });
+        }
+        if whole < window.end {
+            dispatches.push(Dispatch {
+                window: index,
+                lanes: Lanes::Scalar,
+                begin: whole,
+                end: window.end,
+            });
+        }
+    }
+    dispatches
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +171,34 @@ mod tests {
                 assert_eq!(covered, span.end, "{spans:?} not covered");
             }
             assert!(next.next().is_none());
+        }
+    }
+
+    #[test]
+    fn dispatches_cover_each_window_once_in_vectors_then_a_scalar_tail() {
+        for (spans, window, alignment) in [
+            (vec![span(0, 1)], 1000, 8),
+            (vec![span(0, 3)], 1000, 8),
+            (vec![span(0, 4)], 1000, 8),
+            (vec![span(0, 1025)], 1000, 64),
+            (vec![span(0, 5003)], 1004, 64),
+            (vec![span(64, 1001), span(1024, 7002)], 1000, 64),
+        ] {
+            let cut = windows(&spans, window, window, alignment);
+            let planned = dispatches(&cut);
+            for (index, w) in cut.iter().enumerate() {
+                let mut covered = w.begin;
+                for d in planned.iter().filter(|d| d.window == index) {
+                    let width = d.lanes.width();
+                    assert_eq!(d.begin * width, covered, "{d:?} of {w:?}");
+                    assert!(d.len() > 0 && d.binding_bytes() <= w.end * 4, "{d:?}");
+                    if d.lanes == Lanes::Scalar {
+                        assert!(d.len() < 4, "{d:?} is more than a tail");
+                    }
+                    covered = d.end * width;
+                }
+                assert_eq!(covered, w.end, "{w:?} not covered by {planned:?}");
+            }
         }
     }
 

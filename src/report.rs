@@ -7,7 +7,7 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use crate::bench::{Clock, Measurement};
-use crate::context::GpuContext;
+use crate::context::{GpuContext, MAX_STEP_VALUES_BYTES};
 
 /// The adapter and the settings a run used: the first lines of every output.
 #[derive(Clone, Debug, Serialize)]
@@ -21,6 +21,8 @@ pub struct Setup {
     pub window_elements: u64,
     pub workgroups_per_dimension: u32,
     pub storage_offset_alignment: u32,
+    /// How the kernels got their per-dispatch values (`Immediates` or `UniformCopy`).
+    pub step_values: String,
     pub warmup: u32,
     pub steps: u32,
     pub cpu_steps: u32,
@@ -40,6 +42,7 @@ impl Setup {
             window_elements: dispatch.window_elements,
             workgroups_per_dimension: dispatch.workgroups_per_dimension,
             storage_offset_alignment: gpu.limits().min_storage_buffer_offset_alignment,
+            step_values: format!("{:?}", gpu.step_values_for(MAX_STEP_VALUES_BYTES)),
             warmup,
             steps,
             cpu_steps,
@@ -55,7 +58,7 @@ impl Setup {
         format!(
             "adapter: {} ({}, {}; driver {} {})\n\
              limits: window {} f32 per dispatch, {} workgroups per dimension, storage offsets \
-             aligned to {} B\n\
+             aligned to {} B; per-dispatch values as {}\n\
              timing: {clock}; {} warm-up + {} timed steps per kernel, median [min-max]; {} CPU \
              twin steps",
             self.adapter,
@@ -66,6 +69,7 @@ impl Setup {
             self.window_elements,
             self.workgroups_per_dimension,
             self.storage_offset_alignment,
+            self.step_values,
             self.warmup,
             self.steps,
             self.cpu_steps,
@@ -82,7 +86,7 @@ pub struct Report {
 }
 
 /// Column titles and widths of the table (the rule's column is left-aligned).
-const COLUMNS: [(&str, usize); 13] = [
+const COLUMNS: [(&str, usize); 15] = [
     ("rule", 26),
     ("params", 8),
     ("MB/step", 9),
@@ -92,6 +96,8 @@ const COLUMNS: [(&str, usize); 13] = [
     ("%copy", 7),
     ("roofline ms", 13),
     ("x roofline", 11),
+    ("copy ms", 9),
+    ("x copy", 8),
     ("unfused ms", 12),
     ("unfused MB", 11),
     ("vs unfused", 11),
@@ -107,7 +113,7 @@ pub fn table(rows: &[Measurement]) -> String {
     out.push('\n');
     for m in rows {
         out += &format!(
-            "{:<26}{:>8}{:>9.1}{:>10.3}{:>7.0}%{:>8.2}{:>6.0}%{:>13.3}{:>10.2}x{:>12.3}{:>11.1}{:>10.1}x{:>7.1}x\n",
+            "{:<26}{:>8}{:>9.1}{:>10.3}{:>7.0}%{:>8.2}{:>6.0}%{:>13.3}{:>10.2}x{:>9.3}{:>7.2}x{:>12.3}{:>11.1}{:>10.1}x{:>7.1}x\n",
             m.rule,
             size_label(m.params),
             m.bytes_per_step as f64 / 1e6,
@@ -117,6 +123,8 @@ pub fn table(rows: &[Measurement]) -> String {
             m.copy_percent(),
             m.roofline.median_ms,
             m.roofline_ratio(),
+            m.copy_floor_ms(),
+            m.copy_ratio(),
             m.unfused.median_ms,
             m.unfused_bytes_per_step as f64 / 1e6,
             m.unfused_speedup(),
@@ -149,6 +157,8 @@ struct CsvRow<'a> {
     copy_gb_per_s: f64,
     roofline_median_ms: f64,
     roofline_ratio: f64,
+    copy_floor_ms: f64,
+    copy_ratio: f64,
     unfused_median_ms: f64,
     unfused_dispatches: usize,
     unfused_bytes_per_step: u64,
@@ -178,6 +188,8 @@ pub fn write_csv(report: &Report, path: &Path) -> std::io::Result<()> {
                 copy_gb_per_s: m.copy_gb_per_s,
                 roofline_median_ms: m.roofline.median_ms,
                 roofline_ratio: m.roofline_ratio(),
+                copy_floor_ms: m.copy_floor_ms(),
+                copy_ratio: m.copy_ratio(),
                 unfused_median_ms: m.unfused.median_ms,
                 unfused_dispatches: m.unfused_dispatches,
                 unfused_bytes_per_step: m.unfused_bytes_per_step,

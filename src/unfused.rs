@@ -11,8 +11,10 @@ use bytemuck::{Pod, Zeroable};
 use crate::context::GpuContext;
 use crate::engine::{find_state, state_buffer, try_set_lr, StateRef};
 use crate::error::{Error, Result};
-use crate::kernel::{dispatch_grid, Kernel, KernelKey, UpdateRule};
-use crate::plan::{windows, Span, Window};
+use crate::kernel::{
+    assemble, dispatch_grid, Kernel, KernelKey, KernelShape, Lanes, UpdateRule, ValueSlots,
+};
+use crate::plan::{dispatches, windows, Dispatch, Span, Window};
 
 pub(crate) const SHADER: &str = include_str!("../shaders/elementwise.wgsl");
 
@@ -155,7 +157,7 @@ impl Program {
     }
 }
 
-/// The uniform of one dispatch (`Op` in shaders/elementwise.wgsl).
+/// The values of one dispatch (`Step` in shaders/elementwise.wgsl).
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct OpUniform {
@@ -177,11 +179,13 @@ pub struct UnfusedChain<R: UpdateRule> {
     temps: Vec<wgpu::Buffer>,
     placeholder: wgpu::Buffer,
     windows: Vec<Window>,
-    uniforms: wgpu::Buffer,
-    uniform_stride: u64,
+    /// Each window's vector dispatch and scalar tail; every operation runs all of them.
+    dispatches: Vec<Dispatch>,
+    values: ValueSlots,
     workgroups_per_dimension: u32,
-    kernels: HashMap<Elementwise, Arc<Kernel>>,
+    kernels: HashMap<(Elementwise, Lanes), Arc<Kernel>>,
     bound: Option<(wgpu::Buffer, wgpu::Buffer)>,
+    /// Keyed by the operation's operands and the dispatch.
     bind_groups: HashMap<(Operand, Option<Operand>, usize), wgpu::BindGroup>,
 }
 
@@ -200,6 +204,14 @@ impl<R: UpdateRule> UnfusedChain<R> {
         });
         let temps = programs.iter().map(Program::temps).max().unwrap_or(0);
         let most_ops = programs.iter().map(|p| p.ops.len()).max().unwrap_or(0);
+        let limits = context.limits();
+        if len.saturating_mul(4) > limits.max_buffer_size {
+            return Err(Error::BufferTooLarge {
+                what: "an unfused-chain tensor",
+                bytes: len.saturating_mul(4),
+                limit: limits.max_buffer_size,
+            });
+        }
         let dispatch = context.dispatch_limits();
         let span = Span {
             target: 0,
@@ -213,51 +225,49 @@ impl<R: UpdateRule> UnfusedChain<R> {
             context.binding_elements(),
             context.alignment_elements(),
         );
-        let limits = context.limits();
-        let uniform_stride = (std::mem::size_of::<OpUniform>() as u64)
-            .next_multiple_of(limits.min_uniform_buffer_offset_alignment as u64);
-        if len * 4 > limits.max_buffer_size {
-            return Err(Error::BufferTooLarge {
-                what: "an unfused-chain tensor",
-                bytes: len * 4,
-                limit: limits.max_buffer_size,
-            });
-        }
-        let kernels = programs
+        let dispatches = dispatches(&windows);
+        let values_size = std::mem::size_of::<OpUniform>() as u64;
+        let values = context.step_values_for(values_size);
+        let kinds: std::collections::HashSet<Elementwise> = programs
             .iter()
             .flat_map(|program| program.ops.iter().map(|op| op.kind))
-            .collect::<std::collections::HashSet<_>>()
-            .into_iter()
-            .map(|kind| {
+            .collect();
+        let lanes: std::collections::HashSet<Lanes> = dispatches.iter().map(|d| d.lanes).collect();
+        let kernels = kinds
+            .iter()
+            .flat_map(|&kind| lanes.iter().map(move |&lanes| (kind, lanes)))
+            .map(|(kind, lanes)| {
                 let key = KernelKey {
                     shader: SHADER,
+                    lanes,
+                    values,
                     constants: vec![("OP", kind as u32)],
                 };
                 let kernel = context.kernel(key, || {
                     Kernel::compile(
                         context.device(),
-                        "elementwise",
-                        SHADER,
-                        &[("OP", kind as u32 as f64)],
-                        std::mem::size_of::<OpUniform>() as u64,
-                        0,
+                        &assemble(SHADER, lanes, values),
+                        KernelShape {
+                            label: "elementwise",
+                            overrides: &[("OP", kind as u32 as f64)],
+                            values_size,
+                            state_slots: 0,
+                            lanes,
+                            values,
+                        },
                     )
                 })?;
-                Ok((kind, kernel))
+                Ok(((kind, lanes), kernel))
             })
             .collect::<Result<HashMap<_, _>>>()?;
         let device = context.device();
-        let (uniforms, placeholder, state, temps) =
+        let slots = most_ops * dispatches.len();
+        let (values, placeholder, state, temps) =
             context.scoped("allocating the unfused chain", || {
                 // Zeroed tensors of the chain's own, made like the engine's state.
                 let tensor =
                     |label: &str, len: u64| state_buffer(context, label, len, |_| 0.0, &[]);
-                let uniforms = device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("unfused ops"),
-                    size: uniform_stride * (most_ops * windows.len()).max(1) as u64,
-                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                });
+                let values = ValueSlots::new(device, values, values_size, slots);
                 let state: Vec<wgpu::Buffer> = R::STATE_SLOTS
                     .iter()
                     .map(|name| match rule.keeps_state(name) {
@@ -268,7 +278,7 @@ impl<R: UpdateRule> UnfusedChain<R> {
                     })
                     .collect();
                 let temps = (0..temps).map(|_| tensor("unfused temp", len)).collect();
-                (uniforms, tensor("unused operand", 4), state, temps)
+                (values, tensor("unused operand", 4), state, temps)
             })?;
         Ok(Self {
             context: context.clone(),
@@ -279,8 +289,8 @@ impl<R: UpdateRule> UnfusedChain<R> {
             temps,
             placeholder,
             windows,
-            uniforms,
-            uniform_stride,
+            dispatches,
+            values,
             workgroups_per_dimension: dispatch.workgroups_per_dimension,
             kernels,
             bound: None,
@@ -315,11 +325,12 @@ impl<R: UpdateRule> UnfusedChain<R> {
             .sum()
     }
 
-    /// Kernels one step launches: one per operation and window.
+    /// Kernels one step launches: one per operation and window, plus one per operation for
+    /// a window that ends mid-vec4.
     pub fn dispatches_per_step(&self) -> usize {
         let mut program = Program::default();
         self.rule.unfused(self.steps.max(1) + 1, &mut program);
-        program.ops.len() * self.windows.len()
+        program.ops.len() * self.dispatches.len()
     }
 
     /// Reads a state back by PyTorch name. Waits for the GPU.
@@ -373,38 +384,35 @@ impl<R: UpdateRule> UnfusedChain<R> {
         let mut program = Program::default();
         self.rule.unfused(t, &mut program);
         self.bind(&program, params, grads)?;
-        let stride = self.uniform_stride as usize;
-        let mut uniform = vec![0u8; stride * program.ops.len() * self.windows.len()];
-        let slots = program
-            .ops
-            .iter()
-            .flat_map(|op| self.windows.iter().map(move |window| (op, window)));
-        for (slot, (op, window)) in uniform.chunks_mut(stride).zip(slots) {
-            let value = OpUniform {
-                begin: window.begin as u32,
-                end: window.end as u32,
-                scalar: op.scalar,
-                pad: 0,
-            };
-            slot[..std::mem::size_of::<OpUniform>()].copy_from_slice(bytemuck::bytes_of(&value));
-        }
+        let step = self.values.layout(program.ops.iter().flat_map(|op| {
+            self.dispatches.iter().map(move |d| {
+                bytemuck::bytes_of(&OpUniform {
+                    begin: d.begin as u32,
+                    end: d.end as u32,
+                    scalar: op.scalar,
+                    pad: 0,
+                })
+                .to_vec()
+            })
+        }));
         let context = self.context.clone();
-        context.queue().write_buffer(&self.uniforms, 0, &uniform);
         let mut encoder = context.device().create_command_encoder(&Default::default());
+        self.values.stage(&context, &mut encoder, &step)?;
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("unfused chain"),
                 timestamp_writes: timestamps,
             });
-            for (index, op) in program.ops.iter().enumerate() {
-                pass.set_pipeline(&self.kernels[&op.kind].pipeline);
-                for (w, window) in self.windows.iter().enumerate() {
-                    let group = &self.bind_groups[&(op.dst, op.src, w)];
-                    let offset = (index * self.windows.len() + w) as u64 * self.uniform_stride;
-                    pass.set_bind_group(0, group, &[offset as u32]);
-                    let (x, y) = dispatch_grid(window.len(), self.workgroups_per_dimension);
-                    pass.dispatch_workgroups(x, y, 1);
-                }
+            let slots = program
+                .ops
+                .iter()
+                .flat_map(|op| self.dispatches.iter().enumerate().map(move |d| (op, d)));
+            for (slot, (op, (index, d))) in slots.enumerate() {
+                pass.set_pipeline(&self.kernels[&(op.kind, d.lanes)].pipeline);
+                let group = &self.bind_groups[&(op.dst, op.src, index)];
+                self.values.set(&mut pass, slot, group, &step);
+                let (x, y) = dispatch_grid(d.len(), self.workgroups_per_dimension);
+                pass.dispatch_workgroups(x, y, 1);
             }
         }
         context.scoped("submitting an unfused step", || {
@@ -424,7 +432,7 @@ impl<R: UpdateRule> UnfusedChain<R> {
         let missing: Vec<(Operand, Option<Operand>, usize)> = program
             .ops
             .iter()
-            .flat_map(|op| (0..self.windows.len()).map(move |w| (op.dst, op.src, w)))
+            .flat_map(|op| (0..self.dispatches.len()).map(move |d| (op.dst, op.src, d)))
             .filter(|key| !self.bind_groups.contains_key(key))
             .collect();
         if missing.is_empty() {
@@ -436,37 +444,35 @@ impl<R: UpdateRule> UnfusedChain<R> {
             Operand::State(slot) => &self.state[slot],
             Operand::Temp(k) => &self.temps[k],
         };
-        let kernel = self
-            .kernels
-            .values()
-            .next()
-            .expect("a program has operations");
         let created = self.context.scoped("binding the unfused chain", || {
             missing
                 .iter()
-                .map(|&(dst, src, w)| {
-                    let window = &self.windows[w];
+                .map(|&(dst, src, index)| {
+                    let d = &self.dispatches[index];
+                    let window = &self.windows[d.window];
                     let slice = |buffer| wgpu::BufferBinding {
                         buffer,
                         offset: window.offset * 4,
-                        size: wgpu::BufferSize::new(window.end * 4),
+                        size: wgpu::BufferSize::new(d.binding_bytes()),
                     };
                     let read = match src {
                         Some(src) => slice(resolve(src)),
                         None => self.placeholder.as_entire_buffer_binding(),
                     };
-                    let uniform = wgpu::BufferBinding {
-                        buffer: &self.uniforms,
-                        offset: 0,
-                        size: wgpu::BufferSize::new(std::mem::size_of::<OpUniform>() as u64),
-                    };
+                    // Every operation's kernel of these lanes has the same layout.
+                    let kernel = self
+                        .kernels
+                        .iter()
+                        .find(|((_, lanes), _)| *lanes == d.lanes)
+                        .map(|(_, kernel)| kernel)
+                        .expect("a kernel for every dispatch's lanes");
                     let group = kernel.bind_group(
                         self.context.device(),
                         "unfused op",
-                        uniform,
+                        self.values.binding(),
                         [slice(resolve(dst)), read],
                     );
-                    ((dst, src, w), group)
+                    ((dst, src, index), group)
                 })
                 .collect::<Vec<_>>()
         })?;

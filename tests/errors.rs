@@ -4,7 +4,8 @@
 mod common;
 
 use fused_optim::{
-    Adagrad, Adam, AdapterChoice, CpuOptimizer, Error, GpuContext, Optimizer, RmsProp, Sgd,
+    Adagrad, Adam, AdapterChoice, CpuOptimizer, Error, ForeachOptimizer, GpuContext, Optimizer,
+    ParamGroup, ParamSet, RmsProp, Sgd, UnfusedChain,
 };
 
 const LEN: usize = 1025;
@@ -164,24 +165,95 @@ fn buffers_not_made_of_f32() {
     s.assert_untouched(gpu);
 }
 
+fn assert_too_large<T>(what: &str, result: fused_optim::Result<T>) {
+    match result {
+        Err(Error::BufferTooLarge { bytes, limit, .. }) => assert!(bytes > limit, "{what}"),
+        Err(error) => panic!("{what}: {error:?}"),
+        Ok(_) => panic!("{what}: accepted"),
+    }
+}
+
+/// Lengths from just past the largest buffer up to `usize::MAX` are refused with
+/// `BufferTooLarge` by every constructor, before anything is planned or allocated (planning
+/// `usize::MAX / 8` elements used to abort the process allocating its windows).
 #[test]
-fn state_past_the_largest_buffer_is_refused_before_allocating() {
+fn absurd_lengths_are_refused_before_planning_or_allocating() {
     let gpu = common::gpu();
     let limit = gpu.limits().max_buffer_size;
-    let too_long = (limit / 4 + 1) as usize;
-    let error = Optimizer::new(gpu, Adam::default(), too_long)
-        .err()
+    for len in [
+        (limit / 4 + 1) as usize,
+        usize::MAX / 8,
+        usize::MAX / 4 + 1,
+        usize::MAX - 2,
+        usize::MAX,
+    ] {
+        let what = |kind: &str| format!("{kind} of {len} elements");
+        assert_too_large(&what("Adam"), Optimizer::new(gpu, Adam::default(), len));
+        assert_too_large(&what("plain SGD"), Optimizer::new(gpu, Sgd::default(), len));
+        assert_too_large(
+            &what("a foreach list"),
+            ForeachOptimizer::new(gpu, Adagrad::default(), &[3, len]),
+        );
+        let tensors = [("w", len), ("b", 3)];
+        let groups = vec![
+            ParamGroup::new(RmsProp::default(), ["b"]),
+            ParamGroup::new(RmsProp::default(), ["w"]),
+        ];
+        assert_too_large(
+            &what("a parameter set"),
+            ParamSet::new(gpu, &tensors, groups),
+        );
+        assert_too_large(
+            &what("an unfused chain"),
+            UnfusedChain::new(gpu, Adam::default(), len),
+        );
+        assert_too_large(&what("a zeroed buffer"), gpu.zeros("huge", len as u64));
+    }
+    let error = CpuOptimizer::new(Adam::default(), usize::MAX).unwrap_err();
+    assert!(matches!(error, Error::HostOutOfMemory { .. }), "{error:?}");
+}
+
+/// A buffer made on another device (another `GpuContext`) is a typed error naming it, with
+/// nothing recorded or changed, where wgpu would otherwise panic or reject the bind group.
+#[test]
+fn buffers_of_another_device_are_refused() {
+    let gpu = common::gpu();
+    let other = GpuContext::new().unwrap();
+    let mut s = stepped(gpu);
+    let foreign = other
+        .upload("foreign", &common::random_nonzero(LEN, 3))
         .unwrap();
+    let error = s.optimizer.step(&foreign, &s.grads).unwrap_err();
     assert!(
-        matches!(
-            error,
-            Error::BufferTooLarge {
-                what: "a state buffer",
-                ..
-            }
-        ),
+        matches!(error, Error::ForeignBuffer { ref buffer } if buffer == "params"),
         "{error:?}"
     );
+    assert!(error.to_string().contains("another device"), "{error}");
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    let error = s
+        .optimizer
+        .record_step(&mut encoder, &s.params, &foreign)
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::ForeignBuffer { ref buffer } if buffer == "grads"),
+        "{error:?}"
+    );
+    assert_encoder_still_clean(gpu, encoder);
+    s.assert_untouched(gpu);
+
+    let own = gpu.upload("own", &[0.5; 3]).unwrap();
+    let own_grads = gpu.upload("own grads", &[0.5; 3]).unwrap();
+    let mut list = ForeachOptimizer::new(gpu, Sgd::default(), &[3, LEN]).unwrap();
+    let error = list
+        .step(&[(&own, &own_grads), (&foreign, &s.grads)])
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::ForeignBuffer { ref buffer } if buffer == "params[1]"),
+        "{error:?}"
+    );
+    // The optimizer still works with its own device's buffers.
+    s.optimizer.step(&s.params, &s.grads).unwrap();
+    assert_eq!(s.optimizer.step_count(), 2);
 }
 
 #[test]

@@ -29,8 +29,13 @@ fn every_shader_translates_to_every_backend_for_every_flag_combination() {
     for (file, source) in fused_optim::shader_sources() {
         let module = naga::front::wgsl::parse_str(&source)
             .unwrap_or_else(|e| panic!("{file}: WGSL parse error:\n{}", e.emit_to_string(&source)));
-        // Baseline capabilities: the shaders must not need any optional device feature.
-        let info = Validator::new(ValidationFlags::all(), Capabilities::default())
+        // Baseline capabilities: the shaders must not need any optional device feature beyond
+        // immediates, and only the forms that take their values as immediates may use them.
+        let capabilities = match has_immediates(&module) {
+            true => Capabilities::IMMEDIATES,
+            false => Capabilities::default(),
+        };
+        let info = Validator::new(ValidationFlags::all(), capabilities)
             .validate(&module)
             .unwrap_or_else(|e| panic!("{file}: validation error:\n{}", e.emit_to_string(&source)));
 
@@ -64,6 +69,14 @@ fn every_shader_translates_to_every_backend_for_every_flag_combination() {
             write_glsl(&module, &info, &label);
         }
     }
+}
+
+/// Whether the module declares immediates (`var<immediate>`).
+fn has_immediates(module: &Module) -> bool {
+    module
+        .global_variables
+        .iter()
+        .any(|(_, var)| var.space == AddressSpace::Immediate)
 }
 
 /// Pipeline-constant keys (the `@id` if there is one, else the name) of the `bool` overrides.
@@ -135,10 +148,12 @@ fn write_msl(module: &Module, info: &ModuleInfo, label: &str) {
         };
         resources_map.insert(br, target);
     }
-    let sizes_slot = resources_map
-        .len()
-        .try_into()
-        .expect("more than 256 Metal buffer slots");
+    let slots = resources_map.len() as u8;
+    // wgpu puts the immediates buffer after the resources, then the sizes buffer.
+    let (immediates_buffer, sizes_slot) = match has_immediates(module) {
+        true => (Some(slots), slots + 1),
+        false => (None, slots),
+    };
     let options = msl::Options {
         // wgpu targets the device's newest MSL; 2.0 (macOS 10.13, iOS 11) is an old floor, so
         // anything only newer Metal supports fails here.
@@ -147,7 +162,7 @@ fn write_msl(module: &Module, info: &ModuleInfo, label: &str) {
             ENTRY_POINT.to_owned(),
             msl::EntryPointResources {
                 resources: resources_map,
-                immediates_buffer: None,
+                immediates_buffer,
                 sizes_buffer: Some(sizes_slot),
             },
         )]),
@@ -187,6 +202,12 @@ fn write_hlsl(module: &Module, info: &ModuleInfo, label: &str) {
     let options = hlsl::Options {
         shader_model: hlsl::ShaderModel::V5_1,
         binding_map,
+        // Immediates become a root-constant buffer in a register space of their own.
+        immediates_target: has_immediates(module).then(|| hlsl::BindTarget {
+            space: 1,
+            register: 0,
+            ..Default::default()
+        }),
         fake_missing_bindings: false,
         ..Default::default()
     };

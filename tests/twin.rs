@@ -1,14 +1,16 @@
 //! Every rule and every flag combination on the GPU against its CPU twin, on random non-zero
-//! data, at sizes that are not multiples of the workgroup (256) or of 4, over five steps with
-//! the learning rate changed before each one. Params and every state buffer are compared.
-//! Each configuration runs twice: with the adapter's dispatch limits, and with windows forced
-//! down to a few hundred elements so every window edge is crossed on any adapter.
+//! data, at sizes that are not multiples of the workgroup (256) or of the vector width (4), so
+//! both the vec4 body and the scalar tail run, over five steps with the learning rate changed
+//! before each one. Params and every state buffer are compared. Each configuration runs with
+//! the adapter's dispatch limits, with windows forced down to a few hundred elements so every
+//! window edge is crossed on any adapter, and with the per-step values in a uniform instead of
+//! immediates.
 
 mod common;
 
 use fused_optim::{
-    Adagrad, Adam, CpuOptimizer, GpuContext, Optimizer, RmsProp, Sgd, UnfusedChain, UpdateRule,
-    MAX_PENDING_STEPS,
+    Adagrad, Adam, CpuOptimizer, GpuContext, Optimizer, RmsProp, Sgd, StepValues, UnfusedChain,
+    UpdateRule,
 };
 
 const SIZES: [usize; 9] = [1, 3, 4, 5, 255, 257, 1025, 100_003, 4_194_307];
@@ -16,12 +18,21 @@ const SIZES: [usize; 9] = [1, 3, 4, 5, 255, 257, 1025, 100_003, 4_194_307];
 /// Sizes that leave short last windows under `common::FORCED_LIMITS`.
 const FORCED_SIZES: [usize; 6] = [3, 1004, 1005, 2011, 3012, 100_003];
 
-/// The shared context with its own limits, and with forced small windows.
-fn contexts() -> [(GpuContext, &'static [usize]); 2] {
+/// Sizes for the context whose values come through the uniform copy: a scalar-only tensor,
+/// vectors with a tail, and several forced windows.
+const UNIFORM_SIZES: [usize; 3] = [3, 1025, 3013];
+
+/// The shared context with its own limits (immediates where the adapter has them), with
+/// forced small windows, and with forced windows and the values in a uniform.
+fn contexts() -> [(GpuContext, &'static [usize]); 3] {
     let gpu = common::gpu();
+    let uniform = common::forced_windows()
+        .with_step_values(StepValues::UniformCopy)
+        .unwrap();
     [
         (gpu.clone(), &SIZES),
         (common::forced_windows(), &FORCED_SIZES),
+        (uniform, &UNIFORM_SIZES),
     ]
 }
 
@@ -211,41 +222,5 @@ fn folded_grid_updates_every_element() {
     assert!(
         error <= TOLERANCE,
         "folded grid: exp_avg_sq off by {error:e}"
-    );
-}
-
-/// Steps recorded into one encoder before a submit each read their own uniform slot: record a
-/// full ring of steps with a different lr each, twice so the ring wraps, and compare.
-#[test]
-fn recorded_steps_each_keep_their_scalars() {
-    let gpu = common::gpu();
-    let len = 1025;
-    let rule = Adam {
-        eps: EPS,
-        ..Adam::default()
-    };
-    let mut params_cpu = common::random_nonzero(len, 9);
-    let params = gpu.upload("params", &params_cpu).unwrap();
-    let grads_cpu = common::random_nonzero(len, 10);
-    let grads = gpu.upload("grads", &grads_cpu).unwrap();
-    let mut cpu = CpuOptimizer::new(rule.clone(), len).unwrap();
-    let mut optimizer = Optimizer::new(gpu, rule, len).unwrap();
-    for _ in 0..2 {
-        let mut encoder = gpu.device().create_command_encoder(&Default::default());
-        for step in 0..MAX_PENDING_STEPS {
-            let lr = 1e-3 * (1 + step % 7) as f64;
-            cpu.set_lr(lr).unwrap();
-            optimizer.set_lr(lr).unwrap();
-            cpu.step(&mut params_cpu, &grads_cpu).unwrap();
-            optimizer
-                .record_step(&mut encoder, &params, &grads)
-                .unwrap();
-        }
-        gpu.queue().submit([encoder.finish()]);
-    }
-    let error = common::worst_relative_error(&gpu.download(&params).unwrap(), &params_cpu);
-    assert!(
-        error <= TOLERANCE,
-        "recorded steps: params off by {error:e}"
     );
 }

@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use fused_optim::{DispatchLimits, GpuContext};
+use fused_optim::{DispatchLimits, GpuContext, StepValues};
 use rand::{Rng, SeedableRng};
 
 /// One device per test binary; error scopes are per thread, so tests may share it.
@@ -63,6 +63,21 @@ pub const FORCED_LIMITS: DispatchLimits = DispatchLimits {
 /// The shared device with `FORCED_LIMITS`, so window edges are crossed on any adapter.
 pub fn forced_windows() -> GpuContext {
     gpu().with_dispatch_limits(FORCED_LIMITS).unwrap()
+}
+
+/// The shared device with forced windows, once per way of passing the per-dispatch values
+/// this adapter supports: immediates where it has them, and the uniform copied in by each step
+/// everywhere.
+pub fn step_value_contexts() -> Vec<(StepValues, GpuContext)> {
+    let forced = forced_windows();
+    let mut contexts = Vec::new();
+    for values in [StepValues::Immediates, StepValues::UniformCopy] {
+        match forced.with_step_values(values) {
+            Ok(context) => contexts.push((values, context)),
+            Err(error) => println!("{values:?} not tested on this adapter: {error}"),
+        }
+    }
+    contexts
 }
 
 /// Bound on the worst relative error (see `worst_relative_error`) of a GPU step against its
