@@ -10,6 +10,8 @@
 // computed on the host in f64 each step, as PyTorch does.
 
 override AMSGRAD: bool = false;
+// AdamW with a non-zero weight decay: the parameter is decayed before the update.
+override DECOUPLED: bool = false;
 
 struct Scalars {
     step_size: f32,
@@ -28,7 +30,7 @@ struct Scalars {
 
 fn update(i: u32, p: V, g: V) -> V {
     let s = step.s;
-    let decayed = p * s.decay;
+    let decayed = select(p, p * s.decay, DECOUPLED);
     let m = s.beta1 * exp_avg[i] + s.one_minus_beta1 * g;
     var v = s.beta2 * exp_avg_sq[i] + s.one_minus_beta2 * (g * g);
     exp_avg[i] = m;

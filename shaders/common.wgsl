@@ -25,6 +25,8 @@
 
 override WORKGROUP_SIZE: u32 = 256u;
 override MAXIMIZE: bool = false;
+// Whether the rule adds an L2 term (a non-zero weight decay that is not decoupled).
+override WEIGHT_DECAY: bool = false;
 
 struct Step {
     begin: u32,
@@ -53,5 +55,8 @@ fn main(
     if MAXIMIZE {
         g = -g;
     }
-    param[i] = update(i, p, g + step.weight_decay * p);
+    if WEIGHT_DECAY {
+        g = g + step.weight_decay * p;
+    }
+    param[i] = update(i, p, g);
 }

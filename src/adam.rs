@@ -58,6 +58,14 @@ impl Adam {
     }
 }
 
+impl Adam {
+    /// Whether a step decays the parameter itself (AdamW with a non-zero weight decay; the
+    /// shader's `DECOUPLED`), as PyTorch skips the decay for a zero one.
+    fn decays_param(&self) -> bool {
+        self.decoupled_weight_decay && self.weight_decay != 0.0
+    }
+}
+
 /// Per-step values of `shaders/adam.wgsl`'s `Scalars`, field for field.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
@@ -127,7 +135,10 @@ impl UpdateRule for Adam {
     }
 
     fn flags(&self) -> Vec<(&'static str, bool)> {
-        vec![("AMSGRAD", self.amsgrad)]
+        vec![
+            ("AMSGRAD", self.amsgrad),
+            ("DECOUPLED", self.decays_param()),
+        ]
     }
 
     fn scalars(&self, t: u64) -> AdamScalars {
@@ -151,7 +162,10 @@ impl UpdateRule for Adam {
     }
 
     fn twin_update(&self, s: &AdamScalars, p: f32, g: f32, state: &mut [f32]) -> f32 {
-        let decayed = p * s.decay;
+        let decayed = match self.decays_param() {
+            true => p * s.decay,
+            false => p,
+        };
         let m = s.beta1 * state[0] + s.one_minus_beta1 * g;
         let mut v = s.beta2 * state[1] + s.one_minus_beta2 * (g * g);
         state[0] = m;
@@ -167,7 +181,7 @@ impl UpdateRule for Adam {
     fn unfused(&self, t: u64, program: &mut Program) {
         let s = self.scalars(t);
         let g = program.gradient(self.maximize, self.l2_weight_decay() as f32);
-        if self.decoupled_weight_decay {
+        if self.decays_param() {
             program.mul_scalar(Operand::Param, s.decay);
         }
         let (m, v, scratch) = (Operand::State(0), Operand::State(1), Operand::Temp(1));

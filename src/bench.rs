@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use wgpu::util::DeviceExt;
 
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
@@ -449,6 +450,162 @@ pub fn measure<R: UpdateRule>(
             steps => time_cpu(&rule, len, steps)?,
         },
         copy_gb_per_s,
+    })
+}
+
+/// Hand-written kernels outside fused-optim's prelude, engine and windows, as a user would
+/// write them in raw wgpu: `adam`, a plain vec4 Adam with its scalars in a uniform, and
+/// `stream`, a vec4 kernel moving Adam's 28 bytes per parameter (params, grads and two states
+/// read; params and two states written) with no update arithmetic. One vec4 per invocation,
+/// 256 invocations per workgroup, one dispatch. The yardsticks the fused step and its roofline
+/// are held to (BENCHMARKS.md).
+const HAND_WRITTEN: &str = r#"
+struct Scalars {
+    step_size: f32, beta1: f32, one_minus_beta1: f32, beta2: f32,
+    one_minus_beta2: f32, bias_correction2_sqrt: f32, eps: f32, n: u32,
+}
+@group(0) @binding(0) var<uniform> s: Scalars;
+@group(0) @binding(1) var<storage, read_write> p: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> g: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> m: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> v: array<vec4<f32>>;
+
+fn index(wg: vec3<u32>, groups: vec3<u32>, local: u32) -> u32 {
+    return (wg.y * groups.x + wg.x) * 256u + local;
+}
+
+@compute @workgroup_size(256)
+fn adam(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+        @builtin(local_invocation_index) local: u32) {
+    let i = index(wg, groups, local);
+    if i >= s.n { return; }
+    let gi = g[i];
+    let mi = s.beta1 * m[i] + s.one_minus_beta1 * gi;
+    let vi = s.beta2 * v[i] + s.one_minus_beta2 * (gi * gi);
+    m[i] = mi;
+    v[i] = vi;
+    p[i] = p[i] - s.step_size * (mi / (sqrt(vi) / s.bias_correction2_sqrt + s.eps));
+}
+
+@compute @workgroup_size(256)
+fn stream(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+          @builtin(local_invocation_index) local: u32) {
+    let i = index(wg, groups, local);
+    if i >= s.n { return; }
+    let pi = p[i];
+    p[i] = pi + g[i];
+    m[i] = m[i] + pi;
+    v[i] = v[i] + pi;
+}
+"#;
+
+/// Median step times of the [hand-written kernels](HAND_WRITTEN) at one size.
+#[derive(Clone, Debug, Serialize)]
+pub struct HandWritten {
+    pub params: usize,
+    /// The plain vec4 Adam.
+    pub adam: Stats,
+    /// The vec4 kernel moving Adam's bytes with no arithmetic.
+    pub stream: Stats,
+}
+
+/// Times the hand-written kernels over `len` parameters (a multiple of 4), with the same
+/// warm-up, timing and buffer rotation as [`measure`].
+pub fn measure_hand_written(
+    gpu: &GpuContext,
+    len: usize,
+    repetitions: Repetitions,
+) -> Result<HandWritten> {
+    crate::error::require(
+        len.is_multiple_of(4),
+        "len",
+        len as f64,
+        "the hand-written kernels take whole vec4s",
+    )?;
+    let device = gpu.device();
+    let sets = rotation(bytes_per_step(len as u64, 2));
+    let module = gpu.scoped("compiling the hand-written kernels", || {
+        device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("hand-written"),
+            source: wgpu::ShaderSource::Wgsl(HAND_WRITTEN.into()),
+        })
+    })?;
+    let pipelines = ["adam", "stream"].map(|entry| {
+        gpu.scoped("building a hand-written pipeline", || {
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: None,
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+        })
+    });
+    let [adam, stream] = pipelines;
+    let (adam, stream) = (adam?, stream?);
+    let rule = Adam::default();
+    let scalars = rule.scalars(1);
+    let mut uniform: Vec<u8> = bytemuck::bytes_of(&scalars)[..28].to_vec();
+    uniform.extend_from_slice(&((len / 4) as u32).to_le_bytes());
+    let values = pattern(len);
+    let bind_groups = |pipeline: &wgpu::ComputePipeline| -> Result<Vec<wgpu::BindGroup>> {
+        let uniform = gpu.scoped("uploading hand-written scalars", || {
+            device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("hand-written scalars"),
+                contents: &uniform,
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
+        })?;
+        (0..sets)
+            .map(|_| {
+                let buffers = ["p", "g", "m", "v"]
+                    .iter()
+                    .map(|label| gpu.upload(label, &values))
+                    .collect::<Result<Vec<_>>>()?;
+                gpu.scoped("binding the hand-written kernels", || {
+                    let entries: Vec<wgpu::BindGroupEntry> = std::iter::once(&uniform)
+                        .chain(&buffers)
+                        .zip(0..)
+                        .map(|(buffer, binding)| wgpu::BindGroupEntry {
+                            binding,
+                            resource: buffer.as_entire_binding(),
+                        })
+                        .collect();
+                    device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some("hand-written"),
+                        layout: &pipeline.get_bind_group_layout(0),
+                        entries: &entries,
+                    })
+                })
+            })
+            .collect()
+    };
+    let (x, y) = crate::kernel::dispatch_grid(
+        len as u64 / 4,
+        gpu.dispatch_limits().workgroups_per_dimension,
+    );
+    let time = |pipeline: &wgpu::ComputePipeline| -> Result<Stats> {
+        let groups = bind_groups(pipeline)?;
+        time_kernel(gpu, repetitions, sets, |set, timestamps| {
+            let mut encoder = device.create_command_encoder(&Default::default());
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("hand-written"),
+                    timestamp_writes: timestamps,
+                });
+                pass.set_pipeline(pipeline);
+                pass.set_bind_group(0, &groups[set], &[]);
+                pass.dispatch_workgroups(x, y, 1);
+            }
+            gpu.queue().submit([encoder.finish()]);
+            Ok(())
+        })
+    };
+    Ok(HandWritten {
+        params: len,
+        adam: time(&adam)?,
+        stream: time(&stream)?,
     })
 }
 

@@ -74,15 +74,18 @@ pub trait UpdateRule: Clone + std::fmt::Debug + Send + Sync + 'static {
     fn unfused(&self, t: u64, program: &mut Program);
 }
 
-/// Every override the rule's pipeline is specialised on: its own flags plus the prelude's `MAXIMIZE`.
+/// Every override the rule's pipeline is specialised on: its own flags plus the prelude's
+/// `MAXIMIZE` and `WEIGHT_DECAY` (whether there is an L2 term to add at all).
 pub(crate) fn pipeline_flags<R: UpdateRule>(rule: &R) -> Vec<(&'static str, bool)> {
     let mut flags = rule.flags();
     flags.push(("MAXIMIZE", rule.maximize()));
+    flags.push(("WEIGHT_DECAY", rule.l2_weight_decay() != 0.0));
     flags
 }
 
 /// The CPU twin of the prelude's `main` for one element: negate when maximizing, add the L2
-/// term, hand the result to the rule's `update`.
+/// term where there is one (as PyTorch, only for a non-zero weight decay), hand the result to
+/// the rule's `update`.
 pub(crate) fn twin_element<R: UpdateRule>(
     rule: &R,
     header: &StepHeader,
@@ -92,8 +95,11 @@ pub(crate) fn twin_element<R: UpdateRule>(
     state: &mut [f32],
 ) {
     let p = *param;
-    let g = if rule.maximize() { -grad } else { grad };
-    *param = rule.twin_update(s, p, g + header.weight_decay * p, state);
+    let mut g = if rule.maximize() { -grad } else { grad };
+    if header.weight_decay != 0.0 {
+        g += header.weight_decay * p;
+    }
+    *param = rule.twin_update(s, p, g, state);
 }
 
 /// How many per-element state buffers `rule`'s configuration keeps.

@@ -81,6 +81,21 @@ struct BenchOptions {
     /// Also plot effective GB/s against size per rule, with the rooflines, as SVG.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Also time, at each size, a hand-written vec4 Adam and a hand-written vec4 kernel moving
+    /// Adam's bytes with no arithmetic (raw wgpu, outside fused-optim's engine).
+    #[arg(long)]
+    hand_written: bool,
+    /// How the kernels get their per-dispatch values (default: immediates where the adapter
+    /// has them).
+    #[arg(long, value_enum)]
+    step_values: Option<StepValuesArg>,
+}
+
+/// `--step-values`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum StepValuesArg {
+    Immediates,
+    UniformCopy,
 }
 
 fn main() -> ExitCode {
@@ -171,7 +186,13 @@ fn info(choice: &AdapterChoice) -> fused_optim::Result<()> {
 }
 
 fn bench(choice: &AdapterChoice, options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
-    let gpu = GpuContext::open(choice)?;
+    let mut gpu = GpuContext::open(choice)?;
+    if let Some(values) = options.step_values {
+        gpu = gpu.with_step_values(match values {
+            StepValuesArg::Immediates => StepValues::Immediates,
+            StepValuesArg::UniformCopy => StepValues::UniformCopy,
+        })?;
+    }
     let repetitions = Repetitions {
         warmup: options.warmup,
         steps: options.steps,
@@ -205,7 +226,12 @@ fn bench(choice: &AdapterChoice, options: &BenchOptions) -> Result<(), Box<dyn s
             .expect("a valid progress template"),
     );
     let mut rows = Vec::new();
+    let mut hand_written = Vec::new();
     for &len in &sizes {
+        if options.hand_written {
+            progress.set_message(format!("hand-written kernels at {}", size_label(len)));
+            hand_written.push(bench::measure_hand_written(&gpu, len, repetitions)?);
+        }
         let copy = bench::copy_bandwidth(&gpu, bench::copy_bytes(len))?;
         for variant in &variants {
             progress.set_message(format!("{} at {}", variant.name(), size_label(len)));
@@ -236,12 +262,20 @@ fn bench(choice: &AdapterChoice, options: &BenchOptions) -> Result<(), Box<dyn s
          kernel per elementwise operation; cpu: the CPU twin on one core\n"
     );
     print!("{}", report::table(&rows));
+    if !hand_written.is_empty() {
+        println!(
+            "\nhand-written vec4 kernels (raw wgpu, one dispatch): Adam, and Adam's bytes moved \
+             with no arithmetic"
+        );
+        print!("{}", report::hand_written_table(&hand_written));
+    }
     for note in &skipped {
         println!("skipped {note}");
     }
     let report = Report {
         setup,
         rows,
+        hand_written,
         skipped,
     };
     if let Some(path) = &options.json {

@@ -6,7 +6,7 @@ use std::path::Path;
 use plotters::prelude::*;
 use serde::Serialize;
 
-use crate::bench::{Clock, Measurement};
+use crate::bench::{Clock, HandWritten, Measurement};
 use crate::context::{GpuContext, MAX_STEP_VALUES_BYTES};
 
 /// The adapter and the settings a run used: the first lines of every output.
@@ -82,6 +82,8 @@ impl Setup {
 pub struct Report {
     pub setup: Setup,
     pub rows: Vec<Measurement>,
+    /// The hand-written yardsticks, where the run timed them.
+    pub hand_written: Vec<HandWritten>,
     pub skipped: Vec<String>,
 }
 
@@ -129,6 +131,25 @@ pub fn table(rows: &[Measurement]) -> String {
             m.unfused_bytes_per_step as f64 / 1e6,
             m.unfused_speedup(),
             m.cpu_speedup(),
+        );
+    }
+    out
+}
+
+/// The hand-written kernels' medians and spreads, one line per size.
+pub fn hand_written_table(rows: &[HandWritten]) -> String {
+    let mut out = format!(
+        "{:>8}{:>12}{:>8}{:>12}{:>8}\n",
+        "params", "adam ms", "spread", "stream ms", "spread"
+    );
+    for row in rows {
+        out += &format!(
+            "{:>8}{:>12.3}{:>7.0}%{:>12.3}{:>7.0}%\n",
+            size_label(row.params),
+            row.adam.median_ms,
+            row.adam.spread_percent(),
+            row.stream.median_ms,
+            row.stream.spread_percent(),
         );
     }
     out
