@@ -522,6 +522,17 @@ pub fn measure_hand_written(
         len as f64,
         "the hand-written kernels take whole vec4s",
     )?;
+    // One dispatch binding whole buffers, with no windows: the simple kernel a user writes.
+    let (bytes, limit) = (len as u64 * 4, gpu.limits().max_storage_buffer_binding_size);
+    if bytes > limit {
+        return Err(Error::Unsupported {
+            what: "the hand-written kernels at this size",
+            detail: format!(
+                "they bind each {bytes}-byte buffer whole, past max_storage_buffer_binding_size \
+                 ({limit} bytes), and have no windows"
+            ),
+        });
+    }
     let device = gpu.device();
     let sets = rotation(bytes_per_step(len as u64, 2));
     let module = gpu.scoped("compiling the hand-written kernels", || {

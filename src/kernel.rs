@@ -511,6 +511,21 @@ pub fn dispatch_grid(n: u64, max_per_dim: u32) -> (u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Adagrad, Adam, RmsProp, Roofline, Sgd, MAX_STEP_VALUES_BYTES};
+
+    #[test]
+    fn every_rules_values_fit_the_immediates_the_context_checks_for() {
+        let sizes = [
+            values_size::<Sgd>(),
+            values_size::<Adam>(),
+            values_size::<RmsProp>(),
+            values_size::<Adagrad>(),
+            values_size::<Roofline>(),
+        ];
+        assert_eq!(sizes.iter().max(), Some(&MAX_STEP_VALUES_BYTES));
+        // set_immediates takes whole 4-byte words.
+        assert!(sizes.iter().all(|size| size % 4 == 0), "{sizes:?}");
+    }
 
     #[test]
     fn grid_covers_every_element_without_exceeding_the_limit() {

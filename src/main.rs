@@ -228,24 +228,29 @@ fn bench(choice: &AdapterChoice, options: &BenchOptions) -> Result<(), Box<dyn s
     let mut rows = Vec::new();
     let mut hand_written = Vec::new();
     for &len in &sizes {
+        // A kernel too large for this adapter is skipped with a note; anything else fails.
+        let mut skip = |what: &str, error: fused_optim::Error| match error {
+            fused_optim::Error::OutOfMemory { .. }
+            | fused_optim::Error::BufferTooLarge { .. }
+            | fused_optim::Error::Unsupported { .. } => {
+                skipped.push(format!("{what} at {}: {error}", size_label(len)));
+                Ok(())
+            }
+            error => Err(error),
+        };
         if options.hand_written {
             progress.set_message(format!("hand-written kernels at {}", size_label(len)));
-            hand_written.push(bench::measure_hand_written(&gpu, len, repetitions)?);
+            match bench::measure_hand_written(&gpu, len, repetitions) {
+                Ok(row) => hand_written.push(row),
+                Err(error) => skip("the hand-written kernels", error)?,
+            }
         }
         let copy = bench::copy_bandwidth(&gpu, bench::copy_bytes(len))?;
         for variant in &variants {
             progress.set_message(format!("{} at {}", variant.name(), size_label(len)));
             match variant.measure(&gpu, len, repetitions, copy) {
                 Ok(row) => rows.push(row),
-                Err(
-                    error @ (fused_optim::Error::OutOfMemory { .. }
-                    | fused_optim::Error::BufferTooLarge { .. }),
-                ) => skipped.push(format!(
-                    "{} at {}: {error}",
-                    variant.name(),
-                    size_label(len)
-                )),
-                Err(error) => return Err(error.into()),
+                Err(error) => skip(variant.name(), error)?,
             }
             progress.inc(1);
         }
