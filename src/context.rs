@@ -77,17 +77,29 @@ impl AdapterChoice {
     }
 }
 
-/// One wgpu instance per backend set for the whole process. Every device opened through it
-/// shares its resource registry, so a buffer of another device is a validation error wgpu
-/// reports (and fused-optim turns into [`Error::ForeignBuffer`]), where a buffer of another
-/// instance's registry would make wgpu-core panic.
-fn instance(backends: wgpu::Backends) -> wgpu::Instance {
-    static INSTANCES: Mutex<Vec<(wgpu::Backends, wgpu::Instance)>> = Mutex::new(Vec::new());
-    let mut instances = INSTANCES
+/// The adapters of one backend set, found once per process through one wgpu instance.
+///
+/// Every device fused-optim opens on that backend set comes from this instance, so all share
+/// its resource registry: a buffer of another such device is a validation error wgpu reports
+/// (and fused-optim turns into [`Error::ForeignBuffer`]), where a buffer of another
+/// instance's registry would make wgpu-core panic. The adapters are found when the instance is
+/// made and never looked for again: on GL, looking makes the instance's one EGL context current
+/// outside the lock its devices use, which fails while another thread is using a device.
+#[derive(Clone)]
+struct Adapters {
+    backends: wgpu::Backends,
+    all: Vec<wgpu::Adapter>,
+    /// wgpu's pick for the power preference in the environment, or why there is none.
+    preferred: std::result::Result<wgpu::Adapter, String>,
+}
+
+fn adapters(backends: wgpu::Backends) -> Adapters {
+    static FOUND: Mutex<Vec<Adapters>> = Mutex::new(Vec::new());
+    let mut found = FOUND
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some((_, instance)) = instances.iter().find(|(set, _)| *set == backends) {
-        return instance.clone();
+    if let Some(adapters) = found.iter().find(|a| a.backends == backends) {
+        return adapters.clone();
     }
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     desc.backends = backends;
@@ -95,8 +107,20 @@ fn instance(backends: wgpu::Backends) -> wgpu::Instance {
     // error (caught by our scopes) instead of overcommitting or losing the device.
     desc.memory_budget_thresholds.for_resource_creation = Some(95);
     let instance = wgpu::Instance::new(desc);
-    instances.push((backends, instance.clone()));
-    instance
+    let all = pollster::block_on(instance.enumerate_adapters(backends));
+    let preferred = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+        power_preference:
+            wgpu::PowerPreference::from_env().unwrap_or(wgpu::PowerPreference::HighPerformance),
+        ..Default::default()
+    }))
+    .map_err(|e| e.to_string());
+    let adapters = Adapters {
+        backends,
+        all,
+        preferred,
+    };
+    found.push(adapters.clone());
+    adapters
 }
 
 /// Whether wgpu's `error` (from creating a bind group) says a resource belongs to another
@@ -118,7 +142,7 @@ fn is_device_mismatch(error: &wgpu::Error) -> bool {
 
 /// Every adapter the given backends expose, for `fused-optim info` and adapter selection.
 pub fn enumerate_adapters(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
-    pollster::block_on(instance(backends).enumerate_adapters(backends))
+    adapters(backends).all
 }
 
 impl GpuContext {
@@ -146,16 +170,11 @@ impl GpuContext {
                         ),
                     })?
             }
-            None => pollster::block_on(
-                instance(choice.backends).request_adapter(&wgpu::RequestAdapterOptions {
-                    power_preference: wgpu::PowerPreference::from_env()
-                        .unwrap_or(wgpu::PowerPreference::HighPerformance),
-                    ..Default::default()
-                }),
-            )
-            .map_err(|e| Error::NoAdapter {
-                detail: format!("{e} on {:?}", choice.backends),
-            })?,
+            None => adapters(choice.backends)
+                .preferred
+                .map_err(|e| Error::NoAdapter {
+                    detail: format!("{e} on {:?}", choice.backends),
+                })?,
         };
         let info = adapter.get_info();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {

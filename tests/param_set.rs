@@ -296,18 +296,23 @@ fn state_bytes_is_what_was_allocated() {
     let before = counters();
     let set = ParamSet::new(gpu, &TENSORS, groups).unwrap();
     let allocated = counters() - before;
-    // Three packed state buffers, a 16-byte placeholder and the uniform ring.
+    // Three packed state buffers, a 16-byte placeholder and, without immediates, the uniform
+    // of the step's values.
     let state = 3 * set.layout().bytes();
     assert!(
         set.state_bytes() > state && set.state_bytes() - state < 64 * 1024,
         "{}",
         set.state_bytes()
     );
-    assert_eq!(
-        allocated as u64,
-        set.state_bytes(),
-        "the driver saw a different allocation"
-    );
+    // wgpu's GL back end keeps no memory counter: there the driver's view cannot be compared.
+    let counted = gpu.adapter_info().backend != wgpu::Backend::Gl;
+    let driver_agrees = |allocated: isize, claimed: u64| {
+        assert!(
+            !counted || allocated as u64 == claimed,
+            "the driver saw {allocated} bytes allocated, the optimizer claims {claimed}"
+        );
+    };
+    driver_agrees(allocated, set.state_bytes());
     drop(set);
 
     let before = counters();
@@ -320,7 +325,7 @@ fn state_bytes_is_what_was_allocated() {
         1025,
     )
     .unwrap();
-    assert_eq!((counters() - before) as u64, single.state_bytes());
+    driver_agrees(counters() - before, single.state_bytes());
 }
 
 #[test]
