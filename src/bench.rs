@@ -555,9 +555,17 @@ pub fn measure_hand_written(
     });
     let [adam, stream] = pipelines;
     let (adam, stream) = (adam?, stream?);
-    let rule = Adam::default();
-    let scalars = rule.scalars(1);
-    let mut uniform: Vec<u8> = bytemuck::bytes_of(&scalars)[..28].to_vec();
+    let s = Adam::default().scalars(1);
+    let scalars = [
+        s.step_size,
+        s.beta1,
+        s.one_minus_beta1,
+        s.beta2,
+        s.one_minus_beta2,
+        s.bias_correction2_sqrt,
+        s.eps,
+    ];
+    let mut uniform: Vec<u8> = bytemuck::cast_slice(&scalars).to_vec();
     uniform.extend_from_slice(&((len / 4) as u32).to_le_bytes());
     let values = pattern(len);
     let bind_groups = |pipeline: &wgpu::ComputePipeline| -> Result<Vec<wgpu::BindGroup>> {

@@ -375,10 +375,10 @@ fn uniform_binding_size(values_size: u64) -> u64 {
 /// Where the dispatches of one step read their values: immediates, or the slots of a uniform
 /// buffer (see [`StepValues`]). Owned by each optimizer (and the unfused chain).
 pub(crate) struct ValueSlots {
-    values: StepValues,
     /// Bytes of one dispatch's values, and between two dispatches' values in a step's bytes.
     size: u64,
     stride: u64,
+    /// The slots, for [`StepValues::UniformCopy`]; none for immediates.
     uniforms: Option<wgpu::Buffer>,
 }
 
@@ -386,21 +386,19 @@ impl ValueSlots {
     /// Slots for `dispatches` dispatches of `size` bytes of values each. Allocates (the
     /// uniform) only for [`StepValues::UniformCopy`]; call inside an error scope.
     pub fn new(device: &wgpu::Device, values: StepValues, size: u64, dispatches: usize) -> Self {
-        let (stride, uniforms) = match values {
-            StepValues::Immediates => (size, None),
-            StepValues::UniformCopy => {
-                let stride = Self::uniform_stride(device, size);
-                let uniforms = device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("fused-optim step values"),
-                    size: stride * dispatches.max(1) as u64,
-                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                });
-                (stride, Some(uniforms))
-            }
+        let uniforms = (values == StepValues::UniformCopy).then(|| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("fused-optim step values"),
+                size: Self::bytes_needed(device, values, size, dispatches),
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        });
+        let stride = match uniforms {
+            Some(_) => Self::uniform_stride(device, size),
+            None => size,
         };
         Self {
-            values,
             size,
             stride,
             uniforms,
@@ -488,12 +486,12 @@ impl ValueSlots {
         step: &[u8],
     ) {
         let start = index * self.stride as usize;
-        match self.values {
-            StepValues::Immediates => {
+        match self.uniforms {
+            Some(_) => pass.set_bind_group(0, group, &[start as u32]),
+            None => {
                 pass.set_bind_group(0, group, &[]);
                 pass.set_immediates(0, &step[start..start + self.size as usize]);
             }
-            StepValues::UniformCopy => pass.set_bind_group(0, group, &[start as u32]),
         }
     }
 }
