@@ -502,6 +502,7 @@ fn stream(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups:
 /// Median step times of the [hand-written kernels](HAND_WRITTEN) at one size.
 #[derive(Clone, Debug, Serialize)]
 pub struct HandWritten {
+    /// Parameters per step.
     pub params: usize,
     /// The plain vec4 Adam.
     pub adam: Stats,

@@ -66,10 +66,20 @@ pub enum Error {
         "the {buffer} buffer belongs to another device than the optimizer's; create it on the \
          device of the GpuContext the optimizer was built with"
     )]
-    ForeignBuffer { buffer: String },
+    /// A caller buffer was created on another device than the optimizer's.
+    ForeignBuffer {
+        /// Which buffer: `params`, `grads`, or `params[3]` in a list of pairs.
+        buffer: String,
+    },
 
     #[error("this device does not support {what}: {detail}")]
-    Unsupported { what: &'static str, detail: String },
+    /// The device lacks a feature or limit that was asked for.
+    Unsupported {
+        /// What was asked for.
+        what: &'static str,
+        /// What the device lacks, and what to use instead.
+        detail: String,
+    },
 
     #[error("an optimizer needs at least one element to update")]
     EmptyParams,
@@ -94,7 +104,11 @@ pub enum Error {
         "the host could not allocate {bytes} bytes for the CPU twin's state; use a shorter \
          tensor"
     )]
-    HostOutOfMemory { bytes: u64 },
+    /// The host refused the CPU twin's state (an absurd length).
+    HostOutOfMemory {
+        /// Bytes of one state vector.
+        bytes: u64,
+    },
 
     #[error("tensor `{name}` is registered twice; tensor names must be unique")]
     DuplicateTensor { name: String },
