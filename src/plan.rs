@@ -80,7 +80,7 @@ impl Lanes {
 }
 
 /// One dispatch of window `window`: items `begin..end` of its bindings, counted in `lanes`
-/// (vec4s or f32s). Its buffers are bound from the window's offset for `binding_items` items.
+/// (vec4s or f32s). Its buffers are bound from the window's offset for `binding_bytes()`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Dispatch {
     pub window: usize,
