@@ -7,17 +7,20 @@
 //! cargo run --release --example train_mlp -- --optimizer adam --schedule cosine --epochs 20
 //! cargo run --release --example train_mlp -- --large --epochs 3 --plot loss.svg
 
-mod mlp;
-
 use clap::Parser;
 use fused_optim::{GpuContext, LrSchedule};
 use plotters::prelude::*;
+use train_mlp as mlp;
 
 #[derive(Parser)]
 struct Args {
-    /// adam, adamw, rmsprop, sgd or adagrad.
+    /// Any variant of any registered rule, as the benchmark names them (adam, adamw,
+    /// sgd-momentum, rmsprop, adagrad, nadam, lion, ...).
     #[arg(long, default_value = "adam")]
     optimizer: String,
+    /// Learning rate (default: one tuned for this model, else the rule's PyTorch default).
+    #[arg(long)]
+    lr: Option<f64>,
     /// constant, step (x0.5 every 10 epochs), exponential (x0.9 per epoch) or cosine (to 0
     /// over the run).
     #[arg(long, default_value = "cosine")]
@@ -81,7 +84,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         data.classes,
         config.hidden
     );
-    let run = mlp::train_named(&gpu, &data, &config, &args.optimizer)?;
+    let run = mlp::train_named(&gpu, &data, &config, &args.optimizer, args.lr)?;
     println!(
         "{} on {} parameters, schedule {:?}",
         run.optimizer, run.parameters, config.schedule

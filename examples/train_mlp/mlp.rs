@@ -1,10 +1,10 @@
 //! A multilayer perceptron trained entirely on the GPU, with fused-optim's step recorded into
-//! the same command encoder as the forward and backward passes, and its CPU twin. Shared by
-//! `examples/train_mlp/main.rs` and `tests/train_mlp.rs`.
+//! the same command encoder as the forward and backward passes, and its CPU twin: the library
+//! of the example trainer, shared by `main.rs` (the command line) and `tests/train_mlp.rs`.
 
 use fused_optim::{
-    Adagrad, Adam, CpuOptimizer, GpuContext, LrSchedule, ParamGroup, ParamLayout, ParamSet,
-    RmsProp, Sgd, TensorSlot, UpdateRule,
+    visit_rules, CpuOptimizer, GpuContext, LrSchedule, ParamGroup, ParamLayout, ParamSet,
+    RegisteredRule, RuleVisitor, TensorSlot, UpdateRule,
 };
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -101,92 +101,86 @@ pub struct Run {
     pub cpu_accuracy: f64,
 }
 
-/// The optimizers the example trains with, by `--optimizer` name, with learning rates that
-/// train this model in a few epochs. Weights take weight decay where the optimizer has it;
-/// biases form a second parameter group without.
-pub const OPTIMIZERS: [&str; 5] = ["adam", "adamw", "rmsprop", "sgd", "adagrad"];
+/// Learning rates that train this model in a few epochs, by variant name. A variant not
+/// listed trains at its PyTorch default learning rate (or the caller's).
+const TUNED_LR: &[(&str, f64)] = &[
+    ("adam", 3e-3),
+    ("adam-amsgrad", 3e-3),
+    ("adamw", 3e-3),
+    ("rmsprop", 1e-3),
+    ("rmsprop-centered-momentum", 1e-3),
+    ("sgd", 0.1),
+    ("sgd-momentum", 0.05),
+    ("sgd-nesterov", 0.05),
+    ("adagrad", 0.05),
+];
 
+/// The optimizers the example trains with, by `--optimizer` name: every variant of every
+/// registered rule (`adam`, `adamw`, `sgd-momentum`, ...), in registry order.
+pub fn optimizers() -> Vec<&'static str> {
+    struct Names(Vec<&'static str>);
+    impl RuleVisitor for Names {
+        fn visit<R: RegisteredRule>(&mut self) {
+            self.0.extend(R::variants().iter().map(UpdateRule::name));
+        }
+    }
+    let mut names = Names(Vec::new());
+    visit_rules(&mut names);
+    names.0
+}
+
+/// Trains the registered variant named `optimizer` with `lr` (default: the tuned rate where
+/// there is one, else the variant's own). Weights take the variant's weight decay (e.g.
+/// AdamW's 0.01); biases form a second parameter group without.
 pub fn train_named(
     gpu: &GpuContext,
     data: &Data,
     config: &Config,
     optimizer: &str,
+    lr: Option<f64>,
 ) -> Result<Run, Box<dyn std::error::Error>> {
-    Ok(match optimizer {
-        "adam" => train(
-            gpu,
-            data,
-            config,
-            Adam {
-                lr: 3e-3,
-                ..Adam::default()
-            },
-            0.0,
-        )?,
-        "adamw" => train(
-            gpu,
-            data,
-            config,
-            Adam {
-                lr: 3e-3,
-                weight_decay: 0.01,
-                ..Adam::adamw()
-            },
-            0.0,
-        )?,
-        "rmsprop" => train(
-            gpu,
-            data,
-            config,
-            RmsProp {
-                lr: 1e-3,
-                ..RmsProp::default()
-            },
-            0.0,
-        )?,
-        "sgd" => train(
-            gpu,
-            data,
-            config,
-            Sgd {
-                lr: 0.05,
-                momentum: 0.9,
-                weight_decay: 1e-4,
-                ..Sgd::default()
-            },
-            0.0,
-        )?,
-        "adagrad" => train(
-            gpu,
-            data,
-            config,
-            Adagrad {
-                lr: 0.05,
-                ..Adagrad::default()
-            },
-            0.0,
-        )?,
-        other => {
-            return Err(format!("unknown optimizer `{other}`; choose from {OPTIMIZERS:?}").into())
+    struct Find<'a> {
+        gpu: &'a GpuContext,
+        data: &'a Data,
+        config: &'a Config,
+        optimizer: &'a str,
+        lr: Option<f64>,
+        run: Option<Result<Run, Box<dyn std::error::Error>>>,
+    }
+    impl RuleVisitor for Find<'_> {
+        fn visit<R: RegisteredRule>(&mut self) {
+            let Some(mut rule) = R::variants()
+                .into_iter()
+                .find(|rule| rule.name() == self.optimizer)
+            else {
+                return;
+            };
+            let tuned = TUNED_LR.iter().find(|(name, _)| *name == self.optimizer);
+            let run = match self.lr.or(tuned.map(|(_, lr)| *lr)) {
+                Some(lr) => rule.set_hyperparameter("lr", lr.into()).map_err(Into::into),
+                None => Ok(()),
+            }
+            .and_then(|()| train(self.gpu, self.data, self.config, rule));
+            self.run = Some(run);
         }
+    }
+    let mut find = Find {
+        gpu,
+        data,
+        config,
+        optimizer,
+        lr,
+        run: None,
+    };
+    visit_rules(&mut find);
+    find.run.unwrap_or_else(|| {
+        Err(format!(
+            "unknown optimizer `{optimizer}`; choose from {}",
+            optimizers().join(", ")
+        )
+        .into())
     })
 }
-
-/// A copy of the rule with another weight decay, for the bias group.
-pub trait WithWeightDecay {
-    fn with_weight_decay(&self, decay: f64) -> Self;
-}
-
-macro_rules! with_weight_decay {
-    ($($rule:ty),*) => {$(
-        impl WithWeightDecay for $rule {
-            fn with_weight_decay(&self, weight_decay: f64) -> Self {
-                Self { weight_decay, ..self.clone() }
-            }
-        }
-    )*};
-}
-with_weight_decay!(Adam, Sgd, RmsProp, Adagrad);
 
 /// The model's tensors: `layer{k}.weight` ([inputs][outputs]) and `layer{k}.bias`.
 fn tensors(widths: &[usize]) -> Vec<(String, usize)> {
@@ -218,14 +212,13 @@ fn initial_params(layout: &ParamLayout, widths: &[usize], seed: u64) -> Vec<f32>
     params
 }
 
-/// Trains `rule` (weights) and `rule` with `bias_decay` (biases) on the GPU and with the CPU
-/// twin from the same initial weights and batch order, and reports both.
-pub fn train<R: UpdateRule + WithWeightDecay>(
+/// Trains `rule` (weights) and `rule` without weight decay (biases) on the GPU and with the
+/// CPU twin from the same initial weights and batch order, and reports both.
+pub fn train<R: UpdateRule>(
     gpu: &GpuContext,
     data: &Data,
     config: &Config,
     rule: R,
-    bias_decay: f64,
 ) -> Result<Run, Box<dyn std::error::Error>> {
     config.schedule.validate()?;
     let mut widths = vec![data.features];
@@ -236,9 +229,11 @@ pub fn train<R: UpdateRule + WithWeightDecay>(
         .iter()
         .map(|(name, _)| name.clone())
         .partition(|name| name.ends_with("weight"));
+    let mut no_decay = rule.clone();
+    no_decay.set_hyperparameter("weight_decay", 0.0.into())?;
     let groups = vec![
         ParamGroup::new(rule.clone(), weights),
-        ParamGroup::new(rule.with_weight_decay(bias_decay), biases),
+        ParamGroup::new(no_decay, biases),
     ];
     let set = ParamSet::new(gpu, &tensors, groups)?;
     let layout = set.layout().clone();

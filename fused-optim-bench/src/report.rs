@@ -1,0 +1,310 @@
+//! What `fused-optim bench` writes: the terminal table, and the same run as JSON, CSV and an
+//! SVG plot of effective bandwidth against size.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+use serde::Serialize;
+
+use crate::measure::{Clock, HandWritten, Measurement};
+use fused_optim::{GpuContext, MAX_STEP_VALUES_BYTES};
+
+/// The adapter and the settings a run used: the first lines of every output.
+#[derive(Clone, Debug, Serialize)]
+pub struct Setup {
+    pub adapter: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub driver_info: String,
+    pub clock: Clock,
+    pub window_elements: u64,
+    pub workgroups_per_dimension: u32,
+    pub storage_offset_alignment: u32,
+    /// How the kernels got their per-dispatch values (`Immediates` or `UniformCopy`).
+    pub step_values: String,
+    pub warmup: u32,
+    pub steps: u32,
+    pub cpu_steps: u32,
+}
+
+impl Setup {
+    pub fn new(gpu: &GpuContext, warmup: u32, steps: u32, cpu_steps: u32) -> Self {
+        let info = gpu.adapter_info();
+        let dispatch = gpu.dispatch_limits();
+        Self {
+            adapter: info.name.clone(),
+            backend: format!("{:?}", info.backend),
+            device_type: format!("{:?}", info.device_type),
+            driver: info.driver.clone(),
+            driver_info: info.driver_info.clone(),
+            clock: Clock::of(gpu),
+            window_elements: dispatch.window_elements,
+            workgroups_per_dimension: dispatch.workgroups_per_dimension,
+            storage_offset_alignment: gpu.limits().min_storage_buffer_offset_alignment,
+            step_values: format!("{:?}", gpu.step_values_for(MAX_STEP_VALUES_BYTES)),
+            warmup,
+            steps,
+            cpu_steps,
+        }
+    }
+
+    /// The header lines printed above the table.
+    pub fn header(&self) -> String {
+        let clock = match self.clock {
+            Clock::Timestamps => "GPU timestamps around each step's pass",
+            Clock::WallClock => "wall clock around submit + wait (no timestamp queries)",
+        };
+        format!(
+            "adapter: {} ({}, {}; driver {} {})\n\
+             limits: window {} f32 per dispatch, {} workgroups per dimension, storage offsets \
+             aligned to {} B; per-dispatch values as {}\n\
+             timing: {clock}; {} warm-up + {} timed steps per kernel, median [min-max]; {} CPU \
+             twin steps",
+            self.adapter,
+            self.backend,
+            self.device_type,
+            self.driver,
+            self.driver_info,
+            self.window_elements,
+            self.workgroups_per_dimension,
+            self.storage_offset_alignment,
+            self.step_values,
+            self.warmup,
+            self.steps,
+            self.cpu_steps,
+        )
+    }
+}
+
+/// A whole run: setup, one row per rule and size, and the sizes skipped with the reason.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub setup: Setup,
+    pub rows: Vec<Measurement>,
+    /// The hand-written yardsticks, where the run timed them.
+    pub hand_written: Vec<HandWritten>,
+    pub skipped: Vec<String>,
+}
+
+/// Column titles and widths of the table (the rule's column is left-aligned).
+const COLUMNS: [(&str, usize); 15] = [
+    ("rule", 26),
+    ("params", 8),
+    ("MB/step", 9),
+    ("fused ms", 10),
+    ("spread", 8),
+    ("GB/s", 8),
+    ("%copy", 7),
+    ("roofline ms", 13),
+    ("x roofline", 11),
+    ("copy ms", 9),
+    ("x copy", 8),
+    ("unfused ms", 12),
+    ("unfused MB", 11),
+    ("vs unfused", 11),
+    ("vs cpu", 8),
+];
+
+/// One table line per row: the terminal's view of the report.
+pub fn table(rows: &[Measurement]) -> String {
+    let mut out = format!("{:<26}", COLUMNS[0].0);
+    for (title, width) in &COLUMNS[1..] {
+        out += &format!("{title:>width$}");
+    }
+    out.push('\n');
+    for m in rows {
+        out += &format!(
+            "{:<26}{:>8}{:>9.1}{:>10.3}{:>7.0}%{:>8.2}{:>6.0}%{:>13.3}{:>10.2}x{:>9.3}{:>7.2}x{:>12.3}{:>11.1}{:>10.1}x{:>7.1}x\n",
+            m.rule,
+            size_label(m.params),
+            m.bytes_per_step as f64 / 1e6,
+            m.fused.median_ms,
+            m.fused.spread_percent(),
+            m.gigabytes_per_second(),
+            m.copy_percent(),
+            m.roofline.median_ms,
+            m.roofline_ratio(),
+            m.copy_floor_ms(),
+            m.copy_ratio(),
+            m.unfused.median_ms,
+            m.unfused_bytes_per_step as f64 / 1e6,
+            m.unfused_speedup(),
+            m.cpu_speedup(),
+        );
+    }
+    out
+}
+
+/// The hand-written kernels' medians and spreads, one line per size.
+pub fn hand_written_table(rows: &[HandWritten]) -> String {
+    let mut out = format!(
+        "{:>8}{:>12}{:>8}{:>12}{:>8}\n",
+        "params", "adam ms", "spread", "stream ms", "spread"
+    );
+    for row in rows {
+        out += &format!(
+            "{:>8}{:>12.3}{:>7.0}%{:>12.3}{:>7.0}%\n",
+            size_label(row.params),
+            row.adam.median_ms,
+            row.adam.spread_percent(),
+            row.stream.median_ms,
+            row.stream.spread_percent(),
+        );
+    }
+    out
+}
+
+/// `1M`, `4M`, ... for sizes that are whole binary millions or thousands, else the number.
+pub fn size_label(params: usize) -> String {
+    match params {
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{}M", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{}K", n >> 10),
+        n => n.to_string(),
+    }
+}
+
+/// One CSV record per row, flat.
+#[derive(Serialize)]
+struct CsvRow<'a> {
+    rule: &'a str,
+    params: usize,
+    bytes_per_step: u64,
+    fused_median_ms: f64,
+    fused_min_ms: f64,
+    fused_max_ms: f64,
+    fused_dispatches: usize,
+    gb_per_s: f64,
+    copy_gb_per_s: f64,
+    roofline_median_ms: f64,
+    roofline_ratio: f64,
+    copy_floor_ms: f64,
+    copy_ratio: f64,
+    unfused_median_ms: f64,
+    unfused_dispatches: usize,
+    unfused_bytes_per_step: u64,
+    unfused_speedup: f64,
+    cpu_ms: f64,
+    cpu_speedup: f64,
+}
+
+pub fn write_json(report: &Report, path: &Path) -> std::io::Result<()> {
+    let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    serde_json::to_writer_pretty(file, report).map_err(std::io::Error::other)
+}
+
+pub fn write_csv(report: &Report, path: &Path) -> std::io::Result<()> {
+    let mut writer = csv::Writer::from_path(path)?;
+    for m in &report.rows {
+        writer
+            .serialize(CsvRow {
+                rule: m.rule,
+                params: m.params,
+                bytes_per_step: m.bytes_per_step,
+                fused_median_ms: m.fused.median_ms,
+                fused_min_ms: m.fused.min_ms,
+                fused_max_ms: m.fused.max_ms,
+                fused_dispatches: m.fused_dispatches,
+                gb_per_s: m.gigabytes_per_second(),
+                copy_gb_per_s: m.copy_gb_per_s,
+                roofline_median_ms: m.roofline.median_ms,
+                roofline_ratio: m.roofline_ratio(),
+                copy_floor_ms: m.copy_floor_ms(),
+                copy_ratio: m.copy_ratio(),
+                unfused_median_ms: m.unfused.median_ms,
+                unfused_dispatches: m.unfused_dispatches,
+                unfused_bytes_per_step: m.unfused_bytes_per_step,
+                unfused_speedup: m.unfused_speedup(),
+                cpu_ms: m.cpu_ms,
+                cpu_speedup: m.cpu_speedup(),
+            })
+            .map_err(std::io::Error::other)?;
+    }
+    writer.flush()
+}
+
+/// Effective GB/s against size, one solid line per rule and its roofline dashed in the same
+/// colour, with the copy bandwidth in black; the title names the adapter.
+pub fn write_svg(report: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let rows = &report.rows;
+    if rows.is_empty() {
+        return Err("no rows were measured, so there is nothing to plot".into());
+    }
+    let mut rules: Vec<&str> = rows.iter().map(|m| m.rule).collect();
+    rules.dedup();
+    let sizes = || rows.iter().map(|m| m.params as f64);
+    let (low, high) = (
+        sizes().fold(f64::INFINITY, f64::min),
+        sizes().fold(0.0, f64::max),
+    );
+    let top = rows
+        .iter()
+        .flat_map(|m| {
+            [
+                m.gigabytes_per_second(),
+                m.roofline_gigabytes_per_second(),
+                m.copy_gb_per_s,
+            ]
+        })
+        .fold(0.0, f64::max)
+        * 1.1;
+    let root = SVGBackend::new(path, (1000, 640)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let title = format!(
+        "{} ({}): effective GB/s, fused (solid) and roofline (dashed)",
+        report.setup.adapter, report.setup.backend
+    );
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d((low * 0.8..high * 1.25).log_scale(), 0.0..top.max(1e-3))?;
+    chart
+        .configure_mesh()
+        .x_desc("parameters")
+        .y_desc("GB/s (bytes the rule must move / time)")
+        .x_label_formatter(&|x| size_label(*x as usize))
+        .draw()?;
+    for (index, rule) in rules.iter().enumerate() {
+        let colour = Palette99::pick(index).to_rgba();
+        let of_rule = || rows.iter().filter(move |m| m.rule == *rule);
+        chart
+            .draw_series(LineSeries::new(
+                of_rule().map(|m| (m.params as f64, m.gigabytes_per_second())),
+                colour.stroke_width(2),
+            ))?
+            .label(*rule)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2)));
+        chart.draw_series(of_rule().map(|m| {
+            Circle::new(
+                (m.params as f64, m.gigabytes_per_second()),
+                3,
+                colour.filled(),
+            )
+        }))?;
+        chart.draw_series(DashedLineSeries::new(
+            of_rule().map(|m| (m.params as f64, m.roofline_gigabytes_per_second())),
+            6,
+            4,
+            colour.stroke_width(1),
+        ))?;
+    }
+    let mut copies: Vec<(f64, f64)> = rows
+        .iter()
+        .map(|m| (m.params as f64, m.copy_gb_per_s))
+        .collect();
+    copies.sort_by(|a, b| a.0.total_cmp(&b.0));
+    copies.dedup_by(|a, b| a.0 == b.0);
+    chart
+        .draw_series(LineSeries::new(copies, BLACK.stroke_width(1)))?
+        .label("copy_buffer_to_buffer")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK));
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! The benchmark's floor as an update rule: a kernel that moves exactly the bytes a rule with
+//! `states` state buffers moves and does no update arithmetic (`roofline.wgsl`, beside this file). Being a
+//! rule, it runs through the same engine, windows and timing as the rules it is compared with.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::Result;
+use crate::rule::check::require;
+use crate::rule::program::{Operand, Program};
+use crate::rule::{Hyperparameter, UpdateRule};
+
+/// Moves the bytes of a rule with `states` (0 to [`Roofline::MAX_STATES`]) state buffers:
+/// `p += g` and `state += p` for each kept state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Roofline {
+    /// State buffers to read and write, as many as the rule compared with keeps.
+    pub states: usize,
+}
+
+impl Roofline {
+    /// Most state buffers any rule keeps (Adam with amsgrad, centered RMSprop with momentum).
+    pub const MAX_STATES: usize = 3;
+}
+
+/// The roofline's per-step values: none, but WGSL structs cannot be empty.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct RooflineScalars {
+    /// Unused.
+    pub unused: f32,
+}
+
+impl UpdateRule for Roofline {
+    type Scalars = RooflineScalars;
+    const SHADER: &'static str = include_str!("roofline.wgsl");
+    const STATE_SLOTS: &'static [&'static str] = &["state0", "state1", "state2"];
+    const COUNTS_STEPS: bool = false;
+
+    fn name(&self) -> &'static str {
+        ["roofline-0", "roofline-1", "roofline-2", "roofline-3"][self.states.min(3)]
+    }
+
+    fn validate(&self) -> Result<()> {
+        require(
+            self.states <= Self::MAX_STATES,
+            "states",
+            self.states as f64,
+            "the roofline kernel has three state slots",
+        )
+    }
+
+    fn hyperparameters(&self) -> Vec<(&'static str, Hyperparameter)> {
+        Vec::new()
+    }
+
+    fn set_hyperparameter(&mut self, name: &str, _value: Hyperparameter) -> Result<()> {
+        Err(crate::Error::UnknownHyperparameter {
+            name: name.to_owned(),
+            rule: self.name(),
+            available: String::new(),
+        })
+    }
+
+    fn keeps_state(&self, name: &str) -> bool {
+        Self::STATE_SLOTS[..self.states.min(3)].contains(&name)
+    }
+
+    fn l2_weight_decay(&self) -> f64 {
+        0.0
+    }
+
+    fn flags(&self) -> Vec<(&'static str, bool)> {
+        vec![
+            ("STATE0", self.states > 0),
+            ("STATE1", self.states > 1),
+            ("STATE2", self.states > 2),
+        ]
+    }
+
+    fn scalars(&self, _t: u64, _host: &[f64]) -> RooflineScalars {
+        RooflineScalars { unused: 0.0 }
+    }
+
+    fn twin_update(&self, _s: &RooflineScalars, p: f32, g: f32, state: &mut [f32]) -> f32 {
+        for value in &mut state[..self.states] {
+            *value += p;
+        }
+        p + g
+    }
+
+    fn unfused(&self, _t: u64, _host: &[f64], program: &mut Program) {
+        for slot in 0..self.states {
+            program.add(Operand::State(slot), Operand::Param);
+        }
+        program.add(Operand::Param, Operand::Grad);
+    }
+}

@@ -1,0 +1,449 @@
+//! What the host layer builds from a rule's WGSL: the assembled source, the pipeline, its
+//! bind-group layout, the per-dispatch values and the dispatch geometry. Shared by all rules.
+
+use bytemuck::{Pod, Zeroable};
+use wgpu::util::DeviceExt;
+
+use super::context::GpuContext;
+pub use super::plan::Lanes;
+use crate::error::Result;
+use crate::rule::{pipeline_constants, UpdateRule};
+
+/// Invocations per workgroup. Passed to every shader as the `WORKGROUP_SIZE` override, so this
+/// constant is the only place the dispatch geometry and the shaders learn it.
+pub const WORKGROUP_SIZE: u32 = 256;
+
+/// Source of the prelude every rule's shader is appended to (see its header for the layout).
+pub const PRELUDE: &str = include_str!("prelude.wgsl");
+
+/// How a kernel receives the values of each dispatch (the shaders' `step`: which items to
+/// update, the L2 coefficient and the rule's per-step scalars). Either way, any number of
+/// steps may be recorded before a submit, each with its own values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StepValues {
+    /// Immediates (push constants), set in the compute pass before each dispatch: nothing is
+    /// allocated or copied, and the values travel inside the recorded commands. Needs
+    /// `wgpu::Features::IMMEDIATES` and a `max_immediate_size` that holds them.
+    Immediates,
+    /// A uniform buffer with one slot per dispatch, read at a dynamic offset. Each step
+    /// records a copy into those slots ahead of its pass, from a staging buffer of its own,
+    /// so a later step recorded before the submit never overwrites values an earlier one
+    /// still has to read. For adapters without immediates.
+    UniformCopy,
+}
+
+impl StepValues {
+    /// The WGSL declaration of `step` for this way of passing it.
+    fn declaration(self) -> &'static str {
+        match self {
+            StepValues::Immediates => "var<immediate> step: Step;",
+            StepValues::UniformCopy => "@group(0) @binding(0) var<uniform> step: Step;",
+        }
+    }
+}
+
+/// Assembles a kernel's WGSL: the declarations of `V` and `step` that the shader files leave
+/// to the host (see prelude.wgsl), then `body`.
+pub(crate) fn assemble(body: &str, lanes: Lanes, values: StepValues) -> String {
+    let alias = match lanes {
+        Lanes::Vector => "vec4<f32>",
+        Lanes::Scalar => "f32",
+    };
+    format!(
+        "// Declared by the host (src/kernel.rs): {lanes:?} lanes, values as {values:?}.\n\
+         alias V = {alias};\n{}\n{body}",
+        values.declaration()
+    )
+}
+
+/// The full WGSL of a rule's kernel for `lanes` and `values`: the prelude plus the rule's own
+/// file (see prelude.wgsl), or the rule's file alone where it brings its own entry point.
+pub fn shader_source<R: UpdateRule>(lanes: Lanes, values: StepValues) -> String {
+    match R::OWN_ENTRY_POINT {
+        true => assemble(R::SHADER, lanes, values),
+        false => assemble(&format!("{PRELUDE}\n{}", R::SHADER), lanes, values),
+    }
+}
+
+/// `R`'s full WGSL in each form the host builds (vector and scalar lanes, values as
+/// immediates or in a uniform), named `file [lanes, values]`: what the naga test translates.
+pub fn shader_forms<R: UpdateRule>(file: &str) -> Vec<(String, String)> {
+    let mut sources = Vec::new();
+    for lanes in [Lanes::Vector, Lanes::Scalar] {
+        for values in [StepValues::Immediates, StepValues::UniformCopy] {
+            sources.push((
+                format!("{file} [{lanes:?}, {values:?}]"),
+                shader_source::<R>(lanes, values),
+            ));
+        }
+    }
+    sources
+}
+
+/// Header of the per-dispatch values (`Step` in prelude.wgsl): which items of the
+/// bound window to update, counted in the dispatch's lanes, and the L2 coefficient. The rule's
+/// `Scalars` follow it at byte 16.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct StepHeader {
+    begin: u32,
+    end: u32,
+    weight_decay: f32,
+    pad: u32,
+}
+
+impl StepHeader {
+    pub fn new<R: UpdateRule>(rule: &R, begin: u64, end: u64) -> Self {
+        Self {
+            begin: begin as u32,
+            end: end as u32,
+            weight_decay: rule.l2_weight_decay() as f32,
+            pad: 0,
+        }
+    }
+}
+
+pub(crate) const HEADER_BYTES: usize = std::mem::size_of::<StepHeader>();
+
+/// Bytes of rule `R`'s per-dispatch values: header plus scalars.
+pub(crate) fn values_size<R: UpdateRule>() -> u64 {
+    (HEADER_BYTES + std::mem::size_of::<R::Scalars>()) as u64
+}
+
+/// The values of one dispatch of `rule`: its header, then `scalars`.
+pub(crate) fn step_values<R: UpdateRule>(
+    rule: &R,
+    scalars: &R::Scalars,
+    begin: u64,
+    end: u64,
+) -> Vec<u8> {
+    let mut bytes = bytemuck::bytes_of(&StepHeader::new(rule, begin, end)).to_vec();
+    bytes.extend_from_slice(bytemuck::bytes_of(scalars));
+    bytes
+}
+
+/// Identifies a compiled kernel: its shader, lanes, how it gets its values, and its override
+/// values.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct KernelKey {
+    pub shader: &'static str,
+    pub lanes: Lanes,
+    pub values: StepValues,
+    pub constants: Vec<(&'static str, u32)>,
+}
+
+impl KernelKey {
+    /// The key of `rule`'s pipeline: its shader and flags.
+    pub fn of<R: UpdateRule>(rule: &R, lanes: Lanes, values: StepValues) -> Self {
+        Self {
+            shader: R::SHADER,
+            lanes,
+            values,
+            constants: pipeline_constants(rule),
+        }
+    }
+}
+
+/// What a kernel's pipeline is built from, beyond its WGSL.
+pub(crate) struct KernelShape<'a> {
+    pub label: &'a str,
+    /// Pipeline-overridable constants other than `WORKGROUP_SIZE`.
+    pub overrides: &'a [(&'a str, f64)],
+    /// Bytes of the shader's `Step`.
+    pub values_size: u64,
+    pub state_slots: u32,
+    pub lanes: Lanes,
+    pub values: StepValues,
+}
+
+pub(crate) struct Kernel {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+impl Kernel {
+    /// Builds the pipeline for `rule`'s flag variant. Runs inside the context's error scopes.
+    pub fn build<R: UpdateRule>(
+        device: &wgpu::Device,
+        rule: &R,
+        lanes: Lanes,
+        values: StepValues,
+    ) -> Self {
+        let constants: Vec<(&str, f64)> = pipeline_constants(rule)
+            .into_iter()
+            .map(|(name, value)| (name, value as f64))
+            .collect();
+        Self::compile(
+            device,
+            &shader_source::<R>(lanes, values),
+            KernelShape {
+                label: rule.name(),
+                overrides: &constants,
+                values_size: values_size::<R>(),
+                state_slots: R::STATE_SLOTS.len() as u32,
+                lanes,
+                values,
+            },
+        )
+    }
+
+    /// Compiles a kernel with the layout every fused-optim shader declares: the values as
+    /// immediates or, at binding 0, a uniform with a dynamic offset; binding 1 the params, 2 the
+    /// grads (read-only), then `state_slots` read-write state buffers, all arrays of the
+    /// shape's lanes; entry point `main`, `WORKGROUP_SIZE` overridden.
+    pub fn compile(device: &wgpu::Device, source: &str, shape: KernelShape) -> Self {
+        let item_bytes = shape.lanes.width() * 4;
+        let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage { read_only },
+                has_dynamic_offset: false,
+                min_binding_size: wgpu::BufferSize::new(item_bytes),
+            },
+            count: None,
+        };
+        let mut entries = Vec::new();
+        if shape.values == StepValues::UniformCopy {
+            entries.push(wgpu::BindGroupLayoutEntry {
+                binding: 0,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    has_dynamic_offset: true,
+                    min_binding_size: wgpu::BufferSize::new(uniform_binding_size(
+                        shape.values_size,
+                    )),
+                },
+                count: None,
+            });
+        }
+        entries.extend([storage(1, false), storage(2, true)]);
+        entries.extend((0..shape.state_slots).map(|slot| storage(3 + slot, false)));
+        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some(shape.label),
+            entries: &entries,
+        });
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(shape.label),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: match shape.values {
+                StepValues::Immediates => shape.values_size as u32,
+                StepValues::UniformCopy => 0,
+            },
+        });
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(shape.label),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
+        let mut constants: Vec<(&str, f64)> = vec![("WORKGROUP_SIZE", WORKGROUP_SIZE as f64)];
+        constants.extend_from_slice(shape.overrides);
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(shape.label),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &constants,
+                // The kernels use no workgroup memory.
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        });
+        Self { pipeline, layout }
+    }
+
+    /// A bind group for this kernel's layout: the values' uniform at binding 0 where they
+    /// come in one, then `storage` at bindings 1.. (params, grads, then one binding per state
+    /// slot).
+    pub fn bind_group<'a>(
+        &self,
+        device: &wgpu::Device,
+        label: &str,
+        values: Option<wgpu::BufferBinding<'a>>,
+        storage: impl IntoIterator<Item = wgpu::BufferBinding<'a>>,
+    ) -> wgpu::BindGroup {
+        let entries: Vec<wgpu::BindGroupEntry> = values
+            .map(|values| (0, values))
+            .into_iter()
+            .chain((1..).zip(storage))
+            .map(|(binding, buffer)| wgpu::BindGroupEntry {
+                binding,
+                resource: wgpu::BindingResource::Buffer(buffer),
+            })
+            .collect();
+        device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(label),
+            layout: &self.layout,
+            entries: &entries,
+        })
+    }
+}
+
+/// Bytes of a uniform binding of `values_size` bytes of values: WGSL's uniform layout rounds
+/// the `Step` struct to 16.
+fn uniform_binding_size(values_size: u64) -> u64 {
+    values_size.next_multiple_of(16)
+}
+
+/// Where the dispatches of one step read their values: immediates, or the slots of a uniform
+/// buffer (see [`StepValues`]). Owned by each optimizer (and the unfused chain).
+pub(crate) struct ValueSlots {
+    /// Bytes of one dispatch's values, and between two dispatches' values in a step's bytes.
+    size: u64,
+    stride: u64,
+    /// The slots, for [`StepValues::UniformCopy`]; none for immediates.
+    uniforms: Option<wgpu::Buffer>,
+}
+
+impl ValueSlots {
+    /// Slots for `dispatches` dispatches of `size` bytes of values each. Allocates (the
+    /// uniform) only for [`StepValues::UniformCopy`]; call inside an error scope.
+    pub fn new(device: &wgpu::Device, values: StepValues, size: u64, dispatches: usize) -> Self {
+        let uniforms = (values == StepValues::UniformCopy).then(|| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("fused-optim step values"),
+                size: Self::bytes_needed(device, values, size, dispatches),
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        });
+        let stride = match uniforms {
+            Some(_) => Self::uniform_stride(device, size),
+            None => size,
+        };
+        Self {
+            size,
+            stride,
+            uniforms,
+        }
+    }
+
+    /// Bytes the uniform of `dispatches` slots would take with `values` (0 for immediates), to
+    /// check against the adapter's limits before allocating anything.
+    pub fn bytes_needed(
+        device: &wgpu::Device,
+        values: StepValues,
+        size: u64,
+        dispatches: usize,
+    ) -> u64 {
+        match values {
+            StepValues::Immediates => 0,
+            StepValues::UniformCopy => {
+                Self::uniform_stride(device, size) * dispatches.max(1) as u64
+            }
+        }
+    }
+
+    fn uniform_stride(device: &wgpu::Device, size: u64) -> u64 {
+        uniform_binding_size(size)
+            .next_multiple_of(device.limits().min_uniform_buffer_offset_alignment as u64)
+    }
+
+    /// Bytes of GPU memory allocated.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.uniforms.as_ref().map_or(0, wgpu::Buffer::size)
+    }
+
+    /// Binding 0 of every bind group, when the values come in a uniform.
+    pub fn binding(&self) -> Option<wgpu::BufferBinding<'_>> {
+        self.uniforms.as_ref().map(|buffer| wgpu::BufferBinding {
+            buffer,
+            offset: 0,
+            size: wgpu::BufferSize::new(uniform_binding_size(self.size)),
+        })
+    }
+
+    /// Lays out one step's values, one entry per dispatch, as [`ValueSlots::stage`] and
+    /// [`ValueSlots::set`] read them.
+    pub fn layout(&self, values: impl IntoIterator<Item = Vec<u8>>) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for (index, value) in values.into_iter().enumerate() {
+            debug_assert_eq!(value.len() as u64, self.size);
+            bytes.resize(index * self.stride as usize, 0);
+            bytes.extend_from_slice(&value);
+        }
+        bytes
+    }
+
+    /// For a uniform, records into `encoder` a copy of `step` (from [`ValueSlots::layout`])
+    /// into the slots, from a staging buffer of this step's own, ahead of the step's pass.
+    /// Nothing to do for immediates.
+    pub fn stage(
+        &self,
+        context: &GpuContext,
+        encoder: &mut wgpu::CommandEncoder,
+        step: &[u8],
+    ) -> Result<()> {
+        let Some(uniforms) = &self.uniforms else {
+            return Ok(());
+        };
+        let staging = context.scoped("staging the step's values", || {
+            context
+                .device()
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("fused-optim staged step values"),
+                    contents: step,
+                    usage: wgpu::BufferUsages::COPY_SRC,
+                })
+        })?;
+        encoder.copy_buffer_to_buffer(&staging, 0, uniforms, 0, step.len() as u64);
+        Ok(())
+    }
+
+    /// Sets dispatch `index`'s bind group and values in `pass`.
+    pub fn set(
+        &self,
+        pass: &mut wgpu::ComputePass,
+        index: usize,
+        group: &wgpu::BindGroup,
+        step: &[u8],
+    ) {
+        let start = index * self.stride as usize;
+        match self.uniforms {
+            Some(_) => pass.set_bind_group(0, group, &[start as u32]),
+            None => {
+                pass.set_bind_group(0, group, &[]);
+                pass.set_immediates(0, &step[start..start + self.size as usize]);
+            }
+        }
+    }
+}
+
+/// Workgroup grid covering `n` items (vec4s or f32s): a row of up to `max_per_dim` workgroups,
+/// folded into as many rows as needed. `main` in prelude.wgsl unfolds it; invocations
+/// past `n` return early.
+pub fn dispatch_grid(n: u64, max_per_dim: u32) -> (u32, u32) {
+    let groups = n.div_ceil(WORKGROUP_SIZE as u64).max(1);
+    let rows = groups.div_ceil(max_per_dim as u64);
+    let columns = groups.div_ceil(rows);
+    (columns as u32, rows as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grid_covers_every_element_without_exceeding_the_limit() {
+        for (n, max) in [
+            (1, 65535),
+            (256, 65535),
+            (257, 65535),
+            (65535 * 256, 65535),
+            (65535 * 256 + 1, 65535),
+            (1 << 32, 65535),
+            (1000, 3),
+        ] {
+            let (x, y) = dispatch_grid(n, max);
+            assert!(x <= max && y <= max, "n={n}: {x}x{y} past {max}");
+            let invocations = x as u64 * y as u64 * WORKGROUP_SIZE as u64;
+            assert!(invocations >= n, "n={n}: {x}x{y} too small");
+            // No whole spare row: folding wastes less than one row of workgroups.
+            assert!(
+                invocations - n < x as u64 * WORKGROUP_SIZE as u64,
+                "n={n}: {x}x{y} wasteful"
+            );
+        }
+    }
+}

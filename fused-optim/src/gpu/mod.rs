@@ -1,0 +1,18 @@
+//! The GPU host layer: the device context, kernels built from a rule's WGSL and the shared
+//! prelude, the plan of windows and dispatches, and the engine that records a step. It knows
+//! the [`UpdateRule`](crate::UpdateRule) trait and never a particular rule.
+
+mod context;
+mod engine;
+mod kernel;
+mod plan;
+
+pub use context::{
+    enumerate_adapters, AdapterChoice, DispatchLimits, GpuContext, MAX_STEP_VALUES_BYTES,
+};
+#[cfg(feature = "baselines")]
+pub(crate) use engine::state_buffer;
+pub(crate) use engine::Engine;
+pub use kernel::{dispatch_grid, shader_forms, shader_source, StepValues, PRELUDE, WORKGROUP_SIZE};
+pub use plan::Lanes;
+pub(crate) use plan::Span;

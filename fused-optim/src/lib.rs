@@ -1,0 +1,56 @@
+//! Fused GPU optimizer steps in WGSL on wgpu: SGD (momentum, Nesterov), Adam/AdamW (amsgrad),
+//! RMSprop (centered, momentum) and Adagrad, with `torch.optim`'s names, defaults and
+//! formulas. A step reads params, grads and state and writes params and state in one
+//! dispatch, with no readback and no host wait. Every kernel has a CPU twin
+//! ([`CpuOptimizer`]) that performs the same f32 operations, and the tests hold them together.
+//!
+//! The modules are the layers, each depending only on those before it:
+//! - [`rule`]: what an update rule is (trait, hyperparameters, twin, unfused program); no GPU.
+//! - `rules`: the optimizers, one file and one shader each, and the registry
+//!   ([`visit_rules`]); re-exported here.
+//! - `gpu`: the host layer (context, kernels, plan, engine); knows no particular rule.
+//! - `optim`: what users hold ([`Optimizer`], [`ParamSet`], [`ForeachOptimizer`],
+//!   [`CpuOptimizer`]).
+//! - `baseline` (feature `baselines`): the benchmark's roofline and unfused chain.
+//!
+//! ```no_run
+//! use fused_optim::{Adam, GpuContext, Optimizer};
+//!
+//! # fn main() -> fused_optim::Result<()> {
+//! let gpu = GpuContext::new()?; // or GpuContext::from_device(device, queue)
+//! let params = gpu.upload("params", &[0.5; 1000])?;
+//! let grads = gpu.upload("grads", &[0.1; 1000])?;
+//! let mut adam = Optimizer::new(&gpu, Adam { lr: 1e-3, ..Adam::default() }, 1000)?;
+//! adam.step(&params, &grads)?; // or record_step(&mut encoder, ...) inside your own encoder
+//! adam.set_lr(5e-4)?;          // only the per-step values change
+//! let exp_avg = adam.read_state("exp_avg")?;
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+#[cfg(feature = "baselines")]
+pub mod baseline;
+mod error;
+mod gpu;
+mod optim;
+pub mod rule;
+mod rules;
+
+pub use error::{Error, Result};
+pub use gpu::{
+    dispatch_grid, enumerate_adapters, shader_forms, shader_source, AdapterChoice, DispatchLimits,
+    GpuContext, Lanes, StepValues, MAX_STEP_VALUES_BYTES, PRELUDE, WORKGROUP_SIZE,
+};
+pub use optim::{
+    CpuOptimizer, ForeachOptimizer, Optimizer, ParamGroup, ParamLayout, ParamSet, TensorSlot,
+    TENSOR_ALIGNMENT,
+};
+pub use rule::{
+    bytes_per_step, kept_states, Hyperparameter, LrSchedule, RegisteredRule, UpdateRule,
+};
+pub use rules::*;
+
+/// The README's examples, compiled and run as doc tests.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

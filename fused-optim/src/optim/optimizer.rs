@@ -1,0 +1,121 @@
+//! [`Optimizer`]: the fused step over one caller-owned GPU buffer pair, in place.
+
+use super::engine_accessors;
+use crate::error::{Error, Result};
+use crate::gpu::{Engine, GpuContext, Span};
+use crate::rule::{find_state, kept_states, try_set_lr, StateRef, UpdateRule};
+
+/// A fused optimizer over one tensor of `len` f32 elements on the GPU.
+///
+/// It owns the state buffers, the step count and the pipeline; params and grads stay the
+/// caller's buffers (`STORAGE` usage, exactly `len` f32 each) and are updated in place, with
+/// no readback and no host wait: one dispatch per step, or one per window where the tensor is
+/// larger than the adapter's storage-binding limit.
+pub struct Optimizer<R: UpdateRule> {
+    engine: Engine<R>,
+    len: u64,
+}
+
+impl<R: UpdateRule> Optimizer<R> {
+    /// Validates `rule`, compiles (or reuses) its kernel and allocates its state for `len`
+    /// elements. Fails before allocating anything if a state buffer would exceed the adapter's
+    /// `max_buffer_size`.
+    pub fn new(context: &GpuContext, rule: R, len: usize) -> Result<Self> {
+        let len = len as u64;
+        let span = Span {
+            target: 0,
+            group: 0,
+            start: 0,
+            end: len,
+        };
+        let engine = Engine::new(context, vec![rule], vec![len], &[span])?;
+        Ok(Self { engine, len })
+    }
+
+    /// The rule and its hyperparameters.
+    pub fn rule(&self) -> &R {
+        &self.engine.groups[0]
+    }
+
+    engine_accessors!();
+
+    /// Elements the optimizer updates.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Always false: an optimizer has at least one element.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The learning rate of the next step.
+    pub fn lr(&self) -> f64 {
+        self.rule().lr()
+    }
+
+    /// Changes the learning rate from the next step on. Only the per-step uniform changes; no
+    /// pipeline is rebuilt. A rejected value leaves the old one in force.
+    pub fn set_lr(&mut self, lr: f64) -> Result<()> {
+        try_set_lr(&mut self.engine.groups[0], lr)
+    }
+
+    /// The GPU buffer of a state (`exp_avg`, ...), e.g. to copy it into a checkpoint.
+    pub fn state_buffer(&self, name: &str) -> Result<&wgpu::Buffer> {
+        match find_state(self.rule(), name)? {
+            StateRef::Slot(slot) => Ok(self.engine.state_buffer(0, slot)),
+            StateRef::Step | StateRef::Host(_) => Err(Error::UnknownState {
+                name: name.to_owned(),
+                available: format!("`{name}` lives on the host: use read_state"),
+            }),
+        }
+    }
+
+    /// Reads a state back to the host by PyTorch name; `step` reads as one element.
+    /// Waits for the GPU.
+    pub fn read_state(&self, name: &str) -> Result<Vec<f32>> {
+        match find_state(self.rule(), name)? {
+            StateRef::Slot(slot) => self
+                .engine
+                .context()
+                .download(self.engine.state_buffer(0, slot)),
+            StateRef::Host(index) => Ok(vec![self.engine.host[0][index] as f32]),
+            StateRef::Step => Ok(vec![self.engine.steps as f32]),
+        }
+    }
+
+    /// How many per-element state buffers this configuration keeps.
+    pub fn state_buffer_count(&self) -> usize {
+        kept_states(self.rule())
+    }
+
+    /// Records one step into the caller's encoder without submitting it. The step's values
+    /// (learning rate, bias corrections, ...) travel with the recorded commands (see
+    /// [`StepValues`](crate::StepValues)), so any number of steps may be recorded, into one
+    /// encoder or several, before a submit, each with its own values. On error nothing has
+    /// been recorded.
+    pub fn record_step(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        params: &wgpu::Buffer,
+        grads: &wgpu::Buffer,
+    ) -> Result<()> {
+        self.engine.record_step(encoder, &[(params, grads)])
+    }
+
+    /// Records and submits one step. Returns once it is queued; it does not wait for the GPU.
+    pub fn step(&mut self, params: &wgpu::Buffer, grads: &wgpu::Buffer) -> Result<()> {
+        self.engine.step(&[(params, grads)], None)
+    }
+
+    /// [`Optimizer::step`] with GPU timestamps written at the start and end of its compute
+    /// pass (`wgpu::Features::TIMESTAMP_QUERY`), for profiling: the benchmark times steps so.
+    pub fn step_timed(
+        &mut self,
+        params: &wgpu::Buffer,
+        grads: &wgpu::Buffer,
+        timestamps: Option<wgpu::ComputePassTimestampWrites>,
+    ) -> Result<()> {
+        self.engine.step(&[(params, grads)], timestamps)
+    }
+}

@@ -1,0 +1,219 @@
+//! Optimizers over many tensors: [`ParamSet`] steps a packed [`ParamLayout`] with parameter
+//! groups, and [`ForeachOptimizer`] steps a list of separate caller buffers (PyTorch's foreach
+//! list). Both share the engine of [`Optimizer`](crate::Optimizer).
+
+use super::engine_accessors;
+use super::layout::ParamLayout;
+use crate::error::{Error, Result};
+use crate::gpu::{Engine, GpuContext, Span};
+use crate::rule::{find_state, try_set_lr, StateRef, UpdateRule};
+
+/// Tensors that share hyperparameters, like one entry of PyTorch's `param_groups`: its own
+/// `lr`, `weight_decay`, betas, flags, ... as a whole rule of the optimizer's kind.
+#[derive(Clone, Debug)]
+pub struct ParamGroup<R> {
+    /// The group's hyperparameters.
+    pub rule: R,
+    /// Names of the tensors in the group.
+    pub tensors: Vec<String>,
+}
+
+impl<R> ParamGroup<R> {
+    /// A group of the named tensors with `rule`'s hyperparameters.
+    pub fn new(rule: R, tensors: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self {
+            rule,
+            tensors: tensors.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+/// A fused optimizer over a parameter set: many named tensors packed into one params and one
+/// grads buffer (see [`ParamLayout`]), in parameter groups with their own hyperparameters.
+/// A step is one dispatch per group and binding window, however many tensors there are.
+pub struct ParamSet<R: UpdateRule> {
+    engine: Engine<R>,
+    layout: ParamLayout,
+}
+
+impl<R: UpdateRule> ParamSet<R> {
+    /// Packs `tensors` (name, element count) into `groups` and allocates the state. Every
+    /// tensor must be in exactly one group. Nothing is allocated if the layout or a rule is
+    /// invalid or a state buffer would exceed the adapter's `max_buffer_size`.
+    pub fn new<T: AsRef<str>>(
+        context: &GpuContext,
+        tensors: &[(T, usize)],
+        groups: Vec<ParamGroup<R>>,
+    ) -> Result<Self> {
+        let names: Vec<Vec<&str>> = groups
+            .iter()
+            .map(|group| group.tensors.iter().map(String::as_str).collect())
+            .collect();
+        let layout = ParamLayout::new(tensors, &names)?;
+        let spans: Vec<Span> = (0..layout.group_count())
+            .map(|group| {
+                let range = layout.group_range(group);
+                Span {
+                    target: 0,
+                    group,
+                    start: range.start,
+                    end: range.end,
+                }
+            })
+            .collect();
+        let rules = groups.into_iter().map(|group| group.rule).collect();
+        let engine = Engine::new(context, rules, vec![layout.len()], &spans)?;
+        Ok(Self { engine, layout })
+    }
+
+    /// Where each tensor lives in the packed buffers.
+    pub fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+
+    engine_accessors!();
+
+    /// Each group's rule, in the order the groups were given.
+    pub fn groups(&self) -> &[R] {
+        &self.engine.groups
+    }
+
+    /// Sets every group's learning rate from the next step on; a rejected value changes none.
+    pub fn set_lr(&mut self, lr: f64) -> Result<()> {
+        let mut groups = self.engine.groups.clone();
+        for rule in &mut groups {
+            try_set_lr(rule, lr)?;
+        }
+        self.engine.groups = groups;
+        Ok(())
+    }
+
+    /// Sets one group's learning rate from the next step on (what a scheduler does per group).
+    pub fn set_group_lr(&mut self, group: usize, lr: f64) -> Result<()> {
+        let rule = self
+            .engine
+            .groups
+            .get_mut(group)
+            .ok_or(Error::UnknownGroup { group })?;
+        try_set_lr(rule, lr)
+    }
+
+    /// The packed GPU buffer of a state, laid out like the params.
+    pub fn state_buffer(&self, name: &str) -> Result<&wgpu::Buffer> {
+        let kept = self.state_names();
+        let slot = R::STATE_SLOTS
+            .iter()
+            .position(|slot| *slot == name && kept.contains(slot))
+            .ok_or_else(|| Error::UnknownState {
+                name: name.into(),
+                available: kept.join(", "),
+            })?;
+        Ok(self.engine.state_buffer(0, slot))
+    }
+
+    /// Reads one tensor's state back by PyTorch name; `step` reads as one element. Fails for a
+    /// state the tensor's group does not keep. Waits for the GPU.
+    pub fn read_state(&self, name: &str, tensor: &str) -> Result<Vec<f32>> {
+        let slot = self.layout.tensor(tensor)?;
+        match find_state(&self.engine.groups[slot.group], name)? {
+            StateRef::Slot(index) => self.engine.context().download_range(
+                self.engine.state_buffer(0, index),
+                slot.offset..slot.offset + slot.len,
+            ),
+            StateRef::Host(index) => Ok(vec![self.engine.host[slot.group][index] as f32]),
+            StateRef::Step => Ok(vec![self.engine.steps as f32]),
+        }
+    }
+
+    /// Records one step over the packed `params` and `grads` (each `layout().len()` f32) into
+    /// the caller's encoder. On error nothing has been recorded.
+    pub fn record_step(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        params: &wgpu::Buffer,
+        grads: &wgpu::Buffer,
+    ) -> Result<()> {
+        self.engine.record_step(encoder, &[(params, grads)])
+    }
+
+    /// Records and submits one step; returns once it is queued.
+    pub fn step(&mut self, params: &wgpu::Buffer, grads: &wgpu::Buffer) -> Result<()> {
+        self.engine.step(&[(params, grads)], None)
+    }
+}
+
+/// A fused optimizer over a list of separate (params, grads) buffer pairs the caller already
+/// owns, like PyTorch's foreach implementation: one dispatch per pair (and window), all in one
+/// compute pass, with the bind groups made on the first step and reused while the caller
+/// passes the same buffers.
+pub struct ForeachOptimizer<R: UpdateRule> {
+    engine: Engine<R>,
+}
+
+impl<R: UpdateRule> ForeachOptimizer<R> {
+    /// State for tensors of `lens` elements, in the order their pairs will be passed.
+    pub fn new(context: &GpuContext, rule: R, lens: &[usize]) -> Result<Self> {
+        if lens.is_empty() {
+            return Err(Error::EmptyParams);
+        }
+        let lens: Vec<u64> = lens.iter().map(|&len| len as u64).collect();
+        let spans: Vec<Span> = lens
+            .iter()
+            .enumerate()
+            .map(|(target, &len)| Span {
+                target,
+                group: 0,
+                start: 0,
+                end: len,
+            })
+            .collect();
+        let engine = Engine::new(context, vec![rule], lens, &spans)?;
+        Ok(Self { engine })
+    }
+
+    /// The rule every pair is stepped with.
+    pub fn rule(&self) -> &R {
+        &self.engine.groups[0]
+    }
+
+    engine_accessors!();
+
+    /// Changes the learning rate from the next step on; a rejected value leaves the old one.
+    pub fn set_lr(&mut self, lr: f64) -> Result<()> {
+        try_set_lr(&mut self.engine.groups[0], lr)
+    }
+
+    /// Reads the state of the `index`th tensor back by PyTorch name. Waits for the GPU.
+    pub fn read_state(&self, name: &str, index: usize) -> Result<Vec<f32>> {
+        match find_state(self.rule(), name)? {
+            StateRef::Slot(slot) => {
+                let targets = self.engine.targets();
+                if index >= targets {
+                    return Err(Error::UnknownTensor {
+                        name: format!("#{index} (this optimizer has {targets})"),
+                    });
+                }
+                self.engine
+                    .context()
+                    .download(self.engine.state_buffer(index, slot))
+            }
+            StateRef::Host(slot) => Ok(vec![self.engine.host[0][slot] as f32]),
+            StateRef::Step => Ok(vec![self.engine.steps as f32]),
+        }
+    }
+
+    /// Records one step over `pairs`, in the order of the lengths given to `new`, into the
+    /// caller's encoder. On error nothing has been recorded.
+    pub fn record_step(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        pairs: &[(&wgpu::Buffer, &wgpu::Buffer)],
+    ) -> Result<()> {
+        self.engine.record_step(encoder, pairs)
+    }
+
+    /// Records and submits one step; returns once it is queued.
+    pub fn step(&mut self, pairs: &[(&wgpu::Buffer, &wgpu::Buffer)]) -> Result<()> {
+        self.engine.step(pairs, None)
+    }
+}

@@ -1,0 +1,54 @@
+//! The optimizers: one file per rule (hyperparameters, scalars, twin, unfused program, variants)
+//! with its WGSL beside it, and the registry below that everything iterating "every rule"
+//! reads. A rule knows what a rule is (`crate::rule`) and nothing of the GPU host layer.
+//!
+//! Adding an optimizer is its two files (`name.rs`, `name.wgsl`) and one line in the
+//! registry: the tests, the benchmark, `shader_sources` and the example then cover it.
+
+use crate::gpu::shader_forms;
+use crate::rule::RegisteredRule;
+
+/// Something done once per registered rule type, e.g. running its twin tests or listing its
+/// benchmark variants: [`visit_rules`] calls `visit::<R>()` for every rule `R`.
+pub trait RuleVisitor {
+    /// Called once per registered rule, in registry order.
+    fn visit<R: RegisteredRule>(&mut self);
+}
+
+/// Declares each rule's module, re-exports its items, and lists its type for [`visit_rules`].
+macro_rules! registry {
+    ($($module:ident :: $rule:ident),* $(,)?) => {
+        $(
+            mod $module;
+            pub use $module::*;
+        )*
+
+        /// Calls `visitor.visit::<R>()` for every registered rule `R`, in registry order.
+        pub fn visit_rules(visitor: &mut impl RuleVisitor) {
+            $(visitor.visit::<$rule>();)*
+        }
+    };
+}
+
+registry! {
+    sgd::Sgd,
+    adam::Adam,
+    rmsprop::RmsProp,
+    adagrad::Adagrad,
+}
+
+/// Every registered rule's full WGSL (prelude and rule) in each form the host builds: vector
+/// and scalar lanes, values as immediates or in a uniform. Named `file [lanes, values]`, for
+/// validation and tooling.
+pub fn shader_sources() -> Vec<(String, String)> {
+    struct Sources(Vec<(String, String)>);
+    impl RuleVisitor for Sources {
+        fn visit<R: RegisteredRule>(&mut self) {
+            self.0
+                .extend(shader_forms::<R>(&format!("{}.wgsl", R::KEY)));
+        }
+    }
+    let mut sources = Sources(Vec::new());
+    visit_rules(&mut sources);
+    sources.0
+}

@@ -1,0 +1,35 @@
+// SGD with momentum, torch.optim.SGD semantics. CPU twin: `Sgd::twin_update` in sgd.rs.
+// `g` arrives negated when maximizing and with the L2 term added (src/gpu/prelude.wgsl).
+//   with momentum: buf = g on the first step, else momentum * buf + (1 - dampening) * g
+//                  g = g + momentum * buf (nesterov) or g = buf
+//   p = p - lr * g
+
+override MOMENTUM: bool = false;
+override NESTEROV: bool = false;
+
+struct Scalars {
+    lr: f32,
+    momentum: f32,
+    one_minus_dampening: f32,
+    first_step: u32,
+}
+
+@group(0) @binding(3) var<storage, read_write> momentum_buffer: array<V>;
+
+fn update(i: u32, p: V, g_in: V) -> V {
+    let s = step.s;
+    var g = g_in;
+    if MOMENTUM {
+        var buf = g;
+        if s.first_step == 0u {
+            buf = s.momentum * momentum_buffer[i] + s.one_minus_dampening * g;
+        }
+        momentum_buffer[i] = buf;
+        if NESTEROV {
+            g = g + s.momentum * buf;
+        } else {
+            g = buf;
+        }
+    }
+    return p - s.lr * g;
+}
