@@ -113,6 +113,10 @@ const TUNED_LR: &[(&str, f64)] = &[
     ("sgd-momentum", 0.05),
     ("sgd-nesterov", 0.05),
     ("adagrad", 0.05),
+    ("radam", 1e-2),
+    ("radamw", 1e-2),
+    ("adamax", 5e-3),
+    ("lion", 3e-3),
 ];
 
 /// The optimizers the example trains with, by `--optimizer` name: every variant of every

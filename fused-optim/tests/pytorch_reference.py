@@ -1,6 +1,7 @@
 """Generates tests/data/pytorch_reference.json: real torch.optim steps that tests/pytorch.rs
 checks the CPU twins and the GPU kernels against, for every rule and flag combination PyTorch
-has (RMSprop's eps_inside_sqrt has no PyTorch counterpart).
+has (RMSprop's eps_inside_sqrt has no PyTorch counterpart; Lion is not in torch.optim and is
+checked against its paper's formula in tests/textbook.rs instead).
 
     python3 -m pip install torch numpy && python3 tests/pytorch_reference.py
 
@@ -17,6 +18,7 @@ import torch
 
 LEN = 7
 LEARNING_RATES = [0.1, 0.03, 0.2]
+RADAM_LEARNING_RATES = [0.1, 0.03, 0.2, 0.05, 0.12, 0.08, 0.15, 0.06]
 rng = np.random.default_rng(20261123)
 
 
@@ -43,14 +45,31 @@ def configs():
         yield "adagrad", torch.optim.Adagrad, dict(
             lr_decay=0.1, weight_decay=0.3, initial_accumulator_value=0.5, eps=1e-2,
             maximize=maximize)
+    # The rules added with the registry, after the first four so that those cases draw the
+    # same random numbers as before.
+    for maximize, decoupled in itertools.product([False, True], repeat=2):
+        yield "nadam", torch.optim.NAdam, dict(
+            betas=(0.8, 0.9), eps=1e-2, weight_decay=0.3, momentum_decay=0.1,
+            decoupled_weight_decay=decoupled, maximize=maximize)
+    for maximize, decoupled in itertools.product([False, True], repeat=2):
+        # Eight steps: rho_t passes 5 at the sixth, so both branches run.
+        yield "radam", torch.optim.RAdam, dict(
+            betas=(0.8, 0.9), eps=1e-2, weight_decay=0.3, decoupled_weight_decay=decoupled,
+            maximize=maximize), RADAM_LEARNING_RATES
+    for maximize in [False, True]:
+        yield "adamax", torch.optim.Adamax, dict(
+            betas=(0.8, 0.9), eps=1e-2, weight_decay=0.3, maximize=maximize)
+    for maximize in [False, True]:
+        yield "adadelta", torch.optim.Adadelta, dict(
+            rho=0.9, eps=1e-2, weight_decay=0.3, maximize=maximize)
 
 
-def case(rule, optimizer_class, options):
+def case(rule, optimizer_class, options, learning_rates=LEARNING_RATES):
     params = nonzero(LEN)
-    grads = [nonzero(LEN) for _ in LEARNING_RATES]
+    grads = [nonzero(LEN) for _ in learning_rates]
     tensor = torch.tensor(params, requires_grad=True)
-    optimizer = optimizer_class([tensor], lr=LEARNING_RATES[0], foreach=False, **options)
-    for lr, grad in zip(LEARNING_RATES, grads):
+    optimizer = optimizer_class([tensor], lr=learning_rates[0], foreach=False, **options)
+    for lr, grad in zip(learning_rates, grads):
         for group in optimizer.param_groups:
             group["lr"] = lr
         tensor.grad = torch.tensor(grad)
@@ -59,15 +78,14 @@ def case(rule, optimizer_class, options):
         name: (value.reshape(-1).tolist() if value.numel() == LEN else [float(value)])
         for name, value in optimizer.state[tensor].items()
     }
-    options = dict(options, decoupled_weight_decay=optimizer_class is torch.optim.AdamW)
-    if rule != "adam":
-        del options["decoupled_weight_decay"]
+    if rule == "adam":
+        options = dict(options, decoupled_weight_decay=optimizer_class is torch.optim.AdamW)
     if "betas" in options:
         options["betas"] = list(options["betas"])
     return {
         "rule": rule,
         "options": options,
-        "learning_rates": LEARNING_RATES,
+        "learning_rates": learning_rates,
         "params": params.tolist(),
         "grads": [g.tolist() for g in grads],
         "expected": {"params": tensor.detach().numpy().tolist(), "state": state},

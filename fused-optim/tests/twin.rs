@@ -1,6 +1,6 @@
 //! Every registered rule and every flag combination on the GPU against its CPU twin, on random non-zero
 //! data, at sizes that are not multiples of the workgroup (256) or of the vector width (4), so
-//! both the vec4 body and the scalar tail run, over five steps with the learning rate changed
+//! both the vec4 body and the scalar tail run, over seven steps with the learning rate changed
 //! before each one. Params and every state buffer are compared. Each configuration runs with
 //! the adapter's dispatch limits, with windows forced down to a few hundred elements so every
 //! window edge is crossed on any adapter, and with the per-step values in a uniform instead of
@@ -37,8 +37,9 @@ fn contexts() -> [(GpuContext, &'static [usize]); 3] {
     ]
 }
 
-const STEPS: usize = 5;
-const LEARNING_RATES: [f64; STEPS] = [0.1, 0.03, 0.2, 0.05, 0.12];
+/// Seven steps: RAdam rectifies from its sixth (rho_t > 5), so both of its branches run.
+const STEPS: usize = 7;
+const LEARNING_RATES: [f64; STEPS] = [0.1, 0.03, 0.2, 0.05, 0.12, 0.08, 0.15];
 
 /// The bound is `common::TWIN_TOLERANCE`, justified there. The rules' `every_flag`
 /// hyperparameters are bolder than PyTorch's defaults (lr up to 0.2, weight decay 0.3, eps

@@ -33,9 +33,9 @@ pub struct DispatchLimits {
     pub workgroups_per_dimension: u32,
 }
 
-/// The most bytes of per-dispatch values any kernel here takes: the 16-byte header and eight
-/// scalars (Adam's).
-pub const MAX_STEP_VALUES_BYTES: u64 = 48;
+/// The most bytes of per-dispatch values any kernel here takes: the 16-byte header and nine
+/// scalars (NAdam's).
+pub const MAX_STEP_VALUES_BYTES: u64 = 52;
 
 /// Elements a u32 index reaches with room for the overshoot of a folded grid.
 const INDEX_LIMIT_ELEMENTS: u64 = 1 << 30;

@@ -1,6 +1,8 @@
 //! The optimizers: one file per rule (hyperparameters, scalars, twin, unfused program, variants)
 //! with its WGSL beside it, and the registry below that everything iterating "every rule"
-//! reads. A rule knows what a rule is (`crate::rule`) and nothing of the GPU host layer.
+//! reads. A rule file knows what a rule is (`crate::rule`) and nothing of the GPU host layer or
+//! of the other rules; only the registry's `shader_sources` asks the host layer to assemble
+//! the full shaders.
 //!
 //! Adding an optimizer is its two files (`name.rs`, `name.wgsl`) and one line in the
 //! registry: the tests, the benchmark, `shader_sources` and the example then cover it.
@@ -35,6 +37,11 @@ registry! {
     adam::Adam,
     rmsprop::RmsProp,
     adagrad::Adagrad,
+    nadam::NAdam,
+    radam::RAdam,
+    adamax::Adamax,
+    adadelta::Adadelta,
+    lion::Lion,
 }
 
 /// Every registered rule's full WGSL (prelude and rule) in each form the host builds: vector
@@ -51,4 +58,54 @@ pub fn shader_sources() -> Vec<(String, String)> {
     let mut sources = Sources(Vec::new());
     visit_rules(&mut sources);
     sources.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::UpdateRule;
+
+    /// What the registry's users rely on: variant names unique across the registry (the
+    /// benchmark and the example select by them), keys unique and naming the rule's shader
+    /// file (`shader_sources` names shaders by key), and every variant and test
+    /// configuration valid.
+    #[test]
+    fn the_registry_is_consistent() {
+        #[derive(Default)]
+        struct Names {
+            keys: Vec<&'static str>,
+            variants: Vec<&'static str>,
+        }
+        impl RuleVisitor for Names {
+            fn visit<R: RegisteredRule>(&mut self) {
+                self.keys.push(R::KEY);
+                for rule in R::variants() {
+                    rule.validate().unwrap();
+                    self.variants.push(rule.name());
+                }
+                for rule in R::every_flag() {
+                    rule.validate().unwrap();
+                }
+                let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("src/rules")
+                    .join(format!("{}.wgsl", R::KEY));
+                let shader = std::fs::read_to_string(&file).unwrap_or_default();
+                assert_eq!(
+                    shader,
+                    R::SHADER,
+                    "{} is not {}'s shader",
+                    file.display(),
+                    R::KEY
+                );
+            }
+        }
+        let mut names = Names::default();
+        visit_rules(&mut names);
+        for list in [&names.keys, &names.variants] {
+            let mut sorted = list.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            assert_eq!(sorted.len(), list.len(), "duplicate names in {list:?}");
+        }
+    }
 }

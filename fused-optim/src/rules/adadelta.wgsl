@@ -1,0 +1,27 @@
+// Adadelta, torch.optim.Adadelta semantics. CPU twin: `Adadelta::twin_update` in adadelta.rs.
+// `g` arrives negated when maximizing and with the L2 term added (src/gpu/prelude.wgsl).
+//   v = rho * v + (1 - rho) * g * g
+//   delta = sqrt(acc_delta + eps) / sqrt(v + eps) * g
+//   acc_delta = rho * acc_delta + (1 - rho) * delta * delta
+//   p = p - lr * delta
+
+struct Scalars {
+    lr: f32,
+    rho: f32,
+    one_minus_rho: f32,
+    eps: f32,
+}
+
+@group(0) @binding(3) var<storage, read_write> square_avg: array<V>;
+@group(0) @binding(4) var<storage, read_write> acc_delta: array<V>;
+
+fn update(i: u32, p: V, g: V) -> V {
+    let s = step.s;
+    let v = s.rho * square_avg[i] + s.one_minus_rho * (g * g);
+    let rms_grad = sqrt(v + s.eps);
+    let acc = acc_delta[i];
+    let delta = sqrt(acc + s.eps) / rms_grad * g;
+    square_avg[i] = v;
+    acc_delta[i] = s.rho * acc + s.one_minus_rho * (delta * delta);
+    return p - s.lr * delta;
+}

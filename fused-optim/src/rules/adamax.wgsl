@@ -1,0 +1,26 @@
+// Adamax, torch.optim.Adamax semantics. CPU twin: `Adamax::twin_update` in adamax.rs.
+// `g` arrives negated when maximizing and with the L2 term added (src/gpu/prelude.wgsl).
+//   m = beta1 * m + (1 - beta1) * g
+//   u = max(beta2 * u, |g| + eps)
+//   p = p - clr * m / u
+// with clr = lr / (1 - beta1^t) computed on the host each step.
+
+struct Scalars {
+    beta1: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    eps: f32,
+    clr: f32,
+}
+
+@group(0) @binding(3) var<storage, read_write> exp_avg: array<V>;
+@group(0) @binding(4) var<storage, read_write> exp_inf: array<V>;
+
+fn update(i: u32, p: V, g: V) -> V {
+    let s = step.s;
+    let m = s.beta1 * exp_avg[i] + s.one_minus_beta1 * g;
+    let u = max(s.beta2 * exp_inf[i], abs(g) + s.eps);
+    exp_avg[i] = m;
+    exp_inf[i] = u;
+    return p - s.clr * (m / u);
+}
