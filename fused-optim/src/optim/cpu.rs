@@ -17,7 +17,7 @@ fn host_state(len: usize, value: f32) -> Result<Vec<f32>> {
     Ok(state)
 }
 
-/// The CPU twin of [`Optimizer`]: the same rule, step count and state, on host slices.
+/// The CPU twin of [`Optimizer`](crate::Optimizer): the same rule, step count and state, on host slices.
 #[derive(Clone, Debug)]
 pub struct CpuOptimizer<R: UpdateRule> {
     rule: R,

@@ -66,7 +66,7 @@ pub struct Op {
     pub scalar: f32,
 }
 
-/// The operations of one step, in order: what [`UpdateRule::unfused`] writes.
+/// The operations of one step, in order: what [`UpdateRule::unfused`](crate::UpdateRule::unfused) writes.
 #[derive(Clone, Debug, Default)]
 pub struct Program {
     /// The operations, in the order they run.

@@ -63,7 +63,6 @@ pub fn shader_sources() -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::UpdateRule;
 
     /// What the registry's users rely on: variant names unique across the registry (the
     /// benchmark and the example select by them), keys unique and naming the rule's shader
