@@ -318,6 +318,8 @@ impl<R: UpdateRule> UnfusedChain<R> {
             .device()
             .create_command_encoder(&Default::default());
         for (index, op) in program.ops.iter().enumerate() {
+            // wgpu rejects timestamp writes with neither index, so the passes in between
+            // get none.
             let writes = timestamps
                 .as_ref()
                 .map(|t| wgpu::ComputePassTimestampWrites {
@@ -326,6 +328,9 @@ impl<R: UpdateRule> UnfusedChain<R> {
                         .beginning_of_pass_write_index
                         .filter(|_| index == 0),
                     end_of_pass_write_index: t.end_of_pass_write_index.filter(|_| index == last),
+                })
+                .filter(|t| {
+                    t.beginning_of_pass_write_index.is_some() || t.end_of_pass_write_index.is_some()
                 });
             let key = op_key(op);
             let engine = self
