@@ -127,6 +127,51 @@ pub enum Error {
         detail: String,
     },
 
+    #[error("invalid precision: {reason}")]
+    /// A storage-format combination that means nothing, or a per-slot format for a slot the
+    /// rule does not have.
+    InvalidPrecision {
+        /// What is wrong and what to use instead.
+        reason: String,
+    },
+
+    #[error(
+        "the {buffer} buffer is {got} bytes, but {len} elements stored as {format:?} take \
+         {expected} bytes (16-bit formats pack two elements per u32 word: ceil(len / 2) * 4 \
+         bytes); pass a buffer in the format its group declares, of that size"
+    )]
+    /// A caller buffer whose size does not fit the declared format and length.
+    FormatSize {
+        /// Which buffer: `params`, `grads`, or `params[3]` in a list of pairs.
+        buffer: String,
+        /// The format its group declares.
+        format: crate::format::Dtype,
+        /// The elements it must hold.
+        len: u64,
+        /// The bytes those take.
+        expected: u64,
+        /// Its size in bytes.
+        got: u64,
+    },
+
+    #[error(
+        "parameter groups {first} and {second} share the {buffer} buffer but declare different \
+         formats for it ({first_format:?} and {second_format:?}); a buffer has one format"
+    )]
+    /// Two parameter groups of one packed buffer declare different formats for it.
+    FormatMismatch {
+        /// `params` or `grads`.
+        buffer: &'static str,
+        /// The first group.
+        first: usize,
+        /// Its format.
+        first_format: crate::format::Dtype,
+        /// The group that disagrees.
+        second: usize,
+        /// Its format.
+        second_format: crate::format::Dtype,
+    },
+
     #[error("an optimizer needs at least one element to update")]
     /// An optimizer or layout asked to update no elements.
     EmptyParams,

@@ -31,15 +31,17 @@
 #[cfg(feature = "baselines")]
 pub mod baseline;
 mod error;
+pub mod format;
 mod gpu;
 mod optim;
 pub mod rule;
 mod rules;
 
 pub use error::{Error, Result};
+pub use format::{Dtype, Master, Precision, Rounding, StateFormat};
 pub use gpu::{
     dispatch_grid, enumerate_adapters, shader_forms, shader_source, AdapterChoice, DispatchLimits,
-    GpuContext, Lanes, StepValues, MAX_STEP_VALUES_BYTES, PRELUDE, WORKGROUP_SIZE,
+    GpuContext, Lanes, StepValues, CODEC, MAX_STEP_VALUES_BYTES, PRELUDE, WORKGROUP_SIZE,
 };
 pub use optim::{
     CpuOptimizer, ForeachOptimizer, Optimizer, ParamGroup, ParamLayout, ParamSet, TensorSlot,

@@ -11,8 +11,8 @@ use std::fmt::Write as _;
 
 use fused_optim::baseline::{Roofline, RooflineScalars};
 use fused_optim::{
-    shader_source, visit_rules, Lanes, RegisteredRule, RuleVisitor, StepValues, UpdateRule,
-    MAX_STEP_VALUES_BYTES,
+    shader_source, visit_rules, Lanes, Precision, RegisteredRule, RuleVisitor, StepValues,
+    UpdateRule, MAX_STEP_VALUES_BYTES,
 };
 use naga::back::pipeline_constants::process_overrides;
 use naga::back::{glsl, hlsl, msl, spv, PipelineConstants};
@@ -31,9 +31,10 @@ const BOUNDS_CHECKS: BoundsCheckPolicies = BoundsCheckPolicies {
 };
 
 /// Every registered rule's shader, read with naga, declares what the rule's Rust side says,
-/// so the three descriptions of a state slot (its name in `STATE_SLOTS`, its position in the
-/// twin's `state`, its binding) cannot drift: binding `3 + i` is `STATE_SLOTS[i]` and no
-/// other binding lies past the grads, and the WGSL `Scalars` has the size of the rule's
+/// so the descriptions of a state slot (its name in `STATE_SLOTS`, its position in the twin's
+/// `state`, its binding) cannot drift: a rule's own WGSL declares no binding, the host
+/// generates binding `8 + 2i` as `STATE_SLOTS[i]` (and `9 + 2i` as its absmax in 8-bit), no
+/// other binding lies past the maps, and the WGSL `Scalars` has the size of the rule's
 /// `Scalars`. The roofline baseline is held to the same.
 #[test]
 fn state_slots_and_scalars_are_declared_once() {
@@ -48,7 +49,17 @@ fn state_slots_and_scalars_are_declared_once() {
 }
 
 fn check_declarations<R: UpdateRule>(name: &str) {
-    let source = shader_source::<R>(Lanes::Vector, StepValues::UniformCopy);
+    assert!(
+        !R::SHADER.contains("@binding"),
+        "{name}: a rule's WGSL declares no binding; the host generates them per format"
+    );
+    for (precision, per_slot) in [(Precision::default(), 1), (Precision::lean(), 2)] {
+        check_bindings::<R>(name, &precision, per_slot);
+    }
+}
+
+fn check_bindings<R: UpdateRule>(name: &str, precision: &Precision, per_slot: usize) {
+    let source = shader_source::<R>(Lanes::Vector, StepValues::UniformCopy, precision);
     let module = naga::front::wgsl::parse_str(&source)
         .unwrap_or_else(|e| panic!("{name}: WGSL parse error:\n{}", e.emit_to_string(&source)));
     let mut state: Vec<(u32, String)> = module
@@ -57,12 +68,22 @@ fn check_declarations<R: UpdateRule>(name: &str) {
         .filter_map(|(_, var)| {
             let binding = var.binding.as_ref()?;
             let name = var.name.clone().unwrap_or_default();
-            (binding.group == 0 && binding.binding >= 3).then_some((binding.binding, name))
+            (binding.group == 0 && binding.binding >= 5).then_some((binding.binding, name))
         })
         .collect();
     state.sort();
-    let declared: Vec<(u32, String)> = (3..)
-        .zip(R::STATE_SLOTS.iter().map(|slot| slot.to_string()))
+    let declared: Vec<(u32, String)> = R::STATE_SLOTS
+        .iter()
+        .enumerate()
+        .flat_map(|(i, slot)| {
+            let slot = slot.to_string();
+            [
+                (8 + 2 * i as u32, slot.clone()),
+                (9 + 2 * i as u32, slot + "_absmax"),
+            ]
+            .into_iter()
+            .take(per_slot)
+        })
         .collect();
     assert_eq!(
         state, declared,
@@ -87,17 +108,17 @@ fn check_declarations<R: UpdateRule>(name: &str) {
 }
 
 /// The per-dispatch values of every registered rule fit the immediates the context checks
-/// for (the 16-byte header and the scalars), the largest exactly, in whole 4-byte words as
+/// for (the 32-byte header and the scalars), the largest exactly, in whole 4-byte words as
 /// `set_immediates` takes them.
 #[test]
 fn every_rules_values_fit_the_immediates_the_context_checks_for() {
     struct Sizes(Vec<u64>);
     impl RuleVisitor for Sizes {
         fn visit<R: RegisteredRule>(&mut self) {
-            self.0.push(16 + std::mem::size_of::<R::Scalars>() as u64);
+            self.0.push(32 + std::mem::size_of::<R::Scalars>() as u64);
         }
     }
-    let mut sizes = Sizes(vec![16 + std::mem::size_of::<RooflineScalars>() as u64]);
+    let mut sizes = Sizes(vec![32 + std::mem::size_of::<RooflineScalars>() as u64]);
     visit_rules(&mut sizes);
     let sizes = sizes.0;
     assert_eq!(sizes.iter().max(), Some(&MAX_STEP_VALUES_BYTES));

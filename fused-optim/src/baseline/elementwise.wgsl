@@ -16,12 +16,16 @@ struct Scalars {
     scalar: f32,
 }
 
-// The prelude's `Step`: the header (its L2 coefficient unused here), then the scalars.
+// The prelude's `Step`: the 32-byte header (only begin and end used here), then the scalars.
 struct Step {
     begin: u32,
     end: u32,
     _weight_decay: f32,
-    _pad: u32,
+    _origin: u32,
+    _seed: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
     s: Scalars,
 }
 

@@ -13,19 +13,15 @@ struct Scalars {
     unused: f32,
 }
 
-@group(0) @binding(3) var<storage, read_write> state0: array<V>;
-@group(0) @binding(4) var<storage, read_write> state1: array<V>;
-@group(0) @binding(5) var<storage, read_write> state2: array<V>;
-
 fn update(i: u32, p: V, g: V) -> V {
     if STATE0 {
-        state0[i] = state0[i] + p;
+        store_state0(i, load_state0(i) + p);
     }
     if STATE1 {
-        state1[i] = state1[i] + p;
+        store_state1(i, load_state1(i) + p);
     }
     if STATE2 {
-        state2[i] = state2[i] + p;
+        store_state2(i, load_state2(i) + p);
     }
     return p + g;
 }

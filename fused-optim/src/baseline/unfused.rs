@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
+use crate::format::Precision;
 use crate::gpu::{state_buffer, Engine, GpuContext, Span};
 use crate::rule::program::{Elementwise, Op, Operand, Program};
 use crate::rule::{find_state, try_set_lr, Hyperparameter, StateRef, UpdateRule};
@@ -204,7 +205,13 @@ impl<R: UpdateRule> UnfusedChain<R> {
                     kind: op.kind,
                     scalar: op.scalar,
                 };
-                let engine = Engine::new(&self.context, vec![rule], vec![self.len], &[self.span])?;
+                let engine = Engine::new(
+                    &self.context,
+                    vec![rule],
+                    vec![Precision::default()],
+                    vec![self.len],
+                    &[self.span],
+                )?;
                 entry.insert(engine);
             }
         }

@@ -33,9 +33,9 @@ pub struct DispatchLimits {
     pub workgroups_per_dimension: u32,
 }
 
-/// The most bytes of per-dispatch values any kernel here takes: the 16-byte header and nine
+/// The most bytes of per-dispatch values any kernel here takes: the 32-byte header and nine
 /// scalars (NAdam's).
-pub const MAX_STEP_VALUES_BYTES: u64 = 52;
+pub const MAX_STEP_VALUES_BYTES: u64 = 68;
 
 /// Elements a u32 index reaches with room for the overshoot of a folded grid.
 const INDEX_LIMIT_ELEMENTS: u64 = 1 << 30;
@@ -300,11 +300,6 @@ impl GpuContext {
         adapter_dispatch_limits(&self.limits()).window_elements
     }
 
-    /// `min_storage_buffer_offset_alignment` in elements: where a window's binding may start.
-    pub(crate) fn alignment_elements(&self) -> u64 {
-        (self.limits().min_storage_buffer_offset_alignment as u64 / 4).max(4)
-    }
-
     /// Why the device was lost, once it has been (checked without waiting).
     pub fn device_lost(&self) -> Option<String> {
         self.ensure_alive().err().map(|error| error.to_string())
@@ -436,6 +431,22 @@ impl GpuContext {
         })
     }
 
+    /// A new storage buffer holding `bytes` (whole u32 words), e.g. 16-bit params from
+    /// [`Dtype::encode`](crate::Dtype::encode).
+    pub fn upload_bytes(&self, label: &str, bytes: &[u8]) -> Result<wgpu::Buffer> {
+        self.scoped("uploading a buffer", || {
+            self.inner
+                .device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some(label),
+                    contents: bytes,
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_SRC
+                        | wgpu::BufferUsages::COPY_DST,
+                })
+        })
+    }
+
     /// A new zeroed storage buffer of `len` f32, e.g. the packed params or grads of a
     /// [`ParamLayout`](crate::ParamLayout).
     pub fn zeros(&self, label: &str, len: u64) -> Result<wgpu::Buffer> {
@@ -490,8 +501,27 @@ impl GpuContext {
             range.start as f64,
             "must not be past range.end",
         )?;
+        let bytes = self.download_byte_range(buffer, range.start * 4..range.end * 4)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// Copies a whole buffer back to the host as bytes, whatever its format (see
+    /// [`Dtype::decode`](crate::Dtype::decode)). Waits for the GPU.
+    pub fn download_bytes(&self, buffer: &wgpu::Buffer) -> Result<Vec<u8>> {
+        self.download_byte_range(buffer, 0..buffer.size())
+    }
+
+    /// Copies bytes `range` of a buffer back to the host (both ends multiples of 4). Waits for
+    /// the GPU.
+    pub fn download_byte_range(&self, buffer: &wgpu::Buffer, range: Range<u64>) -> Result<Vec<u8>> {
+        crate::rule::check::require(
+            range.start <= range.end && range.start % 4 == 0 && range.end % 4 == 0,
+            "range.start",
+            range.start as f64,
+            "a byte range must be ordered and start and end on multiples of 4",
+        )?;
         let device = &self.inner.device;
-        let size = (range.end - range.start) * 4;
+        let size = range.end - range.start;
         if size == 0 {
             return Ok(Vec::new());
         }
@@ -504,7 +534,7 @@ impl GpuContext {
                 mapped_at_creation: false,
             });
             let mut encoder = device.create_command_encoder(&Default::default());
-            encoder.copy_buffer_to_buffer(buffer, range.start * 4, &staging, 0, size);
+            encoder.copy_buffer_to_buffer(buffer, range.start, &staging, 0, size);
             self.inner.queue.submit([encoder.finish()]);
             staging.map_async(wgpu::MapMode::Read, .., move |result| {
                 sender.send(result).ok();
@@ -526,7 +556,7 @@ impl GpuContext {
             let view = staging
                 .get_mapped_range(..)
                 .map_err(|e| failed(e.to_string()))?;
-            bytemuck::cast_slice(&view).to_vec()
+            view.to_vec()
         };
         staging.unmap();
         Ok(data)

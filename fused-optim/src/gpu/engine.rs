@@ -7,30 +7,65 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::context::GpuContext;
-use super::kernel::{dispatch_grid, step_values, values_size, Kernel, KernelKey, ValueSlots};
-use super::plan::{dispatches, windows, Dispatch, Span, Window};
-use crate::error::{Error, Result};
-use crate::rule::{bytes_per_step, kept_states, UpdateRule};
+use wgpu::util::DeviceExt;
 
-/// Fused steps over `targets` caller buffer pairs, each element updated by its group's rule.
+use super::context::GpuContext;
+use super::glue::{quant_map_words, roles, KernelFormats, Role};
+use super::kernel::{
+    dispatch_grid, step_values, values_size, DispatchValues, Kernel, KernelKey, ValueSlots,
+};
+use super::plan::{dispatches, windows, Dispatch, Grain, Span, Window};
+use crate::error::{Error, Result};
+use crate::format::qmap::QuantMap;
+use crate::format::{codec, Dtype, Master, Precision, StateFormat, BLOCK};
+use crate::rule::UpdateRule;
+
+/// Both quantization maps, built once per optimizer for encoding initial state.
+pub(crate) struct QuantMaps {
+    signed: QuantMap,
+    unsigned: QuantMap,
+}
+
+impl QuantMaps {
+    pub fn new() -> Self {
+        Self {
+            signed: QuantMap::signed(),
+            unsigned: QuantMap::unsigned(),
+        }
+    }
+
+    /// The map of `R`'s slot `slot`.
+    pub fn of<R: UpdateRule>(&self, slot: &str) -> &QuantMap {
+        match R::NON_NEGATIVE.contains(&slot) {
+            true => &self.unsigned,
+            false => &self.signed,
+        }
+    }
+}
+
+/// Fused steps over `targets` caller buffer pairs, each element updated by its group's rule,
+/// in its group's storage formats.
 pub(crate) struct Engine<R: UpdateRule> {
     context: GpuContext,
     pub groups: Vec<R>,
+    pub precisions: Vec<Precision>,
     pub steps: u64,
     /// Each group's host state (`UpdateRule::HOST_STATE`) as of step `steps`.
     pub host: Vec<Vec<f64>>,
     /// Elements of each target.
     lens: Vec<u64>,
-    /// Per target, one buffer per `R::STATE_SLOTS`: the target's state where some group keeps
-    /// the slot, else a shared 16-byte placeholder, since the layout binds every slot.
-    state: Vec<Vec<wgpu::Buffer>>,
-    /// Which slots of `R::STATE_SLOTS` some group keeps.
-    kept: Vec<bool>,
-    placeholder: wgpu::Buffer,
+    /// Each target's (params, grads) formats.
+    dtypes: Vec<(Dtype, Dtype)>,
+    /// Each group's kernel formats (which slots it keeps, and how).
+    formats: Vec<KernelFormats>,
+    spans: Vec<Span>,
+    /// Per span, the buffers the optimizer owns for it (master, state values, absmax).
+    owned: Vec<Vec<(Role, wgpu::Buffer)>>,
+    /// The quantization maps, where some group keeps 8-bit state.
+    quant_maps: Option<wgpu::Buffer>,
     windows: Vec<Window>,
     dispatches: Vec<Dispatch>,
-    /// Each dispatch's kernel: its group's rule, vector or scalar.
+    /// Each dispatch's kernel: its group's rule and formats, vector or scalar.
     kernels: Vec<Arc<Kernel>>,
     values: ValueSlots,
     workgroups_per_dimension: u32,
@@ -40,22 +75,103 @@ pub(crate) struct Engine<R: UpdateRule> {
     bind_groups: Vec<Option<wgpu::BindGroup>>,
 }
 
+/// How one role's elements sit in its buffer, for binding ranges.
+fn storage_of(role: Role, formats: &KernelFormats, dtypes: (Dtype, Dtype)) -> Storage {
+    let dtype = |dtype: Dtype| match dtype {
+        Dtype::F32 => Storage::F32,
+        _ => Storage::Half,
+    };
+    match role {
+        Role::Params => dtype(dtypes.0),
+        Role::Grads => dtype(dtypes.1),
+        Role::Master => match formats.master {
+            Master::Bf16Remainder => Storage::Half,
+            _ => Storage::F32,
+        },
+        Role::QuantMaps => Storage::Whole,
+        Role::Slot(slot) => match formats.slots[slot] {
+            Some(StateFormat::Bf16) => Storage::Half,
+            Some(StateFormat::Block8) => Storage::Codes,
+            _ => Storage::F32,
+        },
+        Role::Absmax(_) => Storage::Absmax,
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Storage {
+    F32,
+    Half,
+    Codes,
+    Absmax,
+    Whole,
+}
+
+impl Storage {
+    /// The byte range of elements `first..first + count` (whole words and blocks).
+    fn range(self, first: u64, count: u64) -> (u64, Option<wgpu::BufferSize>) {
+        let (offset, size) = match self {
+            Storage::F32 => (first * 4, count * 4),
+            Storage::Half => (first * 2, count.div_ceil(2) * 4),
+            Storage::Codes => (first, count.div_ceil(4) * 4),
+            Storage::Absmax => (first / BLOCK * 4, count.div_ceil(BLOCK) * 4),
+            Storage::Whole => return (0, None),
+        };
+        (offset, wgpu::BufferSize::new(size))
+    }
+}
+
 impl<R: UpdateRule> Engine<R> {
-    /// Validates every group's rule, compiles (or reuses) their kernels and allocates the state
-    /// of targets of `lens` elements. Checks every size before allocating anything, and keeps
-    /// nothing if an allocation fails.
+    /// Validates every group's rule and precision, compiles (or reuses) their kernels and
+    /// allocates the state of `spans` over targets of `lens` elements. Checks every size
+    /// before allocating anything, and keeps nothing if an allocation fails.
     pub fn new(
         context: &GpuContext,
         groups: Vec<R>,
+        precisions: Vec<Precision>,
         lens: Vec<u64>,
         spans: &[Span],
     ) -> Result<Self> {
-        for rule in &groups {
+        for (rule, precision) in groups.iter().zip(&precisions) {
             rule.validate()?;
+            precision.validate(R::STATE_SLOTS)?;
+            if R::OWN_ENTRY_POINT && *precision != Precision::default() {
+                return Err(Error::InvalidPrecision {
+                    reason: format!("{} runs in f32 only", rule.name()),
+                });
+            }
         }
         if lens.contains(&0) {
             return Err(Error::EmptyParams);
         }
+        // Each target's formats: those of the groups updating it, which must agree.
+        let mut dtypes: Vec<Option<(usize, Dtype, Dtype)>> = vec![None; lens.len()];
+        for span in spans {
+            let precision = &precisions[span.group];
+            match dtypes[span.target] {
+                None => dtypes[span.target] = Some((span.group, precision.params, precision.grads)),
+                Some((first, params, grads)) => {
+                    for (buffer, mine, theirs) in [
+                        ("params", params, precision.params),
+                        ("grads", grads, precision.grads),
+                    ] {
+                        if mine != theirs {
+                            return Err(Error::FormatMismatch {
+                                buffer,
+                                first,
+                                first_format: mine,
+                                second: span.group,
+                                second_format: theirs,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        let dtypes: Vec<(Dtype, Dtype)> = dtypes
+            .into_iter()
+            .map(|d| d.map_or((Dtype::F32, Dtype::F32), |(_, p, g)| (p, g)))
+            .collect();
         let limits = context.limits();
         // Sizes are checked before anything is planned or allocated: a length no buffer can
         // hold is refused here, not found out by cutting it into windows.
@@ -70,12 +186,30 @@ impl<R: UpdateRule> Engine<R> {
                 limit: limits.max_buffer_size,
             });
         }
+        let formats: Vec<KernelFormats> = groups
+            .iter()
+            .zip(&precisions)
+            .map(|(rule, precision)| KernelFormats {
+                params: precision.params,
+                grads: precision.grads,
+                master: precision.master,
+                rounding: precision.rounding,
+                slots: R::STATE_SLOTS
+                    .iter()
+                    .map(|slot| rule.keeps_state(slot).then(|| precision.state_format(slot)))
+                    .collect(),
+            })
+            .collect();
         let dispatch = context.dispatch_limits();
+        let alignment = limits.min_storage_buffer_offset_alignment as u64;
         let windows = windows(
             spans,
             dispatch.window_elements,
             context.binding_elements(),
-            context.alignment_elements(),
+            |span| Grain {
+                alignment: formats[span.group].alignment_elements(alignment),
+                quantum: formats[span.group].quantum(),
+            },
         );
         let dispatches = dispatches(&windows);
         let device = context.device();
@@ -91,61 +225,58 @@ impl<R: UpdateRule> Engine<R> {
                 limit: values_limit,
             });
         }
-        let kept: Vec<bool> = R::STATE_SLOTS
-            .iter()
-            .map(|name| groups.iter().any(|rule| rule.keeps_state(name)))
-            .collect();
         let kernels = dispatches
             .iter()
             .map(|d| {
-                let rule = &groups[windows[d.window].group];
-                let key = KernelKey::of(rule, d.lanes, values);
-                context.kernel(key, || Kernel::build(device, rule, d.lanes, values))
+                let group = windows[d.window].group;
+                let (rule, formats) = (&groups[group], &formats[group]);
+                let key = KernelKey::of(rule, d.lanes, values, formats);
+                context.kernel(key, || {
+                    Kernel::build(device, rule, d.lanes, values, formats)
+                })
             })
             .collect::<Result<Vec<_>>>()?;
-        let (values, placeholder, state) = context.scoped("allocating optimizer state", || {
+        let maps = QuantMaps::new();
+        let (values, quant_maps, owned) = context.scoped("allocating optimizer state", || {
             let values = ValueSlots::new(device, values, values_size::<R>(), dispatches.len());
-            let placeholder = device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("fused-optim unused state slot"),
-                size: 16,
-                usage: wgpu::BufferUsages::STORAGE,
-                mapped_at_creation: false,
-            });
-            let state: Vec<Vec<wgpu::Buffer>> = lens
+            let quant_maps = formats
                 .iter()
-                .enumerate()
-                .map(|(target, &len)| {
-                    let target_spans: Vec<&Span> =
-                        spans.iter().filter(|span| span.target == target).collect();
-                    R::STATE_SLOTS
-                        .iter()
-                        .zip(&kept)
-                        .map(|(name, &kept)| match kept {
-                            true => state_buffer(
-                                context,
-                                name,
-                                len,
-                                |span| groups[span.group].initial_state(name),
-                                &target_spans,
-                            ),
-                            false => placeholder.clone(),
-                        })
-                        .collect()
+                .any(|f| roles(f).contains(&Role::QuantMaps))
+                .then(|| {
+                    device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some("fused-optim quantization maps"),
+                        contents: bytemuck::cast_slice(&quant_map_words()),
+                        usage: wgpu::BufferUsages::STORAGE,
+                    })
+                });
+            let owned = spans
+                .iter()
+                .map(|span| {
+                    span_buffers(
+                        context,
+                        &groups[span.group],
+                        &formats[span.group],
+                        &maps,
+                        span.end - span.start,
+                    )
                 })
                 .collect();
-            (values, placeholder, state)
+            (values, quant_maps, owned)
         })?;
         Ok(Self {
             context: context.clone(),
             host: groups.iter().map(UpdateRule::initial_host_state).collect(),
             groups,
+            precisions,
             steps: 0,
             kernels,
             bound: vec![None; lens.len()],
             lens,
-            state,
-            kept,
-            placeholder,
+            dtypes,
+            formats,
+            spans: spans.to_vec(),
+            owned,
+            quant_maps,
             bind_groups: vec![None; dispatches.len()],
             windows,
             dispatches,
@@ -154,44 +285,101 @@ impl<R: UpdateRule> Engine<R> {
         })
     }
 
-    pub fn context(&self) -> &GpuContext {
-        &self.context
-    }
-
     /// How many (params, grads) pairs a step takes.
     pub fn targets(&self) -> usize {
         self.lens.len()
     }
 
-    /// Dispatches per step: one per window, plus one per window ending mid-vec4.
+    /// Dispatches per step: one per window, plus one per window ending mid-quantum.
     pub fn dispatches(&self) -> usize {
         self.dispatches.len()
     }
 
-    /// The GPU buffer of state slot `slot` for `target`.
-    pub fn state_buffer(&self, target: usize, slot: usize) -> &wgpu::Buffer {
-        &self.state[target][slot]
+    /// The spans, in the order the optimizer gave them.
+    pub fn spans(&self) -> &[Span] {
+        &self.spans
     }
 
-    /// Bytes of GPU memory allocated: state buffers, the placeholder and the values'
-    /// uniform, each buffer counted once.
-    pub fn state_bytes(&self) -> u64 {
-        let state: u64 = self
-            .state
+    /// The buffer span `span` keeps for `role` (a slot's values, or the master), if any.
+    pub fn owned_buffer(&self, span: usize, role: Role) -> Option<&wgpu::Buffer> {
+        self.owned[span]
             .iter()
-            .flat_map(|slots| slots.iter().zip(&self.kept))
-            .filter(|(_, &kept)| kept)
-            .map(|(buffer, _)| buffer.size())
-            .sum();
-        state + self.placeholder.size() + self.values.allocated_bytes()
+            .find(|(owned, _)| *owned == role)
+            .map(|(_, buffer)| buffer)
     }
 
-    /// Bytes one step must move: per window, params read and written, grads read and every
-    /// state its group keeps read and written.
+    /// The values of state slot `slot` over span `span`, decoded to f32. Waits for the GPU.
+    pub fn read_slot(&self, span: usize, slot: usize) -> Result<Vec<f32>> {
+        let len = (self.spans[span].end - self.spans[span].start) as usize;
+        let format = self.formats[self.spans[span].group].slots[slot].unwrap_or_default();
+        let download = |role| match self.owned_buffer(span, role) {
+            Some(buffer) => self.context.download_bytes(buffer),
+            None => Ok(Vec::new()),
+        };
+        let values = download(Role::Slot(slot))?;
+        let absmax: Vec<f32> = bytemuck::pod_collect_to_vec(&download(Role::Absmax(slot))?);
+        let map = match R::NON_NEGATIVE.contains(&R::STATE_SLOTS[slot]) {
+            true => QuantMap::unsigned(),
+            false => QuantMap::signed(),
+        };
+        Ok(format.decode(&values, &absmax, len, &map))
+    }
+
+    /// The f32 master weights of span `span`, where its group keeps them. Waits for the GPU.
+    pub fn read_master(&self, span: usize, params: &wgpu::Buffer) -> Result<Option<Vec<f32>>> {
+        let Span {
+            group, start, end, ..
+        } = self.spans[span];
+        let len = (end - start) as usize;
+        let Some(buffer) = self.owned_buffer(span, Role::Master) else {
+            return Ok(None);
+        };
+        let master = self.context.download_bytes(buffer)?;
+        Ok(Some(match self.precisions[group].master {
+            Master::Bf16Remainder => {
+                let (first, count) = (start * 2, (len as u64).div_ceil(2) * 4);
+                let params = self
+                    .context
+                    .download_byte_range(params, first..first + count)?;
+                let halves = |bytes: &[u8]| -> Vec<u16> { bytemuck::pod_collect_to_vec(bytes) };
+                halves(&params)
+                    .into_iter()
+                    .zip(halves(&master))
+                    .take(len)
+                    .map(|(param, remainder)| codec::join_remainder(param, remainder))
+                    .collect()
+            }
+            _ => Dtype::F32.decode(&master, len),
+        }))
+    }
+
+    /// Bytes of GPU memory allocated: the master and state buffers, the quantization maps
+    /// and the values' uniform, each buffer counted once.
+    pub fn state_bytes(&self) -> u64 {
+        let owned: u64 = self
+            .owned
+            .iter()
+            .flatten()
+            .map(|(_, buffer)| buffer.size())
+            .sum();
+        owned
+            + self.quant_maps.as_ref().map_or(0, wgpu::Buffer::size)
+            + self.values.allocated_bytes()
+    }
+
+    /// Bytes one step must move: per window, params read and written, grads read, the master
+    /// and every state its group keeps read and written, each in its format.
     pub fn bytes_per_step(&self) -> u64 {
         self.windows
             .iter()
-            .map(|window| bytes_per_step(window.len(), kept_states(&self.groups[window.group])))
+            .map(|window| {
+                let rule = &self.groups[window.group];
+                let kept = R::STATE_SLOTS
+                    .iter()
+                    .copied()
+                    .filter(|slot| rule.keeps_state(slot));
+                self.precisions[window.group].bytes_per_step(window.len(), kept)
+            })
             .sum()
     }
 
@@ -238,10 +426,11 @@ impl<R: UpdateRule> Engine<R> {
     #[allow(clippy::mutable_key_type)]
     fn check_pairs(&self, pairs: &[(&wgpu::Buffer, &wgpu::Buffer)]) -> Result<()> {
         let mut owners: HashMap<&wgpu::Buffer, String> = HashMap::new();
-        for buffer in self.state.iter().flatten() {
+        for (_, buffer) in self.owned.iter().flatten() {
             owners.insert(buffer, "optimizer's own state".to_owned());
         }
         for (target, (&(params, grads), &len)) in pairs.iter().zip(&self.lens).enumerate() {
+            let (params_dtype, grads_dtype) = self.dtypes[target];
             let mut sizes = [0; 2];
             for (size, (buffer, which)) in
                 sizes.iter_mut().zip([(params, "params"), (grads, "grads")])
@@ -253,20 +442,42 @@ impl<R: UpdateRule> Engine<R> {
                         usage: "STORAGE",
                     });
                 }
-                if !buffer.size().is_multiple_of(4) {
-                    return Err(Error::NotF32Sized {
-                        buffer: name,
-                        bytes: buffer.size(),
-                    });
-                }
-                *size = buffer.size() / 4;
                 if let Some(owner) = owners.insert(buffer, name.clone()) {
                     return Err(Error::AliasedBuffers {
                         first: owner,
                         second: name,
                     });
                 }
+                *size = buffer.size();
             }
+            // Buffers in a 16-bit format: each must be exactly its length in that format.
+            if (params_dtype, grads_dtype) != (Dtype::F32, Dtype::F32) {
+                for (bytes, dtype, which) in [
+                    (sizes[0], params_dtype, "params"),
+                    (sizes[1], grads_dtype, "grads"),
+                ] {
+                    let expected = dtype.buffer_bytes(len);
+                    if bytes != expected {
+                        return Err(Error::FormatSize {
+                            buffer: self.buffer_name(target, which),
+                            format: dtype,
+                            len,
+                            expected,
+                            got: bytes,
+                        });
+                    }
+                }
+                continue;
+            }
+            for (bytes, which) in [(sizes[0], "params"), (sizes[1], "grads")] {
+                if !bytes.is_multiple_of(4) {
+                    return Err(Error::NotF32Sized {
+                        buffer: self.buffer_name(target, which),
+                        bytes,
+                    });
+                }
+            }
+            let sizes = sizes.map(|bytes| bytes / 4);
             let tensor = self.buffer_name(target, "params");
             let [params_len, grads_len] = sizes;
             if params_len != grads_len {
@@ -290,39 +501,47 @@ impl<R: UpdateRule> Engine<R> {
     /// Binds the dispatches of every target whose pair changed, caching the new bind groups
     /// only once wgpu has accepted all of them.
     fn bind(&mut self, pairs: &[(&wgpu::Buffer, &wgpu::Buffer)], stale: &[usize]) -> Result<()> {
-        let created =
-            self.context.scoped("binding the step's buffers", || {
-                self.dispatches
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, d)| stale.contains(&self.windows[d.window].target))
-                    .map(|(index, d)| {
-                        let window = &self.windows[d.window];
-                        let (params, grads) = pairs[window.target];
-                        let window_of = |buffer| wgpu::BufferBinding {
-                            buffer,
-                            offset: window.offset * 4,
-                            size: wgpu::BufferSize::new(d.binding_bytes()),
+        let created = self.context.scoped("binding the step's buffers", || {
+            self.dispatches
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| stale.contains(&self.windows[d.window].target))
+                .map(|(index, d)| {
+                    let window = &self.windows[d.window];
+                    let (params, grads) = pairs[window.target];
+                    let formats = &self.formats[window.group];
+                    let count = d.binding_elements();
+                    let storage = roles(formats).into_iter().map(|role| {
+                        let (buffer, first) = match role {
+                            Role::Params => (params, window.origin + window.offset),
+                            Role::Grads => (grads, window.origin + window.offset),
+                            Role::QuantMaps => (self.quant_maps.as_ref().expect("allocated"), 0),
+                            _ => (
+                                self.owned_buffer(window.span, role).expect("allocated"),
+                                window.offset,
+                            ),
                         };
-                        let state = self.state[window.target].iter().zip(&self.kept).map(
-                            |(buffer, &kept)| match kept {
-                                true => window_of(buffer),
-                                false => buffer.as_entire_buffer_binding(),
+                        let storage = storage_of(role, formats, self.dtypes[window.target]);
+                        let (offset, size) = storage.range(first, count);
+                        (
+                            role,
+                            wgpu::BufferBinding {
+                                buffer,
+                                offset,
+                                size,
                             },
-                        );
-                        let storage = [window_of(params), window_of(grads)]
-                            .into_iter()
-                            .chain(state);
-                        let group = self.kernels[index].bind_group(
-                            self.context.device(),
-                            self.groups[window.group].name(),
-                            self.values.binding(),
-                            storage,
-                        );
-                        (index, group)
-                    })
-                    .collect::<Vec<_>>()
-            });
+                        )
+                    });
+                    let group = self.kernels[index].bind_group(
+                        self.context.device(),
+                        self.groups[window.group].name(),
+                        self.values.binding(),
+                        storage,
+                    );
+                    (index, group)
+                })
+                .collect::<Vec<_>>()
+        });
         let created = match created {
             Ok(created) => created,
             Err(error) => return Err(self.foreign_buffer(pairs, stale).unwrap_or(error)),
@@ -397,8 +616,14 @@ impl<R: UpdateRule> Engine<R> {
             .map(|(rule, host)| rule.scalars(t, host))
             .collect();
         let step = self.values.layout(self.dispatches.iter().map(|d| {
-            let group = self.windows[d.window].group;
-            step_values(&self.groups[group], &scalars[group], d.begin, d.end)
+            let window = &self.windows[d.window];
+            let values = DispatchValues {
+                begin: d.begin,
+                end: d.end,
+                origin: window.origin + window.offset,
+                step: t,
+            };
+            step_values(&self.groups[window.group], &scalars[window.group], &values)
         }));
         self.values.stage(&self.context, encoder, &step)?;
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -418,8 +643,71 @@ impl<R: UpdateRule> Engine<R> {
     }
 }
 
-/// A zeroed state buffer of `len` elements, with each span's non-zero initial value queued
-/// into it (only Adagrad's `initial_accumulator_value` is non-zero).
+/// The buffers a span of `len` elements keeps for `rule` in `formats`: its master, where it
+/// has one, and each kept slot's values (and absmax, for 8-bit blocks), each starting at the
+/// rule's initial value (zero except Adagrad's `initial_accumulator_value`). A master starts
+/// as zeros: on the first step the kernel takes it from the params (an f32 master) or reads
+/// a zero remainder, which stands for the bf16 param exactly.
+fn span_buffers<R: UpdateRule>(
+    context: &GpuContext,
+    rule: &R,
+    formats: &KernelFormats,
+    maps: &QuantMaps,
+    len: u64,
+) -> Vec<(Role, wgpu::Buffer)> {
+    let device = context.device();
+    let buffer = |label: &str, contents: &[u8], size: u64| {
+        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        if contents.iter().any(|&byte| byte != 0) {
+            context.queue().write_buffer(&buffer, 0, contents);
+        }
+        buffer
+    };
+    let mut owned = Vec::new();
+    match formats.master {
+        Master::None => {}
+        Master::F32 => owned.push((Role::Master, buffer("master", &[], 4 * len))),
+        Master::Bf16Remainder => owned.push((
+            Role::Master,
+            buffer("master remainder", &[], Dtype::Bf16.buffer_bytes(len)),
+        )),
+    }
+    for (slot, (name, format)) in R::STATE_SLOTS.iter().zip(&formats.slots).enumerate() {
+        let Some(format) = *format else { continue };
+        let initial = rule.initial_state(name);
+        let (values, absmax) = match initial {
+            0.0 if format != StateFormat::Block8 => (Vec::new(), Vec::new()),
+            _ => format.encode(&vec![initial; len as usize], maps.of::<R>(name)),
+        };
+        let size = match format {
+            StateFormat::Block8 => len.div_ceil(4) * 4,
+            _ => format.buffer_bytes(len),
+        };
+        owned.push((Role::Slot(slot), buffer(name, &values, size)));
+        if format == StateFormat::Block8 {
+            owned.push((
+                Role::Absmax(slot),
+                buffer(
+                    "absmax",
+                    bytemuck::cast_slice(&absmax),
+                    len.div_ceil(BLOCK) * 4,
+                ),
+            ));
+        }
+    }
+    owned
+}
+
+/// A zeroed f32 buffer of `len` elements, with each span's non-zero initial value queued into
+/// it: the unfused chain's state.
+#[cfg(feature = "baselines")]
 pub(crate) fn state_buffer(
     context: &GpuContext,
     name: &str,

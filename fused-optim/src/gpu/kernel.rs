@@ -5,9 +5,11 @@ use bytemuck::{Pod, Zeroable};
 use wgpu::util::DeviceExt;
 
 use super::context::GpuContext;
+use super::glue::{accessors, roles, KernelFormats, Role};
 pub use super::plan::Lanes;
 use crate::error::Result;
-use crate::rule::{pipeline_constants, UpdateRule};
+use crate::format::Precision;
+use crate::rule::{pipeline_constants, slot_signs, UpdateRule};
 
 /// Invocations per workgroup. Passed to every shader as the `WORKGROUP_SIZE` override, so this
 /// constant is the only place the dispatch geometry and the shaders learn it.
@@ -15,6 +17,9 @@ pub const WORKGROUP_SIZE: u32 = 256;
 
 /// Source of the prelude every rule's shader is appended to (see its header for the layout).
 pub const PRELUDE: &str = include_str!("prelude.wgsl");
+
+/// Source of the storage formats' codecs, ahead of the prelude in every rule's kernel.
+pub const CODEC: &str = include_str!("codec.wgsl");
 
 /// How a kernel receives the values of each dispatch (the shaders' `step`: which items to
 /// update, the L2 coefficient and the rule's per-step scalars). Either way, any number of
@@ -50,57 +55,112 @@ pub(crate) fn assemble(body: &str, lanes: Lanes, values: StepValues) -> String {
         Lanes::Scalar => "f32",
     };
     format!(
-        "// Declared by the host (src/kernel.rs): {lanes:?} lanes, values as {values:?}.\n\
+        "// Declared by the host (src/gpu/kernel.rs): {lanes:?} lanes, values as {values:?}.\n\
          alias V = {alias};\n{}\n{body}",
         values.declaration()
     )
 }
 
-/// The full WGSL of a rule's kernel for `lanes` and `values`: the prelude plus the rule's own
-/// file (see prelude.wgsl), or the rule's file alone where it brings its own entry point.
-pub fn shader_source<R: UpdateRule>(lanes: Lanes, values: StepValues) -> String {
+/// The full WGSL of a rule's kernel for `lanes`, `values` and storage `formats`: the codecs,
+/// the accessors generated for the formats, the prelude and the rule's own file (see
+/// prelude.wgsl), or the rule's file alone where it brings its own entry point (f32 only).
+pub(crate) fn kernel_source<R: UpdateRule>(
+    lanes: Lanes,
+    values: StepValues,
+    formats: &KernelFormats,
+) -> String {
     match R::OWN_ENTRY_POINT {
         true => assemble(R::SHADER, lanes, values),
-        false => assemble(&format!("{PRELUDE}\n{}", R::SHADER), lanes, values),
+        false => assemble(
+            &format!(
+                "{CODEC}\n{}\n{PRELUDE}\n{}",
+                accessors(&slot_signs::<R>(), formats, lanes),
+                R::SHADER
+            ),
+            lanes,
+            values,
+        ),
     }
 }
 
+/// The full WGSL of `R`'s kernel for `lanes`, `values` and `precision` with every state slot
+/// kept: what the naga test translates.
+pub fn shader_source<R: UpdateRule>(
+    lanes: Lanes,
+    values: StepValues,
+    precision: &Precision,
+) -> String {
+    let formats = KernelFormats {
+        params: precision.params,
+        grads: precision.grads,
+        master: precision.master,
+        rounding: precision.rounding,
+        slots: R::STATE_SLOTS
+            .iter()
+            .map(|slot| Some(precision.state_format(slot)))
+            .collect(),
+    };
+    kernel_source::<R>(lanes, values, &formats)
+}
+
 /// `R`'s full WGSL in each form the host builds (vector and scalar lanes, values as
-/// immediates or in a uniform), named `file [lanes, values]`: what the naga test translates.
+/// immediates or in a uniform) for each precision preset, named `file [lanes, values,
+/// precision]`: what the naga test translates.
 pub fn shader_forms<R: UpdateRule>(file: &str) -> Vec<(String, String)> {
     let mut sources = Vec::new();
-    for lanes in [Lanes::Vector, Lanes::Scalar] {
-        for values in [StepValues::Immediates, StepValues::UniformCopy] {
-            sources.push((
-                format!("{file} [{lanes:?}, {values:?}]"),
-                shader_source::<R>(lanes, values),
-            ));
+    let presets = match R::OWN_ENTRY_POINT {
+        true => vec![("f32", Precision::default())],
+        false => Precision::presets(),
+    };
+    for (name, precision) in presets {
+        for lanes in [Lanes::Vector, Lanes::Scalar] {
+            for values in [StepValues::Immediates, StepValues::UniformCopy] {
+                sources.push((
+                    format!("{file} [{lanes:?}, {values:?}, {name}]"),
+                    shader_source::<R>(lanes, values, &precision),
+                ));
+            }
         }
     }
     sources
 }
 
 /// Header of the per-dispatch values (`Step` in prelude.wgsl): which items of the
-/// bound window to update, counted in the dispatch's lanes, and the L2 coefficient. The rule's
-/// `Scalars` follow it at byte 16.
+/// bound window to update, counted in the dispatch's lanes, the L2 coefficient, and what
+/// stochastic rounding hashes: the target index of the binding's first element and the step.
+/// The rule's `Scalars` follow it at byte 32 (a multiple of 16, as a uniform's struct member
+/// must be).
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub(crate) struct StepHeader {
     begin: u32,
     end: u32,
     weight_decay: f32,
-    pad: u32,
+    origin: u32,
+    seed: u32,
+    pad: [u32; 3],
 }
 
 impl StepHeader {
-    pub fn new<R: UpdateRule>(rule: &R, begin: u64, end: u64) -> Self {
+    pub fn new<R: UpdateRule>(rule: &R, dispatch: &DispatchValues) -> Self {
         Self {
-            begin: begin as u32,
-            end: end as u32,
+            begin: dispatch.begin as u32,
+            end: dispatch.end as u32,
             weight_decay: rule.l2_weight_decay() as f32,
-            pad: 0,
+            // Wraps past 2^32 elements: it only feeds a hash.
+            origin: dispatch.origin as u32,
+            seed: dispatch.step as u32,
+            pad: [0; 3],
         }
     }
+}
+
+/// Where one dispatch works and for which step: the header's inputs.
+pub(crate) struct DispatchValues {
+    pub begin: u64,
+    pub end: u64,
+    pub origin: u64,
+    pub step: u64,
 }
 
 pub(crate) const HEADER_BYTES: usize = std::mem::size_of::<StepHeader>();
@@ -114,32 +174,38 @@ pub(crate) fn values_size<R: UpdateRule>() -> u64 {
 pub(crate) fn step_values<R: UpdateRule>(
     rule: &R,
     scalars: &R::Scalars,
-    begin: u64,
-    end: u64,
+    dispatch: &DispatchValues,
 ) -> Vec<u8> {
-    let mut bytes = bytemuck::bytes_of(&StepHeader::new(rule, begin, end)).to_vec();
+    let mut bytes = bytemuck::bytes_of(&StepHeader::new(rule, dispatch)).to_vec();
     bytes.extend_from_slice(bytemuck::bytes_of(scalars));
     bytes
 }
 
-/// Identifies a compiled kernel: its shader, lanes, how it gets its values, and its override
-/// values.
+/// Identifies a compiled kernel: its shader, lanes, how it gets its values, its override
+/// values and its storage formats.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct KernelKey {
     pub shader: &'static str,
     pub lanes: Lanes,
     pub values: StepValues,
     pub constants: Vec<(&'static str, u32)>,
+    pub formats: KernelFormats,
 }
 
 impl KernelKey {
-    /// The key of `rule`'s pipeline: its shader and flags.
-    pub fn of<R: UpdateRule>(rule: &R, lanes: Lanes, values: StepValues) -> Self {
+    /// The key of `rule`'s pipeline: its shader, flags and formats.
+    pub fn of<R: UpdateRule>(
+        rule: &R,
+        lanes: Lanes,
+        values: StepValues,
+        formats: &KernelFormats,
+    ) -> Self {
         Self {
             shader: R::SHADER,
             lanes,
             values,
             constants: pipeline_constants(rule),
+            formats: formats.clone(),
         }
     }
 }
@@ -151,8 +217,8 @@ pub(crate) struct KernelShape<'a> {
     pub overrides: &'a [(&'a str, f64)],
     /// Bytes of the shader's `Step`.
     pub values_size: u64,
-    pub state_slots: u32,
-    pub lanes: Lanes,
+    /// The storage bindings, in binding order.
+    pub roles: &'a [Role],
     pub values: StepValues,
 }
 
@@ -162,12 +228,14 @@ pub(crate) struct Kernel {
 }
 
 impl Kernel {
-    /// Builds the pipeline for `rule`'s flag variant. Runs inside the context's error scopes.
+    /// Builds the pipeline for `rule`'s flag variant in `formats`. Runs inside the context's
+    /// error scopes.
     pub fn build<R: UpdateRule>(
         device: &wgpu::Device,
         rule: &R,
         lanes: Lanes,
         values: StepValues,
+        formats: &KernelFormats,
     ) -> Self {
         let constants: Vec<(&str, f64)> = pipeline_constants(rule)
             .into_iter()
@@ -175,31 +243,32 @@ impl Kernel {
             .collect();
         Self::compile(
             device,
-            &shader_source::<R>(lanes, values),
+            &kernel_source::<R>(lanes, values, formats),
             KernelShape {
                 label: rule.name(),
                 overrides: &constants,
                 values_size: values_size::<R>(),
-                state_slots: R::STATE_SLOTS.len() as u32,
-                lanes,
+                roles: &roles(formats),
                 values,
             },
         )
     }
 
     /// Compiles a kernel with the layout every fused-optim shader declares: the values as
-    /// immediates or, at binding 0, a uniform with a dynamic offset; binding 1 the params, 2 the
-    /// grads (read-only), then `state_slots` read-write state buffers, all arrays of the
-    /// shape's lanes; entry point `main`, `WORKGROUP_SIZE` overridden.
+    /// immediates or, at binding 0, a uniform with a dynamic offset; then the storage buffers
+    /// of `shape.roles` (glue.rs numbers them); entry point `main`, `WORKGROUP_SIZE`
+    /// overridden.
     pub fn compile(device: &wgpu::Device, source: &str, shape: KernelShape) -> Self {
-        let item_bytes = shape.lanes.width() * 4;
-        let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
-            binding,
+        let storage = |role: &Role| wgpu::BindGroupLayoutEntry {
+            binding: role.binding(),
             visibility: wgpu::ShaderStages::COMPUTE,
             ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Storage { read_only },
+                ty: wgpu::BufferBindingType::Storage {
+                    read_only: role.read_only(),
+                },
                 has_dynamic_offset: false,
-                min_binding_size: wgpu::BufferSize::new(item_bytes),
+                // Checked against the shader when a bind group is used.
+                min_binding_size: None,
             },
             count: None,
         };
@@ -218,8 +287,7 @@ impl Kernel {
                 count: None,
             });
         }
-        entries.extend([storage(1, false), storage(2, true)]);
-        entries.extend((0..shape.state_slots).map(|slot| storage(3 + slot, false)));
+        entries.extend(shape.roles.iter().map(storage));
         let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some(shape.label),
             entries: &entries,
@@ -245,7 +313,7 @@ impl Kernel {
             entry_point: Some("main"),
             compilation_options: wgpu::PipelineCompilationOptions {
                 constants: &constants,
-                // The kernels use no workgroup memory.
+                // Every kernel writes its workgroup memory before reading it.
                 zero_initialize_workgroup_memory: false,
             },
             cache: None,
@@ -254,19 +322,18 @@ impl Kernel {
     }
 
     /// A bind group for this kernel's layout: the values' uniform at binding 0 where they
-    /// come in one, then `storage` at bindings 1.. (params, grads, then one binding per state
-    /// slot).
+    /// come in one, then `storage`, each at its role's binding.
     pub fn bind_group<'a>(
         &self,
         device: &wgpu::Device,
         label: &str,
         values: Option<wgpu::BufferBinding<'a>>,
-        storage: impl IntoIterator<Item = wgpu::BufferBinding<'a>>,
+        storage: impl IntoIterator<Item = (Role, wgpu::BufferBinding<'a>)>,
     ) -> wgpu::BindGroup {
         let entries: Vec<wgpu::BindGroupEntry> = values
             .map(|values| (0, values))
             .into_iter()
-            .chain((1..).zip(storage))
+            .chain(storage.into_iter().map(|(role, b)| (role.binding(), b)))
             .map(|(binding, buffer)| wgpu::BindGroupEntry {
                 binding,
                 resource: wgpu::BindingResource::Buffer(buffer),

@@ -4,6 +4,7 @@
 
 mod context;
 mod engine;
+mod glue;
 mod kernel;
 mod plan;
 
@@ -13,6 +14,9 @@ pub use context::{
 #[cfg(feature = "baselines")]
 pub(crate) use engine::state_buffer;
 pub(crate) use engine::Engine;
-pub use kernel::{dispatch_grid, shader_forms, shader_source, StepValues, PRELUDE, WORKGROUP_SIZE};
+pub(crate) use glue::Role;
+pub use kernel::{
+    dispatch_grid, shader_forms, shader_source, StepValues, CODEC, PRELUDE, WORKGROUP_SIZE,
+};
 pub use plan::Lanes;
 pub(crate) use plan::Span;

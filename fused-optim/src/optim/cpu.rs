@@ -2,7 +2,11 @@
 //! count and state on host slices, performing the shader's f32 operations in its order.
 
 use crate::error::{Error, Result};
-use crate::rule::{find_state, state_names, try_set_lr, twin_element, StateRef, UpdateRule};
+use crate::format::qmap::QuantMap;
+use crate::format::{codec, Dtype, Master, Precision, Rounding, StateFormat, BLOCK};
+use crate::rule::{
+    find_state, slot_signs, state_names, try_set_lr, twin_element, StateRef, UpdateRule,
+};
 
 /// A host state vector of `len` copies of `value`, or `HostOutOfMemory` where the allocator
 /// refuses (an absurd length), instead of aborting the process.
@@ -17,37 +21,78 @@ fn host_state(len: usize, value: f32) -> Result<Vec<f32>> {
     Ok(state)
 }
 
-/// The CPU twin of [`Optimizer`](crate::Optimizer): the same rule, step count and state, on host slices.
+/// One state slot on the host, stored as its GPU buffers store it.
+#[derive(Clone, Debug)]
+struct StoredSlot {
+    format: StateFormat,
+    map: QuantMap,
+    values: Vec<u8>,
+    absmax: Vec<f32>,
+}
+
+/// The CPU twin of [`Optimizer`](crate::Optimizer): the same rule, step count, storage formats
+/// and state, on host slices, performing the kernel's f32 operations, conversions and
+/// roundings in its order.
 #[derive(Clone, Debug)]
 pub struct CpuOptimizer<R: UpdateRule> {
     rule: R,
+    precision: Precision,
     len: usize,
     steps: u64,
     /// The rule's host state (`UpdateRule::HOST_STATE`) as of step `steps`.
     host: Vec<f64>,
-    /// One vector per `R::STATE_SLOTS`, empty for slots this configuration does not keep.
-    state: Vec<Vec<f32>>,
+    /// The f32 master, or the bf16 remainders; empty without a master.
+    master: Vec<u32>,
+    /// One per `R::STATE_SLOTS`, `None` for slots this configuration does not keep.
+    state: Vec<Option<StoredSlot>>,
 }
 
 impl<R: UpdateRule> CpuOptimizer<R> {
-    /// Validates `rule` and allocates its state for `len` elements on the host.
+    /// Validates `rule` and allocates its state for `len` f32 elements on the host.
     pub fn new(rule: R, len: usize) -> Result<Self> {
+        Self::with_precision(rule, Precision::default(), len)
+    }
+
+    /// [`CpuOptimizer::new`] with the storage formats of `precision`: the twin of
+    /// [`Optimizer::with_precision`](crate::Optimizer::with_precision).
+    pub fn with_precision(rule: R, precision: Precision, len: usize) -> Result<Self> {
         rule.validate()?;
+        precision.validate(R::STATE_SLOTS)?;
         if len == 0 {
             return Err(Error::EmptyParams);
         }
-        let state = R::STATE_SLOTS
-            .iter()
-            .map(|name| match rule.keeps_state(name) {
-                true => host_state(len, rule.initial_state(name)),
-                false => Ok(Vec::new()),
+        let state = slot_signs::<R>()
+            .into_iter()
+            .map(|(name, non_negative)| {
+                if !rule.keeps_state(name) {
+                    return Ok(None);
+                }
+                let format = precision.state_format(name);
+                let map = match non_negative {
+                    true => QuantMap::unsigned(),
+                    false => QuantMap::signed(),
+                };
+                let initial = host_state(len, rule.initial_state(name))?;
+                let (values, absmax) = format.encode(&initial, &map);
+                Ok(Some(StoredSlot {
+                    format,
+                    map,
+                    values,
+                    absmax,
+                }))
             })
             .collect::<Result<_>>()?;
+        let master = match precision.master {
+            Master::None => Vec::new(),
+            _ => vec![0; len],
+        };
         Ok(Self {
             host: rule.initial_host_state(),
             rule,
+            precision,
             len,
             steps: 0,
+            master,
             state,
         })
     }
@@ -55,6 +100,11 @@ impl<R: UpdateRule> CpuOptimizer<R> {
     /// The rule and its hyperparameters.
     pub fn rule(&self) -> &R {
         &self.rule
+    }
+
+    /// The storage formats.
+    pub fn precision(&self) -> &Precision {
+        &self.precision
     }
 
     /// Steps taken so far (PyTorch's `state["step"]`).
@@ -72,17 +122,57 @@ impl<R: UpdateRule> CpuOptimizer<R> {
         try_set_lr(&mut self.rule, lr)
     }
 
-    /// A state by PyTorch name; `step` reads as one element.
+    /// A state by PyTorch name, decoded to f32; `step` reads as one element.
     pub fn state(&self, name: &str) -> Result<Vec<f32>> {
         Ok(match find_state(&self.rule, name)? {
-            StateRef::Slot(slot) => self.state[slot].clone(),
+            StateRef::Slot(slot) => {
+                let stored = self.state[slot].as_ref().expect("a kept slot is stored");
+                stored
+                    .format
+                    .decode(&stored.values, &stored.absmax, self.len, &stored.map)
+            }
             StateRef::Host(index) => vec![self.host[index] as f32],
             StateRef::Step => vec![self.steps as f32],
         })
     }
 
-    /// One step of the twin, element by element in the shader's order of operations
-    /// (the prelude's `main`, then the rule's `update`).
+    /// A state by PyTorch name as its GPU buffers hold it: the values' bytes (8-bit codes,
+    /// 16-bit pairs, f32) and, for 8-bit state, each block's absmax.
+    pub fn state_bytes(&self, name: &str) -> Result<(Vec<u8>, Vec<f32>)> {
+        match find_state(&self.rule, name)? {
+            StateRef::Slot(slot) => {
+                let stored = self.state[slot].as_ref().expect("a kept slot is stored");
+                Ok((stored.values.clone(), stored.absmax.clone()))
+            }
+            _ => Err(Error::UnknownState {
+                name: name.to_owned(),
+                available: "a per-element state".into(),
+            }),
+        }
+    }
+
+    /// The f32 master weights given the current `params` (in the params' format), or `None`
+    /// without a master. Before the first step the master is the params themselves.
+    pub fn master(&self, params: &[u8]) -> Option<Vec<f32>> {
+        let dtype = self.precision.params;
+        match self.precision.master {
+            Master::None => None,
+            Master::F32 if self.steps == 0 => Some(dtype.decode(params, self.len)),
+            Master::F32 => Some(
+                self.master
+                    .iter()
+                    .map(|&bits| f32::from_bits(bits))
+                    .collect(),
+            ),
+            Master::Bf16Remainder => Some(
+                (0..self.len)
+                    .map(|e| codec::join_remainder(half_at(params, e), self.master[e] as u16))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// One step of the twin over f32 params and grads (the default precision).
     pub fn step(&mut self, params: &mut [f32], grads: &[f32]) -> Result<()> {
         let (params_len, grads_len) = (params.len() as u64, grads.len() as u64);
         if params_len != grads_len {
@@ -92,32 +182,154 @@ impl<R: UpdateRule> CpuOptimizer<R> {
                 grads: grads_len,
             });
         }
-        if params_len != self.len as u64 {
-            return Err(Error::StateMismatch {
-                tensor: "params".into(),
-                expected: self.len as u64,
-                got: params_len,
-            });
+        self.step_bytes(
+            bytemuck::cast_slice_mut(params),
+            bytemuck::cast_slice(grads),
+        )
+    }
+
+    /// One step of the twin over params and grads given as the bytes of buffers in the
+    /// precision's formats (what [`Dtype::encode`](crate::Dtype::encode) makes), element by
+    /// element in the kernel's order of operations: the prelude's loads, the rule's `update`,
+    /// the stores, and for 8-bit state the block's absmax once its 256 new values are known.
+    pub fn step_bytes(&mut self, params: &mut [u8], grads: &[u8]) -> Result<()> {
+        let len = self.len as u64;
+        for (bytes, dtype, which) in [
+            (params.len() as u64, self.precision.params, "params"),
+            (grads.len() as u64, self.precision.grads, "grads"),
+        ] {
+            let expected = dtype.buffer_bytes(len);
+            if bytes != expected {
+                return Err(match dtype {
+                    Dtype::F32 => Error::StateMismatch {
+                        tensor: which.into(),
+                        expected: len,
+                        got: bytes / 4,
+                    },
+                    _ => Error::FormatSize {
+                        buffer: which.into(),
+                        format: dtype,
+                        len,
+                        expected,
+                        got: bytes,
+                    },
+                });
+            }
         }
         let t = self.steps + 1;
         let l2 = self.rule.l2_weight_decay() as f32;
         let mut host = self.host.clone();
         self.rule.advance_host_state(t, &mut host);
         let scalars = self.rule.scalars(t, &host);
+        let precision = self.precision.clone();
+        let block = BLOCK as usize;
         let mut values = vec![0.0; self.state.len()];
-        for (i, (param, &grad)) in params.iter_mut().zip(grads).enumerate() {
-            for (value, slot) in values.iter_mut().zip(&self.state) {
-                *value = slot.get(i).copied().unwrap_or(0.0);
-            }
-            twin_element(&self.rule, l2, &scalars, param, grad, &mut values);
-            for (value, slot) in values.iter().zip(&mut self.state) {
-                if let Some(stored) = slot.get_mut(i) {
-                    *stored = *value;
+        let mut fresh: Vec<Vec<f32>> = vec![Vec::with_capacity(block); self.state.len()];
+        for start in (0..self.len).step_by(block) {
+            let end = (start + block).min(self.len);
+            for e in start..end {
+                let mut p = match (precision.params, precision.master) {
+                    (Dtype::F32, _) => f32_at(params, e),
+                    (dtype, Master::None) => dtype.value(half_at(params, e)),
+                    (dtype, Master::F32) if t == 1 => dtype.value(half_at(params, e)),
+                    (_, Master::F32) => f32::from_bits(self.master[e]),
+                    (_, Master::Bf16Remainder) => {
+                        codec::join_remainder(half_at(params, e), self.master[e] as u16)
+                    }
+                };
+                let g = match precision.grads {
+                    Dtype::F32 => f32_at(grads, e),
+                    dtype => dtype.value(half_at(grads, e)),
+                };
+                for (value, slot) in values.iter_mut().zip(&self.state) {
+                    *value = slot.as_ref().map_or(0.0, |s| s.load(e));
                 }
+                twin_element(&self.rule, l2, &scalars, &mut p, g, &mut values);
+                for ((value, slot), fresh) in values.iter().zip(&self.state).zip(&mut fresh) {
+                    if slot.is_some() {
+                        fresh.push(*value);
+                    }
+                }
+                match (precision.params, precision.master) {
+                    (Dtype::F32, _) => params[4 * e..4 * e + 4].copy_from_slice(&p.to_le_bytes()),
+                    (dtype, Master::None) => {
+                        let bits = match (precision.rounding, dtype) {
+                            (Rounding::NearestEven, _) => dtype.nearest(p),
+                            (Rounding::Stochastic, Dtype::F16) => {
+                                codec::f16_stochastic(p, codec::random_bits(e as u32, t as u32))
+                            }
+                            (Rounding::Stochastic, _) => {
+                                codec::bf16_stochastic(p, codec::random_bits(e as u32, t as u32))
+                            }
+                        };
+                        set_half(params, e, bits);
+                    }
+                    (dtype, Master::F32) => {
+                        self.master[e] = p.to_bits();
+                        set_half(params, e, dtype.nearest(p));
+                    }
+                    (_, Master::Bf16Remainder) => {
+                        let (param, remainder) = codec::split_remainder(p);
+                        self.master[e] = remainder as u32;
+                        set_half(params, e, param);
+                    }
+                }
+            }
+            for (slot, fresh) in self.state.iter_mut().zip(&mut fresh) {
+                if let Some(slot) = slot {
+                    slot.store(start, fresh);
+                }
+                fresh.clear();
             }
         }
         self.host = host;
         self.steps = t;
         Ok(())
     }
+}
+
+impl StoredSlot {
+    /// Element `e`'s value, decoded.
+    fn load(&self, e: usize) -> f32 {
+        match self.format {
+            StateFormat::F32 => f32_at(&self.values, e),
+            StateFormat::Bf16 => Dtype::Bf16.value(half_at(&self.values, e)),
+            StateFormat::Block8 => self
+                .map
+                .value(self.values[e], self.absmax[e / BLOCK as usize]),
+        }
+    }
+
+    /// Stores the new values of the elements `start..start + values.len()`, one block.
+    fn store(&mut self, start: usize, values: &[f32]) {
+        match self.format {
+            StateFormat::F32 => {
+                let bytes: &[u8] = bytemuck::cast_slice(values);
+                self.values[4 * start..4 * start + bytes.len()].copy_from_slice(bytes);
+            }
+            StateFormat::Bf16 => {
+                for (k, &value) in values.iter().enumerate() {
+                    set_half(&mut self.values, start + k, Dtype::Bf16.nearest(value));
+                }
+            }
+            StateFormat::Block8 => {
+                let mut codes = Vec::with_capacity(values.len());
+                let absmax = codec::quantize_block(values, &self.map, &mut codes);
+                self.absmax[start / BLOCK as usize] = absmax;
+                self.values[start..start + codes.len()].copy_from_slice(&codes);
+            }
+        }
+    }
+}
+
+fn f32_at(bytes: &[u8], e: usize) -> f32 {
+    f32::from_le_bytes(bytes[4 * e..4 * e + 4].try_into().expect("4 bytes"))
+}
+
+fn half_at(bytes: &[u8], e: usize) -> u16 {
+    u16::from_le_bytes([bytes[2 * e], bytes[2 * e + 1]])
+}
+
+fn set_half(bytes: &mut [u8], e: usize, bits: u16) {
+    bytes[2 * e..2 * e + 2].copy_from_slice(&bits.to_le_bytes());
 }

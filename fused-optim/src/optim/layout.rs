@@ -6,10 +6,12 @@ use std::ops::Range;
 
 use crate::error::{Error, Result};
 
-/// Every tensor starts at a multiple of this many elements (256 bytes): WebGPU's largest
-/// `min_storage_buffer_offset_alignment`, so a trainer can bind any tensor as a slice of the
-/// packed buffers on any adapter, and the layout does not depend on the adapter.
-pub const TENSOR_ALIGNMENT: u64 = 64;
+/// Every tensor starts at a multiple of this many elements: one 8-bit state block, so no block
+/// spans two tensors, and at least WebGPU's largest `min_storage_buffer_offset_alignment`
+/// (256 bytes) in every format (f32, 16-bit pairs, 8-bit codes), so a trainer can bind any
+/// tensor as a slice of the packed buffers on any adapter, and the layout depends neither on
+/// the adapter nor on the formats.
+pub const TENSOR_ALIGNMENT: u64 = 256;
 
 /// Where one tensor lives in the packed buffers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,12 +32,21 @@ impl TensorSlot {
         self.offset as usize..(self.offset + self.len) as usize
     }
 
-    /// Its slice of a packed buffer, e.g. to bind a layer's weights.
+    /// Its slice of a packed f32 buffer, e.g. to bind a layer's weights.
     pub fn binding<'a>(&self, buffer: &'a wgpu::Buffer) -> wgpu::BufferBinding<'a> {
+        self.binding_as(buffer, crate::format::Dtype::F32)
+    }
+
+    /// Its slice of a packed buffer in `dtype` (whole u32 words for 16-bit formats).
+    pub fn binding_as<'a>(
+        &self,
+        buffer: &'a wgpu::Buffer,
+        dtype: crate::format::Dtype,
+    ) -> wgpu::BufferBinding<'a> {
         wgpu::BufferBinding {
             buffer,
-            offset: self.offset * 4,
-            size: wgpu::BufferSize::new(self.len * 4),
+            offset: self.offset * dtype.element_bytes(),
+            size: wgpu::BufferSize::new(dtype.buffer_bytes(self.len)),
         }
     }
 }
@@ -219,16 +230,16 @@ mod tests {
             slots,
             [
                 ("w1", 0, 100, 0),
-                ("w2", 128, 64, 0),
-                ("b1", 192, 3, 1),
-                ("b2", 256, 1, 1)
+                ("w2", 256, 64, 0),
+                ("b1", 512, 3, 1),
+                ("b2", 768, 1, 1)
             ]
         );
-        assert_eq!(layout.group_range(0), 0..192);
-        // Each group's run ends on a whole vec4: b2 ends at 257, its group at 260.
-        assert_eq!(layout.group_range(1), 192..260);
-        assert_eq!(layout.len(), 260);
-        assert_eq!(layout.tensor("b1").unwrap().range(), 192..195);
+        assert_eq!(layout.group_range(0), 0..320);
+        // Each group's run ends on a whole vec4: b2 ends at 769, its group at 772.
+        assert_eq!(layout.group_range(1), 512..772);
+        assert_eq!(layout.len(), 772);
+        assert_eq!(layout.tensor("b1").unwrap().range(), 512..515);
     }
 
     #[test]

@@ -2,15 +2,17 @@
 
 use super::engine_accessors;
 use crate::error::{Error, Result};
-use crate::gpu::{Engine, GpuContext, Span};
+use crate::format::Precision;
+use crate::gpu::{Engine, GpuContext, Role, Span};
 use crate::rule::{find_state, kept_states, try_set_lr, StateRef, UpdateRule};
 
-/// A fused optimizer over one tensor of `len` f32 elements on the GPU.
+/// A fused optimizer over one tensor of `len` elements on the GPU.
 ///
-/// It owns the state buffers, the step count and the pipeline; params and grads stay the
-/// caller's buffers (`STORAGE` usage, exactly `len` f32 each) and are updated in place, with
-/// no readback and no host wait: one dispatch per step, or one per window where the tensor is
-/// larger than the adapter's storage-binding limit.
+/// It owns the state buffers (and master weights), the step count and the pipeline; params and
+/// grads stay the caller's buffers (`STORAGE` usage, exactly `len` elements each in the
+/// formats of its [`Precision`], f32 by default) and are updated in place, with no readback
+/// and no host wait: one dispatch per step, or one per window where the tensor is larger than
+/// the adapter's storage-binding limit.
 pub struct Optimizer<R: UpdateRule> {
     engine: Engine<R>,
     len: u64,
@@ -21,6 +23,17 @@ impl<R: UpdateRule> Optimizer<R> {
     /// elements. Fails before allocating anything if a state buffer would exceed the adapter's
     /// `max_buffer_size`.
     pub fn new(context: &GpuContext, rule: R, len: usize) -> Result<Self> {
+        Self::with_precision(context, rule, Precision::default(), len)
+    }
+
+    /// [`Optimizer::new`] with params, grads, master weights and state stored as `precision`
+    /// says. With a master, the master is taken from the params on the first step.
+    pub fn with_precision(
+        context: &GpuContext,
+        rule: R,
+        precision: Precision,
+        len: usize,
+    ) -> Result<Self> {
         let len = len as u64;
         let span = Span {
             target: 0,
@@ -28,7 +41,7 @@ impl<R: UpdateRule> Optimizer<R> {
             start: 0,
             end: len,
         };
-        let engine = Engine::new(context, vec![rule], vec![len], &[span])?;
+        let engine = Engine::new(context, vec![rule], vec![precision], vec![len], &[span])?;
         Ok(Self { engine, len })
     }
 
@@ -60,10 +73,19 @@ impl<R: UpdateRule> Optimizer<R> {
         try_set_lr(&mut self.engine.groups[0], lr)
     }
 
-    /// The GPU buffer of a state (`exp_avg`, ...), e.g. to copy it into a checkpoint.
+    /// The storage formats of params, grads, master and state.
+    pub fn precision(&self) -> &Precision {
+        &self.engine.precisions[0]
+    }
+
+    /// The GPU buffer of a state (`exp_avg`, ...) in its storage format (the codes, for
+    /// 8-bit state), e.g. to copy it into a checkpoint.
     pub fn state_buffer(&self, name: &str) -> Result<&wgpu::Buffer> {
         match find_state(self.rule(), name)? {
-            StateRef::Slot(slot) => Ok(self.engine.state_buffer(0, slot)),
+            StateRef::Slot(slot) => Ok(self
+                .engine
+                .owned_buffer(0, Role::Slot(slot))
+                .expect("a kept slot has a buffer")),
             StateRef::Step | StateRef::Host(_) => Err(Error::UnknownState {
                 name: name.to_owned(),
                 available: format!("`{name}` lives on the host: use read_state"),
@@ -71,17 +93,21 @@ impl<R: UpdateRule> Optimizer<R> {
         }
     }
 
-    /// Reads a state back to the host by PyTorch name; `step` reads as one element.
-    /// Waits for the GPU.
+    /// Reads a state back to the host by PyTorch name, decoded to f32 whatever its format;
+    /// `step` reads as one element. Waits for the GPU.
     pub fn read_state(&self, name: &str) -> Result<Vec<f32>> {
         match find_state(self.rule(), name)? {
-            StateRef::Slot(slot) => self
-                .engine
-                .context()
-                .download(self.engine.state_buffer(0, slot)),
+            StateRef::Slot(slot) => self.engine.read_slot(0, slot),
             StateRef::Host(index) => Ok(vec![self.engine.host[0][index] as f32]),
             StateRef::Step => Ok(vec![self.engine.steps as f32]),
         }
+    }
+
+    /// The f32 master weights (reconstructed exactly from the bf16 params and the remainder,
+    /// for that master), or `None` without a master. `params` is the buffer the steps update.
+    /// Waits for the GPU.
+    pub fn read_master(&self, params: &wgpu::Buffer) -> Result<Option<Vec<f32>>> {
+        self.engine.read_master(0, params)
     }
 
     /// How many per-element state buffers this configuration keeps.

@@ -5,7 +5,8 @@
 use super::engine_accessors;
 use super::layout::ParamLayout;
 use crate::error::{Error, Result};
-use crate::gpu::{Engine, GpuContext, Span};
+use crate::format::Precision;
+use crate::gpu::{Engine, GpuContext, Role, Span};
 use crate::rule::{find_state, try_set_lr, StateRef, UpdateRule};
 
 /// Tensors that share hyperparameters, like one entry of PyTorch's `param_groups`: its own
@@ -16,15 +17,26 @@ pub struct ParamGroup<R> {
     pub rule: R,
     /// Names of the tensors in the group.
     pub tensors: Vec<String>,
+    /// How the group's params, grads, master and state are stored. Groups sharing packed
+    /// buffers must agree on the params' and grads' formats; master and state are the
+    /// group's own (e.g. f32 state for small tensors, 8-bit for large ones).
+    pub precision: Precision,
 }
 
 impl<R> ParamGroup<R> {
-    /// A group of the named tensors with `rule`'s hyperparameters.
+    /// A group of the named tensors with `rule`'s hyperparameters, in f32.
     pub fn new(rule: R, tensors: impl IntoIterator<Item = impl Into<String>>) -> Self {
         Self {
             rule,
             tensors: tensors.into_iter().map(Into::into).collect(),
+            precision: Precision::default(),
         }
+    }
+
+    /// The group stored as `precision` says.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
     }
 }
 
@@ -61,8 +73,9 @@ impl<R: UpdateRule> ParamSet<R> {
                 }
             })
             .collect();
+        let precisions = groups.iter().map(|group| group.precision.clone()).collect();
         let rules = groups.into_iter().map(|group| group.rule).collect();
-        let engine = Engine::new(context, rules, vec![layout.len()], &spans)?;
+        let engine = Engine::new(context, rules, precisions, vec![layout.len()], &spans)?;
         Ok(Self { engine, layout })
     }
 
@@ -98,28 +111,43 @@ impl<R: UpdateRule> ParamSet<R> {
         try_set_lr(rule, lr)
     }
 
-    /// The packed GPU buffer of a state, laid out like the params.
-    pub fn state_buffer(&self, name: &str) -> Result<&wgpu::Buffer> {
-        let kept = self.state_names();
-        let slot = R::STATE_SLOTS
-            .iter()
-            .position(|slot| *slot == name && kept.contains(slot))
-            .ok_or_else(|| Error::UnknownState {
-                name: name.into(),
-                available: kept.join(", "),
-            })?;
-        Ok(self.engine.state_buffer(0, slot))
+    /// Each group's storage formats, in the order the groups were given.
+    pub fn precisions(&self) -> &[Precision] {
+        &self.engine.precisions
     }
 
-    /// Reads one tensor's state back by PyTorch name; `step` reads as one element. Fails for a
-    /// state the tensor's group does not keep. Waits for the GPU.
+    /// The GPU buffer of a state of group `group`, in its storage format, laid out like the
+    /// group's run of the params: its element `k` is the params' element
+    /// `layout().group_range(group).start + k`.
+    pub fn state_buffer(&self, name: &str, group: usize) -> Result<&wgpu::Buffer> {
+        let rule = self
+            .engine
+            .groups
+            .get(group)
+            .ok_or(Error::UnknownGroup { group })?;
+        match find_state(rule, name)? {
+            StateRef::Slot(slot) => Ok(self
+                .engine
+                .owned_buffer(group, Role::Slot(slot))
+                .expect("a kept slot has a buffer")),
+            StateRef::Step | StateRef::Host(_) => Err(Error::UnknownState {
+                name: name.to_owned(),
+                available: format!("`{name}` lives on the host: use read_state"),
+            }),
+        }
+    }
+
+    /// Reads one tensor's state back by PyTorch name, decoded to f32; `step` reads as one
+    /// element. Fails for a state the tensor's group does not keep. Waits for the GPU.
     pub fn read_state(&self, name: &str, tensor: &str) -> Result<Vec<f32>> {
         let slot = self.layout.tensor(tensor)?;
         match find_state(&self.engine.groups[slot.group], name)? {
-            StateRef::Slot(index) => self.engine.context().download_range(
-                self.engine.state_buffer(0, index),
-                slot.offset..slot.offset + slot.len,
-            ),
+            StateRef::Slot(index) => {
+                // One span per group, from the group's first element.
+                let values = self.engine.read_slot(slot.group, index)?;
+                let start = (slot.offset - self.engine.spans()[slot.group].start) as usize;
+                Ok(values[start..start + slot.len as usize].to_vec())
+            }
             StateRef::Host(index) => Ok(vec![self.engine.host[slot.group][index] as f32]),
             StateRef::Step => Ok(vec![self.engine.steps as f32]),
         }
@@ -153,6 +181,16 @@ pub struct ForeachOptimizer<R: UpdateRule> {
 impl<R: UpdateRule> ForeachOptimizer<R> {
     /// State for tensors of `lens` elements, in the order their pairs will be passed.
     pub fn new(context: &GpuContext, rule: R, lens: &[usize]) -> Result<Self> {
+        Self::with_precision(context, rule, Precision::default(), lens)
+    }
+
+    /// [`ForeachOptimizer::new`] with every pair stored as `precision` says.
+    pub fn with_precision(
+        context: &GpuContext,
+        rule: R,
+        precision: Precision,
+        lens: &[usize],
+    ) -> Result<Self> {
         if lens.is_empty() {
             return Err(Error::EmptyParams);
         }
@@ -167,7 +205,7 @@ impl<R: UpdateRule> ForeachOptimizer<R> {
                 end: len,
             })
             .collect();
-        let engine = Engine::new(context, vec![rule], lens, &spans)?;
+        let engine = Engine::new(context, vec![rule], vec![precision], lens, &spans)?;
         Ok(Self { engine })
     }
 
@@ -193,9 +231,7 @@ impl<R: UpdateRule> ForeachOptimizer<R> {
                         name: format!("#{index} (this optimizer has {targets})"),
                     });
                 }
-                self.engine
-                    .context()
-                    .download(self.engine.state_buffer(index, slot))
+                self.engine.read_slot(index, slot)
             }
             StateRef::Host(slot) => Ok(vec![self.engine.host[0][slot] as f32]),
             StateRef::Step => Ok(vec![self.engine.steps as f32]),

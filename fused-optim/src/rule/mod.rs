@@ -30,9 +30,15 @@ pub trait UpdateRule: Clone + std::fmt::Debug + Send + Sync + 'static {
     /// it does not use; rules leave it false.
     const OWN_ENTRY_POINT: bool = false;
 
-    /// Every state buffer the shader declares, in binding order (3, 4, ...), by PyTorch name.
-    /// The twin's `state[i]` is slot `i`; tests/shaders.rs checks the bindings against this.
+    /// Every per-element state the shader loads and stores (`load_<name>`, `store_<name>`),
+    /// by PyTorch name. The twin's `state[i]` is slot `i`; the host generates each slot's
+    /// binding and accessors in the slot's storage format (src/gpu/glue.rs).
     const STATE_SLOTS: &'static [&'static str];
+
+    /// The slots of [`UpdateRule::STATE_SLOTS`] that are never negative (`exp_avg_sq`, `sum`,
+    /// ...): 8-bit state stores them through the unsigned quantization map, which spends all
+    /// 256 codes on values of one sign. Every other slot uses the signed map.
+    const NON_NEGATIVE: &'static [&'static str] = &[];
 
     /// Whether PyTorch keeps a `step` count in this optimizer's state.
     const COUNTS_STEPS: bool;
@@ -172,6 +178,14 @@ pub(crate) fn twin_element<R: UpdateRule>(
         g += l2 * p;
     }
     *param = rule.twin_update(s, p, g, state);
+}
+
+/// Each state slot of `R` by name, with whether it is never negative.
+pub(crate) fn slot_signs<R: UpdateRule>() -> Vec<(&'static str, bool)> {
+    R::STATE_SLOTS
+        .iter()
+        .map(|slot| (*slot, R::NON_NEGATIVE.contains(slot)))
+        .collect()
 }
 
 /// How many per-element state buffers `rule`'s configuration keeps.

@@ -64,6 +64,7 @@ impl UpdateRule for Adadelta {
     type Scalars = AdadeltaScalars;
     const SHADER: &'static str = include_str!("adadelta.wgsl");
     const STATE_SLOTS: &'static [&'static str] = &["square_avg", "acc_delta"];
+    const NON_NEGATIVE: &'static [&'static str] = &["square_avg", "acc_delta"];
     const COUNTS_STEPS: bool = true;
 
     fn name(&self) -> &'static str {

@@ -12,16 +12,13 @@ struct Scalars {
     eps: f32,
 }
 
-@group(0) @binding(3) var<storage, read_write> square_avg: array<V>;
-@group(0) @binding(4) var<storage, read_write> acc_delta: array<V>;
-
 fn update(i: u32, p: V, g: V) -> V {
     let s = step.s;
-    let v = s.rho * square_avg[i] + s.one_minus_rho * (g * g);
+    let v = s.rho * load_square_avg(i) + s.one_minus_rho * (g * g);
     let rms_grad = sqrt(v + s.eps);
-    let acc = acc_delta[i];
+    let acc = load_acc_delta(i);
     let delta = sqrt(acc + s.eps) / rms_grad * g;
-    square_avg[i] = v;
-    acc_delta[i] = s.rho * acc + s.one_minus_rho * (delta * delta);
+    store_square_avg(i, v);
+    store_acc_delta(i, s.rho * acc + s.one_minus_rho * (delta * delta));
     return p - s.lr * delta;
 }

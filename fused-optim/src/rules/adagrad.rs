@@ -62,6 +62,7 @@ impl UpdateRule for Adagrad {
     type Scalars = AdagradScalars;
     const SHADER: &'static str = include_str!("adagrad.wgsl");
     const STATE_SLOTS: &'static [&'static str] = &["sum"];
+    const NON_NEGATIVE: &'static [&'static str] = &["sum"];
     const COUNTS_STEPS: bool = true;
 
     fn name(&self) -> &'static str {

@@ -9,11 +9,9 @@ struct Scalars {
     eps: f32,
 }
 
-@group(0) @binding(3) var<storage, read_write> sum: array<V>;
-
 fn update(i: u32, p: V, g: V) -> V {
     let s = step.s;
-    let acc = sum[i] + g * g;
-    sum[i] = acc;
+    let acc = load_sum(i) + g * g;
+    store_sum(i, acc);
     return p - s.clr * (g / (sqrt(acc) + s.eps));
 }

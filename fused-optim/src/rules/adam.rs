@@ -99,6 +99,7 @@ impl UpdateRule for Adam {
     type Scalars = AdamScalars;
     const SHADER: &'static str = include_str!("adam.wgsl");
     const STATE_SLOTS: &'static [&'static str] = &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"];
+    const NON_NEGATIVE: &'static [&'static str] = &["exp_avg_sq", "max_exp_avg_sq"];
     const COUNTS_STEPS: bool = true;
 
     fn name(&self) -> &'static str {

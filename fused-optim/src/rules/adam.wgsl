@@ -24,20 +24,16 @@ struct Scalars {
     decay: f32,
 }
 
-@group(0) @binding(3) var<storage, read_write> exp_avg: array<V>;
-@group(0) @binding(4) var<storage, read_write> exp_avg_sq: array<V>;
-@group(0) @binding(5) var<storage, read_write> max_exp_avg_sq: array<V>;
-
 fn update(i: u32, p: V, g: V) -> V {
     let s = step.s;
     let decayed = select(p, p * s.decay, DECOUPLED);
-    let m = s.beta1 * exp_avg[i] + s.one_minus_beta1 * g;
-    var v = s.beta2 * exp_avg_sq[i] + s.one_minus_beta2 * (g * g);
-    exp_avg[i] = m;
-    exp_avg_sq[i] = v;
+    let m = s.beta1 * load_exp_avg(i) + s.one_minus_beta1 * g;
+    var v = s.beta2 * load_exp_avg_sq(i) + s.one_minus_beta2 * (g * g);
+    store_exp_avg(i, m);
+    store_exp_avg_sq(i, v);
     if AMSGRAD {
-        v = max(max_exp_avg_sq[i], v);
-        max_exp_avg_sq[i] = v;
+        v = max(load_max_exp_avg_sq(i), v);
+        store_max_exp_avg_sq(i, v);
     }
     let denom = sqrt(v) / s.bias_correction2_sqrt + s.eps;
     return decayed - s.step_size * (m / denom);

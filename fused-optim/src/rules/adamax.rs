@@ -65,6 +65,7 @@ impl UpdateRule for Adamax {
     type Scalars = AdamaxScalars;
     const SHADER: &'static str = include_str!("adamax.wgsl");
     const STATE_SLOTS: &'static [&'static str] = &["exp_avg", "exp_inf"];
+    const NON_NEGATIVE: &'static [&'static str] = &["exp_inf"];
     const COUNTS_STEPS: bool = true;
 
     fn name(&self) -> &'static str {

@@ -13,14 +13,11 @@ struct Scalars {
     clr: f32,
 }
 
-@group(0) @binding(3) var<storage, read_write> exp_avg: array<V>;
-@group(0) @binding(4) var<storage, read_write> exp_inf: array<V>;
-
 fn update(i: u32, p: V, g: V) -> V {
     let s = step.s;
-    let m = s.beta1 * exp_avg[i] + s.one_minus_beta1 * g;
-    let u = max(s.beta2 * exp_inf[i], abs(g) + s.eps);
-    exp_avg[i] = m;
-    exp_inf[i] = u;
+    let m = s.beta1 * load_exp_avg(i) + s.one_minus_beta1 * g;
+    let u = max(s.beta2 * load_exp_inf(i), abs(g) + s.eps);
+    store_exp_avg(i, m);
+    store_exp_inf(i, u);
     return p - s.clr * (m / u);
 }

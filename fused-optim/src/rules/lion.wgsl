@@ -15,12 +15,10 @@ struct Scalars {
     decay: f32,
 }
 
-@group(0) @binding(3) var<storage, read_write> exp_avg: array<V>;
-
 fn update(i: u32, p: V, g: V) -> V {
     let s = step.s;
-    let m = exp_avg[i];
+    let m = load_exp_avg(i);
     let c = s.beta1 * m + s.one_minus_beta1 * g;
-    exp_avg[i] = s.beta2 * m + s.one_minus_beta2 * g;
+    store_exp_avg(i, s.beta2 * m + s.one_minus_beta2 * g);
     return p * s.decay - s.lr * sign(c);
 }

@@ -97,6 +97,7 @@ impl UpdateRule for NAdam {
     type Scalars = NAdamScalars;
     const SHADER: &'static str = include_str!("nadam.wgsl");
     const STATE_SLOTS: &'static [&'static str] = &["exp_avg", "exp_avg_sq"];
+    const NON_NEGATIVE: &'static [&'static str] = &["exp_avg_sq"];
     const HOST_STATE: &'static [&'static str] = &["mu_product"];
     const COUNTS_STEPS: bool = true;
 

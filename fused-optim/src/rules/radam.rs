@@ -102,6 +102,7 @@ impl UpdateRule for RAdam {
     type Scalars = RAdamScalars;
     const SHADER: &'static str = include_str!("radam.wgsl");
     const STATE_SLOTS: &'static [&'static str] = &["exp_avg", "exp_avg_sq"];
+    const NON_NEGATIVE: &'static [&'static str] = &["exp_avg_sq"];
     const COUNTS_STEPS: bool = true;
 
     fn name(&self) -> &'static str {

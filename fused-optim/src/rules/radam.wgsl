@@ -24,16 +24,13 @@ struct Scalars {
     decay: f32,
 }
 
-@group(0) @binding(3) var<storage, read_write> exp_avg: array<V>;
-@group(0) @binding(4) var<storage, read_write> exp_avg_sq: array<V>;
-
 fn update(i: u32, p: V, g: V) -> V {
     let s = step.s;
     let decayed = select(p, p * s.decay, DECOUPLED);
-    let m = s.beta1 * exp_avg[i] + s.one_minus_beta1 * g;
-    let v = s.beta2 * exp_avg_sq[i] + s.one_minus_beta2 * (g * g);
-    exp_avg[i] = m;
-    exp_avg_sq[i] = v;
+    let m = s.beta1 * load_exp_avg(i) + s.one_minus_beta1 * g;
+    let v = s.beta2 * load_exp_avg_sq(i) + s.one_minus_beta2 * (g * g);
+    store_exp_avg(i, m);
+    store_exp_avg_sq(i, v);
     if s.rectified == 0u {
         return decayed - s.step_size * m;
     }

@@ -78,6 +78,7 @@ impl UpdateRule for RmsProp {
     type Scalars = RmsPropScalars;
     const SHADER: &'static str = include_str!("rmsprop.wgsl");
     const STATE_SLOTS: &'static [&'static str] = &["square_avg", "momentum_buffer", "grad_avg"];
+    const NON_NEGATIVE: &'static [&'static str] = &["square_avg"];
     const COUNTS_STEPS: bool = true;
 
     fn name(&self) -> &'static str {

@@ -18,18 +18,14 @@ struct Scalars {
     momentum: f32,
 }
 
-@group(0) @binding(3) var<storage, read_write> square_avg: array<V>;
-@group(0) @binding(4) var<storage, read_write> momentum_buffer: array<V>;
-@group(0) @binding(5) var<storage, read_write> grad_avg: array<V>;
-
 fn update(i: u32, p: V, g: V) -> V {
     let s = step.s;
-    let v = s.alpha * square_avg[i] + s.one_minus_alpha * (g * g);
-    square_avg[i] = v;
+    let v = s.alpha * load_square_avg(i) + s.one_minus_alpha * (g * g);
+    store_square_avg(i, v);
     var variance = v;
     if CENTERED {
-        let g_avg = s.alpha * grad_avg[i] + s.one_minus_alpha * g;
-        grad_avg[i] = g_avg;
+        let g_avg = s.alpha * load_grad_avg(i) + s.one_minus_alpha * g;
+        store_grad_avg(i, g_avg);
         variance = v - g_avg * g_avg;
     }
     var avg: V;
@@ -39,8 +35,8 @@ fn update(i: u32, p: V, g: V) -> V {
         avg = sqrt(variance) + s.eps;
     }
     if MOMENTUM {
-        let buf = s.momentum * momentum_buffer[i] + g / avg;
-        momentum_buffer[i] = buf;
+        let buf = s.momentum * load_momentum_buffer(i) + g / avg;
+        store_momentum_buffer(i, buf);
         return p - s.lr * buf;
     }
     return p - s.lr * (g / avg);

@@ -14,17 +14,15 @@ struct Scalars {
     first_step: u32,
 }
 
-@group(0) @binding(3) var<storage, read_write> momentum_buffer: array<V>;
-
 fn update(i: u32, p: V, g_in: V) -> V {
     let s = step.s;
     var g = g_in;
     if MOMENTUM {
         var buf = g;
         if s.first_step == 0u {
-            buf = s.momentum * momentum_buffer[i] + s.one_minus_dampening * g;
+            buf = s.momentum * load_momentum_buffer(i) + s.one_minus_dampening * g;
         }
-        momentum_buffer[i] = buf;
+        store_momentum_buffer(i, buf);
         if NESTEROV {
             g = g + s.momentum * buf;
         } else {

@@ -1,0 +1,493 @@
+//! Storage formats: how the params, grads, master weights and each state slot are stored, and
+//! what each costs in bytes. The rules never see a format: the prelude loads every value to
+//! f32 before a rule's `update` and stores it after (`src/gpu/codec.wgsl`), and the CPU twin
+//! does the same through [`codec`]. This layer is plain data and integer/f32 arithmetic: no
+//! GPU and no particular rule.
+
+pub mod codec;
+pub mod qmap;
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+use qmap::QuantMap;
+
+/// Elements in one block of 8-bit state: one f32 absmax per block.
+pub const BLOCK: u64 = 256;
+
+/// How a caller's params or grads buffer stores each element. 16-bit formats pack two
+/// elements per `u32`, element `2k` in the low half: a buffer of `len` elements is
+/// `ceil(len / 2) * 4` bytes, and the spare half of an odd-length buffer is never changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Dtype {
+    /// 32-bit IEEE float.
+    #[default]
+    F32,
+    /// bfloat16: f32's range with 8 bits of precision.
+    Bf16,
+    /// IEEE half: 11 bits of precision, largest finite value 65504.
+    F16,
+}
+
+impl Dtype {
+    /// Bytes a buffer of `len` elements takes (whole `u32` words).
+    pub fn buffer_bytes(self, len: u64) -> u64 {
+        match self {
+            Dtype::F32 => len.saturating_mul(4),
+            Dtype::Bf16 | Dtype::F16 => len.div_ceil(2).saturating_mul(4),
+        }
+    }
+
+    /// Bytes per element.
+    pub fn element_bytes(self) -> u64 {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::Bf16 | Dtype::F16 => 2,
+        }
+    }
+
+    /// Whether the format packs two elements per word.
+    pub fn is_16_bit(self) -> bool {
+        self != Dtype::F32
+    }
+
+    /// The bytes of `values` in this format, each rounded to nearest, ties to even: what to
+    /// upload into a buffer of this format.
+    pub fn encode(self, values: &[f32]) -> Vec<u8> {
+        match self {
+            Dtype::F32 => bytemuck::cast_slice(values).to_vec(),
+            Dtype::Bf16 | Dtype::F16 => {
+                let mut halves: Vec<u16> = values.iter().map(|&v| self.nearest(v)).collect();
+                halves.resize(values.len().next_multiple_of(2), 0);
+                bytemuck::cast_slice(&halves).to_vec()
+            }
+        }
+    }
+
+    /// The first `len` elements of `bytes` (a buffer of this format) as f32, exactly.
+    pub fn decode(self, bytes: &[u8], len: usize) -> Vec<f32> {
+        match self {
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .take(len)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::Bf16 | Dtype::F16 => bytes
+                .chunks_exact(2)
+                .take(len)
+                .map(|b| self.value(u16::from_le_bytes([b[0], b[1]])))
+                .collect(),
+        }
+    }
+
+    /// The 16-bit bits of `x` rounded to nearest, ties to even (16-bit formats only).
+    pub(crate) fn nearest(self, x: f32) -> u16 {
+        match self {
+            Dtype::F16 => codec::f16_nearest(x),
+            _ => codec::bf16_nearest(x),
+        }
+    }
+
+    /// The value of 16-bit bits (16-bit formats only).
+    pub(crate) fn value(self, bits: u16) -> f32 {
+        match self {
+            Dtype::F16 => codec::f16_value(bits),
+            _ => codec::bf16_value(bits),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::Bf16 => "bf16",
+            Dtype::F16 => "f16",
+        }
+    }
+}
+
+/// The f32 copy of the weights an optimizer keeps when the params are 16-bit, so that updates
+/// smaller than a 16-bit ulp are not lost. The params buffer receives the rounded master after
+/// every step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Master {
+    /// No master: the update is computed in f32 from the 16-bit param and rounded back with
+    /// the precision's [`Rounding`] ("pure 16-bit").
+    #[default]
+    None,
+    /// A full f32 master (4 bytes per parameter); the param is the master rounded to nearest,
+    /// ties to even.
+    F32,
+    /// bf16 params only: the low 16 bits of the f32 master (2 bytes per parameter), which
+    /// together with the bf16 param give back the master exactly. The param is then the master
+    /// rounded to nearest with ties away from zero (see [`codec::split_remainder`]).
+    Bf16Remainder,
+}
+
+/// How a 16-bit param without a master is rounded after each update.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Rounding {
+    /// Round to nearest, ties to even: updates below half an ulp are lost.
+    #[default]
+    NearestEven,
+    /// Stochastic rounding: up with probability equal to the dropped fraction of an ulp, from a
+    /// counter-based hash of the element's index and the step ([`codec::random_bits`]), so the
+    /// update is unbiased and a GPU and its twin agree bit for bit.
+    Stochastic,
+}
+
+/// How one state slot (`exp_avg`, ...) is stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum StateFormat {
+    /// 4 bytes per element.
+    #[default]
+    F32,
+    /// 2 bytes per element, rounded to nearest, ties to even.
+    Bf16,
+    /// Blocks of 256 elements, one f32 absmax per block and one byte per element: the code of
+    /// the nearest value of a 256-entry dynamic map ([`qmap::QuantMap`]), signed or unsigned as
+    /// the slot declares. 1 + 4/256 bytes per element.
+    Block8,
+}
+
+impl StateFormat {
+    /// Bytes the state of `len` elements takes: the values (whole words), and for 8-bit
+    /// blocks the absmax of each block.
+    pub fn buffer_bytes(self, len: u64) -> u64 {
+        match self {
+            StateFormat::F32 => len.saturating_mul(4),
+            StateFormat::Bf16 => Dtype::Bf16.buffer_bytes(len),
+            StateFormat::Block8 => len.div_ceil(4) * 4 + len.div_ceil(BLOCK) * 4,
+        }
+    }
+
+    /// Bytes one step moves to read or to write the state of `len` elements: 4 or 2 per
+    /// element, or for 8-bit blocks 1 per element and 4 per block touched.
+    pub fn moved_bytes(self, len: u64) -> u64 {
+        match self {
+            StateFormat::F32 => 4 * len,
+            StateFormat::Bf16 => 2 * len,
+            StateFormat::Block8 => len + 4 * len.div_ceil(BLOCK),
+        }
+    }
+
+    /// The buffer contents of `values` in this format: the values (whole words), and for 8-bit
+    /// blocks the absmax of each block of 256, blocks counted from the first value. `map` is
+    /// the slot's quantization map.
+    pub fn encode(self, values: &[f32], map: &QuantMap) -> (Vec<u8>, Vec<f32>) {
+        match self {
+            StateFormat::F32 => (bytemuck::cast_slice(values).to_vec(), Vec::new()),
+            StateFormat::Bf16 => (Dtype::Bf16.encode(values), Vec::new()),
+            StateFormat::Block8 => {
+                let mut codes = Vec::with_capacity(values.len().next_multiple_of(4));
+                let absmax = values
+                    .chunks(BLOCK as usize)
+                    .map(|block| codec::quantize_block(block, map, &mut codes))
+                    .collect();
+                codes.resize(values.len().next_multiple_of(4), 0);
+                (codes, absmax)
+            }
+        }
+    }
+
+    /// The first `len` values of a state stored as `bytes` (and `absmax`) in this format.
+    pub fn decode(self, bytes: &[u8], absmax: &[f32], len: usize, map: &QuantMap) -> Vec<f32> {
+        match self {
+            StateFormat::F32 => Dtype::F32.decode(bytes, len),
+            StateFormat::Bf16 => Dtype::Bf16.decode(bytes, len),
+            StateFormat::Block8 => bytes[..len]
+                .iter()
+                .enumerate()
+                .map(|(i, &code)| map.value(code, absmax[i / BLOCK as usize]))
+                .collect(),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            StateFormat::F32 => "f32",
+            StateFormat::Bf16 => "bf16",
+            StateFormat::Block8 => "8bit",
+        }
+    }
+}
+
+/// The storage formats of one parameter group: its params and grads buffers (the caller's),
+/// its master weights and its state slots (the optimizer's). The rule's arithmetic is f32
+/// whatever the formats. `Precision::default()` is f32 everywhere.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Precision {
+    /// Format of the params buffer.
+    pub params: Dtype,
+    /// Format of the grads buffer, independent of the params'.
+    pub grads: Dtype,
+    /// Master weights kept when the params are 16-bit.
+    pub master: Master,
+    /// Rounding of 16-bit params without a master.
+    pub rounding: Rounding,
+    /// Format of every state slot not named in `state_overrides`.
+    pub state: StateFormat,
+    /// Per-slot formats by PyTorch state name, e.g. `("exp_avg_sq", StateFormat::F32)`.
+    pub state_overrides: Vec<(String, StateFormat)>,
+}
+
+impl Precision {
+    /// f32 params, grads and state: the default.
+    pub fn f32() -> Self {
+        Self::default()
+    }
+
+    /// 16-bit params and grads of `dtype`, an f32 master and f32 state: classic mixed
+    /// precision.
+    pub fn mixed(dtype: Dtype) -> Self {
+        Self {
+            params: dtype,
+            grads: dtype,
+            master: Master::F32,
+            ..Self::default()
+        }
+    }
+
+    /// bf16 params and grads, the 16-bit remainder master and 8-bit block-wise state: the
+    /// leanest configuration (about 14 bytes moved per Adam parameter per step).
+    pub fn lean() -> Self {
+        Self {
+            params: Dtype::Bf16,
+            grads: Dtype::Bf16,
+            master: Master::Bf16Remainder,
+            state: StateFormat::Block8,
+            ..Self::default()
+        }
+    }
+
+    /// The named configurations the benchmark and the example offer (see [`Precision`]'s
+    /// `FromStr` for the syntax of each name).
+    pub fn presets() -> Vec<(&'static str, Precision)> {
+        [
+            "f32",
+            "f32,state=bf16",
+            "f32,state=8bit",
+            "bf16,master=f32",
+            "bf16,master=remainder",
+            "bf16,master=remainder,state=8bit",
+            "bf16,state=bf16",
+            "bf16,rounding=stochastic,state=bf16",
+            "f16,master=f32",
+        ]
+        .into_iter()
+        .map(|name| (name, name.parse().expect("presets parse")))
+        .collect()
+    }
+
+    /// The format of state slot `slot`.
+    pub fn state_format(&self, slot: &str) -> StateFormat {
+        self.state_overrides
+            .iter()
+            .rev()
+            .find(|(name, _)| name == slot)
+            .map_or(self.state, |(_, format)| *format)
+    }
+
+    /// Bytes per element of the master weights.
+    pub fn master_bytes(&self) -> u64 {
+        match self.master {
+            Master::None => 0,
+            Master::F32 => 4,
+            Master::Bf16Remainder => 2,
+        }
+    }
+
+    /// Bytes per element one step moves for the params (read and written), grads (read) and
+    /// master (read and written); the state comes on top ([`StateFormat::moved_bytes`]).
+    pub fn weight_bytes_per_element(&self) -> u64 {
+        2 * self.params.element_bytes() + self.grads.element_bytes() + 2 * self.master_bytes()
+    }
+
+    /// Bytes one step over `len` elements moves when the state slots `kept` are kept: params
+    /// read and written, grads read, master and every kept state read and written.
+    pub fn bytes_per_step<'a>(&self, len: u64, kept: impl IntoIterator<Item = &'a str>) -> u64 {
+        len * self.weight_bytes_per_element()
+            + kept
+                .into_iter()
+                .map(|slot| 2 * self.state_format(slot).moved_bytes(len))
+                .sum::<u64>()
+    }
+
+    /// Bytes the optimizer stores for `len` elements with the state slots `kept`: the master
+    /// and every kept state, in whole words and blocks.
+    pub fn stored_bytes<'a>(&self, len: u64, kept: impl IntoIterator<Item = &'a str>) -> u64 {
+        let master = match self.master {
+            Master::None => 0,
+            Master::F32 => 4 * len,
+            Master::Bf16Remainder => Dtype::Bf16.buffer_bytes(len),
+        };
+        master
+            + kept
+                .into_iter()
+                .map(|slot| self.state_format(slot).buffer_bytes(len))
+                .sum::<u64>()
+    }
+
+    /// Rejects combinations that mean nothing, and overrides of slots `slots` does not have.
+    pub fn validate(&self, slots: &[&str]) -> Result<()> {
+        let invalid = |reason: String| Err(Error::InvalidPrecision { reason });
+        match (self.params, self.master) {
+            (Dtype::F32, Master::F32 | Master::Bf16Remainder) => {
+                return invalid(
+                    "master weights are for 16-bit params; f32 params are their own master".into(),
+                )
+            }
+            (Dtype::F16, Master::Bf16Remainder) => {
+                return invalid(
+                    "the 16-bit remainder master needs bf16 params (an f16 and 16 more bits do \
+                     not make an f32); use master=f32"
+                        .into(),
+                )
+            }
+            _ => {}
+        }
+        if self.rounding == Rounding::Stochastic
+            && (self.params == Dtype::F32 || self.master != Master::None)
+        {
+            return invalid(
+                "stochastic rounding applies to 16-bit params without a master; a master is \
+                 rounded to nearest"
+                    .into(),
+            );
+        }
+        if let Some((name, _)) = self
+            .state_overrides
+            .iter()
+            .find(|(name, _)| !slots.contains(&name.as_str()))
+        {
+            return invalid(format!(
+                "no state slot `{name}` to override (this rule keeps: {})",
+                slots.join(", ")
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Precision {
+    /// The short form [`FromStr`] reads: the params' format, then only what differs from the
+    /// defaults (grads as the params, no master, nearest rounding, f32 state).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.params.name())?;
+        if self.grads != self.params {
+            write!(f, ",grads={}", self.grads.name())?;
+        }
+        match self.master {
+            Master::None => {}
+            Master::F32 => write!(f, ",master=f32")?,
+            Master::Bf16Remainder => write!(f, ",master=remainder")?,
+        }
+        if self.rounding == Rounding::Stochastic {
+            write!(f, ",rounding=stochastic")?;
+        }
+        if self.state != StateFormat::F32 {
+            write!(f, ",state={}", self.state.name())?;
+        }
+        for (slot, format) in &self.state_overrides {
+            write!(f, ",{slot}={}", format.name())?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Precision {
+    type Err = Error;
+
+    /// Reads `PARAMS[,key=value...]`: `PARAMS` is `f32`, `bf16` or `f16` (the grads default to
+    /// the same), then any of `grads=f32|bf16|f16`, `master=none|f32|remainder`,
+    /// `rounding=nearest|stochastic`, `state=f32|bf16|8bit`, and `SLOT=f32|bf16|8bit` for one
+    /// state slot by name. E.g. `bf16,master=remainder,state=8bit`.
+    fn from_str(text: &str) -> Result<Self> {
+        let bad = |reason: String| Error::InvalidPrecision { reason };
+        let dtype = |value: &str| match value {
+            "f32" => Ok(Dtype::F32),
+            "bf16" => Ok(Dtype::Bf16),
+            "f16" => Ok(Dtype::F16),
+            _ => Err(bad(format!("`{value}` is not a format: f32, bf16 or f16"))),
+        };
+        let state = |value: &str| match value {
+            "f32" => Ok(StateFormat::F32),
+            "bf16" => Ok(StateFormat::Bf16),
+            "8bit" => Ok(StateFormat::Block8),
+            _ => Err(bad(format!(
+                "`{value}` is not a state format: f32, bf16 or 8bit"
+            ))),
+        };
+        let mut parts = text.split(',').map(str::trim);
+        let params = dtype(parts.next().unwrap_or_default())?;
+        let mut precision = Precision {
+            params,
+            grads: params,
+            ..Precision::default()
+        };
+        for part in parts {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| bad(format!("`{part}` is not key=value")))?;
+            match key {
+                "grads" => precision.grads = dtype(value)?,
+                "master" => {
+                    precision.master = match value {
+                        "none" => Master::None,
+                        "f32" => Master::F32,
+                        "remainder" => Master::Bf16Remainder,
+                        _ => return Err(bad(format!("`{value}` is not none, f32 or remainder"))),
+                    }
+                }
+                "rounding" => {
+                    precision.rounding = match value {
+                        "nearest" => Rounding::NearestEven,
+                        "stochastic" => Rounding::Stochastic,
+                        _ => return Err(bad(format!("`{value}` is not nearest or stochastic"))),
+                    }
+                }
+                "state" => precision.state = state(value)?,
+                slot => precision
+                    .state_overrides
+                    .push((slot.to_owned(), state(value)?)),
+            }
+        }
+        Ok(precision)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_round_trip_through_their_names() {
+        for (name, precision) in Precision::presets() {
+            assert_eq!(precision.to_string(), name);
+            precision.validate(&["exp_avg", "exp_avg_sq"]).unwrap();
+        }
+        assert_eq!(
+            "bf16,master=remainder,state=8bit"
+                .parse::<Precision>()
+                .unwrap(),
+            Precision::lean()
+        );
+    }
+
+    #[test]
+    fn meaningless_combinations_are_refused() {
+        for text in [
+            "f32,master=f32",
+            "f16,master=remainder",
+            "bf16,master=f32,rounding=stochastic",
+            "f32,rounding=stochastic",
+            "bf16,nope=8bit",
+        ] {
+            let precision: Precision = text.parse().unwrap();
+            assert!(precision.validate(&["exp_avg"]).is_err(), "{text}");
+        }
+        for text in ["f64", "bf16,master", "bf16,state=4bit"] {
+            assert!(text.parse::<Precision>().is_err(), "{text}");
+        }
+    }
+}

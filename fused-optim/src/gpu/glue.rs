@@ -1,0 +1,518 @@
+//! The WGSL that binds a kernel's buffers in their storage formats: for one combination of
+//! formats and lanes, the bindings, `load_param`, `load_grad`, `load_<slot>`/`store_<slot>` for
+//! every state slot the rule declares, and `finish`, which stores the new param (and master)
+//! and every kept slot after the rule's `update`. Generated here, between the host's
+//! declarations and the prelude, so that a rule's WGSL never names a format and each format is
+//! written once (the codecs in codec.wgsl).
+//!
+//! Lanes: a vector kernel's invocation holds elements `4i..4i+3` of its binding, a scalar one
+//! element `i`. A 16-bit buffer packs 2 elements per u32 and 8-bit codes 4, so in a scalar
+//! kernel neighbouring invocations share a word: they pass their bits through workgroup memory
+//! and the first of each word writes it (`store_word`). 8-bit state needs the absmax of each
+//! 256-element block of new values before any can be encoded: a reduction in workgroup memory
+//! (`block_absmax`), which is why a window's dispatches start on whole blocks (src/gpu/plan.rs).
+
+use std::fmt::Write;
+
+use super::plan::Lanes;
+use crate::format::qmap::QuantMap;
+use crate::format::{Dtype, Master, Rounding, StateFormat, BLOCK};
+
+/// The formats one kernel is built for: its group's params, grads, master and rounding, and
+/// the format of each state slot (`None` where the group does not keep the slot).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct KernelFormats {
+    pub params: Dtype,
+    pub grads: Dtype,
+    pub master: Master,
+    pub rounding: Rounding,
+    pub slots: Vec<Option<StateFormat>>,
+}
+
+impl KernelFormats {
+    fn has_block8(&self) -> bool {
+        self.slots.contains(&Some(StateFormat::Block8))
+    }
+
+    /// Elements a window's vector dispatch must cover whole, so that no 16-bit pair, vec4 or
+    /// 8-bit block is split between two dispatches: 256 with 8-bit state, else 4.
+    pub fn quantum(&self) -> u64 {
+        if self.has_block8() {
+            BLOCK
+        } else {
+            4
+        }
+    }
+
+    /// Elements a binding offset must be a multiple of for every buffer to start at a multiple
+    /// of `alignment` bytes: f32 buffers need alignment/4 elements, 16-bit ones /2, 8-bit codes
+    /// alignment itself and their absmax (4 bytes per 256 elements) 64 times it.
+    pub fn alignment_elements(&self, alignment: u64) -> u64 {
+        let mut elements = (alignment / 4).max(self.quantum());
+        let sixteen_bit = self.params.is_16_bit()
+            || self.grads.is_16_bit()
+            || self.master == Master::Bf16Remainder
+            || self.slots.contains(&Some(StateFormat::Bf16));
+        if sixteen_bit {
+            elements = elements.max(alignment / 2);
+        }
+        if self.has_block8() {
+            elements = elements.max(alignment * BLOCK / 4);
+        }
+        elements
+    }
+}
+
+/// What a binding of a kernel holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Role {
+    Params,
+    Grads,
+    /// The f32 master or the bf16 remainder.
+    Master,
+    /// The quantization maps of 8-bit state: signed values, signed midpoints, unsigned values,
+    /// unsigned midpoints, 256 f32 each.
+    QuantMaps,
+    /// A state slot's values (8-bit codes for 8-bit state).
+    Slot(usize),
+    /// The per-block absmax of an 8-bit slot.
+    Absmax(usize),
+}
+
+impl Role {
+    pub fn binding(self) -> u32 {
+        match self {
+            Role::Params => 1,
+            Role::Grads => 2,
+            Role::Master => 3,
+            Role::QuantMaps => 4,
+            Role::Slot(slot) => 8 + 2 * slot as u32,
+            Role::Absmax(slot) => 9 + 2 * slot as u32,
+        }
+    }
+
+    pub fn read_only(self) -> bool {
+        matches!(self, Role::Grads | Role::QuantMaps)
+    }
+}
+
+/// The bindings of a kernel with `formats`, in binding order.
+pub(crate) fn roles(formats: &KernelFormats) -> Vec<Role> {
+    let mut roles = vec![Role::Params, Role::Grads];
+    if formats.master != Master::None {
+        roles.push(Role::Master);
+    }
+    if formats.has_block8() {
+        roles.push(Role::QuantMaps);
+    }
+    for (slot, format) in formats.slots.iter().enumerate() {
+        match format {
+            Some(StateFormat::Block8) => roles.extend([Role::Slot(slot), Role::Absmax(slot)]),
+            Some(_) => roles.push(Role::Slot(slot)),
+            None => {}
+        }
+    }
+    roles
+}
+
+/// The maps' buffer contents, as [`Role::QuantMaps`] lays them out.
+pub(crate) fn quant_map_words() -> Vec<f32> {
+    let (signed, unsigned) = (QuantMap::signed(), QuantMap::unsigned());
+    [
+        signed.values,
+        signed.midpoints,
+        unsigned.values,
+        unsigned.midpoints,
+    ]
+    .concat()
+}
+
+/// How the elements of one buffer are stored, for the generator.
+#[derive(Clone, Copy, PartialEq)]
+enum Storage {
+    F32,
+    Half(Dtype),
+    Codes,
+}
+
+struct Generator<'a> {
+    lanes: Lanes,
+    out: String,
+    /// Statements of `finish`, in order.
+    finish: String,
+    formats: &'a KernelFormats,
+}
+
+impl Generator<'_> {
+    fn vector(&self) -> bool {
+        self.lanes == Lanes::Vector
+    }
+
+    fn declare(&mut self, role: Role, name: &str, storage: Storage) {
+        let element = match (storage, self.vector()) {
+            (Storage::F32, true) => "vec4<f32>",
+            (Storage::F32, false) => "f32",
+            (Storage::Half(_), true) => "vec2<u32>",
+            (Storage::Half(_) | Storage::Codes, _) => "u32",
+        };
+        let access = if role.read_only() {
+            "read"
+        } else {
+            "read_write"
+        };
+        writeln!(
+            self.out,
+            "@group(0) @binding({}) var<storage, {access}> {name}: array<{element}>;",
+            role.binding()
+        )
+        .unwrap();
+    }
+
+    /// A WGSL expression for the f32 value of 16-bit `bits` (an expression) in `dtype`.
+    fn decode(dtype: Dtype, bits: &str) -> String {
+        match dtype {
+            Dtype::F16 => format!("f16_value({bits})"),
+            _ => format!("bf16_value({bits})"),
+        }
+    }
+
+    /// The 16-bit halves of `name` at item `i`, as an expression per lane.
+    fn halves(&self, name: &str) -> Vec<String> {
+        match self.vector() {
+            true => vec![
+                format!("({name}[i].x & 0xffffu)"),
+                format!("({name}[i].x >> 16u)"),
+                format!("({name}[i].y & 0xffffu)"),
+                format!("({name}[i].y >> 16u)"),
+            ],
+            false => vec![format!("(({name}[i >> 1u] >> ((i & 1u) * 16u)) & 0xffffu)")],
+        }
+    }
+
+    /// An expression building `V` from one expression per lane.
+    fn v_of(&self, lanes: &[String]) -> String {
+        match self.vector() {
+            true => format!("vec4<f32>({})", lanes.join(", ")),
+            false => lanes[0].clone(),
+        }
+    }
+
+    /// Lane `lane` of a `V` expression.
+    fn lane(&self, v: &str, lane: usize) -> String {
+        match self.vector() {
+            true => format!("{v}.{}", ["x", "y", "z", "w"][lane]),
+            false => v.to_owned(),
+        }
+    }
+
+    /// The element index within the target of lane `lane` (for stochastic rounding).
+    fn element_index(&self, lane: usize) -> String {
+        match self.vector() {
+            true => format!("step.origin + i * 4u + {lane}u"),
+            false => "step.origin + i".to_owned(),
+        }
+    }
+
+    /// Statements storing 16-bit (or 8-bit) `bits`, one u32 expression per lane, into
+    /// `name` at item `i`: one word write per vector invocation, or `store_word` in scalar
+    /// kernels.
+    fn store_small(&mut self, name: &str, bits: &[String], per_word: u32) {
+        if self.vector() {
+            let width = 32 / per_word;
+            let word = |lanes: &[String]| {
+                lanes
+                    .iter()
+                    .enumerate()
+                    .map(|(k, b)| match k {
+                        0 => b.clone(),
+                        _ => format!("({b} << {}u)", k as u32 * width),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            };
+            let value = match per_word {
+                2 => format!("vec2<u32>({}, {})", word(&bits[..2]), word(&bits[2..])),
+                _ => word(bits),
+            };
+            writeln!(self.finish, "    if live {{ {name}[i] = {value}; }}").unwrap();
+        } else {
+            writeln!(
+                self.finish,
+                "    store_word_{name}(i, local, live, select(0u, {}, live));",
+                bits[0]
+            )
+            .unwrap();
+            let width = 32 / per_word;
+            let mask = (1u64 << width) - 1;
+            writeln!(
+                self.out,
+                "fn store_word_{name}(i: u32, local: u32, live: bool, bits: u32) {{\n\
+                 \x20   workgroupBarrier();\n\
+                 \x20   pack_scratch[local] = bits << ((i % {per_word}u) * {width}u);\n\
+                 \x20   workgroupBarrier();\n\
+                 \x20   if live && i % {per_word}u == 0u {{\n\
+                 \x20       var word = 0u;\n\
+                 \x20       var keep = 0xffffffffu;\n\
+                 \x20       for (var k = 0u; k < {per_word}u; k++) {{\n\
+                 \x20           if i + k < step.end {{\n\
+                 \x20               word = word | pack_scratch[local + k];\n\
+                 \x20               keep = keep & ~({mask}u << (k * {width}u));\n\
+                 \x20           }}\n\
+                 \x20       }}\n\
+                 \x20       {name}[i / {per_word}u] = word | ({name}[i / {per_word}u] & keep);\n\
+                 \x20   }}\n\
+                 }}"
+            )
+            .unwrap();
+        }
+    }
+
+    fn params(&mut self) {
+        let f = self.formats;
+        match f.params {
+            Dtype::F32 => {
+                self.declare(Role::Params, "param", Storage::F32);
+                writeln!(self.finish, "    if live {{ param[i] = p; }}").unwrap();
+            }
+            dtype => {
+                self.declare(Role::Params, "param", Storage::Half(dtype));
+                let width = if self.vector() { 4 } else { 1 };
+                let encode = |g: &Self, lane: usize| {
+                    let x = g.lane("p", lane);
+                    match (f.master, f.rounding, dtype) {
+                        (Master::Bf16Remainder, _, _) => format!("split_remainder({x}).x"),
+                        (Master::None, Rounding::Stochastic, Dtype::F16) => format!(
+                            "f16_round({x}, random_bits({}, step.seed), true)",
+                            g.element_index(lane)
+                        ),
+                        (Master::None, Rounding::Stochastic, _) => format!(
+                            "bf16_stochastic({x}, random_bits({}, step.seed))",
+                            g.element_index(lane)
+                        ),
+                        (_, _, Dtype::F16) => format!("f16_round({x}, 0u, false)"),
+                        _ => format!("bf16_nearest({x})"),
+                    }
+                };
+                let bits: Vec<String> = (0..width).map(|lane| encode(self, lane)).collect();
+                self.store_small("param", &bits, 2);
+            }
+        }
+        let halves = self.halves("param");
+        let load = match (f.params, f.master) {
+            (Dtype::F32, _) => "param[i]".to_owned(),
+            (_, Master::F32) => "master[i]".to_owned(),
+            (dtype, Master::None) => {
+                let lanes: Vec<String> = halves.iter().map(|h| Self::decode(dtype, h)).collect();
+                self.v_of(&lanes)
+            }
+            (_, Master::Bf16Remainder) => {
+                let remainders = self.halves("master");
+                let lanes: Vec<String> = halves
+                    .iter()
+                    .zip(&remainders)
+                    .map(|(p, r)| format!("join_remainder({p}, {r})"))
+                    .collect();
+                self.v_of(&lanes)
+            }
+        };
+        writeln!(self.out, "fn load_param(i: u32) -> V {{ return {load}; }}").unwrap();
+        match f.master {
+            Master::None => {}
+            Master::F32 => {
+                self.declare(Role::Master, "master", Storage::F32);
+                writeln!(self.finish, "    if live {{ master[i] = p; }}").unwrap();
+            }
+            Master::Bf16Remainder => {
+                self.declare(Role::Master, "master", Storage::Half(Dtype::Bf16));
+                let width = if self.vector() { 4 } else { 1 };
+                let bits: Vec<String> = (0..width)
+                    .map(|lane| format!("split_remainder({}).y", self.lane("p", lane)))
+                    .collect();
+                self.store_small("master", &bits, 2);
+            }
+        }
+    }
+
+    fn grads(&mut self) {
+        let load = match self.formats.grads {
+            Dtype::F32 => {
+                self.declare(Role::Grads, "grad", Storage::F32);
+                "grad[i]".to_owned()
+            }
+            dtype => {
+                self.declare(Role::Grads, "grad", Storage::Half(dtype));
+                let lanes: Vec<String> = self
+                    .halves("grad")
+                    .iter()
+                    .map(|h| Self::decode(dtype, h))
+                    .collect();
+                self.v_of(&lanes)
+            }
+        };
+        writeln!(self.out, "fn load_grad(i: u32) -> V {{ return {load}; }}").unwrap();
+    }
+
+    fn slot(&mut self, slot: usize, name: &str, non_negative: bool) {
+        let Some(format) = self.formats.slots[slot] else {
+            // Not kept by this configuration: the rule's code for it is behind a flag that is
+            // off, but must still compile.
+            writeln!(
+                self.out,
+                "fn load_{name}(i: u32) -> V {{ return V(0.0); }}\n\
+                 fn store_{name}(i: u32, v: V) {{}}"
+            )
+            .unwrap();
+            return;
+        };
+        let role = Role::Slot(slot);
+        writeln!(
+            self.out,
+            "var<private> next_{name}: V;\n\
+             fn store_{name}(i: u32, v: V) {{ next_{name} = v; }}"
+        )
+        .unwrap();
+        let width = if self.vector() { 4 } else { 1 };
+        let next = format!("next_{name}");
+        let load = match format {
+            StateFormat::F32 => {
+                self.declare(role, name, Storage::F32);
+                writeln!(self.finish, "    if live {{ {name}[i] = {next}; }}").unwrap();
+                format!("{name}[i]")
+            }
+            StateFormat::Bf16 => {
+                self.declare(role, name, Storage::Half(Dtype::Bf16));
+                let bits: Vec<String> = (0..width)
+                    .map(|lane| format!("bf16_nearest({})", self.lane(&next, lane)))
+                    .collect();
+                self.store_small(name, &bits, 2);
+                let lanes: Vec<String> = self
+                    .halves(name)
+                    .iter()
+                    .map(|h| Self::decode(Dtype::Bf16, h))
+                    .collect();
+                self.v_of(&lanes)
+            }
+            StateFormat::Block8 => {
+                self.declare(role, name, Storage::Codes);
+                writeln!(
+                    self.out,
+                    "@group(0) @binding({}) var<storage, read_write> {name}_absmax: array<f32>;",
+                    Role::Absmax(slot).binding()
+                )
+                .unwrap();
+                let (map, zero) = match non_negative {
+                    true => (512, QuantMap::unsigned().zero_code()),
+                    false => (0, QuantMap::signed().zero_code()),
+                };
+                let magnitude = match self.vector() {
+                    true => format!(
+                        "max(max(abs({next}.x), abs({next}.y)), max(abs({next}.z), abs({next}.w)))"
+                    ),
+                    false => format!("abs({next})"),
+                };
+                writeln!(
+                    self.finish,
+                    "    let absmax_{name} = block_absmax(local, select(0.0, {magnitude}, live));\n\
+                     \x20   if live && i % BLOCK_ITEMS == 0u {{ {name}_absmax[i / BLOCK_ITEMS] = absmax_{name}; }}"
+                )
+                .unwrap();
+                let bits: Vec<String> = (0..width)
+                    .map(|lane| {
+                        format!(
+                            "quantize({}, absmax_{name}, {map}u, {zero}u)",
+                            self.lane(&next, lane)
+                        )
+                    })
+                    .collect();
+                self.store_small(name, &bits, 4);
+                let codes: Vec<String> = match self.vector() {
+                    true => (0..4)
+                        .map(|k| format!("(({name}[i] >> {}u) & 0xffu)", 8 * k))
+                        .collect(),
+                    false => vec![format!("(({name}[i >> 2u] >> ((i & 3u) * 8u)) & 0xffu)")],
+                };
+                let lanes: Vec<String> = codes
+                    .iter()
+                    .map(|c| format!("qmaps[{map}u + {c}] * {name}_absmax[i / BLOCK_ITEMS]"))
+                    .collect();
+                self.v_of(&lanes)
+            }
+        };
+        writeln!(self.out, "fn load_{name}(i: u32) -> V {{ return {load}; }}").unwrap();
+    }
+}
+
+/// The generated WGSL for a rule whose state slots are `slots` (name, never negative), stored
+/// in `formats`, in `lanes`: bindings, accessors and `finish`.
+pub(crate) fn accessors(slots: &[(&str, bool)], formats: &KernelFormats, lanes: Lanes) -> String {
+    let mut generator = Generator {
+        lanes,
+        out: String::new(),
+        finish: String::new(),
+        formats,
+    };
+    let block_items = BLOCK / lanes.width();
+    writeln!(
+        generator.out,
+        "// Generated by src/gpu/glue.rs for {formats:?}.\n\
+         const BLOCK_ITEMS: u32 = {block_items}u;\n\
+         var<workgroup> pack_scratch: array<u32, 256>;\n\
+         var<workgroup> absmax_scratch: array<f32, 256>;"
+    )
+    .unwrap();
+    generator.params();
+    generator.grads();
+    if formats.has_block8() {
+        writeln!(
+            generator.out,
+            "@group(0) @binding({}) var<storage, read> qmaps: array<f32>;\n\
+             {QUANTIZE}",
+            Role::QuantMaps.binding()
+        )
+        .unwrap();
+    }
+    for (slot, (name, non_negative)) in slots.iter().enumerate() {
+        generator.slot(slot, name, *non_negative);
+    }
+    let Generator {
+        mut out, finish, ..
+    } = generator;
+    writeln!(
+        out,
+        "fn finish(i: u32, local: u32, live: bool, p: V) {{\n{finish}}}"
+    )
+    .unwrap();
+    out
+}
+
+/// Block reduction and encoding of 8-bit state (only in kernels that have some).
+const QUANTIZE: &str = "\
+// The largest of `value` over the BLOCK_ITEMS invocations of this invocation's 256-element
+// block. Called in uniform control flow by every invocation of the workgroup.
+fn block_absmax(local: u32, value: f32) -> f32 {
+    workgroupBarrier();
+    absmax_scratch[local] = value;
+    workgroupBarrier();
+    for (var stride = BLOCK_ITEMS / 2u; stride > 0u; stride = stride / 2u) {
+        if local % BLOCK_ITEMS < stride {
+            absmax_scratch[local] = max(absmax_scratch[local], absmax_scratch[local + stride]);
+        }
+        workgroupBarrier();
+    }
+    return absmax_scratch[local - local % BLOCK_ITEMS];
+}
+
+// The code of `v` in a block of `absmax` through the map at `map` (0 signed, 512 unsigned):
+// how many of its midpoints, times absmax, lie below v (src/format/qmap.rs: QuantMap::code).
+fn quantize(v: f32, absmax: f32, map: u32, zero: u32) -> u32 {
+    if absmax == 0.0 {
+        return zero;
+    }
+    var code = 0u;
+    for (var step = 128u; step > 0u; step = step / 2u) {
+        if v > qmaps[map + 256u + code + step - 1u] * absmax {
+            code = code + step;
+        }
+    }
+    return code;
+}";
