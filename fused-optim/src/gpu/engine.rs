@@ -620,7 +620,7 @@ impl<R: UpdateRule> Engine<R> {
             let values = DispatchValues {
                 begin: d.begin,
                 end: d.end,
-                origin: window.origin + window.offset,
+                origin: window.offset,
                 step: t,
             };
             step_values(&self.groups[window.group], &scalars[window.group], &values)

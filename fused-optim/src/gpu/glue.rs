@@ -300,7 +300,11 @@ impl Generator<'_> {
         let halves = self.halves("param");
         let load = match (f.params, f.master) {
             (Dtype::F32, _) => "param[i]".to_owned(),
-            (_, Master::F32) => "master[i]".to_owned(),
+            // The master starts as the params: on the first step it is read from them.
+            (dtype, Master::F32) => {
+                let lanes: Vec<String> = halves.iter().map(|h| Self::decode(dtype, h)).collect();
+                format!("select(master[i], {}, step.seed == 1u)", self.v_of(&lanes))
+            }
             (dtype, Master::None) => {
                 let lanes: Vec<String> = halves.iter().map(|h| Self::decode(dtype, h)).collect();
                 self.v_of(&lanes)

@@ -127,7 +127,7 @@ pub fn shader_forms<R: UpdateRule>(file: &str) -> Vec<(String, String)> {
 
 /// Header of the per-dispatch values (`Step` in prelude.wgsl): which items of the
 /// bound window to update, counted in the dispatch's lanes, the L2 coefficient, and what
-/// stochastic rounding hashes: the target index of the binding's first element and the step.
+/// stochastic rounding hashes: the span index of the binding's first element and the step.
 /// The rule's `Scalars` follow it at byte 32 (a multiple of 16, as a uniform's struct member
 /// must be).
 #[repr(C)]

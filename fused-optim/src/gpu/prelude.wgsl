@@ -37,8 +37,8 @@ struct Step {
     end: u32,
     // L2 coefficient added to the gradient (0 for decoupled weight decay).
     weight_decay: f32,
-    // Index in the target of the binding's first element, and the step count: what
-    // stochastic rounding hashes.
+    // Index in its span (a tensor, or a group's run of a parameter set) of the binding's
+    // first element, and the step count: what stochastic rounding hashes.
     origin: u32,
     seed: u32,
     _pad0: u32,
