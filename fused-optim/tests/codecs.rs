@@ -102,7 +102,9 @@ fn gpu_codecs_match_the_twin_on_every_bit_pattern_class() {
         contents: bytemuck::cast_slice(&input),
         usage: wgpu::BufferUsages::STORAGE,
     });
-    let outputs = gpu.zeros("codec outputs", (input.len() * OUTPUTS) as u64).unwrap();
+    let outputs = gpu
+        .zeros("codec outputs", (input.len() * OUTPUTS) as u64)
+        .unwrap();
     let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
         label: None,
         layout: &pipeline.get_bind_group_layout(0),
@@ -194,7 +196,10 @@ fn stochastic_rounding_is_unbiased() {
             .sum::<f64>()
             / draws as f64;
         let ulp = (bf16_value(bf16_nearest(x) + 1) - bf16_value(bf16_nearest(x))).abs() as f64;
-        assert!((mean - x as f64).abs() < ulp / 100.0, "bf16 {x}: mean {mean}");
+        assert!(
+            (mean - x as f64).abs() < ulp / 100.0,
+            "bf16 {x}: mean {mean}"
+        );
     }
     for x in [1.0f32 + 1e-4, -2.71828, 3e-6, 1e-7] {
         let draws = 200_000u32;
@@ -203,6 +208,9 @@ fn stochastic_rounding_is_unbiased() {
             .sum::<f64>()
             / draws as f64;
         let ulp = (f16_value(f16_nearest(x) + 1) - f16_value(f16_nearest(x))).abs() as f64;
-        assert!((mean - x as f64).abs() < ulp / 100.0, "f16 {x}: mean {mean}");
+        assert!(
+            (mean - x as f64).abs() < ulp / 100.0,
+            "f16 {x}: mean {mean}"
+        );
     }
 }
