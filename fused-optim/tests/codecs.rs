@@ -189,7 +189,7 @@ fn the_remainder_master_is_exact_for_every_bit_pattern() {
 /// for bf16, f16 normals and f16 subnormals.
 #[test]
 fn stochastic_rounding_is_unbiased() {
-    for x in [1.0f32 + 1e-3, -3.14159, 1e-30, 0.3337] {
+    for x in [1.0f32 + 1e-3, -3.25179, 1e-30, 0.3337] {
         let draws = 200_000u32;
         let mean: f64 = (0..draws)
             .map(|k| bf16_value(bf16_stochastic(x, random_bits(k, 3))) as f64)
@@ -201,7 +201,7 @@ fn stochastic_rounding_is_unbiased() {
             "bf16 {x}: mean {mean}"
         );
     }
-    for x in [1.0f32 + 1e-4, -2.71828, 3e-6, 1e-7] {
+    for x in [1.0f32 + 1e-4, -2.81828, 3e-6, 1e-7] {
         let draws = 200_000u32;
         let mean: f64 = (0..draws)
             .map(|k| f16_value(f16_stochastic(x, random_bits(k, 5))) as f64)

@@ -515,7 +515,9 @@ impl GpuContext {
     /// the GPU.
     pub fn download_byte_range(&self, buffer: &wgpu::Buffer, range: Range<u64>) -> Result<Vec<u8>> {
         crate::rule::check::require(
-            range.start <= range.end && range.start % 4 == 0 && range.end % 4 == 0,
+            range.start <= range.end
+                && range.start.is_multiple_of(4)
+                && range.end.is_multiple_of(4),
             "range.start",
             range.start as f64,
             "a byte range must be ordered and start and end on multiples of 4",
