@@ -437,7 +437,7 @@ impl Generator<'_> {
                 };
                 let lanes: Vec<String> = codes
                     .iter()
-                    .map(|c| format!("qmaps[{map}u + {c}] * {name}_absmax[i / BLOCK_ITEMS]"))
+                    .map(|c| format!("qmap[{map}u + {c}] * {name}_absmax[i / BLOCK_ITEMS]"))
                     .collect();
                 self.v_of(&lanes)
             }
@@ -470,10 +470,14 @@ pub(crate) fn accessors(slots: &[(&str, bool)], formats: &KernelFormats, lanes: 
         writeln!(
             generator.out,
             "@group(0) @binding({}) var<storage, read> qmaps: array<f32>;\n\
+             var<workgroup> qmap: array<f32, 1024>;\n\
+             var<workgroup> absmax_partial: array<f32, 256>;\n\
              {QUANTIZE}",
             Role::QuantMaps.binding()
         )
         .unwrap();
+    } else {
+        writeln!(generator.out, "fn setup(local: u32) {{}}").unwrap();
     }
     for (slot, (name, non_negative)) in slots.iter().enumerate() {
         generator.slot(slot, name, *non_negative);
@@ -492,18 +496,38 @@ pub(crate) fn accessors(slots: &[(&str, bool)], formats: &KernelFormats, lanes: 
 /// Block reduction and encoding of 8-bit state (only in kernels that have some).
 const QUANTIZE: &str = "\
 // The largest of `value` over the BLOCK_ITEMS invocations of this invocation's 256-element
-// block. Called in uniform control flow by every invocation of the workgroup.
+// block. Called in uniform control flow by every invocation of the workgroup. Two barriers:
+// eight invocations of the block fold eight values each, then every invocation folds those
+// eight (max is exact, so the order changes nothing).
 fn block_absmax(local: u32, value: f32) -> f32 {
     workgroupBarrier();
     absmax_scratch[local] = value;
     workgroupBarrier();
-    for (var stride = BLOCK_ITEMS / 2u; stride > 0u; stride = stride / 2u) {
-        if local % BLOCK_ITEMS < stride {
-            absmax_scratch[local] = max(absmax_scratch[local], absmax_scratch[local + stride]);
+    let first = local - local % BLOCK_ITEMS;
+    let part = BLOCK_ITEMS / 8u;
+    if local % BLOCK_ITEMS < 8u {
+        let start = first + (local % BLOCK_ITEMS) * part;
+        var m = absmax_scratch[start];
+        for (var k = 1u; k < part; k++) {
+            m = max(m, absmax_scratch[start + k]);
         }
-        workgroupBarrier();
+        absmax_partial[local] = m;
     }
-    return absmax_scratch[local - local % BLOCK_ITEMS];
+    workgroupBarrier();
+    var m = absmax_partial[first];
+    for (var k = 1u; k < 8u; k++) {
+        m = max(m, absmax_partial[first + k]);
+    }
+    return m;
+}
+
+// Every invocation copies its share of the quantization maps into workgroup memory, where
+// decoding and the encoder's binary search read them.
+fn setup(local: u32) {
+    for (var k = local; k < 1024u; k += WORKGROUP_SIZE) {
+        qmap[k] = qmaps[k];
+    }
+    workgroupBarrier();
 }
 
 // The code of `v` in a block of `absmax` through the map at `map` (0 signed, 512 unsigned):
@@ -514,7 +538,7 @@ fn quantize(v: f32, absmax: f32, map: u32, zero: u32) -> u32 {
     }
     var code = 0u;
     for (var step = 128u; step > 0u; step = step / 2u) {
-        if v > qmaps[map + 256u + code + step - 1u] * absmax {
+        if v > qmap[map + 256u + code + step - 1u] * absmax {
             code = code + step;
         }
     }

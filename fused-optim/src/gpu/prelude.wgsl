@@ -54,6 +54,7 @@ fn main(
     @builtin(local_invocation_index) local: u32,
 ) {
     let i = step.begin + (workgroup.y * workgroups.x + workgroup.x) * WORKGROUP_SIZE + local;
+    setup(local);
     let live = i < step.end;
     var p = V(0.0);
     if live {
