@@ -532,13 +532,49 @@ fn setup(local: u32) {
 
 // The code of `v` in a block of `absmax` through the map at `map` (0 signed, 512 unsigned):
 // how many of its midpoints, times absmax, lie below v (src/format/qmap.rs: QuantMap::code).
+// A guess from the map's construction (decade d holds 2^d codes of each sign, or 2^(d+1)
+// non-negative ones, evenly over [0.1, 1] * 10^(d-6)) is kept, or moved by one code, only
+// where the midpoint comparisons confirm it; otherwise a binary search finds the code. The
+// guess may round any way (log2, exp2 and the division are approximate on GPUs): only the
+// comparisons, exact, decide.
+fn midpoint(map: u32, code: u32, absmax: f32) -> f32 {
+    if code >= 255u {
+        return bitcast<f32>(0x7f800000u);
+    }
+    return qmap[map + 256u + code] * absmax;
+}
+
 fn quantize(v: f32, absmax: f32, map: u32, zero: u32) -> u32 {
     if absmax == 0.0 {
         return zero;
     }
-    var code = 0u;
+    let x = max(abs(v) / absmax, 1e-8);
+    let d = u32(clamp(floor(log2(x) * 0.30103) + 7.0, 0.0, 6.0));
+    let fraction = x * exp2((6.0 - f32(d)) * 3.321928);
+    let unsigned = map == 512u;
+    let count = select(1u << d, 2u << d, unsigned);
+    let k = u32(clamp(floor((fraction - 0.1) / 0.9 * f32(count)), 0.0, f32(count - 1u)));
+    var code = (2u << d) - 1u + k;
+    if !unsigned {
+        let rank = (1u << d) - 1u + k;
+        code = select(126u - rank, 128u + rank, v >= 0.0);
+    }
+    // The guess is nearly always within one code of the answer; the comparisons confirm it,
+    // else the binary search below decides.
+    let below = select(bitcast<f32>(0xff800000u), midpoint(map, code - 1u, absmax), code > 0u);
+    let above = midpoint(map, code, absmax);
+    if v > below && v <= above {
+        return code;
+    }
+    if v > above && v <= midpoint(map, code + 1u, absmax) {
+        return code + 1u;
+    }
+    if v <= below && code > 0u && (code == 1u || v > midpoint(map, code - 2u, absmax)) {
+        return code - 1u;
+    }
+    code = 0u;
     for (var step = 128u; step > 0u; step = step / 2u) {
-        if v > qmap[map + 256u + code + step - 1u] * absmax {
+        if v > midpoint(map, code + step - 1u, absmax) {
             code = code + step;
         }
     }
