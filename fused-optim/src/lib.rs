@@ -9,7 +9,7 @@
 //! f32 between a load and a store the shared prelude does for every format.
 //!
 //! The modules are the layers, each depending only on those before it:
-//! - [`format`]: storage formats, their bytes and the CPU twins of their codecs; no GPU.
+//! - [`format`](mod@format): storage formats, their bytes and the CPU twins of their codecs; no GPU.
 //! - [`rule`]: what an update rule is (trait, hyperparameters, twin, unfused program); no GPU.
 //! - `rules`: the optimizers, one file and one shader each, and the registry
 //!   ([`visit_rules`]); re-exported here.
