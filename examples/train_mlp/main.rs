@@ -6,6 +6,11 @@
 //!
 //! cargo run --release --example train_mlp -- --optimizer adam --schedule cosine --epochs 20
 //! cargo run --release --example train_mlp -- --large --epochs 3 --plot loss.svg
+//! cargo run --release --example train_mlp -- --precision bf16,master=remainder,state=8bit
+//!
+//! With `--precision` other than f32 the GPU run stores params, grads, master and state in
+//! those formats while the CPU twin stays in f32, so the two columns are the low-precision run
+//! and the f32 run, and the closing lines compare their test losses.
 
 use clap::Parser;
 use fused_optim::{GpuContext, LrSchedule};
@@ -37,6 +42,10 @@ struct Args {
     large: bool,
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Storage formats of the GPU run (`f32`, `bf16,master=remainder,state=8bit`, ...; see
+    /// fused_optim::Precision). The CPU twin, the f32 reference, stays f32.
+    #[arg(long, default_value = "f32")]
+    precision: fused_optim::Precision,
     /// Write the GPU and CPU loss curves to this SVG file.
     #[arg(long)]
     plot: Option<std::path::PathBuf>,
@@ -72,6 +81,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         epochs: args.epochs,
         seed: args.seed,
         schedule,
+        precision: args.precision.clone(),
     };
     let gpu = GpuContext::new()?;
     let data = mlp::wine_quality(args.seed);
@@ -86,8 +96,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let run = mlp::train_named(&gpu, &data, &config, &args.optimizer, args.lr)?;
     println!(
-        "{} on {} parameters, schedule {:?}",
-        run.optimizer, run.parameters, config.schedule
+        "{} on {} parameters, schedule {:?}, gpu in {}, cpu twin in f32",
+        run.optimizer, run.parameters, config.schedule, config.precision
     );
     println!(
         "{:>5} {:>12} {:>12} {:>10}",
@@ -104,6 +114,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "test accuracy: gpu {:.1}%, cpu {:.1}%",
         100.0 * run.gpu_accuracy,
         100.0 * run.cpu_accuracy
+    );
+    println!(
+        "test loss: gpu ({}) {:.6}, cpu twin (f32) {:.6}, relative difference {:.2}%",
+        config.precision,
+        run.gpu_test_loss,
+        run.cpu_test_loss,
+        100.0 * (run.gpu_test_loss - run.cpu_test_loss).abs() / run.cpu_test_loss
     );
     if let Some(path) = &args.plot {
         plot(&run, path)?;

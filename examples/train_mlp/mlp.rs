@@ -3,8 +3,8 @@
 //! of the example trainer, shared by `main.rs` (the command line) and `tests/train_mlp.rs`.
 
 use fused_optim::{
-    visit_rules, CpuOptimizer, GpuContext, LrSchedule, ParamGroup, ParamLayout, ParamSet,
-    RegisteredRule, RuleVisitor, TensorSlot, UpdateRule,
+    visit_rules, CpuOptimizer, Dtype, GpuContext, LrSchedule, ParamGroup, ParamLayout, ParamSet,
+    Precision, RegisteredRule, RuleVisitor, TensorSlot, UpdateRule,
 };
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -87,6 +87,11 @@ pub struct Config {
     pub seed: u64,
     /// Stepped once per epoch, as PyTorch's schedulers usually are.
     pub schedule: LrSchedule,
+    /// How the optimizer stores params, grads, master and state. With 16-bit params the
+    /// forward pass reads them decoded to f32 each batch, so it sees exactly the 16-bit
+    /// values; with 16-bit grads the backward pass's f32 grads are rounded to them before the
+    /// step. The CPU twin stays in f32: it is the f32 run this one is compared with.
+    pub precision: Precision,
 }
 
 /// Loss after each epoch (the mean training loss over the epoch's batches) and test accuracy,
@@ -99,6 +104,9 @@ pub struct Run {
     pub cpu_loss: Vec<f64>,
     pub gpu_accuracy: f64,
     pub cpu_accuracy: f64,
+    /// Mean cross-entropy over the test split, after the last epoch.
+    pub gpu_test_loss: f64,
+    pub cpu_test_loss: f64,
 }
 
 /// Learning rates that train this model in a few epochs, by variant name. A variant not
@@ -236,15 +244,23 @@ pub fn train<R: UpdateRule>(
     let mut no_decay = rule.clone();
     no_decay.set_hyperparameter("weight_decay", 0.0.into())?;
     let groups = vec![
-        ParamGroup::new(rule.clone(), weights),
-        ParamGroup::new(no_decay, biases),
+        ParamGroup::new(rule.clone(), weights).with_precision(config.precision.clone()),
+        ParamGroup::new(no_decay, biases).with_precision(config.precision.clone()),
     ];
     let set = ParamSet::new(gpu, &tensors, groups)?;
     let layout = set.layout().clone();
     let initial = initial_params(&layout, &widths, config.seed);
     let base_lrs: Vec<f64> = set.groups().iter().map(UpdateRule::lr).collect();
     let mut cpu = CpuModel::new(&layout, &set, &widths, config.batch, initial.clone());
-    let mut model = GpuModel::new(gpu, set, &widths, config.batch, data, &initial)?;
+    let mut model = GpuModel::new(
+        gpu,
+        set,
+        &widths,
+        config.batch,
+        data,
+        &initial,
+        &config.precision,
+    )?;
     let batches = data.train_y.len() / config.batch;
     let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed ^ 0x5eed);
     let (mut gpu_loss, mut cpu_loss) = (Vec::new(), Vec::new());
@@ -270,16 +286,10 @@ pub fn train<R: UpdateRule>(
         gpu_loss.push(model.epoch(&x, &y)?);
         cpu_loss.push(cpu.epoch(&x, &y)?);
     }
-    let gpu_accuracy = accuracy(
-        &model.predict(&data.test_x, data.test_y.len())?,
-        &data.test_y,
-        data.classes,
-    );
-    let cpu_accuracy = accuracy(
-        &cpu.predict(&data.test_x, data.test_y.len()),
-        &data.test_y,
-        data.classes,
-    );
+    let gpu_logits = model.predict(&data.test_x, data.test_y.len())?;
+    let cpu_logits = cpu.predict(&data.test_x, data.test_y.len());
+    let gpu_accuracy = accuracy(&gpu_logits, &data.test_y, data.classes);
+    let cpu_accuracy = accuracy(&cpu_logits, &data.test_y, data.classes);
     Ok(Run {
         optimizer: rule.name(),
         parameters: tensors.iter().map(|(_, len)| len).sum(),
@@ -287,7 +297,23 @@ pub fn train<R: UpdateRule>(
         cpu_loss,
         gpu_accuracy,
         cpu_accuracy,
+        gpu_test_loss: cross_entropy(&gpu_logits, &data.test_y, data.classes),
+        cpu_test_loss: cross_entropy(&cpu_logits, &data.test_y, data.classes),
     })
+}
+
+/// Mean softmax cross-entropy of `logits` against `labels`, in f64.
+fn cross_entropy(logits: &[f32], labels: &[u32], classes: usize) -> f64 {
+    let total: f64 = labels
+        .iter()
+        .zip(logits.chunks(classes))
+        .map(|(&label, row)| {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+            let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+            max + sum.ln() - row[label as usize] as f64
+        })
+        .sum();
+    total / labels.len() as f64
 }
 
 /// Share of rows whose largest logit is the label.
@@ -331,10 +357,141 @@ struct GpuModel<R: UpdateRule> {
     epoch_loss: wgpu::Buffer,
     test_logits: wgpu::Buffer,
     grads: wgpu::Buffer,
+    /// With 16-bit params or grads: the buffers the optimizer steps in their formats, and the
+    /// conversions from and to the f32 buffers the layers bind.
+    stored: Stored,
     /// One pass per step: (pipeline, bind group, invocations) in order.
     dispatches: Vec<(wgpu::ComputePipeline, wgpu::BindGroup, u32)>,
     /// The forward dispatches only, for prediction.
     forward: usize,
+}
+
+/// The optimizer's view of the params and grads where either is 16-bit.
+struct Stored {
+    params: Option<wgpu::Buffer>,
+    grads: Option<wgpu::Buffer>,
+    /// Decodes the 16-bit params into the f32 ones (before a forward pass).
+    decode: Option<(wgpu::ComputePipeline, wgpu::BindGroup, u32)>,
+    /// Rounds the f32 grads into the 16-bit ones (before the step).
+    encode: Option<(wgpu::ComputePipeline, wgpu::BindGroup, u32)>,
+}
+
+/// The conversions between the layers' f32 buffers and the optimizer's 16-bit ones, on the
+/// codecs fused-optim's kernels use.
+const CONVERT: &str = "
+override F16: bool = false;
+@group(0) @binding(0) var<storage, read> src: array<u32>;
+@group(0) @binding(1) var<storage, read_write> dst: array<u32>;
+
+fn value(bits: u32) -> f32 {
+    if F16 {
+        return f16_value(bits);
+    }
+    return bf16_value(bits);
+}
+
+fn nearest(x: f32) -> u32 {
+    if F16 {
+        return f16_round(x, 0u, false);
+    }
+    return bf16_nearest(x);
+}
+
+@compute @workgroup_size(64)
+fn decode(@builtin(global_invocation_id) id: vec3<u32>) {
+    let w = id.x;
+    if w >= arrayLength(&src) {
+        return;
+    }
+    dst[2u * w] = bitcast<u32>(value(src[w] & 0xffffu));
+    dst[2u * w + 1u] = bitcast<u32>(value(src[w] >> 16u));
+}
+
+@compute @workgroup_size(64)
+fn encode(@builtin(global_invocation_id) id: vec3<u32>) {
+    let w = id.x;
+    if w >= arrayLength(&dst) {
+        return;
+    }
+    dst[w] = nearest(bitcast<f32>(src[2u * w])) | (nearest(bitcast<f32>(src[2u * w + 1u])) << 16u);
+}";
+
+impl Stored {
+    fn new(
+        gpu: &GpuContext,
+        precision: &Precision,
+        initial: &[f32],
+        params: &wgpu::Buffer,
+        grads: &wgpu::Buffer,
+    ) -> fused_optim::Result<Self> {
+        let device = gpu.device();
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("mlp conversions"),
+            source: wgpu::ShaderSource::Wgsl(format!("{}\n{CONVERT}", fused_optim::CODEC).into()),
+        });
+        let words = initial.len().div_ceil(2) as u32;
+        let conversion = |entry: &str, dtype: Dtype, src: &wgpu::Buffer, dst: &wgpu::Buffer| {
+            let f16 = [("F16", (dtype == Dtype::F16) as u32 as f64)];
+            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: None,
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &f16,
+                    ..Default::default()
+                },
+                cache: None,
+            });
+            let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(entry),
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &[
+                    wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: src.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 1,
+                        resource: dst.as_entire_binding(),
+                    },
+                ],
+            });
+            (pipeline, group, words)
+        };
+        let mut stored = Self {
+            params: None,
+            grads: None,
+            decode: None,
+            encode: None,
+        };
+        if precision.params != Dtype::F32 {
+            let buffer =
+                gpu.upload_bytes("mlp params (stored)", &precision.params.encode(initial))?;
+            stored.decode = Some(conversion("decode", precision.params, &buffer, params));
+            stored.params = Some(buffer);
+        }
+        if precision.grads != Dtype::F32 {
+            let zeros = precision.grads.encode(&vec![0.0; initial.len()]);
+            let buffer = gpu.upload_bytes("mlp grads (stored)", &zeros)?;
+            stored.encode = Some(conversion("encode", precision.grads, grads, &buffer));
+            stored.grads = Some(buffer);
+        }
+        Ok(stored)
+    }
+
+    /// Records `conversion`, if there is one, as a pass of its own.
+    fn record(
+        encoder: &mut wgpu::CommandEncoder,
+        conversion: &Option<(wgpu::ComputePipeline, wgpu::BindGroup, u32)>,
+    ) {
+        if let Some((pipeline, group, words)) = conversion {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, group, &[]);
+            pass.dispatch_workgroups(words.div_ceil(WORKGROUP), 1, 1);
+        }
+    }
 }
 
 impl<R: UpdateRule> GpuModel<R> {
@@ -345,6 +502,7 @@ impl<R: UpdateRule> GpuModel<R> {
         batch: usize,
         data: &Data,
         initial: &[f32],
+        precision: &Precision,
     ) -> fused_optim::Result<Self> {
         let device = gpu.device();
         let layout = set.layout().clone();
@@ -490,6 +648,7 @@ impl<R: UpdateRule> GpuModel<R> {
                 dispatches.push((backward_input.clone(), group, batch as u32 * inputs));
             }
         }
+        let stored = Stored::new(gpu, precision, initial, &params, &grads)?;
         Ok(Self {
             gpu: gpu.clone(),
             set,
@@ -503,6 +662,7 @@ impl<R: UpdateRule> GpuModel<R> {
             batch_loss,
             epoch_loss,
             test_logits,
+            stored,
             grads,
             dispatches,
             forward: layers,
@@ -539,7 +699,9 @@ impl<R: UpdateRule> GpuModel<R> {
                 rows * features * 4,
             );
             encoder.copy_buffer_to_buffer(&self.epoch_y, b * rows * 4, &self.labels, 0, rows * 4);
+            Stored::record(&mut encoder, &self.stored.decode);
             self.record(&mut encoder, self.dispatches.len());
+            Stored::record(&mut encoder, &self.stored.encode);
             encoder.copy_buffer_to_buffer(
                 &self.batch_loss,
                 0,
@@ -547,8 +709,9 @@ impl<R: UpdateRule> GpuModel<R> {
                 b * rows * 4,
                 rows * 4,
             );
-            self.set
-                .record_step(&mut encoder, &self.params, &self.grads)?;
+            let params = self.stored.params.as_ref().unwrap_or(&self.params);
+            let grads = self.stored.grads.as_ref().unwrap_or(&self.grads);
+            self.set.record_step(&mut encoder, params, grads)?;
             gpu.queue().submit([encoder.finish()]);
         }
         let losses = gpu.download_range(&self.epoch_loss, 0..y.len() as u64)?;
@@ -577,6 +740,7 @@ impl<R: UpdateRule> GpuModel<R> {
                 0,
                 batch * features * 4,
             );
+            Stored::record(&mut encoder, &self.stored.decode);
             self.record(&mut encoder, self.forward);
             encoder.copy_buffer_to_buffer(
                 logits,

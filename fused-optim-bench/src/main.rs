@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use fused_optim::Precision;
 use fused_optim::{AdapterChoice, GpuContext, StepValues};
 use fused_optim_bench::measure::{self as bench, Repetitions, Variant};
 use fused_optim_bench::report::{self, size_label, Report, Setup};
@@ -63,6 +64,10 @@ struct BenchOptions {
     /// Rules to run, comma separated, by the names in the table (default: all).
     #[arg(long, value_delimiter = ',')]
     rules: Vec<String>,
+    /// Storage formats to measure, repeatable, each in `Precision`'s short form
+    /// (`bf16,master=remainder,state=8bit`, ...), or `all` for every preset.
+    #[arg(long, default_value = "f32")]
+    precision: Vec<String>,
     /// Timed steps per kernel, after the warm-up: the samples of the median and spread.
     #[arg(long, default_value_t = 10)]
     steps: u32,
@@ -208,6 +213,13 @@ fn bench(choice: &AdapterChoice, options: &BenchOptions) -> Result<(), Box<dyn s
         let names: Vec<&str> = Variant::all().iter().map(Variant::name).collect();
         return Err(format!("no rule matches --rules; choose from {}", names.join(", ")).into());
     }
+    let mut precisions = Vec::new();
+    for text in &options.precision {
+        match text.as_str() {
+            "all" => precisions.extend(Precision::presets().into_iter().map(|(_, p)| p)),
+            text => precisions.push(text.parse::<Precision>()?),
+        }
+    }
     let mut skipped = Vec::new();
     let sizes: Vec<usize> = options
         .sizes
@@ -221,10 +233,11 @@ fn bench(choice: &AdapterChoice, options: &BenchOptions) -> Result<(), Box<dyn s
             None => true,
         })
         .collect();
-    let progress = ProgressBar::new((variants.len() * sizes.len()) as u64).with_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed}]")
-            .expect("a valid progress template"),
-    );
+    let progress = ProgressBar::new((variants.len() * sizes.len() * precisions.len()) as u64)
+        .with_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed}]")
+                .expect("a valid progress template"),
+        );
     let mut rows = Vec::new();
     let mut hand_written = Vec::new();
     for &len in &sizes {
@@ -247,12 +260,18 @@ fn bench(choice: &AdapterChoice, options: &BenchOptions) -> Result<(), Box<dyn s
         }
         let copy = bench::copy_bandwidth(&gpu, bench::copy_bytes(len))?;
         for variant in &variants {
-            progress.set_message(format!("{} at {}", variant.name(), size_label(len)));
-            match variant.measure(&gpu, len, repetitions, copy) {
-                Ok(row) => rows.push(row),
-                Err(error) => skip(variant.name(), error)?,
+            for precision in &precisions {
+                progress.set_message(format!(
+                    "{} [{precision}] at {}",
+                    variant.name(),
+                    size_label(len)
+                ));
+                match variant.measure(&gpu, len, repetitions, copy, precision) {
+                    Ok(row) => rows.push(row),
+                    Err(error) => skip(variant.name(), error)?,
+                }
+                progress.inc(1);
             }
-            progress.inc(1);
         }
     }
     progress.finish_and_clear();
@@ -260,11 +279,13 @@ fn bench(choice: &AdapterChoice, options: &BenchOptions) -> Result<(), Box<dyn s
         (
             Variant::all().iter().position(|v| v.name() == m.rule),
             m.params,
+            precisions.iter().position(|p| p.to_string() == m.precision),
         )
     });
     println!(
-        "roofline: the same bytes moved with no update arithmetic (the floor); unfused: one \
-         kernel per elementwise operation; cpu: the CPU twin on one core\n"
+        "roofline: the same bytes moved with no update arithmetic (the floor), in the same \
+         formats; unfused: one kernel per elementwise operation; cpu: the CPU twin on one \
+         core (both f32 only); B/p: bytes per parameter moved per step and stored\n"
     );
     print!("{}", report::table(&rows));
     if !hand_written.is_empty() {

@@ -10,7 +10,7 @@ use wgpu::util::DeviceExt;
 use fused_optim::baseline::{Roofline, UnfusedChain};
 use fused_optim::{
     bytes_per_step, kept_states, visit_rules, Adam, CpuOptimizer, Error, GpuContext, Optimizer,
-    ParamGroup, RegisteredRule, Result, RuleVisitor, UpdateRule,
+    ParamGroup, Precision, RegisteredRule, Result, RuleVisitor, UpdateRule,
 };
 
 /// Small non-zero values every bench buffer starts from.
@@ -240,13 +240,18 @@ fn buffer_sets(
     gpu: &GpuContext,
     len: usize,
     sets: usize,
+    precision: &Precision,
 ) -> Result<Vec<(wgpu::Buffer, wgpu::Buffer)>> {
     let values = pattern(len);
+    let (params, grads) = (
+        precision.params.encode(&values),
+        precision.grads.encode(&values),
+    );
     (0..sets)
         .map(|_| {
             Ok((
-                gpu.upload("bench params", &values)?,
-                gpu.upload("bench grads", &values)?,
+                gpu.upload_bytes("bench params", &params)?,
+                gpu.upload_bytes("bench grads", &grads)?,
             ))
         })
         .collect()
@@ -261,21 +266,29 @@ fn rotation(bytes: u64) -> usize {
 fn time_fused<R: UpdateRule>(
     gpu: &GpuContext,
     rule: &R,
+    precision: &Precision,
     len: usize,
     repetitions: Repetitions,
-) -> Result<(Stats, u64, usize)> {
-    let bytes = bytes_per_step(len as u64, kept_states(rule));
+) -> Result<(Stats, u64, usize, u64)> {
+    let first = Optimizer::with_precision(gpu, rule.clone(), precision.clone(), len)?;
+    let (bytes, stored) = (first.bytes_per_step(), first.state_bytes());
     let sets = rotation(bytes);
-    let buffers = buffer_sets(gpu, len, sets)?;
-    let mut optimizers = (0..sets)
-        .map(|_| Optimizer::new(gpu, rule.clone(), len))
-        .collect::<Result<Vec<_>>>()?;
+    let buffers = buffer_sets(gpu, len, sets, precision)?;
+    let mut optimizers = vec![first];
+    for _ in 1..sets {
+        optimizers.push(Optimizer::with_precision(
+            gpu,
+            rule.clone(),
+            precision.clone(),
+            len,
+        )?);
+    }
     let dispatches = optimizers[0].dispatches_per_step();
     let stats = time_kernel(gpu, repetitions, sets, |set, timestamps| {
         let (params, grads) = &buffers[set];
         optimizers[set].step_timed(params, grads, timestamps)
     })?;
-    Ok((stats, bytes, dispatches))
+    Ok((stats, bytes, dispatches, stored))
 }
 
 /// Times the unfused chain of `rule` the same way.
@@ -287,7 +300,7 @@ fn time_unfused<R: UpdateRule>(
     repetitions: Repetitions,
 ) -> Result<(Stats, usize, u64)> {
     let sets = rotation(bytes_per_step);
-    let buffers = buffer_sets(gpu, len, sets)?;
+    let buffers = buffer_sets(gpu, len, sets, &Precision::default())?;
     let mut chains = (0..sets)
         .map(|_| UnfusedChain::new(gpu, rule.clone(), len))
         .collect::<Result<Vec<_>>>()?;
@@ -355,7 +368,11 @@ pub fn copy_bandwidth(gpu: &GpuContext, bytes: u64) -> Result<f64> {
 #[derive(Clone, Debug, Serialize)]
 pub struct Measurement {
     pub rule: &'static str,
+    /// The storage formats, in `Precision`'s short form (`f32`, `bf16,master=remainder`, ...).
+    pub precision: String,
     pub params: usize,
+    /// Bytes the optimizer stores per parameter (master and state, `state_bytes() / len`).
+    pub stored_bytes_per_param: f64,
     /// Bytes the rule must move per step (see BENCHMARKS.md).
     pub bytes_per_step: u64,
     pub fused: Stats,
@@ -415,26 +432,43 @@ impl Measurement {
     }
 }
 
-/// Measures `rule` over `len` parameters: fused steps, the roofline with as many state
-/// buffers, the unfused chain (each after a warm-up, rotating buffers where they would fit in
-/// a cache), and the CPU twin. `copy_gb_per_s` is the copy bandwidth measured at this size.
+/// Measures `rule` over `len` parameters stored as `precision`: fused steps, the roofline with
+/// as many state buffers in the same precision (the same bytes through the same codecs, no
+/// update arithmetic), and for f32 the unfused chain (each after a warm-up, rotating buffers
+/// where they would fit in a cache) and the CPU twin. `copy_gb_per_s` is the copy bandwidth
+/// measured at this size.
 pub fn measure<R: UpdateRule>(
     gpu: &GpuContext,
     rule: R,
     len: usize,
     repetitions: Repetitions,
     copy_gb_per_s: f64,
+    precision: &Precision,
 ) -> Result<Measurement> {
-    let (fused, bytes_per_step, fused_dispatches) = time_fused(gpu, &rule, len, repetitions)?;
-    let roofline = Roofline {
-        states: kept_states(&rule),
+    let (fused, bytes_per_step, fused_dispatches, stored) =
+        time_fused(gpu, &rule, precision, len, repetitions)?;
+    let states = kept_states(&rule);
+    let mut floor_precision = precision.clone();
+    // The roofline's slots are named state0..; the rule's per-slot overrides map onto them
+    // in slot order.
+    floor_precision.state_overrides = R::STATE_SLOTS
+        .iter()
+        .filter(|slot| rule.keeps_state(slot))
+        .zip(Roofline::STATE_SLOTS)
+        .map(|(slot, state)| (state.to_string(), precision.state_format(slot)))
+        .collect();
+    let roofline = Roofline { states };
+    let (roofline, _, _, _) = time_fused(gpu, &roofline, &floor_precision, len, repetitions)?;
+    let f32_only = *precision == Precision::default();
+    let (unfused, unfused_dispatches, unfused_bytes_per_step) = match f32_only {
+        true => time_unfused(gpu, &rule, len, bytes_per_step, repetitions)?,
+        false => (Stats::of(Vec::new()), 0, 0),
     };
-    let (roofline, _, _) = time_fused(gpu, &roofline, len, repetitions)?;
-    let (unfused, unfused_dispatches, unfused_bytes_per_step) =
-        time_unfused(gpu, &rule, len, bytes_per_step, repetitions)?;
     Ok(Measurement {
         rule: rule.name(),
+        precision: precision.to_string(),
         params: len,
+        stored_bytes_per_param: stored as f64 / len as f64,
         bytes_per_step,
         fused,
         fused_dispatches,
@@ -443,6 +477,7 @@ pub fn measure<R: UpdateRule>(
         unfused_dispatches,
         unfused_bytes_per_step,
         cpu_ms: match repetitions.cpu_steps {
+            _ if !f32_only => f64::NAN,
             0 => f64::NAN,
             steps => time_cpu(&rule, len, steps)?,
         },
@@ -627,7 +662,7 @@ pub fn measure_hand_written(
 }
 
 /// Measures one rule configuration at a size, given the copy bandwidth measured there.
-type MeasureFn = dyn Fn(&GpuContext, usize, Repetitions, f64) -> Result<Measurement>;
+type MeasureFn = dyn Fn(&GpuContext, usize, Repetitions, f64, &Precision) -> Result<Measurement>;
 
 /// A rule configuration the sweep measures: one of a registered rule's variants.
 pub struct Variant {
@@ -645,9 +680,18 @@ impl Variant {
                 for rule in R::variants() {
                     self.0.push(Variant {
                         name: rule.name(),
-                        measure: Box::new(move |gpu, len, repetitions, copy_gb_per_s| {
-                            measure(gpu, rule.clone(), len, repetitions, copy_gb_per_s)
-                        }),
+                        measure: Box::new(
+                            move |gpu, len, repetitions, copy_gb_per_s, precision| {
+                                measure(
+                                    gpu,
+                                    rule.clone(),
+                                    len,
+                                    repetitions,
+                                    copy_gb_per_s,
+                                    precision,
+                                )
+                            },
+                        ),
                     });
                 }
             }
@@ -662,15 +706,16 @@ impl Variant {
         self.name
     }
 
-    /// Measures the variant over `len` parameters (see [`measure`]).
+    /// Measures the variant over `len` parameters stored as `precision` (see [`measure`]).
     pub fn measure(
         &self,
         gpu: &GpuContext,
         len: usize,
         repetitions: Repetitions,
         copy_gb_per_s: f64,
+        precision: &Precision,
     ) -> Result<Measurement> {
-        (self.measure)(gpu, len, repetitions, copy_gb_per_s)
+        (self.measure)(gpu, len, repetitions, copy_gb_per_s, precision)
     }
 }
 

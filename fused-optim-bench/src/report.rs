@@ -88,9 +88,11 @@ pub struct Report {
 }
 
 /// Column titles and widths of the table (the rule's column is left-aligned).
-const COLUMNS: [(&str, usize); 15] = [
+const COLUMNS: [(&str, usize); 17] = [
     ("rule", 26),
     ("params", 8),
+    ("B/p moved", 10),
+    ("B/p stored", 11),
     ("MB/step", 9),
     ("fused ms", 10),
     ("spread", 8),
@@ -106,18 +108,33 @@ const COLUMNS: [(&str, usize); 15] = [
     ("vs cpu", 8),
 ];
 
-/// One table line per row: the terminal's view of the report.
+/// The table's name of a row: the rule, and its precision unless f32.
+fn label(m: &Measurement) -> String {
+    match m.precision.as_str() {
+        "f32" => m.rule.to_owned(),
+        precision => format!("{} {precision}", m.rule),
+    }
+}
+
+/// One table line per row: the terminal's view of the report. The unfused chain and the CPU
+/// twin are f32 only (NaN for other precisions).
 pub fn table(rows: &[Measurement]) -> String {
-    let mut out = format!("{:<26}", COLUMNS[0].0);
+    let name_width = rows
+        .iter()
+        .map(|m| label(m).len() + 2)
+        .fold(COLUMNS[0].1, usize::max);
+    let mut out = format!("{:<name_width$}", COLUMNS[0].0);
     for (title, width) in &COLUMNS[1..] {
         out += &format!("{title:>width$}");
     }
     out.push('\n');
     for m in rows {
         out += &format!(
-            "{:<26}{:>8}{:>9.1}{:>10.3}{:>7.0}%{:>8.2}{:>6.0}%{:>13.3}{:>10.2}x{:>9.3}{:>7.2}x{:>12.3}{:>11.1}{:>10.1}x{:>7.1}x\n",
-            m.rule,
+            "{:<name_width$}{:>8}{:>10.2}{:>11.2}{:>9.1}{:>10.3}{:>7.0}%{:>8.2}{:>6.0}%{:>13.3}{:>10.2}x{:>9.3}{:>7.2}x{:>12.3}{:>11.1}{:>10.1}x{:>7.1}x\n",
+            label(m),
             size_label(m.params),
+            m.bytes_per_step as f64 / m.params as f64,
+            m.stored_bytes_per_param,
             m.bytes_per_step as f64 / 1e6,
             m.fused.median_ms,
             m.fused.spread_percent(),
@@ -168,7 +185,9 @@ pub fn size_label(params: usize) -> String {
 #[derive(Serialize)]
 struct CsvRow<'a> {
     rule: &'a str,
+    precision: &'a str,
     params: usize,
+    stored_bytes_per_param: f64,
     bytes_per_step: u64,
     fused_median_ms: f64,
     fused_min_ms: f64,
@@ -199,7 +218,9 @@ pub fn write_csv(report: &Report, path: &Path) -> std::io::Result<()> {
         writer
             .serialize(CsvRow {
                 rule: m.rule,
+                precision: &m.precision,
                 params: m.params,
+                stored_bytes_per_param: m.stored_bytes_per_param,
                 bytes_per_step: m.bytes_per_step,
                 fused_median_ms: m.fused.median_ms,
                 fused_min_ms: m.fused.min_ms,

@@ -29,6 +29,7 @@ fn every_optimizer_trains_on_the_gpu_like_its_cpu_twin() {
             eta_min: 0.0,
         }
         .after_warmup(1, 0.5),
+        precision: Default::default(),
     };
     for optimizer in mlp::optimizers() {
         let run = mlp::train_named(gpu, &data, &config, optimizer, None).unwrap();
@@ -56,4 +57,33 @@ fn every_optimizer_trains_on_the_gpu_like_its_cpu_twin() {
             100.0 * run.gpu_accuracy
         );
     }
+}
+
+/// bf16 params and grads, the 16-bit remainder master and 8-bit Adam state: the test loss after
+/// a full run (20 epochs, the example's default) is within 2% of the f32 run's, which is the
+/// CPU twin's (bit for bit the GPU's f32 run, above).
+#[test]
+fn the_leanest_precision_trains_within_two_percent_of_f32() {
+    let gpu = &GpuContext::new().expect("a GPU adapter (lavapipe in CI)");
+    let data = mlp::wine_quality(7);
+    let config = mlp::Config {
+        hidden: vec![64, 64],
+        batch: 32,
+        epochs: 20,
+        seed: 7,
+        schedule: LrSchedule::Cosine {
+            t_max: 20,
+            eta_min: 0.0,
+        },
+        precision: fused_optim::Precision::lean(),
+    };
+    let run = mlp::train_named(gpu, &data, &config, "adam", None).unwrap();
+    let difference = (run.gpu_test_loss - run.cpu_test_loss).abs() / run.cpu_test_loss;
+    println!(
+        "test loss: lean {:.6}, f32 {:.6} ({:.2}%)",
+        run.gpu_test_loss,
+        run.cpu_test_loss,
+        100.0 * difference
+    );
+    assert!(difference < 0.02, "{difference:e}");
 }
