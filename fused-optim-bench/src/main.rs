@@ -220,6 +220,15 @@ fn bench(choice: &AdapterChoice, options: &BenchOptions) -> Result<(), Box<dyn s
             text => precisions.push(text.parse::<Precision>()?),
         }
     }
+    for precision in &precisions {
+        // Combinations that mean nothing for any rule fail here; a per-slot override that
+        // only some rules have skips the others below.
+        let any_rule = Precision {
+            state_overrides: Vec::new(),
+            ..precision.clone()
+        };
+        any_rule.validate(&[])?;
+    }
     let mut skipped = Vec::new();
     let sizes: Vec<usize> = options
         .sizes
@@ -241,11 +250,13 @@ fn bench(choice: &AdapterChoice, options: &BenchOptions) -> Result<(), Box<dyn s
     let mut rows = Vec::new();
     let mut hand_written = Vec::new();
     for &len in &sizes {
-        // A kernel too large for this adapter is skipped with a note; anything else fails.
+        // A kernel too large for this adapter, or a precision overriding a state slot the rule
+        // lacks, is skipped with a note; anything else fails.
         let mut skip = |what: &str, error: fused_optim::Error| match error {
             fused_optim::Error::OutOfMemory { .. }
             | fused_optim::Error::BufferTooLarge { .. }
-            | fused_optim::Error::Unsupported { .. } => {
+            | fused_optim::Error::Unsupported { .. }
+            | fused_optim::Error::InvalidPrecision { .. } => {
                 skipped.push(format!("{what} at {}: {error}", size_label(len)));
                 Ok(())
             }
@@ -268,7 +279,13 @@ fn bench(choice: &AdapterChoice, options: &BenchOptions) -> Result<(), Box<dyn s
                 ));
                 match variant.measure(&gpu, len, repetitions, copy, precision) {
                     Ok(row) => rows.push(row),
-                    Err(error) => skip(variant.name(), error)?,
+                    Err(error) => {
+                        let what = match *precision == Precision::default() {
+                            true => variant.name().to_owned(),
+                            false => format!("{} [{precision}]", variant.name()),
+                        };
+                        skip(&what, error)?
+                    }
                 }
                 progress.inc(1);
             }

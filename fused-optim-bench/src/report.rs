@@ -116,8 +116,17 @@ fn label(m: &Measurement) -> String {
     }
 }
 
+/// `value` with `decimals` decimals and `suffix`, right-aligned in `width` columns, or `-` where
+/// it was not measured (NaN).
+fn cell(value: f64, decimals: usize, suffix: &str, width: usize) -> String {
+    match value.is_nan() {
+        true => format!("{:>width$}", "-"),
+        false => format!("{value:>0$.decimals$}{suffix}", width - suffix.len()),
+    }
+}
+
 /// One table line per row: the terminal's view of the report. The unfused chain and the CPU
-/// twin are f32 only (NaN for other precisions).
+/// twin are f32 only: `-` for other precisions (and for the CPU when `--cpu-steps 0`).
 pub fn table(rows: &[Measurement]) -> String {
     let name_width = rows
         .iter()
@@ -130,7 +139,7 @@ pub fn table(rows: &[Measurement]) -> String {
     out.push('\n');
     for m in rows {
         out += &format!(
-            "{:<name_width$}{:>8}{:>10.2}{:>11.2}{:>9.1}{:>10.3}{:>7.0}%{:>8.2}{:>6.0}%{:>13.3}{:>10.2}x{:>9.3}{:>7.2}x{:>12.3}{:>11.1}{:>10.1}x{:>7.1}x\n",
+            "{:<name_width$}{:>8}{:>10.2}{:>11.2}{:>9.1}{:>10.3}{:>7.0}%{:>8.2}{:>6.0}%{:>13.3}{:>10.2}x{:>9.3}{:>7.2}x{}{}{}{}\n",
             label(m),
             size_label(m.params),
             m.bytes_per_step as f64 / m.params as f64,
@@ -144,10 +153,18 @@ pub fn table(rows: &[Measurement]) -> String {
             m.roofline_ratio(),
             m.copy_floor_ms(),
             m.copy_ratio(),
-            m.unfused.median_ms,
-            m.unfused_bytes_per_step as f64 / 1e6,
-            m.unfused_speedup(),
-            m.cpu_speedup(),
+            cell(m.unfused.median_ms, 3, "", 12),
+            cell(
+                match m.unfused.samples {
+                    0 => f64::NAN,
+                    _ => m.unfused_bytes_per_step as f64 / 1e6,
+                },
+                1,
+                "",
+                11
+            ),
+            cell(m.unfused_speedup(), 1, "x", 11),
+            cell(m.cpu_speedup(), 1, "x", 8),
         );
     }
     out
@@ -244,15 +261,21 @@ pub fn write_csv(report: &Report, path: &Path) -> std::io::Result<()> {
     writer.flush()
 }
 
-/// Effective GB/s against size, one solid line per rule and its roofline dashed in the same
-/// colour, with the copy bandwidth in black; the title names the adapter.
+/// Effective GB/s against size, one solid line per rule (and precision, where not f32) and its
+/// roofline dashed in the same colour, with the copy bandwidth in black; the title names the
+/// adapter.
 pub fn write_svg(report: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let rows = &report.rows;
     if rows.is_empty() {
         return Err("no rows were measured, so there is nothing to plot".into());
     }
-    let mut rules: Vec<&str> = rows.iter().map(|m| m.rule).collect();
-    rules.dedup();
+    // One series per table label (rule and precision), in the rows' order.
+    let mut rules: Vec<String> = Vec::new();
+    for m in rows {
+        if !rules.contains(&label(m)) {
+            rules.push(label(m));
+        }
+    }
     let sizes = || rows.iter().map(|m| m.params as f64);
     let (low, high) = (
         sizes().fold(f64::INFINITY, f64::min),
@@ -289,13 +312,13 @@ pub fn write_svg(report: &Report, path: &Path) -> Result<(), Box<dyn std::error:
         .draw()?;
     for (index, rule) in rules.iter().enumerate() {
         let colour = Palette99::pick(index).to_rgba();
-        let of_rule = || rows.iter().filter(move |m| m.rule == *rule);
+        let of_rule = || rows.iter().filter(move |m| label(m) == *rule);
         chart
             .draw_series(LineSeries::new(
                 of_rule().map(|m| (m.params as f64, m.gigabytes_per_second())),
                 colour.stroke_width(2),
             ))?
-            .label(*rule)
+            .label(rule.as_str())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2)));
         chart.draw_series(of_rule().map(|m| {
             Circle::new(
