@@ -7,10 +7,14 @@
 //! cargo run --release --example train_mlp -- --optimizer adam --schedule cosine --epochs 20
 //! cargo run --release --example train_mlp -- --large --epochs 3 --plot loss.svg
 //! cargo run --release --example train_mlp -- --precision bf16,master=remainder,state=8bit
+//! cargo run --release --example train_mlp -- --precision f16,master=f32 --loss-scale dynamic
 //!
 //! With `--precision` other than f32 the GPU run stores params, grads, master and state in
 //! those formats while the CPU twin stays in f32, so the two columns are the low-precision run
-//! and the f32 run, and the closing lines compare their test losses.
+//! and the f32 run, and the closing lines compare their test losses. With `--loss-scale
+//! dynamic` (or `--clip-norm`) the GPU run's optimizer keeps a loss scale on the device that
+//! the backward pass multiplies the loss gradient by; each epoch's line adds the scale, the
+//! steps skipped so far and the last step's grad norm.
 
 use clap::Parser;
 use fused_optim::{GpuContext, LrSchedule};
@@ -46,6 +50,13 @@ struct Args {
     /// fused_optim::Precision). The CPU twin, the f32 reference, stays f32.
     #[arg(long, default_value = "f32")]
     precision: fused_optim::Precision,
+    /// `dynamic`: torch.amp.GradScaler's loss scaling on the device (the loss gradient times
+    /// the scale, the step unscaling and skipping on inf/NaN), for f16 params and grads.
+    #[arg(long, default_value = "none")]
+    loss_scale: String,
+    /// Clip the global L2 norm of the (unscaled) grads to this, clip_grad_norm_'s max_norm.
+    #[arg(long)]
+    clip_norm: Option<f32>,
     /// Write the GPU and CPU loss curves to this SVG file.
     #[arg(long)]
     plot: Option<std::path::PathBuf>,
@@ -75,6 +86,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         vec![64, 64]
     };
+    let scaler = match args.loss_scale.as_str() {
+        "none" => None,
+        "dynamic" => Some(fused_optim::GradScaler::default()),
+        other => return Err(format!("unknown --loss-scale `{other}`: none or dynamic").into()),
+    };
+    let guard = (scaler.is_some() || args.clip_norm.is_some()).then_some(fused_optim::GradGuard {
+        scaler,
+        clip_value: None,
+        clip_norm: args.clip_norm.map(|max_norm| fused_optim::ClipGradNorm {
+            max_norm,
+            norm_type: fused_optim::NormType::L2,
+        }),
+    });
     let config = mlp::Config {
         hidden,
         batch: args.batch,
@@ -82,6 +106,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         seed: args.seed,
         schedule,
         precision: args.precision.clone(),
+        guard,
     };
     let gpu = GpuContext::new()?;
     let data = mlp::wine_quality(args.seed);
@@ -99,16 +124,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{} on {} parameters, schedule {:?}, gpu in {}, cpu twin in f32",
         run.optimizer, run.parameters, config.schedule, config.precision
     );
-    println!(
+    let guarded = !run.guard_status.is_empty();
+    print!(
         "{:>5} {:>12} {:>12} {:>10}",
         "epoch", "gpu loss", "cpu loss", "rel diff"
     );
+    if guarded {
+        print!(" {:>10} {:>8} {:>10}", "scale", "skipped", "last norm");
+    }
+    println!();
     for (epoch, (g, c)) in run.gpu_loss.iter().zip(&run.cpu_loss).enumerate() {
-        println!(
+        print!(
             "{:>5} {g:>12.6} {c:>12.6} {:>10.1e}",
             epoch + 1,
             (g - c).abs() / c.abs()
         );
+        if let Some(status) = run.guard_status.get(epoch) {
+            print!(
+                " {:>10} {:>8} {:>10.4}",
+                status.scale, status.skipped, status.total_norm
+            );
+        }
+        println!();
     }
     println!(
         "test accuracy: gpu {:.1}%, cpu {:.1}%",

@@ -3,8 +3,8 @@
 //! of the example trainer, shared by `main.rs` (the command line) and `tests/train_mlp.rs`.
 
 use fused_optim::{
-    visit_rules, CpuOptimizer, Dtype, GpuContext, LrSchedule, ParamGroup, ParamLayout, ParamSet,
-    Precision, RegisteredRule, RuleVisitor, TensorSlot, UpdateRule,
+    visit_rules, CpuOptimizer, Dtype, GpuContext, GradGuard, GradStatus, LrSchedule, ParamGroup,
+    ParamLayout, ParamSet, Precision, RegisteredRule, RuleVisitor, TensorSlot, UpdateRule,
 };
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -92,6 +92,11 @@ pub struct Config {
     /// values; with 16-bit grads the backward pass's f32 grads are rounded to them before the
     /// step. The CPU twin stays in f32: it is the f32 run this one is compared with.
     pub precision: Precision,
+    /// What the GPU run's optimizer does to the grads first (fused_optim::GradGuard): with a
+    /// scaler, the loss gradient is multiplied by the scale the optimizer keeps on the
+    /// device, and the step unscales, skips on inf or NaN and adapts the scale, all without
+    /// a readback. The CPU twin runs without one.
+    pub guard: Option<GradGuard>,
 }
 
 /// Loss after each epoch (the mean training loss over the epoch's batches) and test accuracy,
@@ -107,6 +112,8 @@ pub struct Run {
     /// Mean cross-entropy over the test split, after the last epoch.
     pub gpu_test_loss: f64,
     pub cpu_test_loss: f64,
+    /// The GPU optimizer's grad-guard status after each epoch, with a guard.
+    pub guard_status: Vec<GradStatus>,
 }
 
 /// Learning rates that train this model in a few epochs, by variant name. A variant not
@@ -247,7 +254,10 @@ pub fn train<R: UpdateRule>(
         ParamGroup::new(rule.clone(), weights).with_precision(config.precision.clone()),
         ParamGroup::new(no_decay, biases).with_precision(config.precision.clone()),
     ];
-    let set = ParamSet::new(gpu, &tensors, groups)?;
+    let mut set = ParamSet::new(gpu, &tensors, groups)?;
+    if let Some(guard) = config.guard {
+        set = set.with_grad_guard(guard)?;
+    }
     let layout = set.layout().clone();
     let initial = initial_params(&layout, &widths, config.seed);
     let base_lrs: Vec<f64> = set.groups().iter().map(UpdateRule::lr).collect();
@@ -263,7 +273,7 @@ pub fn train<R: UpdateRule>(
     )?;
     let batches = data.train_y.len() / config.batch;
     let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed ^ 0x5eed);
-    let (mut gpu_loss, mut cpu_loss) = (Vec::new(), Vec::new());
+    let (mut gpu_loss, mut cpu_loss, mut guard_status) = (Vec::new(), Vec::new(), Vec::new());
     for epoch in 0..config.epochs {
         for (group, base) in base_lrs.iter().enumerate() {
             let lr = config.schedule.lr(*base, epoch as u64);
@@ -285,6 +295,8 @@ pub fn train<R: UpdateRule>(
         let y: Vec<u32> = order.iter().map(|&r| data.train_y[r]).collect();
         gpu_loss.push(model.epoch(&x, &y)?);
         cpu_loss.push(cpu.epoch(&x, &y)?);
+        // The epoch's losses were just read back, so this waits for nothing more.
+        guard_status.extend(model.set.read_grad_status()?);
     }
     let gpu_logits = model.predict(&data.test_x, data.test_y.len())?;
     let cpu_logits = cpu.predict(&data.test_x, data.test_y.len());
@@ -299,6 +311,7 @@ pub fn train<R: UpdateRule>(
         cpu_accuracy,
         gpu_test_loss: cross_entropy(&gpu_logits, &data.test_y, data.classes),
         cpu_test_loss: cross_entropy(&cpu_logits, &data.test_y, data.classes),
+        guard_status,
     })
 }
 
@@ -557,7 +570,7 @@ impl<R: UpdateRule> GpuModel<R> {
         }
         let bind = |pipeline: &wgpu::ComputePipeline,
                     dims: Dims,
-                    buffers: [wgpu::BufferBinding; 4]| {
+                    buffers: Vec<wgpu::BufferBinding>| {
             let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some("mlp dims"),
                 contents: bytemuck::bytes_of(&dims),
@@ -590,7 +603,7 @@ impl<R: UpdateRule> GpuModel<R> {
             let group = bind(
                 &forward,
                 dims,
-                [
+                vec![
                     whole(&activations[k]),
                     weight,
                     bias,
@@ -606,14 +619,22 @@ impl<R: UpdateRule> GpuModel<R> {
             outputs: classes,
             relu: 0,
         };
+        // The loss scale: the first f32 of the optimizer's grad status, or a 1.
+        let unscaled = gpu.upload("mlp unit loss scale", &[1.0])?;
+        let loss_scale = set.grad_status_buffer().unwrap_or(&unscaled);
         let group = bind(
             &softmax,
             dims,
-            [
+            vec![
                 whole(&activations[layers]),
                 whole(&labels),
                 whole(&batch_loss),
                 whole(&deltas[layers - 1]),
+                wgpu::BufferBinding {
+                    buffer: loss_scale,
+                    offset: 0,
+                    size: wgpu::BufferSize::new(4),
+                },
             ],
         );
         dispatches.push((softmax, group, batch as u32));
@@ -630,7 +651,7 @@ impl<R: UpdateRule> GpuModel<R> {
             let group = bind(
                 &backward_params,
                 dims,
-                [whole(&activations[k]), whole(&deltas[k]), dweight, dbias],
+                vec![whole(&activations[k]), whole(&deltas[k]), dweight, dbias],
             );
             dispatches.push((backward_params.clone(), group, inputs * outputs));
             if k > 0 {
@@ -638,7 +659,7 @@ impl<R: UpdateRule> GpuModel<R> {
                 let group = bind(
                     &backward_input,
                     dims,
-                    [
+                    vec![
                         whole(&deltas[k]),
                         weight,
                         whole(&activations[k]),

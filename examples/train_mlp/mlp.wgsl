@@ -40,9 +40,12 @@ fn linear_forward(@builtin(global_invocation_id) id: vec3<u32>) {
 @group(0) @binding(2) var<storage, read> labels: array<u32>;
 @group(0) @binding(3) var<storage, read_write> loss: array<f32>;
 @group(0) @binding(4) var<storage, read_write> dlogits: array<f32>;
+// The loss scale (the first f32 of fused-optim's grad status, or 1).
+@group(0) @binding(5) var<storage, read> loss_scale: array<f32>;
 
 // Per row: loss = log(sum_j exp(z_j - max)) + max - z_label, and the gradient of the batch
-// mean, (softmax - onehot) / rows. `dims.outputs` is the class count.
+// mean times the loss scale, (softmax - onehot) / rows * scale. `dims.outputs` is the class
+// count.
 @compute @workgroup_size(64)
 fn softmax_cross_entropy(@builtin(global_invocation_id) id: vec3<u32>) {
     let r = id.x;
@@ -64,7 +67,7 @@ fn softmax_cross_entropy(@builtin(global_invocation_id) id: vec3<u32>) {
     let scale = 1.0 / f32(dims.rows);
     for (var j = 0u; j < classes; j++) {
         let p = exp(logits[row + j] - top) / total;
-        dlogits[row + j] = (p - select(0.0, 1.0, j == label)) * scale;
+        dlogits[row + j] = (p - select(0.0, 1.0, j == label)) * scale * loss_scale[0];
     }
 }
 

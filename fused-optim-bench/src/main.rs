@@ -68,6 +68,10 @@ struct BenchOptions {
     /// (`bf16,master=remainder,state=8bit`, ...), or `all` for every preset.
     #[arg(long, default_value = "f32")]
     precision: Vec<String>,
+    /// Grad guards to measure under, comma separated: `none`, `scale` (GradScaler's defaults),
+    /// `clip` (clip_grad_norm_ to 1.0), `scale+clip`.
+    #[arg(long, value_delimiter = ',', default_value = "none", value_parser = bench::Guard::parse)]
+    guard: Vec<bench::Guard>,
     /// Timed steps per kernel, after the warm-up: the samples of the median and spread.
     #[arg(long, default_value_t = 10)]
     steps: u32,
@@ -242,7 +246,11 @@ fn bench(choice: &AdapterChoice, options: &BenchOptions) -> Result<(), Box<dyn s
             None => true,
         })
         .collect();
-    let progress = ProgressBar::new((variants.len() * sizes.len() * precisions.len()) as u64)
+    let setups: Vec<(&Precision, &bench::Guard)> = precisions
+        .iter()
+        .flat_map(|precision| options.guard.iter().map(move |guard| (precision, guard)))
+        .collect();
+    let progress = ProgressBar::new((variants.len() * sizes.len() * setups.len()) as u64)
         .with_style(
             ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed}]")
                 .expect("a valid progress template"),
@@ -271,21 +279,12 @@ fn bench(choice: &AdapterChoice, options: &BenchOptions) -> Result<(), Box<dyn s
         }
         let copy = bench::copy_bandwidth(&gpu, bench::copy_bytes(len))?;
         for variant in &variants {
-            for precision in &precisions {
-                progress.set_message(format!(
-                    "{} [{precision}] at {}",
-                    variant.name(),
-                    size_label(len)
-                ));
-                match variant.measure(&gpu, len, repetitions, copy, precision) {
+            for &(precision, guard) in &setups {
+                let what = format!("{} [{precision}, guard {}]", variant.name(), guard.name);
+                progress.set_message(format!("{what} at {}", size_label(len)));
+                match variant.measure(&gpu, len, repetitions, copy, (precision, guard)) {
                     Ok(row) => rows.push(row),
-                    Err(error) => {
-                        let what = match *precision == Precision::default() {
-                            true => variant.name().to_owned(),
-                            false => format!("{} [{precision}]", variant.name()),
-                        };
-                        skip(&what, error)?
-                    }
+                    Err(error) => skip(&what, error)?,
                 }
                 progress.inc(1);
             }
@@ -296,13 +295,16 @@ fn bench(choice: &AdapterChoice, options: &BenchOptions) -> Result<(), Box<dyn s
         (
             Variant::all().iter().position(|v| v.name() == m.rule),
             m.params,
-            precisions.iter().position(|p| p.to_string() == m.precision),
+            setups
+                .iter()
+                .position(|(p, g)| p.to_string() == m.precision && g.name == m.guard),
         )
     });
     println!(
         "roofline: the same bytes moved with no update arithmetic (the floor), in the same \
-         formats; unfused: one kernel per elementwise operation; cpu: the CPU twin on one \
-         core (both f32 only); B/p: bytes per parameter moved per step and stored\n"
+         formats and under the same grad guard; unfused: one kernel per elementwise \
+         operation; cpu: the CPU twin on one core (both f32 without a guard only); B/p: bytes \
+         per parameter moved per step and stored\n"
     );
     print!("{}", report::table(&rows));
     if !hand_written.is_empty() {

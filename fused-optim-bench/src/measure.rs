@@ -9,8 +9,9 @@ use wgpu::util::DeviceExt;
 
 use fused_optim::baseline::{Roofline, UnfusedChain};
 use fused_optim::{
-    bytes_per_step, kept_states, visit_rules, Adam, CpuOptimizer, Error, GpuContext, Optimizer,
-    ParamGroup, Precision, RegisteredRule, Result, RuleVisitor, UpdateRule,
+    bytes_per_step, kept_states, visit_rules, Adam, ClipGradNorm, CpuOptimizer, Error, GpuContext,
+    GradGuard, GradScaler, NormType, Optimizer, ParamGroup, Precision, RegisteredRule, Result,
+    RuleVisitor, UpdateRule,
 };
 
 /// Small non-zero values every bench buffer starts from.
@@ -262,26 +263,30 @@ fn rotation(bytes: u64) -> usize {
     (ROTATION_BYTES.div_ceil(bytes.max(1)) as usize).clamp(1, MAX_ROTATION)
 }
 
-/// Times fused steps of `rule` over `len` elements, rotating buffer sets.
+/// Times fused steps of `rule` over `len` elements, under `guard` where given, rotating
+/// buffer sets.
 fn time_fused<R: UpdateRule>(
     gpu: &GpuContext,
     rule: &R,
     precision: &Precision,
+    guard: Option<GradGuard>,
     len: usize,
     repetitions: Repetitions,
 ) -> Result<(Stats, u64, usize, u64)> {
-    let first = Optimizer::with_precision(gpu, rule.clone(), precision.clone(), len)?;
+    let optimizer = || {
+        let optimizer = Optimizer::with_precision(gpu, rule.clone(), precision.clone(), len)?;
+        match guard {
+            Some(guard) => optimizer.with_grad_guard(guard),
+            None => Ok(optimizer),
+        }
+    };
+    let first = optimizer()?;
     let (bytes, stored) = (first.bytes_per_step(), first.state_bytes());
     let sets = rotation(bytes);
     let buffers = buffer_sets(gpu, len, sets, precision)?;
     let mut optimizers = vec![first];
     for _ in 1..sets {
-        optimizers.push(Optimizer::with_precision(
-            gpu,
-            rule.clone(),
-            precision.clone(),
-            len,
-        )?);
+        optimizers.push(optimizer()?);
     }
     let dispatches = optimizers[0].dispatches_per_step();
     let stats = time_kernel(gpu, repetitions, sets, |set, timestamps| {
@@ -370,6 +375,8 @@ pub struct Measurement {
     pub rule: &'static str,
     /// The storage formats, in `Precision`'s short form (`f32`, `bf16,master=remainder`, ...).
     pub precision: String,
+    /// The grad guard the step ran under (`none`, `scale`, `clip`, `scale+clip`).
+    pub guard: String,
     pub params: usize,
     /// Bytes the optimizer stores per parameter (master and state, `state_bytes() / len`).
     pub stored_bytes_per_param: f64,
@@ -432,21 +439,21 @@ impl Measurement {
     }
 }
 
-/// Measures `rule` over `len` parameters stored as `precision`: fused steps, the roofline with
-/// as many state buffers in the same precision (the same bytes through the same codecs, no
-/// update arithmetic), and for f32 the unfused chain (each after a warm-up, rotating buffers
-/// where they would fit in a cache) and the CPU twin. `copy_gb_per_s` is the copy bandwidth
-/// measured at this size.
+/// Measures `rule` over `len` parameters stored as `precision` under `guard`: fused steps, the
+/// roofline with as many state buffers in the same precision under the same guard (the same
+/// bytes through the same codecs and reduction, no update arithmetic), and for f32 without a
+/// guard the unfused chain (each after a warm-up, rotating buffers where they would fit in a
+/// cache) and the CPU twin. `copy_gb_per_s` is the copy bandwidth measured at this size.
 pub fn measure<R: UpdateRule>(
     gpu: &GpuContext,
     rule: R,
     len: usize,
     repetitions: Repetitions,
     copy_gb_per_s: f64,
-    precision: &Precision,
+    (precision, guard): (&Precision, &Guard),
 ) -> Result<Measurement> {
     let (fused, bytes_per_step, fused_dispatches, stored) =
-        time_fused(gpu, &rule, precision, len, repetitions)?;
+        time_fused(gpu, &rule, precision, guard.settings, len, repetitions)?;
     let states = kept_states(&rule);
     let mut floor_precision = precision.clone();
     // The roofline's slots are named state0..; the rule's per-slot overrides map onto them
@@ -458,8 +465,15 @@ pub fn measure<R: UpdateRule>(
         .map(|(slot, state)| (state.to_string(), precision.state_format(slot)))
         .collect();
     let roofline = Roofline { states };
-    let (roofline, _, _, _) = time_fused(gpu, &roofline, &floor_precision, len, repetitions)?;
-    let f32_only = *precision == Precision::default();
+    let (roofline, _, _, _) = time_fused(
+        gpu,
+        &roofline,
+        &floor_precision,
+        guard.settings,
+        len,
+        repetitions,
+    )?;
+    let f32_only = *precision == Precision::default() && guard.settings.is_none();
     let (unfused, unfused_dispatches, unfused_bytes_per_step) = match f32_only {
         true => time_unfused(gpu, &rule, len, bytes_per_step, repetitions)?,
         false => (Stats::of(Vec::new()), 0, 0),
@@ -467,6 +481,7 @@ pub fn measure<R: UpdateRule>(
     Ok(Measurement {
         rule: rule.name(),
         precision: precision.to_string(),
+        guard: guard.name.to_owned(),
         params: len,
         stored_bytes_per_param: stored as f64 / len as f64,
         bytes_per_step,
@@ -661,8 +676,53 @@ pub fn measure_hand_written(
     })
 }
 
+/// A grad guard the sweep measures under, by its `--guard` name.
+#[derive(Clone, Copy, Debug)]
+pub struct Guard {
+    pub name: &'static str,
+    pub settings: Option<GradGuard>,
+}
+
+impl Guard {
+    /// The `--guard` names: `none`; `scale`, GradScaler's defaults; `clip`, clip_grad_norm_ to
+    /// 1.0; `scale+clip`, both.
+    pub fn parse(name: &str) -> std::result::Result<Guard, String> {
+        let scaler = Some(GradScaler::default());
+        let clip_norm = Some(ClipGradNorm {
+            max_norm: 1.0,
+            norm_type: NormType::L2,
+        });
+        let (name, scaler, clip_norm) = match name {
+            "none" => return Ok(Guard::NONE),
+            "scale" => ("scale", scaler, None),
+            "clip" => ("clip", None, clip_norm),
+            "scale+clip" => ("scale+clip", scaler, clip_norm),
+            other => {
+                return Err(format!(
+                    "unknown --guard `{other}`: none, scale, clip or scale+clip"
+                ))
+            }
+        };
+        Ok(Guard {
+            name,
+            settings: Some(GradGuard {
+                scaler,
+                clip_value: None,
+                clip_norm,
+            }),
+        })
+    }
+
+    /// No guard: the plain step.
+    pub const NONE: Guard = Guard {
+        name: "none",
+        settings: None,
+    };
+}
+
 /// Measures one rule configuration at a size, given the copy bandwidth measured there.
-type MeasureFn = dyn Fn(&GpuContext, usize, Repetitions, f64, &Precision) -> Result<Measurement>;
+type MeasureFn =
+    dyn Fn(&GpuContext, usize, Repetitions, f64, (&Precision, &Guard)) -> Result<Measurement>;
 
 /// A rule configuration the sweep measures: one of a registered rule's variants.
 pub struct Variant {
@@ -680,18 +740,9 @@ impl Variant {
                 for rule in R::variants() {
                     self.0.push(Variant {
                         name: rule.name(),
-                        measure: Box::new(
-                            move |gpu, len, repetitions, copy_gb_per_s, precision| {
-                                measure(
-                                    gpu,
-                                    rule.clone(),
-                                    len,
-                                    repetitions,
-                                    copy_gb_per_s,
-                                    precision,
-                                )
-                            },
-                        ),
+                        measure: Box::new(move |gpu, len, repetitions, copy_gb_per_s, setup| {
+                            measure(gpu, rule.clone(), len, repetitions, copy_gb_per_s, setup)
+                        }),
                     });
                 }
             }
@@ -706,16 +757,17 @@ impl Variant {
         self.name
     }
 
-    /// Measures the variant over `len` parameters stored as `precision` (see [`measure`]).
+    /// Measures the variant over `len` parameters stored as `precision` under `guard` (see
+    /// [`measure`]).
     pub fn measure(
         &self,
         gpu: &GpuContext,
         len: usize,
         repetitions: Repetitions,
         copy_gb_per_s: f64,
-        precision: &Precision,
+        setup: (&Precision, &Guard),
     ) -> Result<Measurement> {
-        (self.measure)(gpu, len, repetitions, copy_gb_per_s, precision)
+        (self.measure)(gpu, len, repetitions, copy_gb_per_s, setup)
     }
 }
 

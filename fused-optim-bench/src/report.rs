@@ -108,12 +108,16 @@ const COLUMNS: [(&str, usize); 17] = [
     ("vs cpu", 8),
 ];
 
-/// The table's name of a row: the rule, and its precision unless f32.
+/// The table's name of a row: the rule, its precision unless f32, and its grad guard if any.
 fn label(m: &Measurement) -> String {
-    match m.precision.as_str() {
-        "f32" => m.rule.to_owned(),
-        precision => format!("{} {precision}", m.rule),
+    let mut label = m.rule.to_owned();
+    if m.precision != "f32" {
+        label = format!("{label} {}", m.precision);
     }
+    if m.guard != "none" {
+        label = format!("{label} +{}", m.guard);
+    }
+    label
 }
 
 /// `value` with `decimals` decimals and `suffix`, right-aligned in `width` columns, or `-` where
@@ -203,6 +207,7 @@ pub fn size_label(params: usize) -> String {
 struct CsvRow<'a> {
     rule: &'a str,
     precision: &'a str,
+    guard: &'a str,
     params: usize,
     stored_bytes_per_param: f64,
     bytes_per_step: u64,
@@ -236,6 +241,7 @@ pub fn write_csv(report: &Report, path: &Path) -> std::io::Result<()> {
             .serialize(CsvRow {
                 rule: m.rule,
                 precision: &m.precision,
+                guard: &m.guard,
                 params: m.params,
                 stored_bytes_per_param: m.stored_bytes_per_param,
                 bytes_per_step: m.bytes_per_step,

@@ -127,9 +127,16 @@ pub enum Error {
         detail: String,
     },
 
-    #[error("invalid precision: {reason}")]
+    /// A grad guard setting `torch.amp.GradScaler` or the clipping functions would reject.
+    #[error("invalid grad guard: {reason}")]
+    InvalidGuard {
+        /// What is wrong and what to use instead.
+        reason: String,
+    },
+
     /// A storage-format combination that means nothing, or a per-slot format for a slot the
     /// rule does not have.
+    #[error("invalid precision: {reason}")]
     InvalidPrecision {
         /// What is wrong and what to use instead.
         reason: String,

@@ -38,6 +38,7 @@ pub mod baseline;
 mod error;
 pub mod format;
 mod gpu;
+pub mod guard;
 mod optim;
 pub mod rule;
 mod rules;
@@ -48,6 +49,7 @@ pub use gpu::{
     dispatch_grid, enumerate_adapters, shader_forms, shader_source, AdapterChoice, DispatchLimits,
     GpuContext, Lanes, StepValues, CODEC, MAX_STEP_VALUES_BYTES, PRELUDE, WORKGROUP_SIZE,
 };
+pub use guard::{ClipGradNorm, CpuGuard, GradGuard, GradScaler, GradStatus, GradStep, NormType};
 pub use optim::{
     CpuOptimizer, ForeachOptimizer, Optimizer, ParamGroup, ParamLayout, ParamSet, TensorSlot,
     TENSOR_ALIGNMENT,

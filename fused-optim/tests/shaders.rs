@@ -59,7 +59,7 @@ fn check_declarations<R: UpdateRule>(name: &str) {
 }
 
 fn check_bindings<R: UpdateRule>(name: &str, precision: &Precision, per_slot: usize) {
-    let source = shader_source::<R>(Lanes::Vector, StepValues::UniformCopy, precision);
+    let source = shader_source::<R>(Lanes::Vector, StepValues::UniformCopy, precision, false);
     let module = naga::front::wgsl::parse_str(&source)
         .unwrap_or_else(|e| panic!("{name}: WGSL parse error:\n{}", e.emit_to_string(&source)));
     let mut state: Vec<(u32, String)> = module

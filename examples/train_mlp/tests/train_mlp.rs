@@ -30,6 +30,7 @@ fn every_optimizer_trains_on_the_gpu_like_its_cpu_twin() {
         }
         .after_warmup(1, 0.5),
         precision: Default::default(),
+        guard: None,
     };
     for optimizer in mlp::optimizers() {
         let run = mlp::train_named(gpu, &data, &config, optimizer, None).unwrap();
@@ -64,6 +65,48 @@ fn every_optimizer_trains_on_the_gpu_like_its_cpu_twin() {
 /// CPU twin's (bit for bit the GPU's f32 run, above).
 #[test]
 fn the_leanest_precision_trains_within_two_percent_of_f32() {
+    let run = full_adam_run(fused_optim::Precision::lean(), None);
+    let difference = (run.gpu_test_loss - run.cpu_test_loss).abs() / run.cpu_test_loss;
+    println!(
+        "test loss: lean {:.6}, f32 {:.6} ({:.2}%)",
+        run.gpu_test_loss,
+        run.cpu_test_loss,
+        100.0 * difference
+    );
+    assert!(difference < 0.02, "{difference:e}");
+}
+
+/// f16 params and grads with an f32 master and dynamic loss scaling on the device: the loss
+/// gradient is multiplied by the scale (2^16 at first), so the f16 grads keep the small
+/// gradients f16 would flush; the test loss after a full run is within 2% of the f32 run's.
+#[test]
+fn f16_with_dynamic_loss_scaling_trains_within_two_percent_of_f32() {
+    let guard = fused_optim::GradGuard {
+        scaler: Some(fused_optim::GradScaler::default()),
+        ..Default::default()
+    };
+    let run = full_adam_run("f16,master=f32".parse().unwrap(), Some(guard));
+    let difference = (run.gpu_test_loss - run.cpu_test_loss).abs() / run.cpu_test_loss;
+    let last = run.guard_status.last().unwrap();
+    println!(
+        "test loss: f16 with loss scaling {:.6}, f32 {:.6} ({:.2}%); scale {}, {} steps skipped",
+        run.gpu_test_loss,
+        run.cpu_test_loss,
+        100.0 * difference,
+        last.scale,
+        last.skipped
+    );
+    assert_eq!(run.guard_status.len(), 20);
+    assert!(last.applied > 0 && last.scale > 1.0);
+    assert!(difference < 0.02, "{difference:e}");
+}
+
+/// A full run of the example's defaults (20 epochs, cosine schedule) with Adam, the GPU side
+/// stored as `precision` and under `guard`.
+fn full_adam_run(
+    precision: fused_optim::Precision,
+    guard: Option<fused_optim::GradGuard>,
+) -> mlp::Run {
     let gpu = &GpuContext::new().expect("a GPU adapter (lavapipe in CI)");
     let data = mlp::wine_quality(7);
     let config = mlp::Config {
@@ -75,15 +118,8 @@ fn the_leanest_precision_trains_within_two_percent_of_f32() {
             t_max: 20,
             eta_min: 0.0,
         },
-        precision: fused_optim::Precision::lean(),
+        precision,
+        guard,
     };
-    let run = mlp::train_named(gpu, &data, &config, "adam", None).unwrap();
-    let difference = (run.gpu_test_loss - run.cpu_test_loss).abs() / run.cpu_test_loss;
-    println!(
-        "test loss: lean {:.6}, f32 {:.6} ({:.2}%)",
-        run.gpu_test_loss,
-        run.cpu_test_loss,
-        100.0 * difference
-    );
-    assert!(difference < 0.02, "{difference:e}");
+    mlp::train_named(gpu, &data, &config, "adam", None).unwrap()
 }

@@ -11,6 +11,7 @@ use wgpu::util::DeviceExt;
 
 use super::context::GpuContext;
 use super::glue::{quant_map_words, roles, KernelFormats, Role};
+use super::guard::DeviceGuard;
 use super::kernel::{
     dispatch_grid, step_values, values_size, DispatchValues, Kernel, KernelKey, ValueSlots,
 };
@@ -18,6 +19,7 @@ use super::plan::{dispatches, windows, Dispatch, Grain, Span, Window};
 use crate::error::{Error, Result};
 use crate::format::qmap::QuantMap;
 use crate::format::{codec, Dtype, Master, Precision, StateFormat, BLOCK};
+use crate::guard::{GradGuard, GradStatus};
 use crate::rule::UpdateRule;
 
 /// Both quantization maps, built once per optimizer for encoding initial state.
@@ -73,6 +75,16 @@ pub(crate) struct Engine<R: UpdateRule> {
     /// group; reused while the caller passes the same buffers.
     bound: Vec<Option<(wgpu::Buffer, wgpu::Buffer)>>,
     bind_groups: Vec<Option<wgpu::BindGroup>>,
+    /// The grad guard, where the optimizer has one.
+    guard: Option<Guarded>,
+}
+
+/// A guard and the host state of each group after each step count the device may hold.
+struct Guarded {
+    device: DeviceGuard,
+    /// `history[k]`: every group's host state after `history_base + k` applied steps.
+    history: std::collections::VecDeque<Vec<Vec<f64>>>,
+    history_base: u64,
 }
 
 /// How one role's elements sit in its buffer, for binding ranges.
@@ -95,6 +107,7 @@ fn storage_of(role: Role, formats: &KernelFormats, dtypes: (Dtype, Dtype)) -> St
             _ => Storage::F32,
         },
         Role::Absmax(_) => Storage::Absmax,
+        Role::GuardStatus | Role::GuardValues => Storage::Whole,
     }
 }
 
@@ -198,6 +211,7 @@ impl<R: UpdateRule> Engine<R> {
                     .iter()
                     .map(|slot| rule.keeps_state(slot).then(|| precision.state_format(slot)))
                     .collect(),
+                guarded: false,
             })
             .collect();
         let dispatch = context.dispatch_limits();
@@ -225,17 +239,7 @@ impl<R: UpdateRule> Engine<R> {
                 limit: values_limit,
             });
         }
-        let kernels = dispatches
-            .iter()
-            .map(|d| {
-                let group = windows[d.window].group;
-                let (rule, formats) = (&groups[group], &formats[group]);
-                let key = KernelKey::of(rule, d.lanes, values, formats);
-                context.kernel(key, || {
-                    Kernel::build(device, rule, d.lanes, values, formats)
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let kernels = build_kernels(context, &groups, &formats, &windows, &dispatches)?;
         let maps = QuantMaps::new();
         let (values, quant_maps, owned) = context.scoped("allocating optimizer state", || {
             let values = ValueSlots::new(device, values, values_size::<R>(), dispatches.len());
@@ -282,7 +286,96 @@ impl<R: UpdateRule> Engine<R> {
             dispatches,
             values,
             workgroups_per_dimension: dispatch.workgroups_per_dimension,
+            guard: None,
         })
+    }
+
+    /// Puts every later step under `guard`. The first guard compiles the guarded kernels and
+    /// allocates the guard's buffers, its scale starting at the scaler's `init_scale`; a later
+    /// one only changes the settings, keeping the scale and counts. On error nothing changed.
+    pub fn set_guard(&mut self, guard: GradGuard) -> Result<()> {
+        guard.validate()?;
+        if let Some(guarded) = &mut self.guard {
+            guarded.device.settings = guard;
+            return Ok(());
+        }
+        if R::OWN_ENTRY_POINT {
+            return Err(Error::InvalidGuard {
+                reason: format!("{} has no grad guard", self.groups[0].name()),
+            });
+        }
+        if self.steps > u32::MAX as u64 {
+            return Err(Error::InvalidGuard {
+                reason: "the device counts a guarded optimizer's steps in 32 bits".to_owned(),
+            });
+        }
+        let formats: Vec<KernelFormats> = self
+            .formats
+            .iter()
+            .map(|f| KernelFormats {
+                guarded: true,
+                ..f.clone()
+            })
+            .collect();
+        let kernels = build_kernels(
+            &self.context,
+            &self.groups,
+            &formats,
+            &self.windows,
+            &self.dispatches,
+        )?;
+        let grads: Vec<Dtype> = self.dtypes.iter().map(|d| d.1).collect();
+        let device = self.context.scoped("allocating the grad guard", || {
+            DeviceGuard::new(&self.context, guard, &self.spans, &grads, self.steps)
+        })?;
+        self.guard = Some(Guarded {
+            device,
+            history: [self.host.clone()].into(),
+            history_base: self.steps,
+        });
+        self.formats = formats;
+        self.kernels = kernels;
+        self.bound.iter_mut().for_each(|pair| *pair = None);
+        Ok(())
+    }
+
+    /// The guard's settings, where there is one.
+    pub fn guard(&self) -> Option<&GradGuard> {
+        self.guard.as_ref().map(|g| &g.device.settings)
+    }
+
+    /// The guard's status buffer (the loss scale is its first f32).
+    pub fn guard_status_buffer(&self) -> Option<&wgpu::Buffer> {
+        self.guard.as_ref().map(|g| g.device.status())
+    }
+
+    /// The newest guard status the host has without waiting, and the step it followed.
+    pub fn newest_guard_status(&self) -> Option<(u64, GradStatus)> {
+        self.guard.as_ref().and_then(|g| g.device.newest())
+    }
+
+    /// The guard's status once every submitted step has run. Waits for the GPU.
+    pub fn read_guard_status(&self) -> Result<Option<GradStatus>> {
+        self.guard
+            .as_ref()
+            .map(|g| g.device.read_status())
+            .transpose()
+    }
+
+    /// The steps applied and each group's host state after them: the step count and host
+    /// state PyTorch would report. Without a guard, every step recorded; with one, what the
+    /// device counted, which waits for the GPU.
+    pub fn applied(&self) -> Result<(u64, Vec<Vec<f64>>)> {
+        let Some(guarded) = &self.guard else {
+            return Ok((self.steps, self.host.clone()));
+        };
+        let applied = guarded.device.read_status()?.applied as u64;
+        let host = applied
+            .checked_sub(guarded.history_base)
+            .and_then(|k| guarded.history.get(k as usize))
+            .cloned()
+            .unwrap_or_else(|| self.host.clone());
+        Ok((applied, host))
     }
 
     /// How many (params, grads) pairs a step takes.
@@ -365,12 +458,23 @@ impl<R: UpdateRule> Engine<R> {
         owned
             + self.quant_maps.as_ref().map_or(0, wgpu::Buffer::size)
             + self.values.allocated_bytes()
+            + self
+                .guard
+                .as_ref()
+                .map_or(0, |g| g.device.allocated_bytes())
     }
 
     /// Bytes one step must move: per window, params read and written, grads read, the master
-    /// and every state its group keeps read and written, each in its format.
+    /// and every state its group keeps read and written, each in its format; with a guard,
+    /// the grads read once more by its reduction.
     pub fn bytes_per_step(&self) -> u64 {
-        self.windows
+        let grads: Vec<Dtype> = self.dtypes.iter().map(|d| d.1).collect();
+        let reduction = self
+            .guard
+            .as_ref()
+            .map_or(0, |g| g.device.bytes_per_step(&grads));
+        let update: u64 = self
+            .windows
             .iter()
             .map(|window| {
                 let rule = &self.groups[window.group];
@@ -380,7 +484,8 @@ impl<R: UpdateRule> Engine<R> {
                     .filter(|slot| rule.keeps_state(slot));
                 self.precisions[window.group].bytes_per_step(window.len(), kept)
             })
-            .sum()
+            .sum();
+        reduction + update
     }
 
     /// Records step `steps + 1` into `encoder`; on error nothing was recorded or changed.
@@ -501,6 +606,7 @@ impl<R: UpdateRule> Engine<R> {
     /// Binds the dispatches of every target whose pair changed, caching the new bind groups
     /// only once wgpu has accepted all of them.
     fn bind(&mut self, pairs: &[(&wgpu::Buffer, &wgpu::Buffer)], stale: &[usize]) -> Result<()> {
+        let guard = self.guard.as_ref().map(|g| &g.device);
         let created = self.context.scoped("binding the step's buffers", || {
             self.dispatches
                 .iter()
@@ -516,6 +622,8 @@ impl<R: UpdateRule> Engine<R> {
                             Role::Params => (params, window.origin + window.offset),
                             Role::Grads => (grads, window.origin + window.offset),
                             Role::QuantMaps => (self.quant_maps.as_ref().expect("allocated"), 0),
+                            Role::GuardStatus => (guard.expect("guarded").status(), 0),
+                            Role::GuardValues => (guard.expect("guarded").values(), 0),
                             _ => (
                                 self.owned_buffer(window.span, role).expect("allocated"),
                                 window.offset,
@@ -548,6 +656,14 @@ impl<R: UpdateRule> Engine<R> {
         };
         for (index, group) in created {
             self.bind_groups[index] = Some(group);
+        }
+        if let Some(guarded) = &mut self.guard {
+            let grads: Vec<&wgpu::Buffer> = pairs.iter().map(|pair| pair.1).collect();
+            let dtypes: Vec<Dtype> = self.dtypes.iter().map(|d| d.1).collect();
+            self.context
+                .scoped("binding the grad guard's reduction", || {
+                    guarded.device.bind(&grads, &dtypes, stale)
+                })?;
         }
         for &target in stale {
             let (params, grads) = pairs[target];
@@ -594,7 +710,7 @@ impl<R: UpdateRule> Engine<R> {
                 got: pairs.len(),
             });
         }
-        let stale: Vec<usize> = (0..pairs.len())
+        let mut stale: Vec<usize> = (0..pairs.len())
             .filter(|&target| {
                 let (params, grads) = pairs[target];
                 !matches!(&self.bound[target], Some((p, g)) if p == params && g == grads)
@@ -602,12 +718,54 @@ impl<R: UpdateRule> Engine<R> {
             .collect();
         if !stale.is_empty() {
             self.check_pairs(pairs)?;
-            self.bind(pairs, &stale)?;
         }
         let t = self.steps + 1;
         let mut host = self.host.clone();
         for (rule, host) in self.groups.iter().zip(&mut host) {
             rule.advance_host_state(t, host);
+        }
+        let mut readback = None;
+        if let Some(guarded) = &mut self.guard {
+            if t > u32::MAX as u64 {
+                return Err(Error::InvalidGuard {
+                    reason: "the device counts a guarded optimizer's steps in 32 bits, and this \
+                             would be step 2^32"
+                        .to_owned(),
+                });
+            }
+            let (lo, rows) = guarded.device.candidates(self.steps);
+            // Every group's host state after each count the device may hold, and one more:
+            // the scalars of step `count + 1` take the state advanced to it.
+            while guarded.history_base < lo && guarded.history.len() > 1 {
+                guarded.history.pop_front();
+                guarded.history_base += 1;
+            }
+            while guarded.history_base + (guarded.history.len() as u64) <= lo + rows {
+                let applied = guarded.history_base + guarded.history.len() as u64;
+                let mut next = guarded.history.back().expect("never empty").clone();
+                for (rule, host) in self.groups.iter().zip(&mut next) {
+                    rule.advance_host_state(applied, host);
+                }
+                guarded.history.push_back(next);
+            }
+            let mut scalars = Vec::new();
+            for count in lo..lo + rows {
+                let states = &guarded.history[(count + 1 - guarded.history_base) as usize];
+                for (rule, state) in self.groups.iter().zip(states) {
+                    scalars.extend_from_slice(bytemuck::bytes_of(&rule.scalars(count + 1, state)));
+                }
+            }
+            if guarded
+                .device
+                .stage(encoder, lo, rows, self.groups.len(), &scalars)?
+            {
+                // A larger values buffer: every bind group that binds it is made again.
+                stale = (0..pairs.len()).collect();
+            }
+            readback = Some(guarded.device.readback_slot()?);
+        }
+        if !stale.is_empty() {
+            self.bind(pairs, &stale)?;
         }
         let scalars: Vec<R::Scalars> = self
             .groups
@@ -622,6 +780,7 @@ impl<R: UpdateRule> Engine<R> {
                 end: d.end,
                 origin: window.offset,
                 step: t,
+                group: window.group,
             };
             step_values(&self.groups[window.group], &scalars[window.group], &values)
         }));
@@ -630,6 +789,12 @@ impl<R: UpdateRule> Engine<R> {
             label: Some(self.groups[0].name()),
             timestamp_writes: timestamps,
         });
+        if let Some(guarded) = &self.guard {
+            let grads: Vec<Dtype> = self.dtypes.iter().map(|d| d.1).collect();
+            guarded
+                .device
+                .record_reduction(&mut pass, &grads, self.workgroups_per_dimension);
+        }
         for (index, d) in self.dispatches.iter().enumerate() {
             let group = self.bind_groups[index]
                 .as_ref()
@@ -639,8 +804,35 @@ impl<R: UpdateRule> Engine<R> {
             let (x, y) = dispatch_grid(d.len(), self.workgroups_per_dimension);
             pass.dispatch_workgroups(x, y, 1);
         }
+        drop(pass);
+        if let (Some(guarded), Some(slot)) = (&mut self.guard, readback) {
+            guarded.device.record_readback(encoder, slot, t);
+        }
         Ok(host)
     }
+}
+
+/// Each dispatch's kernel: its window's group's rule in that group's `formats`, compiled or
+/// taken from the context's cache.
+fn build_kernels<R: UpdateRule>(
+    context: &GpuContext,
+    groups: &[R],
+    formats: &[KernelFormats],
+    windows: &[Window],
+    dispatches: &[Dispatch],
+) -> Result<Vec<Arc<Kernel>>> {
+    let values = context.step_values_for(values_size::<R>());
+    dispatches
+        .iter()
+        .map(|d| {
+            let group = windows[d.window].group;
+            let (rule, formats) = (&groups[group], &formats[group]);
+            let key = KernelKey::of(rule, d.lanes, values, formats);
+            context.kernel(key, || {
+                Kernel::build(context.device(), rule, d.lanes, values, formats)
+            })
+        })
+        .collect()
 }
 
 /// The buffers a span of `len` elements keeps for `rule` in `formats`: its master, where it

@@ -27,6 +27,9 @@ pub(crate) struct KernelFormats {
     pub master: Master,
     pub rounding: Rounding,
     pub slots: Vec<Option<StateFormat>>,
+    /// Whether the kernel runs under a grad guard (src/guard.rs): it binds the guard's status
+    /// and values and takes its grads, skip flag, scalars and seed from them.
+    pub guarded: bool,
 }
 
 impl KernelFormats {
@@ -77,6 +80,11 @@ pub(crate) enum Role {
     Slot(usize),
     /// The per-block absmax of an 8-bit slot.
     Absmax(usize),
+    /// The grad guard's status (`GradStatus`).
+    GuardStatus,
+    /// The grad guard's values of the step: its header, then the rule's scalars per step
+    /// count and group.
+    GuardValues,
 }
 
 impl Role {
@@ -86,13 +94,18 @@ impl Role {
             Role::Grads => 2,
             Role::Master => 3,
             Role::QuantMaps => 4,
+            Role::GuardStatus => 5,
+            Role::GuardValues => 6,
             Role::Slot(slot) => 8 + 2 * slot as u32,
             Role::Absmax(slot) => 9 + 2 * slot as u32,
         }
     }
 
     pub fn read_only(self) -> bool {
-        matches!(self, Role::Grads | Role::QuantMaps)
+        matches!(
+            self,
+            Role::Grads | Role::QuantMaps | Role::GuardStatus | Role::GuardValues
+        )
     }
 }
 
@@ -104,6 +117,9 @@ pub(crate) fn roles(formats: &KernelFormats) -> Vec<Role> {
     }
     if formats.has_block8() {
         roles.push(Role::QuantMaps);
+    }
+    if formats.guarded {
+        roles.extend([Role::GuardStatus, Role::GuardValues]);
     }
     for (slot, format) in formats.slots.iter().enumerate() {
         match format {
@@ -282,11 +298,11 @@ impl Generator<'_> {
                     match (f.master, f.rounding, dtype) {
                         (Master::Bf16Remainder, _, _) => format!("split_remainder({x}).x"),
                         (Master::None, Rounding::Stochastic, Dtype::F16) => format!(
-                            "f16_round({x}, random_bits({}, step.seed), true)",
+                            "f16_round({x}, random_bits({}, seed()), true)",
                             g.element_index(lane)
                         ),
                         (Master::None, Rounding::Stochastic, _) => format!(
-                            "bf16_stochastic({x}, random_bits({}, step.seed))",
+                            "bf16_stochastic({x}, random_bits({}, seed()))",
                             g.element_index(lane)
                         ),
                         (_, _, Dtype::F16) => format!("f16_round({x}, 0u, false)"),
@@ -303,7 +319,7 @@ impl Generator<'_> {
             // The master starts as the params: on the first step it is read from them.
             (dtype, Master::F32) => {
                 let lanes: Vec<String> = halves.iter().map(|h| Self::decode(dtype, h)).collect();
-                format!("select(master[i], {}, step.seed == 1u)", self.v_of(&lanes))
+                format!("select(master[i], {}, seed() == 1u)", self.v_of(&lanes))
             }
             (dtype, Master::None) => {
                 let lanes: Vec<String> = halves.iter().map(|h| Self::decode(dtype, h)).collect();
@@ -335,6 +351,60 @@ impl Generator<'_> {
                 self.store_small("master", &bits, 2);
             }
         }
+    }
+
+    /// The guard's hooks the prelude calls (see its header), or their pass-through forms.
+    fn guard(&mut self) {
+        if !self.formats.guarded {
+            writeln!(
+                self.out,
+                "fn scalars() -> Scalars {{ return step.s; }}\n\
+                 fn seed() -> u32 {{ return step.seed; }}\n\
+                 fn guard_live(live: bool) -> bool {{ return live; }}\n\
+                 fn guard_grad(g: V) -> V {{ return g; }}"
+            )
+            .unwrap();
+            return;
+        }
+        let (bits, nan) = match self.vector() {
+            true => ("vec4<u32>", "vec4<u32>(0x7f800000u)"),
+            false => ("u32", "0x7f800000u"),
+        };
+        writeln!(
+            self.out,
+            "// The grad guard's status and values (src/guard.rs, src/gpu/guard.wgsl).\n\
+             struct GuardStatus {{\n\
+             \x20   scale: f32, growth_tracker: u32, applied: u32, skipped: u32, found_inf: u32,\n\
+             \x20   total_norm: f32, inv_scale: f32, clip_coef: f32, t: u32, skip: u32,\n\
+             \x20   pad0: u32, pad1: u32,\n\
+             }}\n\
+             struct GuardValues {{\n\
+             \x20   lo: u32, rows: u32, groups: u32, partials: u32, flags: u32, max_norm: f32,\n\
+             \x20   clip_value: f32, growth_factor: f32, backoff_factor: f32, growth_interval: u32,\n\
+             \x20   pad0: u32, pad1: u32,\n\
+             \x20   scalars: array<Scalars>,\n\
+             }}\n\
+             @group(0) @binding({}) var<storage, read> guard_status: GuardStatus;\n\
+             @group(0) @binding({}) var<storage, read> guard_values: GuardValues;\n\
+             // The row of the step count the status holds: rows are per count from `lo`, then\n\
+             // per group.\n\
+             fn scalars() -> Scalars {{\n\
+             \x20   let row = guard_status.t - 1u - guard_values.lo;\n\
+             \x20   return guard_values.scalars[row * guard_values.groups + step.group];\n\
+             }}\n\
+             fn seed() -> u32 {{ return guard_status.t; }}\n\
+             fn guard_live(live: bool) -> bool {{ return live && guard_status.skip == 0u; }}\n\
+             // Unscale, clamp (a NaN stays NaN), then the clipping coefficient: GradStep::grad.\n\
+             fn guard_grad(g: V) -> V {{\n\
+             \x20   let x = g * guard_status.inv_scale;\n\
+             \x20   let c = guard_values.clip_value;\n\
+             \x20   let nan = (bitcast<{bits}>(x) & {bits}(0x7fffffffu)) > {nan};\n\
+             \x20   return select(max(min(x, V(c)), V(-c)), x, nan) * guard_status.clip_coef;\n\
+             }}",
+            Role::GuardStatus.binding(),
+            Role::GuardValues.binding()
+        )
+        .unwrap();
     }
 
     fn grads(&mut self) {
@@ -464,6 +534,7 @@ pub(crate) fn accessors(slots: &[(&str, bool)], formats: &KernelFormats, lanes: 
          var<workgroup> absmax_scratch: array<f32, 256>;"
     )
     .unwrap();
+    generator.guard();
     generator.params();
     generator.grads();
     if formats.has_block8() {

@@ -84,11 +84,12 @@ pub(crate) fn kernel_source<R: UpdateRule>(
 }
 
 /// The full WGSL of `R`'s kernel for `lanes`, `values` and `precision` with every state slot
-/// kept: what the naga test translates.
+/// kept, with the grad guard's bindings where `guarded`: what the naga test translates.
 pub fn shader_source<R: UpdateRule>(
     lanes: Lanes,
     values: StepValues,
     precision: &Precision,
+    guarded: bool,
 ) -> String {
     let formats = KernelFormats {
         params: precision.params,
@@ -99,25 +100,42 @@ pub fn shader_source<R: UpdateRule>(
             .iter()
             .map(|slot| Some(precision.state_format(slot)))
             .collect(),
+        guarded,
     };
     kernel_source::<R>(lanes, values, &formats)
 }
 
 /// `R`'s full WGSL in each form the host builds (vector and scalar lanes, values as
-/// immediates or in a uniform) for each precision preset, named `file [lanes, values,
-/// precision]`: what the naga test translates.
+/// immediates or in a uniform) for each precision preset, unguarded and, in f32 and the
+/// leanest preset, guarded, named `file [lanes, values, precision]`: what the naga test
+/// translates.
 pub fn shader_forms<R: UpdateRule>(file: &str) -> Vec<(String, String)> {
     let mut sources = Vec::new();
     let presets = match R::OWN_ENTRY_POINT {
         true => vec![("f32", Precision::default())],
         false => Precision::presets(),
     };
-    for (name, precision) in presets {
+    let guarded = match R::OWN_ENTRY_POINT {
+        true => vec![],
+        false => vec![
+            ("f32, guarded", Precision::default()),
+            ("lean, guarded", Precision::lean()),
+        ],
+    };
+    let forms = presets
+        .into_iter()
+        .map(|(name, precision)| (name.to_owned(), precision, false))
+        .chain(
+            guarded
+                .into_iter()
+                .map(|(name, precision)| (name.to_owned(), precision, true)),
+        );
+    for (name, precision, guarded) in forms {
         for lanes in [Lanes::Vector, Lanes::Scalar] {
             for values in [StepValues::Immediates, StepValues::UniformCopy] {
                 sources.push((
                     format!("{file} [{lanes:?}, {values:?}, {name}]"),
-                    shader_source::<R>(lanes, values, &precision),
+                    shader_source::<R>(lanes, values, &precision, guarded),
                 ));
             }
         }
@@ -138,7 +156,8 @@ pub(crate) struct StepHeader {
     weight_decay: f32,
     origin: u32,
     seed: u32,
-    pad: [u32; 3],
+    group: u32,
+    pad: [u32; 2],
 }
 
 impl StepHeader {
@@ -150,7 +169,8 @@ impl StepHeader {
             // Wraps past 2^32 elements: it only feeds a hash.
             origin: dispatch.origin as u32,
             seed: dispatch.step as u32,
-            pad: [0; 3],
+            group: dispatch.group as u32,
+            pad: [0; 2],
         }
     }
 }
@@ -161,6 +181,7 @@ pub(crate) struct DispatchValues {
     pub end: u64,
     pub origin: u64,
     pub step: u64,
+    pub group: usize,
 }
 
 pub(crate) const HEADER_BYTES: usize = std::mem::size_of::<StepHeader>();

@@ -5,6 +5,7 @@
 mod context;
 mod engine;
 mod glue;
+mod guard;
 mod kernel;
 mod plan;
 

@@ -16,7 +16,9 @@
 //     them, else binding 0, a uniform read at a dynamic offset.
 //   - the codecs (codec.wgsl) and, generated for the kernel's storage formats (glue.rs), the
 //     bindings and `load_param`, `load_grad`, `load_<slot>`/`store_<slot>` for each state slot
-//     and `finish`. Every value reaches the rule as f32 and leaves it as f32: a rule never
+//     and `finish`; and the grad guard's hooks (glue.rs, src/guard.rs): `guard_live` (false
+//     on a skipped step), `guard_grad` (unscale and clip), `scalars()` (the rule's scalars for
+//     the step count) and `seed()`, which without a guard pass through or read `step`. Every value reaches the rule as f32 and leaves it as f32: a rule never
 //     knows how its param, grad or state is stored.
 // - `Step` is the 32-byte header (`StepHeader`) then the rule's own `Scalars`, field for field
 //   the rule's `#[repr(C)]` Scalars in src/rules/<rule>.rs.
@@ -41,7 +43,8 @@ struct Step {
     // first element, and the step count: what stochastic rounding hashes.
     origin: u32,
     seed: u32,
-    _pad0: u32,
+    // The parameter group, whose row of scalars a guarded kernel reads.
+    group: u32,
     _pad1: u32,
     _pad2: u32,
     s: Scalars,
@@ -55,11 +58,11 @@ fn main(
 ) {
     let i = step.begin + (workgroup.y * workgroups.x + workgroup.x) * WORKGROUP_SIZE + local;
     setup(local);
-    let live = i < step.end;
+    let live = guard_live(i < step.end);
     var p = V(0.0);
     if live {
         p = load_param(i);
-        var g = load_grad(i);
+        var g = guard_grad(load_grad(i));
         if MAXIMIZE {
             g = -g;
         }

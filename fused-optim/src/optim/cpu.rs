@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 use crate::format::qmap::QuantMap;
 use crate::format::{codec, Dtype, Master, Precision, Rounding, StateFormat, BLOCK};
+use crate::guard::GradStep;
 use crate::rule::{
     find_state, slot_signs, state_names, try_set_lr, twin_element, StateRef, UpdateRule,
 };
@@ -193,6 +194,18 @@ impl<R: UpdateRule> CpuOptimizer<R> {
     /// element in the kernel's order of operations: the prelude's loads, the rule's `update`,
     /// the stores, and for 8-bit state the block's absmax once its 256 new values are known.
     pub fn step_bytes(&mut self, params: &mut [u8], grads: &[u8]) -> Result<()> {
+        self.step_guarded(params, grads, &GradStep::PLAIN)
+    }
+
+    /// [`CpuOptimizer::step_bytes`] under a grad guard: the twin of a guarded optimizer's
+    /// step, given the [`GradStep`] its [`CpuGuard`](crate::CpuGuard) returned for this step's
+    /// grads. A skipped step changes nothing, not even the step count.
+    pub fn step_guarded(
+        &mut self,
+        params: &mut [u8],
+        grads: &[u8],
+        guard: &GradStep,
+    ) -> Result<()> {
         let len = self.len as u64;
         for (bytes, dtype, which) in [
             (params.len() as u64, self.precision.params, "params"),
@@ -216,6 +229,10 @@ impl<R: UpdateRule> CpuOptimizer<R> {
                 });
             }
         }
+        if guard.skip {
+            return Ok(());
+        }
+        let guarded = *guard != GradStep::PLAIN;
         let t = self.steps + 1;
         let l2 = self.rule.l2_weight_decay() as f32;
         let mut host = self.host.clone();
@@ -237,10 +254,13 @@ impl<R: UpdateRule> CpuOptimizer<R> {
                         codec::join_remainder(half_at(params, e), self.master[e] as u16)
                     }
                 };
-                let g = match precision.grads {
+                let mut g = match precision.grads {
                     Dtype::F32 => f32_at(grads, e),
                     dtype => dtype.value(half_at(grads, e)),
                 };
+                if guarded {
+                    g = guard.grad(g);
+                }
                 for (value, slot) in values.iter_mut().zip(&self.state) {
                     *value = slot.as_ref().map_or(0.0, |s| s.load(e));
                 }

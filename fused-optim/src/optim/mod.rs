@@ -16,9 +16,53 @@ pub use param_set::{ForeachOptimizer, ParamGroup, ParamSet};
 /// The accessors every optimizer kind forwards to its `engine` field, written once.
 macro_rules! engine_accessors {
     () => {
-        /// Steps taken so far (PyTorch's `state["step"]`).
+        /// Steps recorded so far: PyTorch's `state["step"]`, unless a grad guard skipped some
+        /// (`read_state("step")` and [`GradStatus::applied`](crate::GradStatus) count those
+        /// the device applied).
         pub fn step_count(&self) -> u64 {
             self.engine.steps
+        }
+
+        /// Puts every later step under `guard` (see [`GradGuard`](crate::GradGuard)): loss
+        /// unscaling with inf/NaN skipping, clipping by value and by global norm, fused with
+        /// the update after one reduction pass over the grads, with no host sync. The first
+        /// guard compiles the guarded kernels and allocates its buffers; a later one changes
+        /// only the settings, from the next step on, keeping the scale and counts.
+        pub fn with_grad_guard(mut self, guard: crate::GradGuard) -> crate::Result<Self> {
+            self.set_grad_guard(guard)?;
+            Ok(self)
+        }
+
+        /// [`Self::with_grad_guard`] in place; on error nothing changed.
+        pub fn set_grad_guard(&mut self, guard: crate::GradGuard) -> crate::Result<()> {
+            self.engine.set_guard(guard)
+        }
+
+        /// The grad guard's settings, where there is one.
+        pub fn grad_guard(&self) -> Option<&crate::GradGuard> {
+            self.engine.guard()
+        }
+
+        /// The newest grad-guard status the host has, without waiting, and the step (counted
+        /// from 1) it followed: each step's status is copied into a small buffer mapped once
+        /// its submission completes, so this lags the device by the steps still in flight.
+        /// `None` before any guarded step completed (or without a guard).
+        pub fn grad_status(&self) -> Option<(u64, crate::GradStatus)> {
+            self.engine.newest_guard_status()
+        }
+
+        /// The grad guard's status once every submitted step has run (`None` without a
+        /// guard). Waits for the GPU: for tests and logs, not the training loop.
+        pub fn read_grad_status(&self) -> crate::Result<Option<crate::GradStatus>> {
+            self.engine.read_guard_status()
+        }
+
+        /// The buffer holding the grad guard's [`GradStatus`](crate::GradStatus) on the
+        /// device (`STORAGE | COPY_SRC | COPY_DST`): its first f32 is the loss scale for the
+        /// next backward pass, for the caller's shader to multiply the loss by without a
+        /// readback. Write nothing to it.
+        pub fn grad_status_buffer(&self) -> Option<&wgpu::Buffer> {
+            self.engine.guard_status_buffer()
         }
 
         /// The states this optimizer keeps, by PyTorch name.
@@ -26,17 +70,17 @@ macro_rules! engine_accessors {
             crate::rule::state_names(&self.engine.groups)
         }
 
-        /// Bytes of GPU memory this optimizer allocated: its state buffers, a 16-byte
-        /// placeholder for state slots no group keeps, and, on adapters without immediates,
-        /// one uniform slot per dispatch for the step's values. Params and grads are the
-        /// caller's.
+        /// Bytes of GPU memory this optimizer allocated: its state buffers (and master
+        /// weights, quantization maps), the grad guard's buffers where it has one, and, on
+        /// adapters without immediates, one uniform slot per dispatch for the step's values.
+        /// Params and grads are the caller's.
         pub fn state_bytes(&self) -> u64 {
             self.engine.state_bytes()
         }
 
-        /// Bytes one step must move: params read and written, grads read, and every kept state
-        /// read and written (padding between packed tensors included). The denominator of
-        /// effective bandwidth.
+        /// Bytes one step must move: params read and written, grads read (twice with a grad
+        /// guard, whose reduction reads them first), and every kept state read and written
+        /// (padding between packed tensors included). The denominator of effective bandwidth.
         pub fn bytes_per_step(&self) -> u64 {
             self.engine.bytes_per_step()
         }

@@ -98,8 +98,8 @@ impl<R: UpdateRule> Optimizer<R> {
     pub fn read_state(&self, name: &str) -> Result<Vec<f32>> {
         match find_state(self.rule(), name)? {
             StateRef::Slot(slot) => self.engine.read_slot(0, slot),
-            StateRef::Host(index) => Ok(vec![self.engine.host[0][index] as f32]),
-            StateRef::Step => Ok(vec![self.engine.steps as f32]),
+            StateRef::Host(index) => Ok(vec![self.engine.applied()?.1[0][index] as f32]),
+            StateRef::Step => Ok(vec![self.engine.applied()?.0 as f32]),
         }
     }
 

@@ -148,8 +148,8 @@ impl<R: UpdateRule> ParamSet<R> {
                 let start = (slot.offset - self.engine.spans()[slot.group].start) as usize;
                 Ok(values[start..start + slot.len as usize].to_vec())
             }
-            StateRef::Host(index) => Ok(vec![self.engine.host[slot.group][index] as f32]),
-            StateRef::Step => Ok(vec![self.engine.steps as f32]),
+            StateRef::Host(index) => Ok(vec![self.engine.applied()?.1[slot.group][index] as f32]),
+            StateRef::Step => Ok(vec![self.engine.applied()?.0 as f32]),
         }
     }
 
@@ -233,8 +233,8 @@ impl<R: UpdateRule> ForeachOptimizer<R> {
                 }
                 self.engine.read_slot(index, slot)
             }
-            StateRef::Host(slot) => Ok(vec![self.engine.host[0][slot] as f32]),
-            StateRef::Step => Ok(vec![self.engine.steps as f32]),
+            StateRef::Host(slot) => Ok(vec![self.engine.applied()?.1[0][slot] as f32]),
+            StateRef::Step => Ok(vec![self.engine.applied()?.0 as f32]),
         }
     }
 

@@ -13,7 +13,7 @@ struct Scalars {
 }
 
 fn update(i: u32, p: V, g: V) -> V {
-    let s = step.s;
+    let s = scalars();
     let v = s.rho * load_square_avg(i) + s.one_minus_rho * (g * g);
     let rms_grad = sqrt(v + s.eps);
     let acc = load_acc_delta(i);

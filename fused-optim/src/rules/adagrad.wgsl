@@ -10,7 +10,7 @@ struct Scalars {
 }
 
 fn update(i: u32, p: V, g: V) -> V {
-    let s = step.s;
+    let s = scalars();
     let acc = load_sum(i) + g * g;
     store_sum(i, acc);
     return p - s.clr * (g / (sqrt(acc) + s.eps));

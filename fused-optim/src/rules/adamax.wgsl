@@ -14,7 +14,7 @@ struct Scalars {
 }
 
 fn update(i: u32, p: V, g: V) -> V {
-    let s = step.s;
+    let s = scalars();
     let m = s.beta1 * load_exp_avg(i) + s.one_minus_beta1 * g;
     let u = max(s.beta2 * load_exp_inf(i), abs(g) + s.eps);
     store_exp_avg(i, m);

@@ -16,7 +16,7 @@ struct Scalars {
 }
 
 fn update(i: u32, p: V, g: V) -> V {
-    let s = step.s;
+    let s = scalars();
     let m = load_exp_avg(i);
     let c = s.beta1 * m + s.one_minus_beta1 * g;
     store_exp_avg(i, s.beta2 * m + s.one_minus_beta2 * g);

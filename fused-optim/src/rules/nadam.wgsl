@@ -26,7 +26,7 @@ struct Scalars {
 }
 
 fn update(i: u32, p: V, g: V) -> V {
-    let s = step.s;
+    let s = scalars();
     let decayed = select(p, p * s.decay, DECOUPLED);
     let m = s.beta1 * load_exp_avg(i) + s.one_minus_beta1 * g;
     let v = s.beta2 * load_exp_avg_sq(i) + s.one_minus_beta2 * (g * g);

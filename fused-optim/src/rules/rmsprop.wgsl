@@ -19,7 +19,7 @@ struct Scalars {
 }
 
 fn update(i: u32, p: V, g: V) -> V {
-    let s = step.s;
+    let s = scalars();
     let v = s.alpha * load_square_avg(i) + s.one_minus_alpha * (g * g);
     store_square_avg(i, v);
     var variance = v;

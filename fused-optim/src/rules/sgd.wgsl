@@ -15,7 +15,7 @@ struct Scalars {
 }
 
 fn update(i: u32, p: V, g_in: V) -> V {
-    let s = step.s;
+    let s = scalars();
     var g = g_in;
     if MOMENTUM {
         var buf = g;

@@ -1,0 +1,596 @@
+//! The grad guard on the device (src/guard.rs says what it does): its status buffer, the
+//! reduction and finalize kernels (guard.wgsl), and the step's guard values, staged into the
+//! caller's encoder like the rule's values. Knows no rule: the rows of scalars it stages are
+//! bytes the engine hands it.
+//!
+//! A skipped step leaves the step count where it was, and only the device knows whether a
+//! step was skipped. So each step stages the rule's scalars for every step count the device
+//! may have reached ("rows"), and the update kernels pick the row of the count in the status.
+//! The range stays short because each step's status is copied into a small buffer mapped once
+//! its submission completes: the host learns the count a few steps late, never waiting.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use bytemuck::{Pod, Zeroable};
+use wgpu::util::DeviceExt;
+
+use super::context::GpuContext;
+use super::kernel::{dispatch_grid, CODEC, WORKGROUP_SIZE};
+use super::plan::{windows, Grain, Span, Window};
+use crate::error::{Error, Result};
+use crate::format::Dtype;
+use crate::guard::{GradGuard, GradStatus, NormType, REDUCTION_CHUNK};
+
+const SOURCE: &str = include_str!("guard.wgsl");
+
+/// Bytes of the status: `GradStatus`.
+const STATUS_BYTES: u64 = std::mem::size_of::<GradStatus>() as u64;
+
+/// The head of a step's guard values (`GuardHeader` in guard.wgsl); the rows of the rule's
+/// scalars follow it.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct GuardHeader {
+    lo: u32,
+    rows: u32,
+    groups: u32,
+    partials: u32,
+    flags: u32,
+    max_norm: f32,
+    clip_value: f32,
+    growth_factor: f32,
+    backoff_factor: f32,
+    growth_interval: u32,
+    pad: [u32; 2],
+}
+
+const HEADER_BYTES: u64 = std::mem::size_of::<GuardHeader>() as u64;
+
+/// What the host has learnt of the device's step counts.
+#[derive(Default)]
+struct Learnt {
+    /// The newest status mapped back, and the number of the step (counted from 1 over the
+    /// optimizer's life) it followed.
+    newest: Option<(u64, GradStatus)>,
+    /// Readback buffers free for reuse.
+    free: Vec<wgpu::Buffer>,
+}
+
+/// One dispatch of the reduction: a window of a span's grads, whose workgroups write partials
+/// from `partial_base`.
+struct ReduceWindow {
+    window: Window,
+    partial_base: u32,
+    chunks: u64,
+}
+
+/// The reduction kernel for one grads format.
+struct ReduceKernel {
+    dtype: Dtype,
+    pipeline: wgpu::ComputePipeline,
+}
+
+/// A guard's device side, owned by the engine.
+pub(crate) struct DeviceGuard {
+    context: GpuContext,
+    pub settings: GradGuard,
+    status: wgpu::Buffer,
+    partials: wgpu::Buffer,
+    partial_count: u32,
+    /// The step's guard values: header, then rows; grown when a step needs more rows.
+    values: wgpu::Buffer,
+    reduce_windows: Vec<ReduceWindow>,
+    /// One slot per reduce window, 256-byte aligned: `ReduceWindow` in guard.wgsl.
+    window_uniform: wgpu::Buffer,
+    window_stride: u64,
+    reduce_kernels: Vec<ReduceKernel>,
+    reduce_layout: wgpu::BindGroupLayout,
+    finalize: wgpu::ComputePipeline,
+    finalize_group: wgpu::BindGroup,
+    reduce_groups: Vec<Option<wgpu::BindGroup>>,
+    /// The step count on the device is `applied` once every step up to `steps` is known;
+    /// `pending` holds, for each later step, whether it could be skipped.
+    learnt: Arc<Mutex<Learnt>>,
+    known: (u64, u32),
+    pending: VecDeque<bool>,
+}
+
+/// Creates a buffer of `size` bytes with `usage`.
+fn buffer(
+    device: &wgpu::Device,
+    label: &str,
+    size: u64,
+    usage: wgpu::BufferUsages,
+) -> wgpu::Buffer {
+    device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size,
+        usage,
+        mapped_at_creation: false,
+    })
+}
+
+fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only },
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}
+
+/// The WGSL reading element `e` of grads stored as `dtype`.
+fn grad_accessor(dtype: Dtype) -> String {
+    match dtype {
+        Dtype::F32 => "@group(0) @binding(1) var<storage, read> grads: array<f32>;\n\
+                       fn grad_at(e: u32) -> f32 { return grads[e]; }"
+            .to_owned(),
+        half => {
+            let decode = match half {
+                Dtype::F16 => "f16_value",
+                _ => "bf16_value",
+            };
+            format!(
+                "@group(0) @binding(1) var<storage, read> grads: array<u32>;\n\
+                 fn grad_at(e: u32) -> f32 {{ return {decode}((grads[e >> 1u] >> ((e & 1u) * 16u)) & 0xffffu); }}"
+            )
+        }
+    }
+}
+
+impl DeviceGuard {
+    /// The guard of an engine over `spans`, whose targets' grads are stored as `grads`, after
+    /// `steps` steps. Runs inside the context's error scopes.
+    pub fn new(
+        context: &GpuContext,
+        settings: GradGuard,
+        spans: &[Span],
+        grads: &[Dtype],
+        steps: u64,
+    ) -> Self {
+        let device = context.device();
+        let limits = context.limits();
+        let chunk = REDUCTION_CHUNK as u64;
+        let mut partial_count = 0;
+        let reduce_windows: Vec<ReduceWindow> = windows(
+            spans,
+            context.dispatch_limits().window_elements,
+            context.binding_elements(),
+            |_| Grain {
+                alignment: chunk,
+                quantum: chunk,
+            },
+        )
+        .into_iter()
+        .map(|window| {
+            let chunks = window.end.div_ceil(chunk);
+            let base = partial_count;
+            partial_count += chunks as u32;
+            ReduceWindow {
+                window,
+                partial_base: base,
+                chunks,
+            }
+        })
+        .collect();
+        let window_stride = (limits.min_uniform_buffer_offset_alignment as u64).max(16);
+        let mut slots = vec![0u8; (window_stride * reduce_windows.len() as u64) as usize];
+        for (index, reduce) in reduce_windows.iter().enumerate() {
+            let at = index * window_stride as usize;
+            let words = [reduce.partial_base, reduce.window.end as u32];
+            slots[at..at + 8].copy_from_slice(bytemuck::cast_slice(&words));
+        }
+        let window_uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("fused-optim reduce windows"),
+            contents: &slots,
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let status = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("fused-optim grad status"),
+            contents: bytemuck::bytes_of(&GradStatus::initial(&settings, steps as u32)),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+        });
+        let partials = buffer(
+            device,
+            "fused-optim grad partials",
+            partial_count as u64 * 32,
+            wgpu::BufferUsages::STORAGE,
+        );
+        let values = Self::values_buffer(device, HEADER_BYTES * 4);
+        let reduce_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("fused-optim reduce"),
+            entries: &[
+                wgpu::BindGroupLayoutEntry {
+                    binding: 0,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                },
+                storage_entry(1, true),
+                storage_entry(2, false),
+                storage_entry(3, true),
+                storage_entry(4, false),
+            ],
+        });
+        let finalize_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("fused-optim finalize"),
+            entries: &[
+                storage_entry(2, false),
+                storage_entry(3, true),
+                storage_entry(4, false),
+            ],
+        });
+        let pipeline = |layout: &wgpu::BindGroupLayout, source: String, entry: &str| {
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some("fused-optim grad guard"),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
+            let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some("fused-optim grad guard"),
+                bind_group_layouts: &[Some(layout)],
+                immediate_size: 0,
+            });
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: Some(&pipeline_layout),
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &[("WORKGROUP_SIZE", WORKGROUP_SIZE as f64)],
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            })
+        };
+        let mut dtypes: Vec<Dtype> = Vec::new();
+        for reduce in &reduce_windows {
+            let dtype = grads[reduce.window.target];
+            if !dtypes.contains(&dtype) {
+                dtypes.push(dtype);
+            }
+        }
+        let reduce_kernels = dtypes
+            .into_iter()
+            .map(|dtype| ReduceKernel {
+                dtype,
+                pipeline: pipeline(
+                    &reduce_layout,
+                    format!("{CODEC}\n{}\n{SOURCE}", grad_accessor(dtype)),
+                    "reduce",
+                ),
+            })
+            .collect();
+        let finalize = pipeline(
+            &finalize_layout,
+            format!("{}\n{SOURCE}", grad_accessor(Dtype::F32)),
+            "finalize",
+        );
+        let finalize_group = Self::finalize_group(device, &finalize, &status, &values, &partials);
+        Self {
+            context: context.clone(),
+            settings,
+            status,
+            partials,
+            partial_count,
+            values,
+            reduce_groups: (0..reduce_windows.len()).map(|_| None).collect(),
+            reduce_windows,
+            window_uniform,
+            window_stride,
+            reduce_kernels,
+            reduce_layout,
+            finalize,
+            finalize_group,
+            learnt: Arc::default(),
+            known: (steps, steps as u32),
+            pending: VecDeque::new(),
+        }
+    }
+
+    fn values_buffer(device: &wgpu::Device, size: u64) -> wgpu::Buffer {
+        buffer(
+            device,
+            "fused-optim guard values",
+            size,
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        )
+    }
+
+    fn finalize_group(
+        device: &wgpu::Device,
+        finalize: &wgpu::ComputePipeline,
+        status: &wgpu::Buffer,
+        values: &wgpu::Buffer,
+        partials: &wgpu::Buffer,
+    ) -> wgpu::BindGroup {
+        device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("fused-optim finalize"),
+            layout: &finalize.get_bind_group_layout(0),
+            entries: &[
+                wgpu::BindGroupEntry {
+                    binding: 2,
+                    resource: status.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 3,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: values,
+                        offset: 0,
+                        size: wgpu::BufferSize::new(HEADER_BYTES),
+                    }),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 4,
+                    resource: partials.as_entire_binding(),
+                },
+            ],
+        })
+    }
+
+    /// Bytes of GPU memory the guard allocated.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.status.size() + self.partials.size() + self.values.size() + self.window_uniform.size()
+    }
+
+    /// The status buffer (`GradStatus`; the loss scale is its first f32).
+    pub fn status(&self) -> &wgpu::Buffer {
+        &self.status
+    }
+
+    /// The guard values buffer the update kernels bind whole.
+    pub fn values(&self) -> &wgpu::Buffer {
+        &self.values
+    }
+
+    /// Bytes of grads one step reads again for the reduction.
+    pub fn bytes_per_step(&self, grads: &[Dtype]) -> u64 {
+        self.reduce_windows
+            .iter()
+            .map(|r| grads[r.window.target].buffer_bytes(r.window.len()))
+            .sum()
+    }
+
+    /// The newest status the host has learnt without waiting, and the step it followed.
+    pub fn newest(&self) -> Option<(u64, GradStatus)> {
+        // Runs the callbacks of readbacks whose steps have completed.
+        let _ = self.context.device().poll(wgpu::PollType::Poll);
+        self.learnt.lock().unwrap().newest
+    }
+
+    /// The status now, once every submitted step has run. Waits for the GPU.
+    pub fn read_status(&self) -> Result<GradStatus> {
+        let bytes = self.context.download_bytes(&self.status)?;
+        Ok(bytemuck::pod_read_unaligned(&bytes))
+    }
+
+    /// The step counts the device may hold before step `steps + 1`: `(lo, rows)` for counts
+    /// `lo..lo + rows`.
+    pub fn candidates(&mut self, steps: u64) -> (u64, u64) {
+        if let Some((step, status)) = self.newest() {
+            if step > self.known.0 {
+                self.pending.drain(..(step - self.known.0) as usize);
+                self.known = (step, status.applied);
+            }
+        }
+        let certain = self.pending.iter().filter(|&&skippable| !skippable).count() as u64;
+        let uncertain = self.pending.len() as u64 - certain;
+        debug_assert_eq!(self.known.0 + self.pending.len() as u64, steps);
+        (self.known.1 as u64 + certain, uncertain + 1)
+    }
+
+    /// Stages the step's guard values (`rows` of scalars from step count `lo`, for `groups`
+    /// groups) into `encoder`. Returns whether the values buffer was replaced by a larger one,
+    /// which the update kernels' bind groups must then be made again for.
+    pub fn stage(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        lo: u64,
+        rows: u64,
+        groups: usize,
+        scalars: &[u8],
+    ) -> Result<bool> {
+        let settings = &self.settings;
+        let scaler = settings.scaler.filter(|s| s.enabled);
+        let clip = settings.clip_norm;
+        let flags = scaler.is_some() as u32
+            | (clip.is_some() as u32) << 1
+            | (clip.is_some_and(|c| c.norm_type == NormType::Inf) as u32) << 2;
+        let header = GuardHeader {
+            lo: lo as u32,
+            rows: rows as u32,
+            groups: groups as u32,
+            partials: self.partial_count,
+            flags,
+            max_norm: clip.map_or(0.0, |c| c.max_norm),
+            clip_value: settings.value_bound(),
+            growth_factor: scaler.map_or(1.0, |s| s.growth_factor),
+            backoff_factor: scaler.map_or(1.0, |s| s.backoff_factor),
+            growth_interval: scaler.map_or(0, |s| s.growth_interval),
+            pad: [0; 2],
+        };
+        let mut bytes = bytemuck::bytes_of(&header).to_vec();
+        bytes.extend_from_slice(scalars);
+        let size = bytes.len() as u64;
+        let limit = self.context.limits().max_storage_buffer_binding_size;
+        if size > limit {
+            return Err(Error::BufferTooLarge {
+                what: "the scalars of every step count the device may have reached (submit and \
+                       let the device finish some steps to shorten it)",
+                bytes: size,
+                limit,
+            });
+        }
+        let device = self.context.device().clone();
+        let (staging, grown) = self.context.scoped("staging the guard's values", || {
+            let grown = (size > self.values.size())
+                .then(|| Self::values_buffer(&device, size.next_power_of_two()));
+            let staging = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("fused-optim staged guard values"),
+                contents: &bytes,
+                usage: wgpu::BufferUsages::COPY_SRC,
+            });
+            (staging, grown)
+        })?;
+        let replaced = grown.is_some();
+        if let Some(values) = grown {
+            self.finalize_group = Self::finalize_group(
+                &device,
+                &self.finalize,
+                &self.status,
+                &values,
+                &self.partials,
+            );
+            self.reduce_groups
+                .iter_mut()
+                .for_each(|group| *group = None);
+            self.values = values;
+        }
+        encoder.copy_buffer_to_buffer(&staging, 0, &self.values, 0, size);
+        Ok(replaced)
+    }
+
+    /// Makes the reduction's bind groups of every window of `stale` targets, whose grads are
+    /// `grads[target]` stored as `dtypes[target]`.
+    pub fn bind(&mut self, grads: &[&wgpu::Buffer], dtypes: &[Dtype], stale: &[usize]) {
+        let device = self.context.device();
+        for (index, reduce) in self.reduce_windows.iter().enumerate() {
+            let target = reduce.window.target;
+            if !stale.contains(&target) && self.reduce_groups[index].is_some() {
+                continue;
+            }
+            let first = reduce.window.origin + reduce.window.offset;
+            let count = reduce.window.end;
+            let (offset, size) = match dtypes[target] {
+                Dtype::F32 => (first * 4, count * 4),
+                _ => (first * 2, count.div_ceil(2) * 4),
+            };
+            let entries = [
+                (
+                    0,
+                    wgpu::BufferBinding {
+                        buffer: &self.window_uniform,
+                        offset: index as u64 * self.window_stride,
+                        size: wgpu::BufferSize::new(16),
+                    },
+                ),
+                (
+                    1,
+                    wgpu::BufferBinding {
+                        buffer: grads[target],
+                        offset,
+                        size: wgpu::BufferSize::new(size),
+                    },
+                ),
+                (2, self.status.as_entire_buffer_binding()),
+                (
+                    3,
+                    wgpu::BufferBinding {
+                        buffer: &self.values,
+                        offset: 0,
+                        size: wgpu::BufferSize::new(HEADER_BYTES),
+                    },
+                ),
+                (4, self.partials.as_entire_buffer_binding()),
+            ];
+            let entries: Vec<wgpu::BindGroupEntry> = entries
+                .into_iter()
+                .map(|(binding, buffer)| wgpu::BindGroupEntry {
+                    binding,
+                    resource: wgpu::BindingResource::Buffer(buffer),
+                })
+                .collect();
+            self.reduce_groups[index] =
+                Some(device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("fused-optim reduce"),
+                    layout: &self.reduce_layout,
+                    entries: &entries,
+                }));
+        }
+    }
+
+    /// Records the reduction and the finalize into `pass`.
+    pub fn record_reduction(
+        &self,
+        pass: &mut wgpu::ComputePass,
+        dtypes: &[Dtype],
+        workgroups_per_dimension: u32,
+    ) {
+        for (index, reduce) in self.reduce_windows.iter().enumerate() {
+            let dtype = dtypes[reduce.window.target];
+            let kernel = self
+                .reduce_kernels
+                .iter()
+                .find(|k| k.dtype == dtype)
+                .expect("a kernel per grads format");
+            pass.set_pipeline(&kernel.pipeline);
+            let group = self.reduce_groups[index].as_ref().expect("bound above");
+            pass.set_bind_group(0, group, &[]);
+            let (x, y) = dispatch_grid(
+                reduce.chunks * WORKGROUP_SIZE as u64,
+                workgroups_per_dimension,
+            );
+            pass.dispatch_workgroups(x, y, 1);
+        }
+        pass.set_pipeline(&self.finalize);
+        pass.set_bind_group(0, &self.finalize_group, &[]);
+        pass.dispatch_workgroups(1, 1, 1);
+    }
+
+    /// A readback buffer for [`DeviceGuard::record_readback`], taken before anything is
+    /// recorded so that nothing fails after.
+    pub fn readback_slot(&self) -> Result<wgpu::Buffer> {
+        let free = self.learnt.lock().unwrap().free.pop();
+        match free {
+            Some(slot) => Ok(slot),
+            None => self.context.scoped("allocating a status readback", || {
+                buffer(
+                    self.context.device(),
+                    "fused-optim grad status readback",
+                    STATUS_BYTES,
+                    wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                )
+            }),
+        }
+    }
+
+    /// After step `step`'s pass: copies the status into `slot`, mapped once the encoder's
+    /// submission completes, so that a later step learns the device's step count.
+    pub fn record_readback(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        slot: wgpu::Buffer,
+        step: u64,
+    ) {
+        encoder.copy_buffer_to_buffer(&self.status, 0, &slot, 0, STATUS_BYTES);
+        let learnt = Arc::clone(&self.learnt);
+        let mapped = slot.clone();
+        encoder.map_buffer_on_submit(&slot, wgpu::MapMode::Read, .., move |result| {
+            if result.is_err() {
+                return;
+            }
+            let status: Option<GradStatus> = match mapped.slice(..).get_mapped_range() {
+                Ok(view) => Some(bytemuck::pod_read_unaligned(&view)),
+                Err(_) => None,
+            };
+            mapped.unmap();
+            let Some(status) = status else { return };
+            let mut learnt = learnt.lock().unwrap();
+            if learnt.newest.is_none_or(|(newest, _)| newest < step) {
+                learnt.newest = Some((step, status));
+            }
+            learnt.free.push(mapped);
+        });
+        self.pending.push_back(self.settings.skips());
+    }
+}

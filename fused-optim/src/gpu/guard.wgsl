@@ -1,0 +1,221 @@
+// The grad guard's two kernels (src/guard.rs says what a guard does; `CpuGuard` there is their
+// CPU twin, performing these f32 operations in this order):
+// - `reduce`, one dispatch per window of the grads: each workgroup sums 1024 elements into one
+//   partial (three scaled sums of squares, the largest magnitude, inf/NaN flags);
+// - `finalize`, one workgroup: combines every partial in a fixed order, writes the step's
+//   found-inf, total norm, clipping coefficient and skip flag into the status, and advances
+//   the scaler and the step count. The update kernels of the step then read the status
+//   (src/gpu/glue.rs: `guard_grad`, `guard_live`, `scalars`).
+// Declared by the host ahead of this file: the codecs (codec.wgsl) and `fn grad_at(e: u32) ->
+// f32`, element `e` of the bound grads in their format (src/gpu/guard.rs).
+
+override WORKGROUP_SIZE: u32 = 256u;
+
+// Layout of `GradStatus` in src/guard.rs.
+struct GuardStatus {
+    scale: f32,
+    growth_tracker: u32,
+    applied: u32,
+    skipped: u32,
+    found_inf: u32,
+    total_norm: f32,
+    inv_scale: f32,
+    clip_coef: f32,
+    t: u32,
+    skip: u32,
+    pad0: u32,
+    pad1: u32,
+}
+
+// The head of the step's guard values (`GuardHeader` in src/gpu/guard.rs), staged by each
+// step: the settings in force and the row range of the rule's scalars.
+struct GuardHeader {
+    lo: u32,
+    rows: u32,
+    groups: u32,
+    partials: u32,
+    flags: u32,
+    max_norm: f32,
+    clip_value: f32,
+    growth_factor: f32,
+    backoff_factor: f32,
+    growth_interval: u32,
+    pad0: u32,
+    pad1: u32,
+}
+
+const SCALER: u32 = 1u;
+const CLIP_NORM: u32 = 2u;
+const NORM_INF: u32 = 4u;
+
+struct Partial {
+    big: f32,
+    medium: f32,
+    small: f32,
+    max: f32,
+    flags: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
+}
+
+// Blue's thresholds and scales, powers of two (src/guard.rs).
+const BIG: f32 = 4294967296.0;
+const SMALL: f32 = 9.094947e-13;
+const DOWN: f32 = 8.271806e-25;
+const UP: f32 = 1.2089258e24;
+
+// Where this dispatch's window starts among the partials, and its elements.
+struct ReduceWindow {
+    partial_base: u32,
+    len: u32,
+}
+
+@group(0) @binding(0) var<uniform> reduce_window: ReduceWindow;
+@group(0) @binding(2) var<storage, read_write> status: GuardStatus;
+@group(0) @binding(3) var<storage, read> header: GuardHeader;
+@group(0) @binding(4) var<storage, read_write> partials: array<Partial>;
+
+var<workgroup> scratch: array<Partial, 256>;
+
+fn is_nan(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u;
+}
+
+fn is_finite(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
+}
+
+fn add(a: Partial, b: Partial) -> Partial {
+    return Partial(a.big + b.big, a.medium + b.medium, a.small + b.small, max(a.max, b.max),
+        a.flags | b.flags, 0u, 0u, 0u);
+}
+
+// The partial of grad `g`: flags from the unscaled value, the norm from the value-clipped one.
+fn partial_of(g: f32, inv_scale: f32, bound: f32) -> Partial {
+    let x = g * inv_scale;
+    if !is_finite(x) {
+        return Partial(0.0, 0.0, 0.0, 0.0, select(1u, 2u, is_nan(x)), 0u, 0u, 0u);
+    }
+    let a = abs(max(min(x, bound), -bound));
+    let big = a * DOWN;
+    let small = a * UP;
+    return Partial(select(0.0, big * big, a > BIG), select(0.0, a * a, a >= SMALL && a <= BIG),
+        select(0.0, small * small, a < SMALL), a, 0u, 0u, 0u, 0u);
+}
+
+// Folds `scratch` into `scratch[0]`: at each level the first half adds the second.
+fn fold(local: u32) {
+    for (var stride = 128u; stride > 0u; stride = stride / 2u) {
+        workgroupBarrier();
+        if local < stride {
+            scratch[local] = add(scratch[local], scratch[local + stride]);
+        }
+    }
+    workgroupBarrier();
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn reduce(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) workgroups: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let chunk = workgroup.y * workgroups.x + workgroup.x;
+    let inv_scale = 1.0 / status.scale;
+    var sum = Partial(0.0, 0.0, 0.0, 0.0, 0u, 0u, 0u, 0u);
+    for (var k = 0u; k < 4u; k++) {
+        let e = chunk * 1024u + k * 256u + local;
+        if e < reduce_window.len {
+            sum = add(sum, partial_of(grad_at(e), inv_scale, header.clip_value));
+        }
+    }
+    scratch[local] = sum;
+    fold(local);
+    if local == 0u && chunk * 1024u < reduce_window.len {
+        partials[reduce_window.partial_base + chunk] = scratch[0];
+    }
+}
+
+fn compensated(sum: ptr<function, vec2<f32>>, x: f32) {
+    let y = x - (*sum).y;
+    let t = (*sum).x + y;
+    (*sum).y = (t - (*sum).x) - y;
+    (*sum).x = t;
+}
+
+fn total_norm(total: Partial, inf_norm: bool) -> f32 {
+    if (total.flags & 2u) != 0u {
+        return bitcast<f32>(0x7fc00000u);
+    }
+    if (total.flags & 1u) != 0u {
+        return bitcast<f32>(0x7f800000u);
+    }
+    if inf_norm {
+        return total.max;
+    }
+    if total.big > 0.0 {
+        return sqrt(total.big + (total.medium * DOWN) * DOWN) * UP;
+    }
+    if total.medium > 0.0 {
+        return sqrt(total.medium + (total.small * DOWN) * DOWN);
+    }
+    return sqrt(total.small) * DOWN;
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn finalize(@builtin(local_invocation_index) local: u32) {
+    var big = vec2<f32>(0.0);
+    var medium = vec2<f32>(0.0);
+    var small = vec2<f32>(0.0);
+    var largest = 0.0;
+    var flags = 0u;
+    for (var p = local; p < header.partials; p += 256u) {
+        let partial = partials[p];
+        compensated(&big, partial.big);
+        compensated(&medium, partial.medium);
+        compensated(&small, partial.small);
+        largest = max(largest, partial.max);
+        flags = flags | partial.flags;
+    }
+    scratch[local] = Partial(big.x, medium.x, small.x, largest, flags, 0u, 0u, 0u);
+    fold(local);
+    if local != 0u {
+        return;
+    }
+    let total = scratch[0];
+    let norm = total_norm(total, (header.flags & NORM_INF) != 0u);
+    var coef = 1.0;
+    if (header.flags & CLIP_NORM) != 0u {
+        // A NaN norm gives NaN grads, as clip_grad_norm_ does.
+        let unclamped = header.max_norm / (norm + 1e-6);
+        coef = select(min(unclamped, 1.0), unclamped, is_nan(unclamped));
+    }
+    let found_inf = total.flags != 0u;
+    let scaler = (header.flags & SCALER) != 0u;
+    let skip = found_inf && scaler;
+    status.found_inf = u32(found_inf);
+    status.total_norm = norm;
+    status.inv_scale = 1.0 / status.scale;
+    status.clip_coef = coef;
+    status.t = status.applied + 1u;
+    status.skip = u32(skip);
+    if scaler {
+        if found_inf {
+            status.scale = status.scale * header.backoff_factor;
+            status.growth_tracker = 0u;
+            status.skipped = status.skipped + 1u;
+        } else if status.growth_tracker + 1u == header.growth_interval {
+            let grown = status.scale * header.growth_factor;
+            if is_finite(grown) {
+                status.scale = grown;
+            }
+            status.growth_tracker = 0u;
+        } else {
+            status.growth_tracker = status.growth_tracker + 1u;
+        }
+    }
+    if !skip {
+        status.applied = status.applied + 1u;
+    }
+}

@@ -1,0 +1,460 @@
+//! What a step does to the grads before the rule sees them, as `torch.amp.GradScaler`,
+//! `clip_grad_value_` and `clip_grad_norm_` do: unscale by the loss scale, clamp each
+//! element, scale by the global-norm clipping coefficient, and skip the whole step when any
+//! grad is inf or NaN. The settings, the status the device keeps, and the CPU twin of the
+//! device's reduction and update (`src/gpu/guard.wgsl`), in f32 and in the same order. Plain
+//! data and f32 math: no GPU.
+//!
+//! A step with a guard, on the device and in the twin alike:
+//! 1. every grad `g` of every tensor becomes `u = clamp(g * (1 / scale), -clip_value,
+//!    clip_value)` (without a scaler the scale is 1, without value clipping the bound is inf);
+//! 2. one reduction over every `u`: whether any is inf or NaN, and the total norm (2 or inf)
+//!    of the finite ones, in partial sums of 1024 elements per workgroup combined in a fixed
+//!    order, so that the same grads give bitwise the same norm on every run;
+//! 3. with a scaler and an inf or NaN: nothing is updated, the step count stays, the scale
+//!    backs off and the growth tracker resets. Otherwise the rule updates every element from
+//!    `u * coef`, `coef = min(max_norm / (total_norm + 1e-6), 1)` (1 without norm clipping),
+//!    and the scale grows after `growth_interval` clean steps in a row.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Error, Result};
+
+/// `torch.amp.GradScaler`'s settings, with its defaults: the loss scale starts at
+/// `init_scale`, is multiplied by `backoff_factor` after a step with an inf or NaN grad
+/// (which is skipped), and by `growth_factor` after `growth_interval` clean steps in a row.
+/// Disabled, the scale stays 1 and no step is skipped.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GradScaler {
+    /// The first loss scale (2^16).
+    pub init_scale: f32,
+    /// Multiplies the scale after `growth_interval` clean steps (2.0).
+    pub growth_factor: f32,
+    /// Multiplies the scale after a skipped step (0.5).
+    pub backoff_factor: f32,
+    /// Clean steps in a row before the scale grows (2000).
+    pub growth_interval: u32,
+    /// Whether the scaler does anything (true).
+    pub enabled: bool,
+}
+
+impl Default for GradScaler {
+    fn default() -> Self {
+        Self {
+            init_scale: 65536.0,
+            growth_factor: 2.0,
+            backoff_factor: 0.5,
+            growth_interval: 2000,
+            enabled: true,
+        }
+    }
+}
+
+/// Which norm [`ClipGradNorm`] clips: `clip_grad_norm_`'s `norm_type` 2 or inf.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NormType {
+    /// The Euclidean norm over every element of every tensor.
+    #[default]
+    L2,
+    /// The largest absolute value.
+    Inf,
+}
+
+/// `clip_grad_norm_(max_norm, norm_type)` over all the optimizer's grads: every grad is
+/// multiplied by `min(max_norm / (total_norm + 1e-6), 1)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ClipGradNorm {
+    /// The largest total norm the grads keep.
+    pub max_norm: f32,
+    /// The norm measured.
+    pub norm_type: NormType,
+}
+
+/// What a step does to the grads before the update (see the module's docs): an optional loss
+/// scaler, clipping by value, then clipping by global norm. Give it to an optimizer with
+/// `with_grad_guard`; the default does nothing but measure the norm.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct GradGuard {
+    /// Unscale the grads, skip steps with an inf or NaN grad, adapt the scale.
+    pub scaler: Option<GradScaler>,
+    /// `clip_grad_value_`: clamp each unscaled grad to `[-clip_value, clip_value]`.
+    pub clip_value: Option<f32>,
+    /// `clip_grad_norm_` over the unscaled (and value-clipped) grads.
+    pub clip_norm: Option<ClipGradNorm>,
+}
+
+impl GradGuard {
+    /// Rejects what `GradScaler` and the clipping functions reject, naming the field.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |reason: String| Err(Error::InvalidGuard { reason });
+        if let Some(scaler) = self.scaler {
+            if !(scaler.init_scale.is_finite() && scaler.init_scale > 0.0) {
+                return fail(format!(
+                    "init_scale must be finite and positive, not {}",
+                    scaler.init_scale
+                ));
+            }
+            if !(scaler.growth_factor.is_finite() && scaler.growth_factor > 1.0) {
+                return fail(format!(
+                    "growth_factor must be finite and above 1, not {}",
+                    scaler.growth_factor
+                ));
+            }
+            if !(scaler.backoff_factor > 0.0 && scaler.backoff_factor < 1.0) {
+                return fail(format!(
+                    "backoff_factor must be between 0 and 1, not {}",
+                    scaler.backoff_factor
+                ));
+            }
+            if scaler.growth_interval == 0 {
+                return fail("growth_interval must be at least 1".to_owned());
+            }
+        }
+        if let Some(value) = self.clip_value {
+            if value.is_nan() || value < 0.0 {
+                return fail(format!("clip_value must be at least 0, not {value}"));
+            }
+        }
+        if let Some(clip) = self.clip_norm {
+            if !(clip.max_norm >= 0.0 && clip.max_norm.is_finite()) {
+                return fail(format!(
+                    "max_norm must be finite and at least 0, not {}",
+                    clip.max_norm
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a step can be skipped (an enabled scaler).
+    pub fn skips(&self) -> bool {
+        self.scaler.is_some_and(|scaler| scaler.enabled)
+    }
+
+    /// The bound of value clipping (inf without it).
+    pub(crate) fn value_bound(&self) -> f32 {
+        self.clip_value.unwrap_or(f32::INFINITY)
+    }
+}
+
+/// The guard's state on the device, as the device keeps it (`GuardStatus` in guard.wgsl):
+/// the scaler's state, and what the last step found. Read it with an optimizer's
+/// `grad_status` (the newest one already on the host, no wait) or `read_grad_status` (waits).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub struct GradStatus {
+    /// The loss scale for the next backward pass (1 without an enabled scaler). It is the
+    /// first f32 of the optimizer's `grad_status_buffer`, for the caller's backward pass to
+    /// multiply the loss by, without a readback.
+    pub scale: f32,
+    /// Clean steps in a row since the scale last changed.
+    pub growth_tracker: u32,
+    /// Steps applied: PyTorch's `state["step"]`, which a skipped step does not advance.
+    pub applied: u32,
+    /// Steps skipped for an inf or NaN grad.
+    pub skipped: u32,
+    /// Whether the last step found an inf or NaN grad (1) or not (0).
+    pub found_inf: u32,
+    /// The last step's total norm of the unscaled grads (inf or NaN where one is).
+    pub total_norm: f32,
+    /// The last step's `1 / scale`.
+    pub inv_scale: f32,
+    /// The last step's clipping coefficient (1 without norm clipping).
+    pub clip_coef: f32,
+    /// The last step's number, `applied + 1` before it ran: what its bias corrections used.
+    pub t: u32,
+    /// Whether the last step was skipped (1) or applied (0).
+    pub skip: u32,
+    _pad: [u32; 2],
+}
+
+impl GradStatus {
+    /// The status before the first step, after `applied` steps without a guard.
+    pub(crate) fn initial(guard: &GradGuard, applied: u32) -> Self {
+        Self {
+            applied,
+            scale: match guard.scaler {
+                Some(scaler) if scaler.enabled => scaler.init_scale,
+                _ => 1.0,
+            },
+            inv_scale: 1.0,
+            clip_coef: 1.0,
+            ..Self::default()
+        }
+    }
+}
+
+/// How the grads enter a step's update, from the step's reduction: the CPU twin of what the
+/// update kernel reads from the device's status.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GradStep {
+    /// Whether the step updates nothing.
+    pub skip: bool,
+    /// Multiplies each grad first.
+    pub inv_scale: f32,
+    /// Clamps each unscaled grad to `[-clip_value, clip_value]` (inf without value clipping).
+    pub clip_value: f32,
+    /// Multiplies each clamped grad last.
+    pub clip_coef: f32,
+}
+
+impl GradStep {
+    /// The step without a guard: grads as they are.
+    pub const PLAIN: GradStep = GradStep {
+        skip: false,
+        inv_scale: 1.0,
+        clip_value: f32::INFINITY,
+        clip_coef: 1.0,
+    };
+
+    /// The unscaled, value-clipped grad the reduction measures (guard.wgsl `unscaled`): a NaN
+    /// stays NaN, an inf is clamped like any value.
+    pub fn unscaled(&self, g: f32) -> f32 {
+        let x = g * self.inv_scale;
+        match x.is_nan() {
+            true => x,
+            false => x.min(self.clip_value).max(-self.clip_value),
+        }
+    }
+
+    /// The grad the rule receives (guard.wgsl `guard_grad`).
+    pub fn grad(&self, g: f32) -> f32 {
+        self.unscaled(g) * self.clip_coef
+    }
+}
+
+/// Elements one reduction workgroup sums into one partial: 256 invocations of 4 elements,
+/// invocation `l` taking elements `l`, `l + 256`, `l + 512` and `l + 768` of its chunk.
+pub const REDUCTION_CHUNK: usize = 1024;
+
+/// Thresholds of the three sums of squares (Blue's scaled norm): elements above `BIG` are
+/// scaled by 2^-80 before squaring, those below `SMALL` by 2^80, so that no square of a
+/// finite f32 overflows or vanishes. Powers of two, so scaling is exact.
+const BIG: f32 = 4294967296.0; // 2^32
+const SMALL: f32 = 9.094947e-13; // 2^-40
+const DOWN: f32 = 8.271806e-25; // 2^-80
+const UP: f32 = 1.2089258e24; // 2^80
+
+/// One workgroup's (or one invocation's) partial: the three scaled sums of squares, the
+/// largest finite magnitude and bit flags (1: an inf was seen, 2: a NaN).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Partial {
+    big: f32,
+    medium: f32,
+    small: f32,
+    max: f32,
+    flags: u32,
+}
+
+impl Partial {
+    /// The partial of one grad: `x`, unscaled, flags it where it is inf or NaN (before value
+    /// clipping, as `unscale_` checks before `clip_grad_value_`); `u`, also value-clipped,
+    /// enters the norm.
+    fn of(x: f32, u: f32) -> Self {
+        if !x.is_finite() {
+            return Self {
+                flags: if x.is_nan() { 2 } else { 1 },
+                ..Self::default()
+            };
+        }
+        let a = u.abs();
+        let scaled = |x: f32| x * x;
+        Self {
+            big: if a > BIG { scaled(a * DOWN) } else { 0.0 },
+            medium: if (SMALL..=BIG).contains(&a) {
+                a * a
+            } else {
+                0.0
+            },
+            small: if a < SMALL { scaled(a * UP) } else { 0.0 },
+            max: a,
+            flags: 0,
+        }
+    }
+
+    fn add(self, other: Self) -> Self {
+        Self {
+            big: self.big + other.big,
+            medium: self.medium + other.medium,
+            small: self.small + other.small,
+            max: self.max.max(other.max),
+            flags: self.flags | other.flags,
+        }
+    }
+}
+
+/// The workgroup tree guard.wgsl folds 256 partials with: at each level the first half adds
+/// the second.
+fn fold_tree(mut values: Vec<Partial>) -> Partial {
+    let mut stride = values.len() / 2;
+    while stride > 0 {
+        for l in 0..stride {
+            values[l] = values[l].add(values[l + stride]);
+        }
+        stride /= 2;
+    }
+    values[0]
+}
+
+/// The partial of one chunk of up to 1024 grads, as one reduction workgroup forms it.
+fn chunk_partial(chunk: &[f32], step: &GradStep) -> Partial {
+    let lanes = (0..256)
+        .map(|l| {
+            (0..4)
+                .filter_map(|k| chunk.get(l + 256 * k))
+                .fold(Partial::default(), |sum, &g| {
+                    sum.add(Partial::of(g * step.inv_scale, step.unscaled(g)))
+                })
+        })
+        .collect();
+    fold_tree(lanes)
+}
+
+/// Kahan-compensated running sum, as the combining workgroup keeps one per field.
+#[derive(Clone, Copy, Default)]
+struct Compensated {
+    sum: f32,
+    carry: f32,
+}
+
+impl Compensated {
+    fn add(&mut self, x: f32) {
+        let y = x - self.carry;
+        let t = self.sum + y;
+        self.carry = (t - self.sum) - y;
+        self.sum = t;
+    }
+}
+
+/// The combine of every partial, as guard.wgsl's `finalize` does: invocation `l` of 256 adds
+/// partials `l`, `l + 256`, ... with compensation, then the tree folds the 256.
+fn combine(partials: &[Partial]) -> Partial {
+    let lanes = (0..256)
+        .map(|l| {
+            let (mut big, mut medium, mut small) = Default::default();
+            let (mut max, mut flags) = (0.0f32, 0);
+            for p in partials.iter().skip(l).step_by(256) {
+                Compensated::add(&mut big, p.big);
+                Compensated::add(&mut medium, p.medium);
+                Compensated::add(&mut small, p.small);
+                max = max.max(p.max);
+                flags |= p.flags;
+            }
+            let (big, medium, small): (Compensated, Compensated, Compensated) =
+                (big, medium, small);
+            Partial {
+                big: big.sum,
+                medium: medium.sum,
+                small: small.sum,
+                max,
+                flags,
+            }
+        })
+        .collect();
+    fold_tree(lanes)
+}
+
+/// The total norm from the combined partial (NaN or inf where a grad was).
+fn total_norm(total: Partial, norm_type: NormType) -> f32 {
+    if total.flags & 2 != 0 {
+        return f32::NAN;
+    }
+    if total.flags & 1 != 0 {
+        return f32::INFINITY;
+    }
+    match norm_type {
+        NormType::Inf => total.max,
+        NormType::L2 if total.big > 0.0 => (total.big + (total.medium * DOWN) * DOWN).sqrt() * UP,
+        NormType::L2 if total.medium > 0.0 => (total.medium + (total.small * DOWN) * DOWN).sqrt(),
+        NormType::L2 => total.small.sqrt() * DOWN,
+    }
+}
+
+/// The CPU twin of a guard on the device: the scaler's state and the reduction, performing
+/// guard.wgsl's f32 operations in its order. Call [`CpuGuard::check`] with every grad of the
+/// optimizer, then step each tensor's [`CpuOptimizer`](crate::CpuOptimizer) with the
+/// [`GradStep`] it returns.
+#[derive(Clone, Debug)]
+pub struct CpuGuard {
+    guard: GradGuard,
+    status: GradStatus,
+}
+
+impl CpuGuard {
+    /// The twin of an optimizer's `with_grad_guard(guard)`.
+    pub fn new(guard: GradGuard) -> Result<Self> {
+        guard.validate()?;
+        Ok(Self {
+            guard,
+            status: GradStatus::initial(&guard, 0),
+        })
+    }
+
+    /// The status as the device would hold it now.
+    pub fn status(&self) -> GradStatus {
+        self.status
+    }
+
+    /// Reduces the grads of one step, `runs` in the optimizer's order (an optimizer's one
+    /// tensor; a foreach optimizer's tensors; a parameter set's groups, each the packed run
+    /// of its tensors, padding included), as f32 (16-bit grads decoded, which is exact), and
+    /// advances the scaler as the device does. Returns how the step's update takes the grads.
+    pub fn check(&mut self, runs: &[&[f32]]) -> GradStep {
+        let inv_scale = 1.0 / self.status.scale;
+        let probe = GradStep {
+            skip: false,
+            inv_scale,
+            clip_value: self.guard.value_bound(),
+            clip_coef: 1.0,
+        };
+        let mut partials = Vec::new();
+        for run in runs {
+            partials.extend(
+                run.chunks(REDUCTION_CHUNK)
+                    .map(|chunk| chunk_partial(chunk, &probe)),
+            );
+        }
+        let total = combine(&partials);
+        let norm_type = self.guard.clip_norm.map_or(NormType::L2, |c| c.norm_type);
+        let norm = total_norm(total, norm_type);
+        let clip_coef = match self.guard.clip_norm {
+            Some(clip) => match clip.max_norm / (norm + 1e-6) {
+                coef if coef.is_nan() => coef,
+                coef => coef.min(1.0),
+            },
+            None => 1.0,
+        };
+        let found_inf = total.flags != 0;
+        let skip = found_inf && self.guard.skips();
+        let status = &mut self.status;
+        status.found_inf = found_inf as u32;
+        status.total_norm = norm;
+        status.inv_scale = inv_scale;
+        status.clip_coef = clip_coef;
+        status.t = status.applied + 1;
+        status.skip = skip as u32;
+        if let Some(scaler) = self.guard.scaler.filter(|s| s.enabled) {
+            if found_inf {
+                status.scale *= scaler.backoff_factor;
+                status.growth_tracker = 0;
+                status.skipped += 1;
+            } else if status.growth_tracker + 1 == scaler.growth_interval {
+                let grown = status.scale * scaler.growth_factor;
+                if grown.is_finite() {
+                    status.scale = grown;
+                }
+                status.growth_tracker = 0;
+            } else {
+                status.growth_tracker += 1;
+            }
+        }
+        if !skip {
+            status.applied += 1;
+        }
+        GradStep {
+            skip,
+            clip_coef,
+            ..probe
+        }
+    }
+}
