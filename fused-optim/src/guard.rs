@@ -9,7 +9,7 @@
 //! 1. every grad `g` of every tensor becomes `u = clamp(g * (1 / scale), -clip_value,
 //!    clip_value)` (without a scaler the scale is 1, without value clipping the bound is inf);
 //! 2. one reduction over every `u`: whether any is inf or NaN, and the total norm (2 or inf)
-//!    of the finite ones, in partial sums of 1024 elements per workgroup combined in a fixed
+//!    of the finite ones, in partial sums of 4096 elements per workgroup combined in a fixed
 //!    order, so that the same grads give bitwise the same norm on every run;
 //! 3. with a scaler and an inf or NaN: nothing is updated, the step count stays, the scale
 //!    backs off and the growth tracker resets. Otherwise the rule updates every element from
@@ -223,9 +223,9 @@ impl GradStep {
     }
 }
 
-/// Elements one reduction workgroup sums into one partial: 256 invocations of 4 elements,
-/// invocation `l` taking elements `l`, `l + 256`, `l + 512` and `l + 768` of its chunk.
-pub const REDUCTION_CHUNK: usize = 1024;
+/// Elements one reduction workgroup sums into one partial: 256 invocations of 16 elements,
+/// invocation `l` taking elements `l`, `l + 256`, ... of its chunk.
+pub const REDUCTION_CHUNK: usize = 4096;
 
 /// Thresholds of the three sums of squares (Blue's scaled norm): elements above `BIG` are
 /// scaled by 2^-80 before squaring, those below `SMALL` by 2^80, so that no square of a
@@ -271,87 +271,54 @@ impl Partial {
             flags: 0,
         }
     }
-
-    fn add(self, other: Self) -> Self {
-        Self {
-            big: self.big + other.big,
-            medium: self.medium + other.medium,
-            small: self.small + other.small,
-            max: self.max.max(other.max),
-            flags: self.flags | other.flags,
-        }
-    }
 }
 
-/// The workgroup tree guard.wgsl folds 256 partials with: at each level the first half adds
-/// the second.
-fn fold_tree(mut values: Vec<Partial>) -> Partial {
-    let mut stride = values.len() / 2;
-    while stride > 0 {
-        for l in 0..stride {
-            values[l] = values[l].add(values[l + stride]);
-        }
-        stride /= 2;
-    }
-    values[0]
+/// `partials` summed in order, field by field, as guard.wgsl's `accumulate` does.
+fn sum_in_order(partials: impl IntoIterator<Item = Partial>) -> Partial {
+    partials
+        .into_iter()
+        .fold(Partial::default(), |sum, p| Partial {
+            big: sum.big + p.big,
+            medium: sum.medium + p.medium,
+            small: sum.small + p.small,
+            max: sum.max.max(p.max),
+            flags: sum.flags | p.flags,
+        })
 }
 
-/// The partial of one chunk of up to 1024 grads, as one reduction workgroup forms it.
+/// guard.wgsl's `fold` of a workgroup's 256 partials: sixteen runs of sixteen, then the
+/// sixteen run totals.
+fn fold(lanes: &[Partial]) -> Partial {
+    sum_in_order(
+        lanes
+            .chunks(16)
+            .map(|run| sum_in_order(run.iter().copied())),
+    )
+}
+
+/// The partial of one chunk of up to 4096 grads, as one reduction workgroup forms it.
 fn chunk_partial(chunk: &[f32], step: &GradStep) -> Partial {
-    let lanes = (0..256)
+    let lanes: Vec<Partial> = (0..256)
         .map(|l| {
-            (0..4)
-                .filter_map(|k| chunk.get(l + 256 * k))
-                .fold(Partial::default(), |sum, &g| {
-                    sum.add(Partial::of(g * step.inv_scale, step.unscaled(g)))
-                })
+            sum_in_order(
+                chunk
+                    .iter()
+                    .skip(l)
+                    .step_by(256)
+                    .map(|&g| Partial::of(g * step.inv_scale, step.unscaled(g))),
+            )
         })
         .collect();
-    fold_tree(lanes)
+    fold(&lanes)
 }
 
-/// Kahan-compensated running sum, as the combining workgroup keeps one per field.
-#[derive(Clone, Copy, Default)]
-struct Compensated {
-    sum: f32,
-    carry: f32,
-}
-
-impl Compensated {
-    fn add(&mut self, x: f32) {
-        let y = x - self.carry;
-        let t = self.sum + y;
-        self.carry = (t - self.sum) - y;
-        self.sum = t;
-    }
-}
-
-/// The combine of every partial, as guard.wgsl's `finalize` does: invocation `l` of 256 adds
-/// partials `l`, `l + 256`, ... with compensation, then the tree folds the 256.
+/// The combine of every partial, as guard.wgsl's `finalize` does: invocation `l` of 256 sums
+/// partials `l`, `l + 256`, ..., then the workgroup's fold.
 fn combine(partials: &[Partial]) -> Partial {
-    let lanes = (0..256)
-        .map(|l| {
-            let (mut big, mut medium, mut small) = Default::default();
-            let (mut max, mut flags) = (0.0f32, 0);
-            for p in partials.iter().skip(l).step_by(256) {
-                Compensated::add(&mut big, p.big);
-                Compensated::add(&mut medium, p.medium);
-                Compensated::add(&mut small, p.small);
-                max = max.max(p.max);
-                flags |= p.flags;
-            }
-            let (big, medium, small): (Compensated, Compensated, Compensated) =
-                (big, medium, small);
-            Partial {
-                big: big.sum,
-                medium: medium.sum,
-                small: small.sum,
-                max,
-                flags,
-            }
-        })
+    let lanes: Vec<Partial> = (0..256)
+        .map(|l| sum_in_order(partials.iter().skip(l).step_by(256).copied()))
         .collect();
-    fold_tree(lanes)
+    fold(&lanes)
 }
 
 /// The total norm from the combined partial (NaN or inf where a grad was).

@@ -1,7 +1,8 @@
 // The grad guard's two kernels (src/guard.rs says what a guard does; `CpuGuard` there is their
 // CPU twin, performing these f32 operations in this order):
-// - `reduce`, one dispatch per window of the grads: each workgroup sums 1024 elements into one
-//   partial (three scaled sums of squares, the largest magnitude, inf/NaN flags);
+// - `reduce`, one dispatch per window of the grads: each workgroup sums 4096 elements into one
+//   partial (three scaled sums of squares, the largest magnitude, inf/NaN flags) in runs of
+//   at most 16 additions, so that rounding stays within a few dozen ulp of the exact sum;
 // - `finalize`, one workgroup: combines every partial in a fixed order, writes the step's
 //   found-inf, total norm, clipping coefficient and skip flag into the status, and advances
 //   the scaler and the step count. The update kernels of the step then read the status
@@ -77,6 +78,7 @@ struct ReduceWindow {
 @group(0) @binding(4) var<storage, read_write> partials: array<Partial>;
 
 var<workgroup> scratch: array<Partial, 256>;
+var<workgroup> folded: array<Partial, 16>;
 
 fn is_nan(x: f32) -> bool {
     return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u;
@@ -84,11 +86,6 @@ fn is_nan(x: f32) -> bool {
 
 fn is_finite(x: f32) -> bool {
     return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
-}
-
-fn add(a: Partial, b: Partial) -> Partial {
-    return Partial(a.big + b.big, a.medium + b.medium, a.small + b.small, max(a.max, b.max),
-        a.flags | b.flags, 0u, 0u, 0u);
 }
 
 // The partial of grad `g`: flags from the unscaled value, the norm from the value-clipped one.
@@ -104,16 +101,48 @@ fn partial_of(g: f32, inv_scale: f32, bound: f32) -> Partial {
         select(0.0, small * small, a < SMALL), a, 0u, 0u, 0u, 0u);
 }
 
-// Folds `scratch` into `scratch[0]`: at each level the first half adds the second.
-fn fold(local: u32) {
-    for (var stride = 128u; stride > 0u; stride = stride / 2u) {
-        workgroupBarrier();
-        if local < stride {
-            scratch[local] = add(scratch[local], scratch[local + stride]);
+// Sums of the three fields in order, the largest magnitude and the flags, as `sum_in_order`
+// in src/guard.rs. Plain sums: compensated (Kahan) sums are what a driver's algebraic
+// optimizer removes (Mesa turns `(s + y) - s - y` into 0), so they would not stay the twin's.
+fn empty() -> Partial {
+    return Partial(0.0, 0.0, 0.0, 0.0, 0u, 0u, 0u, 0u);
+}
+
+fn accumulate(sum: ptr<function, Partial>, p: Partial) {
+    (*sum).big = (*sum).big + p.big;
+    (*sum).medium = (*sum).medium + p.medium;
+    (*sum).small = (*sum).small + p.small;
+    (*sum).max = max((*sum).max, p.max);
+    (*sum).flags = (*sum).flags | p.flags;
+}
+
+// Folds the workgroup's 256 partials, each invocation's in `scratch[local]`, into one, which
+// invocation 0 returns: sixteen invocations each sum sixteen in order, then the first sums
+// those sixteen. Two barriers, where a tree would take eight (barriers are what a CPU
+// adapter pays most for).
+fn fold(local: u32) -> Partial {
+    workgroupBarrier();
+    if local < 16u {
+        var sum = empty();
+        for (var k = 0u; k < 16u; k++) {
+            accumulate(&sum, scratch[local * 16u + k]);
         }
+        folded[local] = sum;
     }
     workgroupBarrier();
+    var sum = empty();
+    if local == 0u {
+        for (var k = 0u; k < 16u; k++) {
+            accumulate(&sum, folded[k]);
+        }
+    }
+    return sum;
 }
+
+// Elements each invocation of `reduce` sums, and a workgroup's chunk (REDUCTION_CHUNK in
+// src/guard.rs): invocation `l` sums elements `l`, `l + 256`, ... of its chunk.
+const PER_INVOCATION: u32 = 16u;
+const CHUNK: u32 = 4096u;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn reduce(
@@ -123,25 +152,19 @@ fn reduce(
 ) {
     let chunk = workgroup.y * workgroups.x + workgroup.x;
     let inv_scale = 1.0 / status.scale;
-    var sum = Partial(0.0, 0.0, 0.0, 0.0, 0u, 0u, 0u, 0u);
-    for (var k = 0u; k < 4u; k++) {
-        let e = chunk * 1024u + k * 256u + local;
+    let bound = header.clip_value;
+    var sum = empty();
+    for (var k = 0u; k < PER_INVOCATION; k++) {
+        let e = chunk * CHUNK + k * 256u + local;
         if e < reduce_window.len {
-            sum = add(sum, partial_of(grad_at(e), inv_scale, header.clip_value));
+            accumulate(&sum, partial_of(grad_at(e), inv_scale, bound));
         }
     }
     scratch[local] = sum;
-    fold(local);
-    if local == 0u && chunk * 1024u < reduce_window.len {
-        partials[reduce_window.partial_base + chunk] = scratch[0];
+    let partial = fold(local);
+    if local == 0u && chunk * CHUNK < reduce_window.len {
+        partials[reduce_window.partial_base + chunk] = partial;
     }
-}
-
-fn compensated(sum: ptr<function, vec2<f32>>, x: f32) {
-    let y = x - (*sum).y;
-    let t = (*sum).x + y;
-    (*sum).y = (t - (*sum).x) - y;
-    (*sum).x = t;
 }
 
 fn total_norm(total: Partial, inf_norm: bool) -> f32 {
@@ -165,33 +188,23 @@ fn total_norm(total: Partial, inf_norm: bool) -> f32 {
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn finalize(@builtin(local_invocation_index) local: u32) {
-    var big = vec2<f32>(0.0);
-    var medium = vec2<f32>(0.0);
-    var small = vec2<f32>(0.0);
-    var largest = 0.0;
-    var flags = 0u;
+    var sum = empty();
     for (var p = local; p < header.partials; p += 256u) {
-        let partial = partials[p];
-        compensated(&big, partial.big);
-        compensated(&medium, partial.medium);
-        compensated(&small, partial.small);
-        largest = max(largest, partial.max);
-        flags = flags | partial.flags;
+        accumulate(&sum, partials[p]);
     }
-    scratch[local] = Partial(big.x, medium.x, small.x, largest, flags, 0u, 0u, 0u);
-    fold(local);
+    scratch[local] = sum;
+    let combined = fold(local);
     if local != 0u {
         return;
     }
-    let total = scratch[0];
-    let norm = total_norm(total, (header.flags & NORM_INF) != 0u);
+    let norm = total_norm(combined, (header.flags & NORM_INF) != 0u);
     var coef = 1.0;
     if (header.flags & CLIP_NORM) != 0u {
         // A NaN norm gives NaN grads, as clip_grad_norm_ does.
         let unclamped = header.max_norm / (norm + 1e-6);
         coef = select(min(unclamped, 1.0), unclamped, is_nan(unclamped));
     }
-    let found_inf = total.flags != 0u;
+    let found_inf = combined.flags != 0u;
     let scaler = (header.flags & SCALER) != 0u;
     let skip = found_inf && scaler;
     status.found_inf = u32(found_inf);
