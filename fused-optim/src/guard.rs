@@ -223,9 +223,13 @@ impl GradStep {
     }
 }
 
-/// Elements one reduction workgroup sums into one partial: 256 invocations of 16 elements,
-/// invocation `l` taking elements `l`, `l + 256`, ... of its chunk.
-pub const REDUCTION_CHUNK: usize = 4096;
+/// Elements one reduction workgroup takes: 256 invocations, each summing 16 runs of 16
+/// elements into one partial (invocation `l` takes elements `l + 256 * (16 * r + k)` of the
+/// chunk into run `r`).
+pub const REDUCTION_CHUNK: usize = 65536;
+
+/// Additions per run, and runs per partial.
+const RUN: usize = 16;
 
 /// Thresholds of the three sums of squares (Blue's scaled norm): elements above `BIG` are
 /// scaled by 2^-80 before squaring, those below `SMALL` by 2^80, so that no square of a
@@ -286,37 +290,43 @@ fn sum_in_order(partials: impl IntoIterator<Item = Partial>) -> Partial {
         })
 }
 
-/// guard.wgsl's `fold` of a workgroup's 256 partials: sixteen runs of sixteen, then the
-/// sixteen run totals.
+/// guard.wgsl's `fold` of the combining workgroup's 256 sums: sixteen runs of sixteen, then
+/// the sixteen run totals.
 fn fold(lanes: &[Partial]) -> Partial {
     sum_in_order(
         lanes
-            .chunks(16)
+            .chunks(RUN)
             .map(|run| sum_in_order(run.iter().copied())),
     )
 }
 
-/// The partial of one chunk of up to 4096 grads, as one reduction workgroup forms it.
-fn chunk_partial(chunk: &[f32], step: &GradStep) -> Partial {
-    let lanes: Vec<Partial> = (0..256)
-        .map(|l| {
-            sum_in_order(
-                chunk
-                    .iter()
-                    .skip(l)
-                    .step_by(256)
-                    .map(|&g| Partial::of(g * step.inv_scale, step.unscaled(g))),
-            )
-        })
-        .collect();
-    fold(&lanes)
+/// `values` (every 256th partial, or grad, of a lane) summed in runs of 16, then the runs.
+fn in_runs(values: impl Iterator<Item = Partial>, runs: usize) -> Partial {
+    let values: Vec<Partial> = values.collect();
+    let mut chunks = values.chunks(RUN);
+    sum_in_order((0..runs).map(|_| sum_in_order(chunks.next().unwrap_or(&[]).iter().copied())))
+}
+
+/// The 256 partials of one chunk of up to 65536 grads, as one reduction workgroup forms them.
+fn chunk_partials(chunk: &[f32], step: GradStep) -> impl Iterator<Item = Partial> + '_ {
+    (0..256).map(move |l| {
+        let grads = chunk.iter().skip(l).step_by(256);
+        in_runs(
+            grads.map(|&g| Partial::of(g * step.inv_scale, step.unscaled(g))),
+            RUN,
+        )
+    })
 }
 
 /// The combine of every partial, as guard.wgsl's `finalize` does: invocation `l` of 256 sums
-/// partials `l`, `l + 256`, ..., then the workgroup's fold.
+/// partials `l`, `l + 256`, ... in runs of 16, then the workgroup's fold.
 fn combine(partials: &[Partial]) -> Partial {
     let lanes: Vec<Partial> = (0..256)
-        .map(|l| sum_in_order(partials.iter().skip(l).step_by(256).copied()))
+        .map(|l| {
+            let mine = partials.iter().skip(l).step_by(256).copied();
+            let runs = partials.len().saturating_sub(l).div_ceil(256).div_ceil(RUN);
+            in_runs(mine, runs)
+        })
         .collect();
     fold(&lanes)
 }
@@ -376,10 +386,9 @@ impl CpuGuard {
         };
         let mut partials = Vec::new();
         for run in runs {
-            partials.extend(
-                run.chunks(REDUCTION_CHUNK)
-                    .map(|chunk| chunk_partial(chunk, &probe)),
-            );
+            for chunk in run.chunks(REDUCTION_CHUNK) {
+                partials.extend(chunk_partials(chunk, probe));
+            }
         }
         let total = combine(&partials);
         let norm_type = self.guard.clip_norm.map_or(NormType::L2, |c| c.norm_type);

@@ -57,8 +57,8 @@ struct Learnt {
     free: Vec<wgpu::Buffer>,
 }
 
-/// One dispatch of the reduction: a window of a span's grads, whose workgroups write partials
-/// from `partial_base`.
+/// One dispatch of the reduction: a window of a span's grads, whose invocations write
+/// partials from `partial_base`.
 struct ReduceWindow {
     window: Window,
     partial_base: u32,
@@ -170,7 +170,8 @@ impl DeviceGuard {
         .map(|window| {
             let chunks = window.end.div_ceil(chunk);
             let base = partial_count;
-            partial_count += chunks as u32;
+            // One partial per invocation.
+            partial_count += chunks as u32 * WORKGROUP_SIZE;
             ReduceWindow {
                 window,
                 partial_base: base,

@@ -1,8 +1,8 @@
 // The grad guard's two kernels (src/guard.rs says what a guard does; `CpuGuard` there is their
 // CPU twin, performing these f32 operations in this order):
-// - `reduce`, one dispatch per window of the grads: each workgroup sums 4096 elements into one
-//   partial (three scaled sums of squares, the largest magnitude, inf/NaN flags) in runs of
-//   at most 16 additions, so that rounding stays within a few dozen ulp of the exact sum;
+// - `reduce`, one dispatch per window of the grads: each invocation sums 256 elements into
+//   one partial (three scaled sums of squares, the largest magnitude, inf/NaN flags) in runs
+//   of 16 additions, so that rounding stays within a few dozen ulp of the exact sum;
 // - `finalize`, one workgroup: combines every partial in a fixed order, writes the step's
 //   found-inf, total norm, clipping coefficient and skip flag into the status, and advances
 //   the scaler and the step count. The update kernels of the step then read the status
@@ -88,17 +88,19 @@ fn is_finite(x: f32) -> bool {
     return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
 }
 
-// The partial of grad `g`: flags from the unscaled value, the norm from the value-clipped one.
-fn partial_of(g: f32, inv_scale: f32, bound: f32) -> Partial {
+// The partial of grad `g` added to `sum`, without branches: flags from the unscaled value,
+// the norm from the value-clipped one; a non-finite value adds only its flag.
+fn accumulate_grad(sum: ptr<function, Partial>, g: f32, inv_scale: f32, bound: f32) {
     let x = g * inv_scale;
-    if !is_finite(x) {
-        return Partial(0.0, 0.0, 0.0, 0.0, select(1u, 2u, is_nan(x)), 0u, 0u, 0u);
-    }
-    let a = abs(max(min(x, bound), -bound));
+    let finite = is_finite(x);
+    let a = select(0.0, abs(max(min(x, bound), -bound)), finite);
     let big = a * DOWN;
     let small = a * UP;
-    return Partial(select(0.0, big * big, a > BIG), select(0.0, a * a, a >= SMALL && a <= BIG),
-        select(0.0, small * small, a < SMALL), a, 0u, 0u, 0u, 0u);
+    (*sum).big = (*sum).big + select(0.0, big * big, a > BIG);
+    (*sum).medium = (*sum).medium + select(0.0, a * a, a >= SMALL && a <= BIG);
+    (*sum).small = (*sum).small + select(0.0, small * small, a < SMALL);
+    (*sum).max = max((*sum).max, a);
+    (*sum).flags = (*sum).flags | select(select(1u, 2u, is_nan(x)), 0u, finite);
 }
 
 // Sums of the three fields in order, the largest magnitude and the flags, as `sum_in_order`
@@ -116,10 +118,9 @@ fn accumulate(sum: ptr<function, Partial>, p: Partial) {
     (*sum).flags = (*sum).flags | p.flags;
 }
 
-// Folds the workgroup's 256 partials, each invocation's in `scratch[local]`, into one, which
+// Folds `finalize`'s 256 sums, each invocation's in `scratch[local]`, into one, which
 // invocation 0 returns: sixteen invocations each sum sixteen in order, then the first sums
-// those sixteen. Two barriers, where a tree would take eight (barriers are what a CPU
-// adapter pays most for).
+// those sixteen.
 fn fold(local: u32) -> Partial {
     workgroupBarrier();
     if local < 16u {
@@ -139,10 +140,13 @@ fn fold(local: u32) -> Partial {
     return sum;
 }
 
-// Elements each invocation of `reduce` sums, and a workgroup's chunk (REDUCTION_CHUNK in
-// src/guard.rs): invocation `l` sums elements `l`, `l + 256`, ... of its chunk.
-const PER_INVOCATION: u32 = 16u;
-const CHUNK: u32 = 4096u;
+// How `reduce` walks its window (src/guard.rs, REDUCTION_CHUNK): workgroup `c` takes chunk
+// `c` of 65536 elements, invocation `l` of it sums elements `l + 256 * (16 * r + k)` for
+// k in 0..16 into run `r`, and its 16 runs into its partial, with no workgroup memory and no
+// barrier (a CPU adapter pays for those with a coroutine per invocation).
+const LANES: u32 = 256u;
+const RUN: u32 = 16u;
+const CHUNK: u32 = 65536u;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn reduce(
@@ -151,20 +155,30 @@ fn reduce(
     @builtin(local_invocation_index) local: u32,
 ) {
     let chunk = workgroup.y * workgroups.x + workgroup.x;
+    if chunk * CHUNK >= reduce_window.len {
+        return;
+    }
     let inv_scale = 1.0 / status.scale;
     let bound = header.clip_value;
+    let len = reduce_window.len;
     var sum = empty();
-    for (var k = 0u; k < PER_INVOCATION; k++) {
-        let e = chunk * CHUNK + k * 256u + local;
-        if e < reduce_window.len {
-            accumulate(&sum, partial_of(grad_at(e), inv_scale, bound));
+    for (var r = 0u; r < RUN; r++) {
+        var run = empty();
+        let start = chunk * CHUNK + r * RUN * LANES + local;
+        if start + (RUN - 1u) * LANES < len {
+            for (var k = 0u; k < RUN; k++) {
+                accumulate_grad(&run, grad_at(start + k * LANES), inv_scale, bound);
+            }
+        } else {
+            for (var k = 0u; k < RUN; k++) {
+                if start + k * LANES < len {
+                    accumulate_grad(&run, grad_at(start + k * LANES), inv_scale, bound);
+                }
+            }
         }
+        accumulate(&sum, run);
     }
-    scratch[local] = sum;
-    let partial = fold(local);
-    if local == 0u && chunk * CHUNK < reduce_window.len {
-        partials[reduce_window.partial_base + chunk] = partial;
-    }
+    partials[reduce_window.partial_base + chunk * LANES + local] = sum;
 }
 
 fn total_norm(total: Partial, inf_norm: bool) -> f32 {
@@ -188,9 +202,16 @@ fn total_norm(total: Partial, inf_norm: bool) -> f32 {
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn finalize(@builtin(local_invocation_index) local: u32) {
+    // Invocation `l` sums partials `l`, `l + 256`, ... in runs of 16, then the workgroup folds.
     var sum = empty();
-    for (var p = local; p < header.partials; p += 256u) {
-        accumulate(&sum, partials[p]);
+    for (var p = local; p < header.partials; p += RUN * LANES) {
+        var run = empty();
+        for (var k = 0u; k < RUN; k++) {
+            if p + k * LANES < header.partials {
+                accumulate(&run, partials[p + k * LANES]);
+            }
+        }
+        accumulate(&sum, run);
     }
     scratch[local] = sum;
     let combined = fold(local);
