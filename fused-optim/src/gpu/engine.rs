@@ -107,7 +107,7 @@ fn storage_of(role: Role, formats: &KernelFormats, dtypes: (Dtype, Dtype)) -> St
             _ => Storage::F32,
         },
         Role::Absmax(_) => Storage::Absmax,
-        Role::GuardStatus | Role::GuardValues => Storage::Whole,
+        Role::GuardResolved | Role::GuardScalars => Storage::Whole,
     }
 }
 
@@ -326,7 +326,14 @@ impl<R: UpdateRule> Engine<R> {
         )?;
         let grads: Vec<Dtype> = self.dtypes.iter().map(|d| d.1).collect();
         let device = self.context.scoped("allocating the grad guard", || {
-            DeviceGuard::new(&self.context, guard, &self.spans, &grads, self.steps)
+            DeviceGuard::new(
+                &self.context,
+                guard,
+                &self.spans,
+                &grads,
+                (self.groups.len(), std::mem::size_of::<R::Scalars>() as u64),
+                self.steps,
+            )
         })?;
         self.guard = Some(Guarded {
             device,
@@ -622,8 +629,13 @@ impl<R: UpdateRule> Engine<R> {
                             Role::Params => (params, window.origin + window.offset),
                             Role::Grads => (grads, window.origin + window.offset),
                             Role::QuantMaps => (self.quant_maps.as_ref().expect("allocated"), 0),
-                            Role::GuardStatus => (guard.expect("guarded").status(), 0),
-                            Role::GuardValues => (guard.expect("guarded").values(), 0),
+                            Role::GuardResolved => {
+                                return (role, guard.expect("guarded").resolved_binding())
+                            }
+                            Role::GuardScalars => {
+                                let guard = guard.expect("guarded");
+                                return (role, guard.scalars_binding(window.group));
+                            }
                             _ => (
                                 self.owned_buffer(window.span, role).expect("allocated"),
                                 window.offset,
@@ -656,14 +668,6 @@ impl<R: UpdateRule> Engine<R> {
         };
         for (index, group) in created {
             self.bind_groups[index] = Some(group);
-        }
-        if let Some(guarded) = &mut self.guard {
-            let grads: Vec<&wgpu::Buffer> = pairs.iter().map(|pair| pair.1).collect();
-            let dtypes: Vec<Dtype> = self.dtypes.iter().map(|d| d.1).collect();
-            self.context
-                .scoped("binding the grad guard's reduction", || {
-                    guarded.device.bind(&grads, &dtypes, stale)
-                })?;
         }
         for &target in stale {
             let (params, grads) = pairs[target];
@@ -710,7 +714,7 @@ impl<R: UpdateRule> Engine<R> {
                 got: pairs.len(),
             });
         }
-        let mut stale: Vec<usize> = (0..pairs.len())
+        let stale: Vec<usize> = (0..pairs.len())
             .filter(|&target| {
                 let (params, grads) = pairs[target];
                 !matches!(&self.bound[target], Some((p, g)) if p == params && g == grads)
@@ -755,17 +759,23 @@ impl<R: UpdateRule> Engine<R> {
                     scalars.extend_from_slice(bytemuck::bytes_of(&rule.scalars(count + 1, state)));
                 }
             }
-            if guarded
+            guarded
                 .device
-                .stage(encoder, lo, rows, self.groups.len(), &scalars)?
-            {
-                // A larger values buffer: every bind group that binds it is made again.
-                stale = (0..pairs.len()).collect();
-            }
+                .stage(encoder, lo, rows, self.groups.len(), &scalars)?;
             readback = Some(guarded.device.readback_slot()?);
         }
         if !stale.is_empty() {
             self.bind(pairs, &stale)?;
+        }
+        if let Some(guarded) = &mut self.guard {
+            if !stale.is_empty() || guarded.device.needs_binding() {
+                let grads: Vec<&wgpu::Buffer> = pairs.iter().map(|pair| pair.1).collect();
+                let dtypes: Vec<Dtype> = self.dtypes.iter().map(|d| d.1).collect();
+                self.context
+                    .scoped("binding the grad guard's reduction", || {
+                        guarded.device.bind(&grads, &dtypes, &stale)
+                    })?;
+            }
         }
         let scalars: Vec<R::Scalars> = self
             .groups
@@ -785,16 +795,39 @@ impl<R: UpdateRule> Engine<R> {
             step_values(&self.groups[window.group], &scalars[window.group], &values)
         }));
         self.values.stage(&self.context, encoder, &step)?;
+        // With a guard, the reduction and its combine run in a pass of their own, whose
+        // resolved values are copied into the uniform the update pass reads; timestamps, if
+        // any, open the first pass and close the last.
+        let timestamps = match &self.guard {
+            None => timestamps,
+            Some(guarded) => {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("fused-optim grad guard"),
+                    timestamp_writes: timestamps.as_ref().map(|t| {
+                        wgpu::ComputePassTimestampWrites {
+                            query_set: t.query_set,
+                            beginning_of_pass_write_index: t.beginning_of_pass_write_index,
+                            end_of_pass_write_index: None,
+                        }
+                    }),
+                });
+                let grads: Vec<Dtype> = self.dtypes.iter().map(|d| d.1).collect();
+                guarded
+                    .device
+                    .record_reduction(&mut pass, &grads, self.workgroups_per_dimension);
+                drop(pass);
+                guarded.device.record_resolved_copy(encoder);
+                timestamps.map(|t| wgpu::ComputePassTimestampWrites {
+                    query_set: t.query_set,
+                    beginning_of_pass_write_index: None,
+                    end_of_pass_write_index: t.end_of_pass_write_index,
+                })
+            }
+        };
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some(self.groups[0].name()),
             timestamp_writes: timestamps,
         });
-        if let Some(guarded) = &self.guard {
-            let grads: Vec<Dtype> = self.dtypes.iter().map(|d| d.1).collect();
-            guarded
-                .device
-                .record_reduction(&mut pass, &grads, self.workgroups_per_dimension);
-        }
         for (index, d) in self.dispatches.iter().enumerate() {
             let group = self.bind_groups[index]
                 .as_ref()

@@ -27,8 +27,8 @@ pub(crate) struct KernelFormats {
     pub master: Master,
     pub rounding: Rounding,
     pub slots: Vec<Option<StateFormat>>,
-    /// Whether the kernel runs under a grad guard (src/guard.rs): it binds the guard's status
-    /// and values and takes its grads, skip flag, scalars and seed from them.
+    /// Whether the kernel runs under a grad guard (src/guard.rs): it binds what the guard
+    /// resolved on the device and takes its grad factors, skip flag, scalars and seed from it.
     pub guarded: bool,
 }
 
@@ -80,11 +80,10 @@ pub(crate) enum Role {
     Slot(usize),
     /// The per-block absmax of an 8-bit slot.
     Absmax(usize),
-    /// The grad guard's status (`GradStatus`).
-    GuardStatus,
-    /// The grad guard's values of the step: its header, then the rule's scalars per step
-    /// count and group.
-    GuardValues,
+    /// The grad guard's factors and skip flag of the step, in a uniform.
+    GuardResolved,
+    /// The rule's scalars of the group for the device's step count, in a uniform.
+    GuardScalars,
 }
 
 impl Role {
@@ -94,18 +93,20 @@ impl Role {
             Role::Grads => 2,
             Role::Master => 3,
             Role::QuantMaps => 4,
-            Role::GuardStatus => 5,
-            Role::GuardValues => 6,
+            Role::GuardResolved => 5,
+            Role::GuardScalars => 6,
             Role::Slot(slot) => 8 + 2 * slot as u32,
             Role::Absmax(slot) => 9 + 2 * slot as u32,
         }
     }
 
     pub fn read_only(self) -> bool {
-        matches!(
-            self,
-            Role::Grads | Role::QuantMaps | Role::GuardStatus | Role::GuardValues
-        )
+        matches!(self, Role::Grads | Role::QuantMaps)
+    }
+
+    /// Whether the binding is a uniform rather than a storage buffer.
+    pub fn uniform(self) -> bool {
+        matches!(self, Role::GuardResolved | Role::GuardScalars)
     }
 }
 
@@ -119,7 +120,7 @@ pub(crate) fn roles(formats: &KernelFormats) -> Vec<Role> {
         roles.push(Role::QuantMaps);
     }
     if formats.guarded {
-        roles.extend([Role::GuardStatus, Role::GuardValues]);
+        roles.extend([Role::GuardResolved, Role::GuardScalars]);
     }
     for (slot, format) in formats.slots.iter().enumerate() {
         match format {
@@ -372,37 +373,26 @@ impl Generator<'_> {
         };
         writeln!(
             self.out,
-            "// The grad guard's status and values (src/guard.rs, src/gpu/guard.wgsl).\n\
-             struct GuardStatus {{\n\
-             \x20   scale: f32, growth_tracker: u32, applied: u32, skipped: u32, found_inf: u32,\n\
-             \x20   total_norm: f32, inv_scale: f32, clip_coef: f32, t: u32, skip: u32,\n\
-             \x20   pad0: u32, pad1: u32,\n\
+            "// The grad guard's values of the step, resolved on the device (src/gpu/guard.rs).\n\
+             struct GuardResolved {{\n\
+             \x20   inv_scale: f32, clip_coef: f32, clip_value: f32, skip: u32, t: u32,\n\
+             \x20   pad0: u32, pad1: u32, pad2: u32,\n\
              }}\n\
-             struct GuardValues {{\n\
-             \x20   lo: u32, rows: u32, groups: u32, partials: u32, flags: u32, max_norm: f32,\n\
-             \x20   clip_value: f32, growth_factor: f32, backoff_factor: f32, growth_interval: u32,\n\
-             \x20   pad0: u32, pad1: u32,\n\
-             \x20   scalars: array<Scalars>,\n\
-             }}\n\
-             @group(0) @binding({}) var<storage, read> guard_status: GuardStatus;\n\
-             @group(0) @binding({}) var<storage, read> guard_values: GuardValues;\n\
-             // The row of the step count the status holds: rows are per count from `lo`, then\n\
-             // per group.\n\
-             fn scalars() -> Scalars {{\n\
-             \x20   let row = guard_status.t - 1u - guard_values.lo;\n\
-             \x20   return guard_values.scalars[row * guard_values.groups + step.group];\n\
-             }}\n\
-             fn seed() -> u32 {{ return guard_status.t; }}\n\
-             fn guard_live(live: bool) -> bool {{ return live && guard_status.skip == 0u; }}\n\
+             @group(0) @binding({}) var<uniform> guard: GuardResolved;\n\
+             // The group's scalars for the step count the device holds.\n\
+             @group(0) @binding({}) var<uniform> guard_scalars: Scalars;\n\
+             fn scalars() -> Scalars {{ return guard_scalars; }}\n\
+             fn seed() -> u32 {{ return guard.t; }}\n\
+             fn guard_live(live: bool) -> bool {{ return live && guard.skip == 0u; }}\n\
              // Unscale, clamp (a NaN stays NaN), then the clipping coefficient: GradStep::grad.\n\
              fn guard_grad(g: V) -> V {{\n\
-             \x20   let x = g * guard_status.inv_scale;\n\
-             \x20   let c = guard_values.clip_value;\n\
+             \x20   let x = g * guard.inv_scale;\n\
+             \x20   let c = guard.clip_value;\n\
              \x20   let nan = (bitcast<{bits}>(x) & {bits}(0x7fffffffu)) > {nan};\n\
-             \x20   return select(max(min(x, V(c)), V(-c)), x, nan) * guard_status.clip_coef;\n\
+             \x20   return select(max(min(x, V(c)), V(-c)), x, nan) * guard.clip_coef;\n\
              }}",
-            Role::GuardStatus.binding(),
-            Role::GuardValues.binding()
+            Role::GuardResolved.binding(),
+            Role::GuardScalars.binding()
         )
         .unwrap();
     }

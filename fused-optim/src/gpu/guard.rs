@@ -42,10 +42,14 @@ struct GuardHeader {
     growth_factor: f32,
     backoff_factor: f32,
     growth_interval: u32,
-    pad: [u32; 2],
+    scalar_words: u32,
+    resolved_stride: u32,
 }
 
 const HEADER_BYTES: u64 = std::mem::size_of::<GuardHeader>() as u64;
+
+/// Bytes of the head of what the finalize resolves (`GuardResolved` in src/gpu/glue.rs).
+const RESOLVED_HEADER_BYTES: u64 = 32;
 
 /// What the host has learnt of the device's step counts.
 #[derive(Default)]
@@ -80,6 +84,15 @@ pub(crate) struct DeviceGuard {
     partial_count: u32,
     /// The step's guard values: header, then rows; grown when a step needs more rows.
     values: wgpu::Buffer,
+    /// What the update kernels read, written by the finalize (`resolved`) and copied into a
+    /// uniform (`uniform`) between the passes: the step's grad factors and skip flag, then
+    /// each group's scalars for the device's step count, `resolved_stride` bytes apart. A
+    /// uniform, because a CPU adapter reads a storage value every invocation, and one read
+    /// for all of them costs far less.
+    resolved: wgpu::Buffer,
+    uniform: wgpu::Buffer,
+    resolved_stride: u64,
+    scalar_bytes: u64,
     reduce_windows: Vec<ReduceWindow>,
     /// One slot per reduce window, 256-byte aligned: `ReduceWindow` in guard.wgsl.
     window_uniform: wgpu::Buffer,
@@ -144,13 +157,15 @@ fn grad_accessor(dtype: Dtype) -> String {
 }
 
 impl DeviceGuard {
-    /// The guard of an engine over `spans`, whose targets' grads are stored as `grads`, after
-    /// `steps` steps. Runs inside the context's error scopes.
+    /// The guard of an engine over `spans` in `groups` groups, whose targets' grads are
+    /// stored as `grads` and whose rule's scalars take `scalar_bytes`, after `steps` steps.
+    /// Runs inside the context's error scopes.
     pub fn new(
         context: &GpuContext,
         settings: GradGuard,
         spans: &[Span],
         grads: &[Dtype],
+        (groups, scalar_bytes): (usize, u64),
         steps: u64,
     ) -> Self {
         let device = context.device();
@@ -205,6 +220,21 @@ impl DeviceGuard {
             wgpu::BufferUsages::STORAGE,
         );
         let values = Self::values_buffer(device, HEADER_BYTES * 4);
+        let resolved_stride = (RESOLVED_HEADER_BYTES.max(scalar_bytes.next_multiple_of(16)))
+            .next_multiple_of(limits.min_uniform_buffer_offset_alignment as u64);
+        let resolved_size = resolved_stride * (groups as u64 + 1);
+        let resolved = buffer(
+            device,
+            "fused-optim guard resolved",
+            resolved_size,
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        );
+        let uniform = buffer(
+            device,
+            "fused-optim guard uniform",
+            resolved_size,
+            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        );
         let reduce_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("fused-optim reduce"),
             entries: &[
@@ -230,6 +260,7 @@ impl DeviceGuard {
                 storage_entry(2, false),
                 storage_entry(3, true),
                 storage_entry(4, false),
+                storage_entry(5, false),
             ],
         });
         let pipeline = |layout: &wgpu::BindGroupLayout, source: String, entry: &str| {
@@ -277,7 +308,8 @@ impl DeviceGuard {
             format!("{}\n{SOURCE}", grad_accessor(Dtype::F32)),
             "finalize",
         );
-        let finalize_group = Self::finalize_group(device, &finalize, &status, &values, &partials);
+        let finalize_group =
+            Self::finalize_group(device, &finalize, [&status, &values, &partials, &resolved]);
         Self {
             context: context.clone(),
             settings,
@@ -285,6 +317,10 @@ impl DeviceGuard {
             partials,
             partial_count,
             values,
+            resolved,
+            uniform,
+            resolved_stride,
+            scalar_bytes,
             reduce_groups: (0..reduce_windows.len()).map(|_| None).collect(),
             reduce_windows,
             window_uniform,
@@ -308,40 +344,40 @@ impl DeviceGuard {
         )
     }
 
+    /// The finalize's bind group over the status, values, partials and resolved buffers.
     fn finalize_group(
         device: &wgpu::Device,
         finalize: &wgpu::ComputePipeline,
-        status: &wgpu::Buffer,
-        values: &wgpu::Buffer,
-        partials: &wgpu::Buffer,
+        buffers: [&wgpu::Buffer; 4],
     ) -> wgpu::BindGroup {
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .into_iter()
+            .zip(2..)
+            .map(|(buffer, binding)| wgpu::BindGroupEntry {
+                binding,
+                resource: buffer.as_entire_binding(),
+            })
+            .collect();
         device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("fused-optim finalize"),
             layout: &finalize.get_bind_group_layout(0),
-            entries: &[
-                wgpu::BindGroupEntry {
-                    binding: 2,
-                    resource: status.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 3,
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: values,
-                        offset: 0,
-                        size: wgpu::BufferSize::new(HEADER_BYTES),
-                    }),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 4,
-                    resource: partials.as_entire_binding(),
-                },
-            ],
+            entries: &entries,
         })
     }
 
     /// Bytes of GPU memory the guard allocated.
     pub fn allocated_bytes(&self) -> u64 {
-        self.status.size() + self.partials.size() + self.values.size() + self.window_uniform.size()
+        [
+            &self.status,
+            &self.partials,
+            &self.values,
+            &self.window_uniform,
+            &self.resolved,
+            &self.uniform,
+        ]
+        .iter()
+        .map(|buffer| buffer.size())
+        .sum()
     }
 
     /// The status buffer (`GradStatus`; the loss scale is its first f32).
@@ -349,9 +385,22 @@ impl DeviceGuard {
         &self.status
     }
 
-    /// The guard values buffer the update kernels bind whole.
-    pub fn values(&self) -> &wgpu::Buffer {
-        &self.values
+    /// The update kernels' binding of the step's grad factors and skip flag.
+    pub fn resolved_binding(&self) -> wgpu::BufferBinding<'_> {
+        wgpu::BufferBinding {
+            buffer: &self.uniform,
+            offset: 0,
+            size: wgpu::BufferSize::new(RESOLVED_HEADER_BYTES),
+        }
+    }
+
+    /// The update kernels' binding of group `group`'s scalars for the step's count.
+    pub fn scalars_binding(&self, group: usize) -> wgpu::BufferBinding<'_> {
+        wgpu::BufferBinding {
+            buffer: &self.uniform,
+            offset: self.resolved_stride * (group as u64 + 1),
+            size: wgpu::BufferSize::new(self.scalar_bytes.next_multiple_of(16)),
+        }
     }
 
     /// Bytes of grads one step reads again for the reduction.
@@ -391,8 +440,8 @@ impl DeviceGuard {
     }
 
     /// Stages the step's guard values (`rows` of scalars from step count `lo`, for `groups`
-    /// groups) into `encoder`. Returns whether the values buffer was replaced by a larger one,
-    /// which the update kernels' bind groups must then be made again for.
+    /// groups) into `encoder`. A larger values buffer, where one is needed, is bound again by
+    /// the reduction and the finalize.
     pub fn stage(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
@@ -400,7 +449,7 @@ impl DeviceGuard {
         rows: u64,
         groups: usize,
         scalars: &[u8],
-    ) -> Result<bool> {
+    ) -> Result<()> {
         let settings = &self.settings;
         let scaler = settings.scaler.filter(|s| s.enabled);
         let clip = settings.clip_norm;
@@ -418,7 +467,8 @@ impl DeviceGuard {
             growth_factor: scaler.map_or(1.0, |s| s.growth_factor),
             backoff_factor: scaler.map_or(1.0, |s| s.backoff_factor),
             growth_interval: scaler.map_or(0, |s| s.growth_interval),
-            pad: [0; 2],
+            scalar_words: (self.scalar_bytes / 4) as u32,
+            resolved_stride: (self.resolved_stride / 4) as u32,
         };
         let mut bytes = bytemuck::bytes_of(&header).to_vec();
         bytes.extend_from_slice(scalars);
@@ -443,14 +493,11 @@ impl DeviceGuard {
             });
             (staging, grown)
         })?;
-        let replaced = grown.is_some();
         if let Some(values) = grown {
             self.finalize_group = Self::finalize_group(
                 &device,
                 &self.finalize,
-                &self.status,
-                &values,
-                &self.partials,
+                [&self.status, &values, &self.partials, &self.resolved],
             );
             self.reduce_groups
                 .iter_mut()
@@ -458,11 +505,16 @@ impl DeviceGuard {
             self.values = values;
         }
         encoder.copy_buffer_to_buffer(&staging, 0, &self.values, 0, size);
-        Ok(replaced)
+        Ok(())
     }
 
-    /// Makes the reduction's bind groups of every window of `stale` targets, whose grads are
-    /// `grads[target]` stored as `dtypes[target]`.
+    /// Whether some reduction window has no bind group (after the values buffer grew).
+    pub fn needs_binding(&self) -> bool {
+        self.reduce_groups.iter().any(Option::is_none)
+    }
+
+    /// Makes the reduction's bind groups of every window of `stale` targets, and of any
+    /// window without one, whose grads are `grads[target]` stored as `dtypes[target]`.
     pub fn bind(&mut self, grads: &[&wgpu::Buffer], dtypes: &[Dtype], stale: &[usize]) {
         let device = self.context.device();
         for (index, reduce) in self.reduce_windows.iter().enumerate() {
@@ -494,14 +546,7 @@ impl DeviceGuard {
                     },
                 ),
                 (2, self.status.as_entire_buffer_binding()),
-                (
-                    3,
-                    wgpu::BufferBinding {
-                        buffer: &self.values,
-                        offset: 0,
-                        size: wgpu::BufferSize::new(HEADER_BYTES),
-                    },
-                ),
+                (3, self.values.as_entire_buffer_binding()),
                 (4, self.partials.as_entire_buffer_binding()),
             ];
             let entries: Vec<wgpu::BindGroupEntry> = entries
@@ -518,6 +563,12 @@ impl DeviceGuard {
                     entries: &entries,
                 }));
         }
+    }
+
+    /// After the pass of the reduction and the finalize: the copy of what they resolved into
+    /// the uniform the update kernels read.
+    pub fn record_resolved_copy(&self, encoder: &mut wgpu::CommandEncoder) {
+        encoder.copy_buffer_to_buffer(&self.resolved, 0, &self.uniform, 0, self.uniform.size());
     }
 
     /// Records the reduction and the finalize into `pass`.

@@ -41,8 +41,16 @@ struct GuardHeader {
     growth_factor: f32,
     backoff_factor: f32,
     growth_interval: u32,
-    pad0: u32,
-    pad1: u32,
+    // u32 words of the rule's `Scalars`, and between two groups' rows of `resolved`.
+    scalar_words: u32,
+    resolved_stride: u32,
+}
+
+// The staged values: the header, then the rule's scalars, `rows` step counts from `lo` of
+// `groups` groups each, as words.
+struct GuardValues {
+    header: GuardHeader,
+    rows: array<u32>,
 }
 
 const SCALER: u32 = 1u;
@@ -74,8 +82,12 @@ struct ReduceWindow {
 
 @group(0) @binding(0) var<uniform> reduce_window: ReduceWindow;
 @group(0) @binding(2) var<storage, read_write> status: GuardStatus;
-@group(0) @binding(3) var<storage, read> header: GuardHeader;
+@group(0) @binding(3) var<storage, read> values: GuardValues;
 @group(0) @binding(4) var<storage, read_write> partials: array<Partial>;
+// What the update kernels read, copied into a uniform between the passes (src/gpu/guard.rs
+// `Resolved`): at word 0 the step's inv_scale, clip_coef, clip_value, skip and t; at word
+// `resolved_stride * (g + 1)` group g's scalars for the step's count.
+@group(0) @binding(5) var<storage, read_write> resolved: array<u32>;
 
 var<workgroup> scratch: array<Partial, 256>;
 var<workgroup> folded: array<Partial, 16>;
@@ -159,7 +171,7 @@ fn reduce(
         return;
     }
     let inv_scale = 1.0 / status.scale;
-    let bound = header.clip_value;
+    let bound = values.header.clip_value;
     let len = reduce_window.len;
     var sum = empty();
     for (var r = 0u; r < RUN; r++) {
@@ -203,6 +215,9 @@ fn total_norm(total: Partial, inf_norm: bool) -> f32 {
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn finalize(@builtin(local_invocation_index) local: u32) {
     // Invocation `l` sums partials `l`, `l + 256`, ... in runs of 16, then the workgroup folds.
+    let header = values.header;
+    // Read before invocation 0 advances it, two barriers below.
+    let t = status.applied + 1u;
     var sum = empty();
     for (var p = local; p < header.partials; p += RUN * LANES) {
         var run = empty();
@@ -215,6 +230,14 @@ fn finalize(@builtin(local_invocation_index) local: u32) {
     }
     scratch[local] = sum;
     let combined = fold(local);
+    // Every group's row of the step count the device holds, whether or not the step runs.
+    let words = header.groups * header.scalar_words;
+    let first = (t - 1u - header.lo) * words;
+    for (var w = local; w < words; w += LANES) {
+        let group = w / header.scalar_words;
+        resolved[header.resolved_stride * (group + 1u) + w % header.scalar_words] =
+            values.rows[first + w];
+    }
     if local != 0u {
         return;
     }
@@ -252,4 +275,9 @@ fn finalize(@builtin(local_invocation_index) local: u32) {
     if !skip {
         status.applied = status.applied + 1u;
     }
+    resolved[0] = bitcast<u32>(status.inv_scale);
+    resolved[1] = bitcast<u32>(coef);
+    resolved[2] = bitcast<u32>(header.clip_value);
+    resolved[3] = u32(skip);
+    resolved[4] = t;
 }

@@ -284,8 +284,11 @@ impl Kernel {
             binding: role.binding(),
             visibility: wgpu::ShaderStages::COMPUTE,
             ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Storage {
-                    read_only: role.read_only(),
+                ty: match role.uniform() {
+                    true => wgpu::BufferBindingType::Uniform,
+                    false => wgpu::BufferBindingType::Storage {
+                        read_only: role.read_only(),
+                    },
                 },
                 has_dynamic_offset: false,
                 // Checked against the shader when a bind group is used.
