@@ -239,7 +239,7 @@ fn buffers_of_another_device_are_refused() {
         matches!(error, Error::ForeignBuffer { ref buffer } if buffer == "grads"),
         "{error:?}"
     );
-    assert_encoder_still_clean(gpu, encoder);
+    common::assert_encoder_still_clean(gpu, encoder);
     s.assert_untouched(gpu);
 
     let own = gpu.upload("own", &[0.5; 3]).unwrap();
@@ -273,23 +273,11 @@ fn wgpu_validation_errors_are_caught_not_aborted() {
         .record_step(&mut encoder, &s.params, &grads)
         .unwrap_err();
     assert!(matches!(error, Error::Gpu { .. }), "{error:?}");
-    assert_encoder_still_clean(gpu, encoder);
+    common::assert_encoder_still_clean(gpu, encoder);
     s.assert_untouched(gpu);
     // The optimizer still works with healthy buffers.
     s.optimizer.step(&s.params, &s.grads).unwrap();
     assert_eq!(s.optimizer.step_count(), 2);
-}
-
-/// Errors inside a pass surface only when the caller's encoder finishes, outside our scopes;
-/// a failed `record_step` must leave that encoder clean.
-fn assert_encoder_still_clean(gpu: &GpuContext, encoder: wgpu::CommandEncoder) {
-    let scope = gpu.device().push_error_scope(wgpu::ErrorFilter::Validation);
-    gpu.queue().submit([encoder.finish()]);
-    let error = pollster::block_on(scope.pop());
-    assert!(
-        error.is_none(),
-        "the failed step left work in the encoder: {error:?}"
-    );
 }
 
 #[test]
@@ -318,7 +306,7 @@ fn params_and_grads_in_one_buffer() {
         matches!(error, Error::AliasedBuffers { ref second, .. } if second == "grads"),
         "{error:?}"
     );
-    assert_encoder_still_clean(gpu, encoder);
+    common::assert_encoder_still_clean(gpu, encoder);
     s.assert_untouched(gpu);
 }
 

@@ -606,3 +606,49 @@ fn invalid_guards_are_refused() {
         assert!(CpuGuard::new(guard).is_err());
     }
 }
+
+/// A guarded step that fails (a destroyed grads buffer) leaves the caller's encoder clean, and
+/// the params, state, status and step count as they were; the next healthy step runs.
+#[test]
+fn a_failed_guarded_step_changes_nothing() {
+    let gpu = common::gpu();
+    let guard = GradGuard {
+        scaler: Some(GradScaler::default()),
+        ..GradGuard::default()
+    };
+    let mut optimizer = Optimizer::new(gpu, Adam::default(), 1025)
+        .unwrap()
+        .with_grad_guard(guard)
+        .unwrap();
+    let params = gpu
+        .upload("params", &common::random_nonzero(1025, 1))
+        .unwrap();
+    let grads = gpu
+        .upload("grads", &common::random_nonzero(1025, 2))
+        .unwrap();
+    optimizer.step(&params, &grads).unwrap();
+    let before = (
+        gpu.download_bytes(&params).unwrap(),
+        optimizer.read_state("exp_avg").unwrap(),
+        optimizer.read_grad_status().unwrap().unwrap(),
+    );
+    let broken = gpu
+        .upload("broken", &common::random_nonzero(1025, 3))
+        .unwrap();
+    broken.destroy();
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    let error = optimizer
+        .record_step(&mut encoder, &params, &broken)
+        .unwrap_err();
+    assert!(matches!(error, Error::Gpu { .. }), "{error:?}");
+    common::assert_encoder_still_clean(gpu, encoder);
+    let after = (
+        gpu.download_bytes(&params).unwrap(),
+        optimizer.read_state("exp_avg").unwrap(),
+        optimizer.read_grad_status().unwrap().unwrap(),
+    );
+    assert!(after == before);
+    assert_eq!(optimizer.step_count(), 1);
+    optimizer.step(&params, &grads).unwrap();
+    assert_eq!(optimizer.read_grad_status().unwrap().unwrap().applied, 2);
+}

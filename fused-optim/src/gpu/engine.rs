@@ -728,7 +728,7 @@ impl<R: UpdateRule> Engine<R> {
         for (rule, host) in self.groups.iter().zip(&mut host) {
             rule.advance_host_state(t, host);
         }
-        let mut readback = None;
+        let (mut readback, mut staged) = (None, None);
         if let Some(guarded) = &mut self.guard {
             if t > u32::MAX as u64 {
                 return Err(Error::InvalidGuard {
@@ -759,9 +759,11 @@ impl<R: UpdateRule> Engine<R> {
                     scalars.extend_from_slice(bytemuck::bytes_of(&rule.scalars(count + 1, state)));
                 }
             }
-            guarded
-                .device
-                .stage(encoder, lo, rows, self.groups.len(), &scalars)?;
+            staged = Some(
+                guarded
+                    .device
+                    .stage(lo, rows, self.groups.len(), &scalars)?,
+            );
             readback = Some(guarded.device.readback_slot()?);
         }
         if !stale.is_empty() {
@@ -795,6 +797,9 @@ impl<R: UpdateRule> Engine<R> {
             step_values(&self.groups[window.group], &scalars[window.group], &values)
         }));
         self.values.stage(&self.context, encoder, &step)?;
+        if let (Some(guarded), Some(staged)) = (&self.guard, staged) {
+            guarded.device.record_stage(encoder, staged);
+        }
         // With a guard, the reduction and its combine run in a pass of their own, whose
         // resolved values are copied into the uniform the update pass reads; timestamps, if
         // any, open the first pass and close the last.

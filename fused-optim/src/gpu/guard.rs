@@ -61,6 +61,12 @@ struct Learnt {
     free: Vec<wgpu::Buffer>,
 }
 
+/// A step's guard values in a staging buffer, to copy into the values buffer.
+pub(crate) struct Staged {
+    staging: wgpu::Buffer,
+    size: u64,
+}
+
 /// One dispatch of the reduction: a window of a span's grads, whose invocations write
 /// partials from `partial_base`.
 struct ReduceWindow {
@@ -439,17 +445,11 @@ impl DeviceGuard {
         (self.known.1 as u64 + certain, uncertain + 1)
     }
 
-    /// Stages the step's guard values (`rows` of scalars from step count `lo`, for `groups`
-    /// groups) into `encoder`. A larger values buffer, where one is needed, is bound again by
-    /// the reduction and the finalize.
-    pub fn stage(
-        &mut self,
-        encoder: &mut wgpu::CommandEncoder,
-        lo: u64,
-        rows: u64,
-        groups: usize,
-        scalars: &[u8],
-    ) -> Result<()> {
+    /// Prepares the step's guard values (`rows` of scalars from step count `lo`, for
+    /// `groups` groups) in a staging buffer, growing the values buffer where they need more
+    /// room (the reduction and the finalize are bound to it again). Records nothing:
+    /// [`DeviceGuard::record_stage`] copies them once nothing else can fail.
+    pub fn stage(&mut self, lo: u64, rows: u64, groups: usize, scalars: &[u8]) -> Result<Staged> {
         let settings = &self.settings;
         let scaler = settings.scaler.filter(|s| s.enabled);
         let clip = settings.clip_norm;
@@ -504,8 +504,13 @@ impl DeviceGuard {
                 .for_each(|group| *group = None);
             self.values = values;
         }
-        encoder.copy_buffer_to_buffer(&staging, 0, &self.values, 0, size);
-        Ok(())
+        Ok(Staged { staging, size })
+    }
+
+    /// Records the copy of the staged values into the values buffer, ahead of the step's
+    /// passes.
+    pub fn record_stage(&self, encoder: &mut wgpu::CommandEncoder, staged: Staged) {
+        encoder.copy_buffer_to_buffer(&staged.staging, 0, &self.values, 0, staged.size);
     }
 
     /// Whether some reduction window has no bind group (after the values buffer grew).

@@ -96,3 +96,15 @@ pub fn assert_twin_close(what: &str, got: &[f32], want: &[f32]) {
         "{what} off by {error:e} (bound {TWIN_TOLERANCE:e})"
     );
 }
+
+/// Errors inside a pass surface only when the caller's encoder finishes, outside our scopes;
+/// a failed `record_step` must leave that encoder clean.
+pub fn assert_encoder_still_clean(gpu: &GpuContext, encoder: wgpu::CommandEncoder) {
+    let submitted = gpu.scoped("submitting the caller's encoder", || {
+        gpu.queue().submit([encoder.finish()]);
+    });
+    assert!(
+        submitted.is_ok(),
+        "the failed step left work in the encoder: {submitted:?}"
+    );
+}
