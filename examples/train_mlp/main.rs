@@ -7,7 +7,7 @@
 //! cargo run --release --example train_mlp -- --optimizer adam --schedule cosine --epochs 20
 //! cargo run --release --example train_mlp -- --large --epochs 3 --plot loss.svg
 //! cargo run --release --example train_mlp -- --precision bf16,master=remainder,state=8bit
-//! cargo run --release --example train_mlp -- --precision f16,master=f32 --loss-scale dynamic
+//! cargo run --release --example train_mlp -- --precision f16 --loss-scale dynamic
 //!
 //! With `--precision` other than f32 the GPU run stores params, grads, master and state in
 //! those formats while the CPU twin stays in f32, so the two columns are the low-precision run

@@ -152,6 +152,15 @@ fn every_rule_scaled_clipped_and_skipped_matches_its_twin_bit_for_bit() {
     std::thread::scope(|scope| visit_rules(&mut Guarded { scope }));
 }
 
+/// Adam in every precision preset under the scaler with both clippings, with forced windows.
+#[test]
+fn every_format_scaled_clipped_and_skipped_matches_its_twin_bit_for_bit() {
+    let forced = common::forced_windows();
+    for (_, precision) in Precision::presets() {
+        check(&forced, &Adam::default(), &precision, guards()[0], 2051);
+    }
+}
+
 /// An inf (then a NaN) in the last element of the last of 148 tensors skips the whole step:
 /// every param and state of every tensor bitwise unchanged, the step count where it was.
 #[test]

@@ -108,9 +108,11 @@ pub(crate) struct DeviceGuard {
     finalize: wgpu::ComputePipeline,
     finalize_group: wgpu::BindGroup,
     reduce_groups: Vec<Option<wgpu::BindGroup>>,
-    /// The step count on the device is `applied` once every step up to `steps` is known;
-    /// `pending` holds, for each later step, whether it could be skipped.
+    /// Statuses mapped back, filled in by the readbacks' callbacks.
     learnt: Arc<Mutex<Learnt>>,
+    /// `(step, applied)`: after step `step` the device had applied `applied` steps, the
+    /// newest such fact the host holds; `pending` holds, for each step recorded since,
+    /// whether it could be skipped.
     known: (u64, u32),
     pending: VecDeque<bool>,
 }
