@@ -127,6 +127,31 @@ pub enum Error {
         detail: String,
     },
 
+    /// A checkpoint that cannot be read: truncated, corrupted, of a newer format version, or
+    /// with a tensor of the wrong type, shape or values.
+    #[error("corrupt checkpoint: {reason}")]
+    CorruptCheckpoint {
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A checkpoint that is sound but not of this optimizer: another rule, layout or storage
+    /// format, or state this optimizer does not keep.
+    #[error("the checkpoint does not match this optimizer: {reason}")]
+    CheckpointMismatch {
+        /// What differs, and what to do.
+        reason: String,
+    },
+
+    /// A file could not be read or written.
+    #[error("{path}: {reason}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The operating system's reason.
+        reason: String,
+    },
+
     /// A grad guard setting `torch.amp.GradScaler` or the clipping functions would reject.
     #[error("invalid grad guard: {reason}")]
     InvalidGuard {

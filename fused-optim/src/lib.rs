@@ -10,6 +10,8 @@
 //!
 //! The modules are the layers, each depending only on those before it:
 //! - [`format`](mod@format): storage formats, their bytes and the CPU twins of their codecs; no GPU.
+//! - [`checkpoint`]: checkpoints as named host tensors, their safetensors file; no GPU.
+//! - [`guard`]: the grad guard's settings, status and CPU twin; no GPU.
 //! - [`rule`]: what an update rule is (trait, hyperparameters, twin, unfused program); no GPU.
 //! - `rules`: the optimizers, one file and one shader each, and the registry
 //!   ([`visit_rules`]); re-exported here.
@@ -35,6 +37,7 @@
 
 #[cfg(feature = "baselines")]
 pub mod baseline;
+pub mod checkpoint;
 mod error;
 pub mod format;
 mod gpu;
@@ -43,6 +46,7 @@ mod optim;
 pub mod rule;
 mod rules;
 
+pub use checkpoint::{Checkpoint, HostTensor, TensorDtype};
 pub use error::{Error, Result};
 pub use format::{Dtype, Master, Precision, Rounding, StateFormat};
 pub use gpu::{

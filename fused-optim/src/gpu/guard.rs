@@ -419,6 +419,14 @@ impl DeviceGuard {
             .sum()
     }
 
+    /// Forgets what was learnt: after a restore, the device had applied `applied` steps
+    /// after step `steps`.
+    pub fn restart(&mut self, steps: u64, applied: u32) {
+        self.known = (steps, applied);
+        self.pending.clear();
+        self.learnt.lock().unwrap().newest = None;
+    }
+
     /// The newest status the host has learnt without waiting, and the step it followed.
     pub fn newest(&self) -> Option<(u64, GradStatus)> {
         // Runs the callbacks of readbacks whose steps have completed.

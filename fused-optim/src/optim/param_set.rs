@@ -4,6 +4,7 @@
 
 use super::engine_accessors;
 use super::layout::ParamLayout;
+use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::format::Precision;
 use crate::gpu::{Engine, GpuContext, Role, Span};
@@ -236,6 +237,34 @@ impl<R: UpdateRule> ForeachOptimizer<R> {
             StateRef::Host(slot) => Ok(vec![self.engine.applied()?.1[0][slot] as f32]),
             StateRef::Step => Ok(vec![self.engine.applied()?.0 as f32]),
         }
+    }
+
+    /// The state as a [`Checkpoint`], the `i`th tensor named `i` as in PyTorch's flattened
+    /// state dict (`state.3.exp_avg`); see [`Optimizer::checkpoint`](crate::Optimizer::checkpoint).
+    /// Waits for the GPU.
+    pub fn checkpoint(&self) -> Result<Checkpoint> {
+        self.engine.checkpoint(&self.names())
+    }
+
+    /// Restores a [`ForeachOptimizer::checkpoint`]; see
+    /// [`Optimizer::restore`](crate::Optimizer::restore).
+    pub fn restore(&mut self, checkpoint: &Checkpoint) -> Result<()> {
+        let names = self.names();
+        self.engine.restore(checkpoint, &names)
+    }
+
+    /// [`ForeachOptimizer::checkpoint`] written crash-safely to a safetensors file.
+    pub fn save(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        self.checkpoint()?.save(path)
+    }
+
+    /// [`ForeachOptimizer::restore`] from a safetensors file.
+    pub fn load(&mut self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        self.restore(&Checkpoint::load(path)?)
+    }
+
+    fn names(&self) -> Vec<String> {
+        (0..self.engine.targets()).map(|i| i.to_string()).collect()
     }
 
     /// Records one step over `pairs`, in the order of the lengths given to `new`, into the

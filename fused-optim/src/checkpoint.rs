@@ -1,0 +1,292 @@
+//! Checkpoints: an optimizer's state as named host tensors plus string metadata, and its file
+//! form, a safetensors file written crash-safely. Names follow PyTorch's flattened optimizer
+//! state dict (`state.<tensor>.exp_avg`, `state.<tensor>.step`, ...); what PyTorch has no name
+//! for is under `fused_optim.` (the master weights, 8-bit absmax, the grad guard's status).
+//! Plain data and files: no GPU. The optimizers make and restore checkpoints
+//! (`Optimizer::checkpoint`, `Optimizer::restore`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype as FileDtype, SafeTensors, TensorView};
+
+use crate::error::{Error, Result};
+
+/// The version of the layout this library writes; files of a newer version are refused.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The metadata key of the format version.
+pub const VERSION_KEY: &str = "fused_optim.format_version";
+
+/// The element type of a [`HostTensor`]: the formats optimizer state is stored in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TensorDtype {
+    /// f32, little-endian.
+    F32,
+    /// f64, little-endian (host-side values such as NAdam's `mu_product`).
+    F64,
+    /// bf16 bit patterns, little-endian.
+    Bf16,
+    /// 8-bit codes.
+    U8,
+    /// 16-bit words (the bf16 master's remainders).
+    U16,
+    /// 32-bit words (the grad guard's status).
+    U32,
+}
+
+impl TensorDtype {
+    /// Bytes per element.
+    pub fn bytes(self) -> usize {
+        match self {
+            TensorDtype::U8 => 1,
+            TensorDtype::Bf16 | TensorDtype::U16 => 2,
+            TensorDtype::F32 | TensorDtype::U32 => 4,
+            TensorDtype::F64 => 8,
+        }
+    }
+
+    fn file(self) -> FileDtype {
+        match self {
+            TensorDtype::F32 => FileDtype::F32,
+            TensorDtype::F64 => FileDtype::F64,
+            TensorDtype::Bf16 => FileDtype::BF16,
+            TensorDtype::U8 => FileDtype::U8,
+            TensorDtype::U16 => FileDtype::U16,
+            TensorDtype::U32 => FileDtype::U32,
+        }
+    }
+
+    fn of_file(dtype: FileDtype) -> Option<Self> {
+        Some(match dtype {
+            FileDtype::F32 => TensorDtype::F32,
+            FileDtype::F64 => TensorDtype::F64,
+            FileDtype::BF16 => TensorDtype::Bf16,
+            FileDtype::U8 => TensorDtype::U8,
+            FileDtype::U16 => TensorDtype::U16,
+            FileDtype::U32 => TensorDtype::U32,
+            _ => return None,
+        })
+    }
+}
+
+/// One named tensor of a checkpoint, on the host.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostTensor {
+    /// Its element type.
+    pub dtype: TensorDtype,
+    /// Its shape (`[]` for a scalar such as `step`).
+    pub shape: Vec<usize>,
+    /// Its elements' bytes, little-endian, `shape`'s product times the dtype's size.
+    pub data: Vec<u8>,
+}
+
+impl HostTensor {
+    /// A one-dimensional tensor of `dtype` holding `data`.
+    pub fn vector(dtype: TensorDtype, data: Vec<u8>) -> Self {
+        Self {
+            dtype,
+            shape: vec![data.len() / dtype.bytes()],
+            data,
+        }
+    }
+
+    /// A scalar f32 (PyTorch keeps `step` as one).
+    pub fn scalar_f32(value: f32) -> Self {
+        Self {
+            dtype: TensorDtype::F32,
+            shape: Vec::new(),
+            data: value.to_le_bytes().to_vec(),
+        }
+    }
+
+    /// A scalar f64.
+    pub fn scalar_f64(value: f64) -> Self {
+        Self {
+            dtype: TensorDtype::F64,
+            shape: Vec::new(),
+            data: value.to_le_bytes().to_vec(),
+        }
+    }
+
+    /// Elements, from the shape.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Whether it holds no element.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// An optimizer's state on the host: named tensors and string metadata (the rule, each
+/// group's hyperparameters and formats, the layout, the format version). The in-memory form
+/// for callers with a format of their own; [`Checkpoint::save`] and [`Checkpoint::load`] give
+/// the safetensors file.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Checkpoint {
+    /// Tensors by name.
+    pub tensors: BTreeMap<String, HostTensor>,
+    /// Metadata by key.
+    pub metadata: BTreeMap<String, String>,
+}
+
+fn corrupt(reason: impl Into<String>) -> Error {
+    Error::CorruptCheckpoint {
+        reason: reason.into(),
+    }
+}
+
+impl Checkpoint {
+    /// The safetensors bytes of the checkpoint.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let views = self
+            .tensors
+            .iter()
+            .map(|(name, tensor)| {
+                TensorView::new(tensor.dtype.file(), tensor.shape.clone(), &tensor.data)
+                    .map(|view| (name.as_str(), view))
+                    .map_err(|e| corrupt(format!("tensor `{name}`: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let metadata: HashMap<String, String> = self.metadata.clone().into_iter().collect();
+        safetensors::serialize(views, Some(metadata)).map_err(|e| corrupt(e.to_string()))
+    }
+
+    /// Parses safetensors `bytes`: a truncated or corrupted file, a tensor of a type
+    /// optimizer state never has, or a newer format version is `CorruptCheckpoint`.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let file = SafeTensors::deserialize(bytes).map_err(|e| corrupt(e.to_string()))?;
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| corrupt(e.to_string()))?;
+        let metadata: BTreeMap<String, String> = header
+            .metadata()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let version = metadata
+            .get(VERSION_KEY)
+            .ok_or_else(|| corrupt(format!("no `{VERSION_KEY}` in the metadata")))?;
+        match version.parse::<u32>() {
+            Ok(version) if version <= FORMAT_VERSION => {}
+            Ok(version) => {
+                return Err(corrupt(format!(
+                    "format version {version} is newer than this library's {FORMAT_VERSION}; \
+                     upgrade fused-optim to read it"
+                )))
+            }
+            Err(_) => {
+                return Err(corrupt(format!(
+                    "format version `{version}` is not a number"
+                )))
+            }
+        }
+        let tensors = file
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| {
+                let dtype = TensorDtype::of_file(view.dtype())
+                    .ok_or_else(|| corrupt(format!("tensor `{name}` is {:?}", view.dtype())))?;
+                let tensor = HostTensor {
+                    dtype,
+                    shape: view.shape().to_vec(),
+                    data: view.data().to_vec(),
+                };
+                Ok((name, tensor))
+            })
+            .collect::<Result<BTreeMap<_, _>>>()?;
+        Ok(Self { tensors, metadata })
+    }
+
+    /// Writes the checkpoint to `path` so that a crash or a full disk never leaves a
+    /// truncated file there: into a temporary file in the same directory, synced, then
+    /// renamed over `path` (and the directory synced, where the platform allows).
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        self.save_through(path, |file| file)
+    }
+
+    /// [`Checkpoint::save`] writing through `writer`, which wraps the temporary file (for
+    /// callers that count or throttle bytes, and for the tests that inject write errors).
+    /// On any error the temporary file is removed and `path` is untouched.
+    pub fn save_through<W: Write>(
+        &self,
+        path: impl AsRef<Path>,
+        writer: impl FnOnce(std::fs::File) -> W,
+    ) -> Result<()> {
+        let path = path.as_ref();
+        let bytes = self.to_bytes()?;
+        let temporary = temporary_path(path);
+        let written = (|| -> std::io::Result<()> {
+            let file = std::fs::File::create(&temporary)?;
+            let mut out = writer(file.try_clone()?);
+            out.write_all(&bytes)?;
+            out.flush()?;
+            drop(out);
+            file.sync_all()?;
+            std::fs::rename(&temporary, path)
+        })();
+        if let Err(error) = written {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(Error::Io {
+                path: path.display().to_string(),
+                reason: error.to_string(),
+            });
+        }
+        if let Some(directory) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            // Makes the rename durable; not every platform can open a directory.
+            if let Ok(directory) = std::fs::File::open(directory) {
+                let _ = directory.sync_all();
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and parses the checkpoint at `path` (see [`Checkpoint::from_bytes`]).
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|error| Error::Io {
+            path: path.display().to_string(),
+            reason: error.to_string(),
+        })?;
+        Self::from_bytes(&bytes)
+    }
+
+    /// The tensor `name`, which must have `dtype` and `shape`.
+    pub(crate) fn tensor(&self, name: &str, dtype: TensorDtype, shape: &[usize]) -> Result<&[u8]> {
+        let tensor = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| corrupt(format!("tensor `{name}` is missing")))?;
+        if tensor.dtype != dtype || tensor.shape != shape {
+            return Err(corrupt(format!(
+                "tensor `{name}` is {:?} {:?}, where this optimizer keeps {dtype:?} {shape:?}",
+                tensor.dtype, tensor.shape
+            )));
+        }
+        if tensor.data.len() != tensor.len() * dtype.bytes() {
+            return Err(corrupt(format!(
+                "tensor `{name}` holds {} bytes for {} elements of {dtype:?}",
+                tensor.data.len(),
+                tensor.len()
+            )));
+        }
+        Ok(&tensor.data)
+    }
+
+    /// The metadata value `key`.
+    pub(crate) fn meta(&self, key: &str) -> Result<&str> {
+        self.metadata
+            .get(key)
+            .map(String::as_str)
+            .ok_or_else(|| corrupt(format!("no `{key}` in the metadata")))
+    }
+}
+
+/// A temporary path beside `path`, unique to this process.
+fn temporary_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}.tmp", std::process::id()));
+    path.with_file_name(name)
+}

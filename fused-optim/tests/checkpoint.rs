@@ -1,0 +1,450 @@
+//! Checkpoints: bit-exact resume through a safetensors file and a fresh device, crash-safe
+//! saving, and defensive loading (typed errors, nothing half-restored).
+
+mod common;
+
+use std::io::Write;
+
+use fused_optim::{
+    visit_rules, Adam, Checkpoint, Error, ForeachOptimizer, GpuContext, GradGuard, GradScaler,
+    Optimizer, Precision, RegisteredRule, RuleVisitor, Sgd, UpdateRule,
+};
+use rand::{Rng, SeedableRng};
+
+const LEN: usize = 1029;
+const LEARNING_RATES: [f64; 6] = [0.1, 0.03, 0.2, 0.05, 0.12, 0.07];
+
+/// A path in the temporary directory unique to this test.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let directory = std::env::temp_dir().join(format!("fused-optim-{}", std::process::id()));
+    std::fs::create_dir_all(&directory).unwrap();
+    directory.join(name)
+}
+
+/// What a run leaves: params' bytes, master and every state, bit patterns.
+fn snapshot<R: UpdateRule>(
+    gpu: &GpuContext,
+    optimizer: &Optimizer<R>,
+    params: &wgpu::Buffer,
+) -> Vec<Vec<u32>> {
+    let bits = |values: Vec<f32>| values.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+    let mut all = vec![bytemuck::pod_collect_to_vec(
+        &gpu.download_bytes(params).unwrap(),
+    )];
+    all.extend(optimizer.read_master(params).unwrap().map(bits));
+    for name in optimizer.state_names() {
+        all.push(bits(optimizer.read_state(name).unwrap()));
+    }
+    if let Some(status) = optimizer.read_grad_status().unwrap() {
+        all.push(bytemuck::cast_slice(bytemuck::bytes_of(&status)).to_vec());
+    }
+    all
+}
+
+/// Six steps uninterrupted against three, a save to a file, a fresh device and optimizer, a
+/// load and three more: bit for bit the same params, master, state and status.
+fn resume<R: UpdateRule>(rule: &R, precision: &Precision, guard: Option<GradGuard>) {
+    let what = format!("{} [{precision}] guard {}", rule.name(), guard.is_some());
+    let grads_of = |step: usize| {
+        precision
+            .grads
+            .encode(&common::random_nonzero(LEN, 100 + step as u64))
+    };
+    let build = |gpu: &GpuContext, rule: R| {
+        let optimizer = Optimizer::with_precision(gpu, rule, precision.clone(), LEN).unwrap();
+        match guard {
+            Some(guard) => optimizer.with_grad_guard(guard).unwrap(),
+            None => optimizer,
+        }
+    };
+    let run = |gpu: &GpuContext,
+               optimizer: &mut Optimizer<R>,
+               params: &wgpu::Buffer,
+               steps: std::ops::Range<usize>| {
+        let grads = gpu.upload_bytes("grads", &grads_of(0)).unwrap();
+        for step in steps {
+            gpu.queue().write_buffer(&grads, 0, &grads_of(step));
+            optimizer.set_lr(LEARNING_RATES[step]).unwrap();
+            optimizer.step(params, &grads).unwrap();
+        }
+    };
+    let initial = precision.params.encode(&common::random_nonzero(LEN, 1));
+    let gpu = common::gpu();
+    let params = gpu.upload_bytes("params", &initial).unwrap();
+    let mut whole = build(gpu, rule.clone());
+    run(gpu, &mut whole, &params, 0..6);
+    let want = snapshot(gpu, &whole, &params);
+
+    let params = gpu.upload_bytes("params", &initial).unwrap();
+    let mut first = build(gpu, rule.clone());
+    run(gpu, &mut first, &params, 0..3);
+    let path = scratch(&format!(
+        "{}-{precision}-{}.safetensors",
+        rule.name(),
+        guard.is_some()
+    ));
+    first.save(&path).unwrap();
+    let saved_params = gpu.download_bytes(&params).unwrap();
+    drop(first);
+
+    let fresh = GpuContext::new().unwrap();
+    let params = fresh.upload_bytes("params", &saved_params).unwrap();
+    let mut second = build(&fresh, rule.clone());
+    second.load(&path).unwrap();
+    run(&fresh, &mut second, &params, 3..6);
+    assert!(
+        snapshot(&fresh, &second, &params) == want,
+        "{what}: resumed run differs"
+    );
+    std::fs::remove_file(path).unwrap();
+}
+
+#[test]
+fn every_rule_resumes_bit_for_bit_through_a_file_and_a_fresh_device() {
+    struct Resume;
+    impl RuleVisitor for Resume {
+        fn visit<R: RegisteredRule>(&mut self) {
+            let rule = &R::every_flag()[0];
+            resume(rule, &Precision::default(), None);
+            resume(rule, &Precision::lean(), None);
+        }
+    }
+    visit_rules(&mut Resume);
+    let guard = GradGuard {
+        scaler: Some(GradScaler {
+            init_scale: 1024.0,
+            growth_interval: 2,
+            ..GradScaler::default()
+        }),
+        ..GradGuard::default()
+    };
+    for (_, precision) in Precision::presets() {
+        resume(&Adam::adamw(), &precision, Some(guard));
+    }
+}
+
+/// The (params, grads) references a foreach step takes.
+fn as_pairs(buffers: &[(wgpu::Buffer, wgpu::Buffer)]) -> Vec<(&wgpu::Buffer, &wgpu::Buffer)> {
+    buffers.iter().map(|(p, g)| (p, g)).collect()
+}
+
+#[test]
+fn a_foreach_optimizer_resumes_bit_for_bit() {
+    let gpu = common::gpu();
+    let lens = [5, 1025, 3];
+    let upload = |k: usize, len: usize| {
+        (
+            gpu.upload("p", &common::random_nonzero(len, k as u64))
+                .unwrap(),
+            gpu.upload("g", &common::random_nonzero(len, 10 + k as u64))
+                .unwrap(),
+        )
+    };
+    let ours: Vec<_> = lens
+        .iter()
+        .enumerate()
+        .map(|(k, &len)| upload(k, len))
+        .collect();
+    let theirs: Vec<_> = lens
+        .iter()
+        .enumerate()
+        .map(|(k, &len)| upload(k, len))
+        .collect();
+    let (ours_pairs, theirs_pairs) = (as_pairs(&ours), as_pairs(&theirs));
+    let mut first = ForeachOptimizer::new(gpu, Adam::default(), &lens).unwrap();
+    first.step(&ours_pairs).unwrap();
+    let bytes = first.checkpoint().unwrap().to_bytes().unwrap();
+    let checkpoint = Checkpoint::from_bytes(&bytes).unwrap();
+    assert!(checkpoint.tensors.contains_key("state.2.exp_avg_sq"));
+    let mut second = ForeachOptimizer::new(gpu, Adam::default(), &lens).unwrap();
+    second.restore(&checkpoint).unwrap();
+    for ((ours, _), (theirs, _)) in ours_pairs.iter().zip(&theirs_pairs) {
+        let bytes = gpu.download_bytes(ours).unwrap();
+        gpu.queue().write_buffer(theirs, 0, &bytes);
+    }
+    first.step(&ours_pairs).unwrap();
+    second.step(&theirs_pairs).unwrap();
+    for (k, ((ours, _), (theirs, _))) in ours_pairs.iter().zip(&theirs_pairs).enumerate() {
+        assert!(gpu.download_bytes(ours).unwrap() == gpu.download_bytes(theirs).unwrap());
+        for name in ["exp_avg", "exp_avg_sq", "step"] {
+            assert_eq!(
+                first.read_state(name, k).unwrap(),
+                second.read_state(name, k).unwrap()
+            );
+        }
+    }
+}
+
+/// A writer that fails after `left` bytes, as a full disk does.
+struct Failing {
+    file: std::fs::File,
+    left: usize,
+}
+
+impl Write for Failing {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Err(std::io::Error::other("injected: no space left on device"));
+        }
+        let n = bytes.len().min(self.left);
+        self.left -= n;
+        self.file.write(&bytes[..n])
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+#[test]
+fn an_interrupted_save_leaves_the_old_checkpoint_intact() {
+    let gpu = common::gpu();
+    let params = gpu
+        .upload("params", &common::random_nonzero(300, 1))
+        .unwrap();
+    let grads = gpu
+        .upload("grads", &common::random_nonzero(300, 2))
+        .unwrap();
+    let mut adam = Optimizer::new(gpu, Adam::default(), 300).unwrap();
+    adam.step(&params, &grads).unwrap();
+    let path = scratch("interrupted.safetensors");
+    adam.save(&path).unwrap();
+    let old = std::fs::read(&path).unwrap();
+    adam.step(&params, &grads).unwrap();
+    let newer = adam.checkpoint().unwrap();
+    let size = newer.to_bytes().unwrap().len();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    for _ in 0..50 {
+        let left = rng.random_range(0..size);
+        let error = newer
+            .save_through(&path, |file| Failing { file, left })
+            .unwrap_err();
+        assert!(matches!(error, Error::Io { .. }), "{error}");
+        assert!(
+            std::fs::read(&path).unwrap() == old,
+            "the old checkpoint changed"
+        );
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    newer.save(&path).unwrap();
+    assert!(Checkpoint::load(&path).unwrap() == newer);
+    std::fs::remove_file(path).unwrap();
+}
+
+/// Asserts `restore` fails with an error `matches` accepts and leaves `adam` as it was.
+fn refused(adam: &mut Optimizer<Adam>, checkpoint: &Checkpoint, matches: fn(&Error) -> bool) {
+    let before = (
+        adam.read_state("exp_avg").unwrap(),
+        adam.step_count(),
+        adam.lr(),
+    );
+    let error = adam.restore(checkpoint).unwrap_err();
+    assert!(matches(&error), "unexpected {error}");
+    let after = (
+        adam.read_state("exp_avg").unwrap(),
+        adam.step_count(),
+        adam.lr(),
+    );
+    assert!(
+        after == before,
+        "a refused checkpoint changed the optimizer ({error})"
+    );
+}
+
+#[test]
+fn checkpoints_that_do_not_fit_are_refused_with_nothing_restored() {
+    let gpu = common::gpu();
+    let params = gpu
+        .upload("params", &common::random_nonzero(LEN, 1))
+        .unwrap();
+    let grads = gpu
+        .upload("grads", &common::random_nonzero(LEN, 2))
+        .unwrap();
+    let mut source = Optimizer::new(
+        gpu,
+        Adam {
+            lr: 0.01,
+            ..Adam::default()
+        },
+        LEN,
+    )
+    .unwrap();
+    source.step(&params, &grads).unwrap();
+    let good = source.checkpoint().unwrap();
+    let mut adam = Optimizer::new(gpu, Adam::default(), LEN).unwrap();
+    let mismatch = |e: &Error| matches!(e, Error::CheckpointMismatch { .. });
+    let corrupt = |e: &Error| matches!(e, Error::CorruptCheckpoint { .. });
+
+    let mut sgd = Optimizer::new(gpu, Sgd::default(), LEN).unwrap();
+    sgd.step(&params, &grads).unwrap();
+    refused(&mut adam, &sgd.checkpoint().unwrap(), mismatch);
+    let shorter = Optimizer::new(gpu, Adam::default(), LEN - 1).unwrap();
+    refused(&mut adam, &shorter.checkpoint().unwrap(), mismatch);
+    let lean = Optimizer::with_precision(gpu, Adam::default(), Precision::lean(), LEN).unwrap();
+    refused(&mut adam, &lean.checkpoint().unwrap(), mismatch);
+    let amsgrad = Optimizer::new(
+        gpu,
+        Adam {
+            amsgrad: true,
+            ..Adam::default()
+        },
+        LEN,
+    )
+    .unwrap();
+    refused(&mut adam, &amsgrad.checkpoint().unwrap(), |e| {
+        matches!(
+            e,
+            Error::CheckpointMismatch { .. } | Error::CorruptCheckpoint { .. }
+        )
+    });
+    let guarded = Optimizer::new(gpu, Adam::default(), LEN)
+        .unwrap()
+        .with_grad_guard(GradGuard::default())
+        .unwrap();
+    refused(&mut adam, &guarded.checkpoint().unwrap(), mismatch);
+
+    let edit = |change: &dyn Fn(&mut Checkpoint)| {
+        let mut checkpoint = good.clone();
+        change(&mut checkpoint);
+        checkpoint
+    };
+    refused(
+        &mut adam,
+        &edit(&|c| {
+            c.tensors.remove("state.0.exp_avg");
+        }),
+        corrupt,
+    );
+    refused(
+        &mut adam,
+        &edit(&|c| {
+            let extra = c.tensors["state.0.exp_avg"].clone();
+            c.tensors.insert("state.0.momentum_buffer".into(), extra);
+        }),
+        mismatch,
+    );
+    refused(
+        &mut adam,
+        &edit(&|c| {
+            c.tensors.get_mut("state.0.exp_avg").unwrap().data[8..12]
+                .copy_from_slice(&f32::NAN.to_le_bytes());
+        }),
+        corrupt,
+    );
+    refused(
+        &mut adam,
+        &edit(&|c| {
+            let tensor = c.tensors.get_mut("state.0.exp_avg_sq").unwrap();
+            tensor.data.truncate(tensor.data.len() - 4);
+            tensor.shape = vec![LEN - 1];
+        }),
+        corrupt,
+    );
+    refused(
+        &mut adam,
+        &edit(&|c| {
+            c.metadata.insert("param_groups.0.lr".into(), "true".into());
+        }),
+        corrupt,
+    );
+    refused(
+        &mut adam,
+        &edit(&|c| {
+            c.metadata.insert("param_groups.0.lr".into(), "-1.0".into());
+        }),
+        |e| matches!(e, Error::InvalidConfig { .. }),
+    );
+    refused(
+        &mut adam,
+        &edit(&|c| {
+            c.metadata
+                .insert(fused_optim::checkpoint::VERSION_KEY.into(), "99".into());
+        }),
+        corrupt,
+    );
+    let bytes = good.to_bytes().unwrap();
+    assert!(matches!(
+        Checkpoint::from_bytes(&bytes[..bytes.len() - 3]).unwrap_err(),
+        Error::CorruptCheckpoint { .. }
+    ));
+    // The good one restores, hyperparameters included.
+    adam.restore(&good).unwrap();
+    assert_eq!((adam.lr(), adam.step_count()), (0.01, 1));
+}
+
+/// Thousands of random mutations of a valid file (bytes flipped, truncations, the header's
+/// JSON edited): never a panic, and a refused one leaves the optimizer as it was.
+#[test]
+fn mutated_checkpoints_never_panic_nor_half_restore() {
+    let gpu = common::gpu();
+    let len = 7;
+    let params = gpu
+        .upload("params", &common::random_nonzero(len, 1))
+        .unwrap();
+    let grads = gpu
+        .upload("grads", &common::random_nonzero(len, 2))
+        .unwrap();
+    let precision: Precision = "bf16,master=remainder,state=8bit".parse().unwrap();
+    let mut source =
+        Optimizer::with_precision(gpu, Adam::default(), precision.clone(), len).unwrap();
+    let params16 = gpu
+        .upload_bytes(
+            "params",
+            &precision.params.encode(&common::random_nonzero(len, 1)),
+        )
+        .unwrap();
+    let grads16 = gpu
+        .upload_bytes(
+            "grads",
+            &precision.grads.encode(&common::random_nonzero(len, 2)),
+        )
+        .unwrap();
+    source.step(&params16, &grads16).unwrap();
+    let good = source.checkpoint().unwrap().to_bytes().unwrap();
+    let header_end = 8 + u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    let mut target = Optimizer::with_precision(gpu, Adam::default(), precision, len).unwrap();
+    let before = target.checkpoint().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let (mut refused, mut accepted) = (0, 0);
+    for _ in 0..3000 {
+        let mut bytes = good.clone();
+        match rng.random_range(0..3) {
+            0 => {
+                for _ in 0..rng.random_range(1..4) {
+                    let at = rng.random_range(0..bytes.len());
+                    bytes[at] ^= 1 << rng.random_range(0..8);
+                }
+            }
+            1 => bytes.truncate(rng.random_range(0..bytes.len())),
+            _ => {
+                let alphabet = b"{}[]\":,0123456789.-eE truefalsnul";
+                let at = rng.random_range(8..header_end);
+                bytes[at] = alphabet[rng.random_range(0..alphabet.len())];
+            }
+        }
+        match Checkpoint::from_bytes(&bytes).and_then(|c| target.restore(&c)) {
+            Ok(()) => {
+                accepted += 1;
+                target.restore(&before).unwrap();
+            }
+            Err(_) => {
+                refused += 1;
+                if refused % 50 == 0 {
+                    assert!(
+                        target.checkpoint().unwrap() == before,
+                        "a refused checkpoint changed state"
+                    );
+                }
+            }
+        }
+    }
+    assert!(target.checkpoint().unwrap() == before);
+    println!("{refused} refused, {accepted} accepted (changes that kept a valid checkpoint)");
+    assert!(refused > 1500);
+    drop((params, grads));
+}
