@@ -54,6 +54,20 @@ enum Command {
         #[command(flatten)]
         options: BenchOptions,
     },
+    /// Read optimizer checkpoints (safetensors files written by `save`).
+    Checkpoint {
+        #[command(subcommand)]
+        action: CheckpointAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum CheckpointAction {
+    /// Print a checkpoint's rule, groups, hyperparameters, formats, tensors and sizes.
+    Inspect {
+        /// The checkpoint file.
+        file: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -111,6 +125,9 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Info(adapter) => info(&adapter.choice()).map_err(Into::into),
         Command::Bench { adapter, options } => bench(&adapter.choice(), &options),
+        Command::Checkpoint {
+            action: CheckpointAction::Inspect { file },
+        } => inspect(&file),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -119,6 +136,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `checkpoint inspect FILE`.
+fn inspect(file: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let checkpoint = fused_optim::Checkpoint::from_bytes(&bytes)?;
+    print!("{}", report::checkpoint_summary(&checkpoint, bytes.len()));
+    Ok(())
 }
 
 fn describe(info: &wgpu::AdapterInfo) -> String {

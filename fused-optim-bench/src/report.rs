@@ -358,3 +358,91 @@ pub fn write_svg(report: &Report, path: &Path) -> Result<(), Box<dyn std::error:
     root.present()?;
     Ok(())
 }
+
+/// What `fused-optim checkpoint inspect` prints of `checkpoint` (a file of `bytes` bytes):
+/// the format version, the rule, the step counts, each group's formats and hyperparameters,
+/// then every tensor with its type, shape and size.
+pub fn checkpoint_summary(checkpoint: &fused_optim::Checkpoint, bytes: usize) -> String {
+    let meta = |key: &str| checkpoint.metadata.get(key).map_or("?", String::as_str);
+    let mut out = format!(
+        "safetensors, {bytes} bytes, format version {}\nrule: {}; {} steps recorded, {} applied; tensor lengths {}\n",
+        meta(fused_optim::checkpoint::VERSION_KEY),
+        meta("fused_optim.rule"),
+        meta("fused_optim.steps"),
+        meta("fused_optim.applied"),
+        meta("fused_optim.lens"),
+    );
+    for g in 0.. {
+        let Some(precision) = checkpoint
+            .metadata
+            .get(&format!("fused_optim.group.{g}.precision"))
+        else {
+            break;
+        };
+        let prefix = format!("param_groups.{g}.");
+        let hyperparameters: Vec<String> = checkpoint
+            .metadata
+            .iter()
+            .filter_map(|(key, value)| Some(format!("{}={value}", key.strip_prefix(&prefix)?)))
+            .collect();
+        out += &format!("group {g} [{precision}]: {}\n", hyperparameters.join(", "));
+    }
+    let total: usize = checkpoint.tensors.values().map(|t| t.data.len()).sum();
+    out += &format!("{} tensors, {total} bytes:\n", checkpoint.tensors.len());
+    let width = checkpoint
+        .tensors
+        .keys()
+        .map(String::len)
+        .max()
+        .unwrap_or(0);
+    for (name, tensor) in &checkpoint.tensors {
+        out += &format!(
+            "  {name:<width$}  {:<5} {:>12} {:>12} B\n",
+            format!("{:?}", tensor.dtype),
+            format!("{:?}", tensor.shape),
+            tensor.data.len()
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use fused_optim::{Checkpoint, HostTensor, TensorDtype};
+
+    #[test]
+    fn a_checkpoint_summary_names_the_rule_groups_and_tensors() {
+        let mut checkpoint = Checkpoint::default();
+        for (key, value) in [
+            (fused_optim::checkpoint::VERSION_KEY, "1"),
+            ("fused_optim.rule", "Adam"),
+            ("fused_optim.steps", "3"),
+            ("fused_optim.applied", "2"),
+            ("fused_optim.lens", "5"),
+            (
+                "fused_optim.group.0.precision",
+                "bf16,master=remainder,state=8bit",
+            ),
+            ("param_groups.0.lr", "0.001"),
+        ] {
+            checkpoint.metadata.insert(key.into(), value.into());
+        }
+        checkpoint.tensors.insert(
+            "state.0.exp_avg".into(),
+            HostTensor::vector(TensorDtype::U8, vec![0; 5]),
+        );
+        checkpoint
+            .tensors
+            .insert("state.0.step".into(), HostTensor::scalar_f32(2.0));
+        let summary = super::checkpoint_summary(&checkpoint, 400);
+        for want in [
+            "format version 1",
+            "rule: Adam; 3 steps recorded, 2 applied",
+            "group 0 [bf16,master=remainder,state=8bit]: lr=0.001",
+            "2 tensors, 9 bytes",
+            "state.0.exp_avg  U8",
+        ] {
+            assert!(summary.contains(want), "{want:?} not in\n{summary}");
+        }
+    }
+}
