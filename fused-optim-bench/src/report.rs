@@ -365,13 +365,25 @@ pub fn write_svg(report: &Report, path: &Path) -> Result<(), Box<dyn std::error:
 pub fn checkpoint_summary(checkpoint: &fused_optim::Checkpoint, bytes: usize) -> String {
     let meta = |key: &str| checkpoint.metadata.get(key).map_or("?", String::as_str);
     let mut out = format!(
-        "safetensors, {bytes} bytes, format version {}\nrule: {}; {} steps recorded, {} applied; tensor lengths {}\n",
+        "safetensors, {bytes} bytes, format version {}\nrule: {}; {} steps recorded, {} applied\n",
         meta(fused_optim::checkpoint::VERSION_KEY),
         meta("fused_optim.rule"),
         meta("fused_optim.steps"),
         meta("fused_optim.applied"),
-        meta("fused_optim.lens"),
     );
+    // Each group's tensors (name, elements) in order, from `fused_optim.param.<name>`.
+    let mut params: Vec<(usize, usize, String, String)> = checkpoint
+        .metadata
+        .iter()
+        .filter_map(|(key, value)| {
+            let name = key.strip_prefix(fused_optim::checkpoint::PARAM_PREFIX)?;
+            let mut parts = value.split(':');
+            let group = parts.next()?.parse().ok()?;
+            let index = parts.next()?.parse().ok()?;
+            Some((group, index, name.to_owned(), parts.next()?.to_owned()))
+        })
+        .collect();
+    params.sort();
     for g in 0.. {
         let Some(precision) = checkpoint
             .metadata
@@ -386,6 +398,12 @@ pub fn checkpoint_summary(checkpoint: &fused_optim::Checkpoint, bytes: usize) ->
             .filter_map(|(key, value)| Some(format!("{}={value}", key.strip_prefix(&prefix)?)))
             .collect();
         out += &format!("group {g} [{precision}]: {}\n", hyperparameters.join(", "));
+        let tensors: Vec<String> = params
+            .iter()
+            .filter(|p| p.0 == g)
+            .map(|(_, _, name, elements)| format!("{name} ({elements})"))
+            .collect();
+        out += &format!("  tensors: {}\n", tensors.join(", "));
     }
     let total: usize = checkpoint.tensors.values().map(|t| t.data.len()).sum();
     out += &format!("{} tensors, {total} bytes:\n", checkpoint.tensors.len());
@@ -418,7 +436,7 @@ mod tests {
             ("fused_optim.rule", "Adam"),
             ("fused_optim.steps", "3"),
             ("fused_optim.applied", "2"),
-            ("fused_optim.lens", "5"),
+            ("fused_optim.param.0", "0:0:5"),
             (
                 "fused_optim.group.0.precision",
                 "bf16,master=remainder,state=8bit",
@@ -439,6 +457,7 @@ mod tests {
             "format version 1",
             "rule: Adam; 3 steps recorded, 2 applied",
             "group 0 [bf16,master=remainder,state=8bit]: lr=0.001",
+            "  tensors: 0 (5)",
             "2 tensors, 9 bytes",
             "state.0.exp_avg  U8",
         ] {

@@ -12,12 +12,23 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype as FileDtype, SafeTensors, TensorView};
 
 use crate::error::{Error, Result};
+use crate::format::{Dtype, Precision, StateFormat, BLOCK};
 
 /// The version of the layout this library writes; files of a newer version are refused.
 pub const FORMAT_VERSION: u32 = 1;
 
 /// The metadata key of the format version.
 pub const VERSION_KEY: &str = "fused_optim.format_version";
+
+/// The prefix of each tensor's metadata key: `fused_optim.param.<tensor>` =
+/// `<group>:<index in the group>:<elements>`.
+pub const PARAM_PREFIX: &str = "fused_optim.param.";
+
+/// The prefix of the quantization maps of 8-bit state: the tensors
+/// `fused_optim.qmap.signed` and `fused_optim.qmap.unsigned` (each code's value, 256 f32), and
+/// the metadata `fused_optim.qmap.<slot>` = `signed` or `unsigned`, the map of that slot. An
+/// element of 8-bit state `state.<tensor>.<slot>` is `map[code] * absmax[element / 256]`.
+pub const QMAP_PREFIX: &str = "fused_optim.qmap.";
 
 /// The element type of a [`HostTensor`]: the formats optimizer state is stored in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -251,6 +262,61 @@ impl Checkpoint {
             reason: error.to_string(),
         })?;
         Self::from_bytes(&bytes)
+    }
+
+    /// The checkpoint with every compact state in f32, for export to frameworks that know no
+    /// 8-bit or bf16 state: 8-bit codes decoded with their block's absmax and their slot's
+    /// map, bf16 state widened, and each group's precision rewritten to f32 state, so it
+    /// restores into an optimizer built with f32 state. The master, `step` and the rest are
+    /// unchanged. A checkpoint whose codes lack their absmax or map is `CorruptCheckpoint`.
+    pub fn expanded(&self) -> Result<Checkpoint> {
+        let mut expanded = self.clone();
+        for (name, tensor) in &self.tensors {
+            let Some(rest) = name.strip_prefix("state.") else {
+                continue;
+            };
+            let values: Vec<f32> = match tensor.dtype {
+                TensorDtype::Bf16 => Dtype::Bf16.decode(&tensor.data, tensor.data.len() / 2),
+                TensorDtype::U8 => {
+                    let slot = rest.rsplit('.').next().unwrap_or_default();
+                    let kind = self.meta(&format!("{QMAP_PREFIX}{slot}"))?;
+                    let map =
+                        self.tensor(&format!("{QMAP_PREFIX}{kind}"), TensorDtype::F32, &[256])?;
+                    let map: Vec<f32> = bytemuck::pod_collect_to_vec(map);
+                    let absmax_name = format!("{name}.absmax");
+                    let blocks = tensor.len().div_ceil(BLOCK as usize);
+                    let absmax = self.tensor(&absmax_name, TensorDtype::F32, &[blocks])?;
+                    let absmax: Vec<f32> = bytemuck::pod_collect_to_vec(absmax);
+                    expanded.tensors.remove(&absmax_name);
+                    tensor
+                        .data
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &code)| map[code as usize] * absmax[i / BLOCK as usize])
+                        .collect()
+                }
+                _ => continue,
+            };
+            let data = bytemuck::cast_slice(&values).to_vec();
+            expanded
+                .tensors
+                .insert(name.clone(), HostTensor::vector(TensorDtype::F32, data));
+        }
+        expanded
+            .tensors
+            .retain(|name, _| !name.starts_with(QMAP_PREFIX));
+        expanded
+            .metadata
+            .retain(|key, _| !key.starts_with(QMAP_PREFIX));
+        for (key, value) in expanded.metadata.iter_mut() {
+            if key.starts_with("fused_optim.group.") && key.ends_with(".precision") {
+                let mut precision: Precision = value.parse()?;
+                precision.state = StateFormat::F32;
+                precision.state_overrides.clear();
+                *value = precision.to_string();
+            }
+        }
+        Ok(expanded)
     }
 
     /// The tensor `name`, which must have `dtype` and `shape`.

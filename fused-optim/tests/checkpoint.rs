@@ -7,7 +7,8 @@ use std::io::Write;
 
 use fused_optim::{
     visit_rules, Adam, Checkpoint, Error, ForeachOptimizer, GpuContext, GradGuard, GradScaler,
-    Optimizer, Precision, RegisteredRule, RuleVisitor, Sgd, UpdateRule,
+    Optimizer, ParamGroup, ParamSet, Precision, RegisteredRule, RuleVisitor, Sgd, TensorDtype,
+    UpdateRule,
 };
 use rand::{Rng, SeedableRng};
 
@@ -121,6 +122,224 @@ fn every_rule_resumes_bit_for_bit_through_a_file_and_a_fresh_device() {
     for (_, precision) in Precision::presets() {
         resume(&Adam::adamw(), &precision, Some(guard));
     }
+}
+
+/// The tensors of the parameter-set tests: awkward lengths, two groups.
+const TENSORS: [(&str, usize); 4] = [
+    ("fc1.weight", 1025),
+    ("fc1.bias", 3),
+    ("fc2.weight", 300),
+    ("fc2.bias", 1),
+];
+
+/// Packed values of every tensor (random, non-zero) with zero gaps, in `dtype`.
+fn packed(set_layout: &fused_optim::ParamLayout, seed: u64, dtype: fused_optim::Dtype) -> Vec<u8> {
+    let mut values = vec![0.0f32; set_layout.len() as usize];
+    for (k, (name, len)) in TENSORS.iter().enumerate() {
+        set_layout
+            .view_mut(&mut values, name)
+            .unwrap()
+            .copy_from_slice(&common::random_nonzero(*len, seed * 10 + k as u64));
+    }
+    dtype.encode(&values)
+}
+
+/// A parameter set of `rules` (weights, then biases) in `precisions`: three steps, a save,
+/// a fresh device with narrow binding windows, a load and three more equal six uninterrupted
+/// bit for bit (params, and the whole checkpoint: every state, master, step, metadata).
+fn resume_set<R: UpdateRule>(rules: [R; 2], precisions: [Precision; 2]) {
+    let what = format!("{} [{}; {}]", rules[0].name(), precisions[0], precisions[1]);
+    let build = |gpu: &GpuContext| {
+        let groups = vec![
+            ParamGroup::new(rules[0].clone(), ["fc1.weight", "fc2.weight"])
+                .with_precision(precisions[0].clone()),
+            ParamGroup::new(rules[1].clone(), ["fc1.bias", "fc2.bias"])
+                .with_precision(precisions[1].clone()),
+        ];
+        ParamSet::new(gpu, &TENSORS, groups).unwrap()
+    };
+    let run = |gpu: &GpuContext, set: &mut ParamSet<R>, params: &wgpu::Buffer, steps| {
+        let dtype = precisions[0].grads;
+        let grads = gpu
+            .upload_bytes("grads", &packed(set.layout(), 100, dtype))
+            .unwrap();
+        for step in steps {
+            let values = packed(set.layout(), 100 + step as u64, dtype);
+            gpu.queue().write_buffer(&grads, 0, &values);
+            set.set_lr(LEARNING_RATES[step]).unwrap();
+            set.step(params, &grads).unwrap();
+        }
+    };
+    let gpu = common::gpu();
+    let mut whole = build(gpu);
+    let initial = packed(whole.layout(), 1, precisions[0].params);
+    let params = gpu.upload_bytes("params", &initial).unwrap();
+    run(gpu, &mut whole, &params, 0..6);
+    let want = (
+        gpu.download_bytes(&params).unwrap(),
+        whole.checkpoint().unwrap(),
+    );
+
+    let params = gpu.upload_bytes("params", &initial).unwrap();
+    let mut first = build(gpu);
+    run(gpu, &mut first, &params, 0..3);
+    let path = scratch(&format!("set-{}.safetensors", rules[0].name()));
+    first.save(&path).unwrap();
+    let saved = gpu.download_bytes(&params).unwrap();
+    drop(first);
+
+    let narrow = common::forced_windows();
+    let params = narrow.upload_bytes("params", &saved).unwrap();
+    let mut second = build(&narrow);
+    second.load(&path).unwrap();
+    run(&narrow, &mut second, &params, 3..6);
+    let got = (
+        narrow.download_bytes(&params).unwrap(),
+        second.checkpoint().unwrap(),
+    );
+    assert!(got.0 == want.0, "{what}: params differ after resuming");
+    assert!(got.1 == want.1, "{what}: state differs after resuming");
+    std::fs::remove_file(path).unwrap();
+}
+
+#[test]
+fn every_rule_in_a_parameter_set_resumes_bit_for_bit_by_tensor_name() {
+    struct Resume;
+    impl RuleVisitor for Resume {
+        fn visit<R: RegisteredRule>(&mut self) {
+            let flags = R::every_flag();
+            let rules = [flags[0].clone(), flags[flags.len() - 1].clone()];
+            let lean = Precision::lean();
+            let lean_f32_state: Precision = "bf16,master=remainder".parse().unwrap();
+            resume_set(rules.clone(), [Precision::default(), Precision::default()]);
+            resume_set(rules, [lean, lean_f32_state]);
+        }
+    }
+    visit_rules(&mut Resume);
+}
+
+#[test]
+fn a_parameter_set_names_its_tensors_and_refuses_other_tensors() {
+    let gpu = common::gpu();
+    let set = |tensors: &[(&str, usize)]| {
+        let names: Vec<&str> = tensors.iter().map(|(name, _)| *name).collect();
+        ParamSet::new(gpu, tensors, vec![ParamGroup::new(Adam::default(), names)]).unwrap()
+    };
+    let ours = set(&TENSORS);
+    let checkpoint = ours.checkpoint().unwrap();
+    for name in [
+        "state.fc1.weight.exp_avg",
+        "state.fc2.bias.exp_avg_sq",
+        "state.fc1.bias.step",
+    ] {
+        assert!(checkpoint.tensors.contains_key(name), "{name} missing");
+    }
+    assert_eq!(checkpoint.tensors["state.fc2.weight.exp_avg"].shape, [300]);
+    assert_eq!(
+        checkpoint.metadata["fused_optim.param.fc2.weight"],
+        "0:2:300"
+    );
+    let mut renamed = TENSORS;
+    renamed[1].0 = "fc1.b";
+    let mut longer = TENSORS;
+    longer[3].1 = 2;
+    for mut other in [set(&renamed), set(&longer), set(&TENSORS[..3])] {
+        let error = other.restore(&checkpoint).unwrap_err();
+        assert!(matches!(error, Error::CheckpointMismatch { .. }), "{error}");
+    }
+}
+
+#[test]
+fn a_checkpoint_recorded_into_an_encoder_is_taken_where_it_was_recorded() {
+    let gpu = common::gpu();
+    let (params, grads) = common::params_and_grads(gpu, LEN);
+    let guard = GradGuard {
+        scaler: Some(GradScaler::default()),
+        ..GradGuard::default()
+    };
+    let build = || {
+        Optimizer::new(gpu, Adam::adamw(), LEN)
+            .unwrap()
+            .with_grad_guard(guard)
+            .unwrap()
+    };
+    // Two steps, the checkpoint, two more steps: one encoder, one submission.
+    let mut recorded = build();
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    for _ in 0..2 {
+        recorded.record_step(&mut encoder, &params, &grads).unwrap();
+    }
+    let pending = recorded.record_checkpoint(&mut encoder).unwrap();
+    let unsubmitted = recorded.record_checkpoint(&mut encoder).unwrap();
+    for _ in 0..2 {
+        recorded.record_step(&mut encoder, &params, &grads).unwrap();
+    }
+    assert!(!pending.is_ready());
+    gpu.queue().submit([encoder.finish()]);
+    let path = scratch("recorded.safetensors");
+    let saving = {
+        let path = path.clone();
+        std::thread::spawn(move || pending.save(path))
+    };
+    saving.join().unwrap().unwrap();
+
+    let params = gpu
+        .upload("params", &common::random_nonzero(LEN, 1))
+        .unwrap();
+    let mut stopped = build();
+    for _ in 0..2 {
+        stopped.step(&params, &grads).unwrap();
+    }
+    assert!(Checkpoint::load(&path).unwrap() == stopped.checkpoint().unwrap());
+    std::fs::remove_file(path).unwrap();
+
+    // Copies recorded into an encoder that is never submitted never map: an error, no hang.
+    let mut lost = gpu.device().create_command_encoder(&Default::default());
+    let never = recorded.record_checkpoint(&mut lost).unwrap();
+    drop(lost);
+    assert!(matches!(never.wait(), Err(Error::Gpu { .. })));
+    assert!(unsubmitted.wait().is_ok());
+}
+
+#[test]
+fn eight_bit_state_expands_to_f32_and_restores_into_an_f32_state_optimizer() {
+    let gpu = common::gpu();
+    let lean = Precision::lean();
+    let f32_state: Precision = "bf16,master=remainder".parse().unwrap();
+    let params = gpu
+        .upload_bytes("p", &lean.params.encode(&common::random_nonzero(LEN, 1)))
+        .unwrap();
+    let grads = gpu
+        .upload_bytes("g", &lean.grads.encode(&common::random_nonzero(LEN, 2)))
+        .unwrap();
+    let mut compact = Optimizer::with_precision(gpu, Adam::default(), lean, LEN).unwrap();
+    for _ in 0..3 {
+        compact.step(&params, &grads).unwrap();
+    }
+    let checkpoint = compact.checkpoint().unwrap();
+    assert_eq!(checkpoint.tensors["state.0.exp_avg"].dtype, TensorDtype::U8);
+    assert_eq!(
+        checkpoint.metadata["fused_optim.qmap.exp_avg_sq"],
+        "unsigned"
+    );
+    let expanded = checkpoint.expanded().unwrap();
+    assert!(expanded
+        .tensors
+        .keys()
+        .all(|name| !name.ends_with(".absmax") && !name.contains("qmap")));
+    assert_eq!(expanded.tensors["state.0.exp_avg"].dtype, TensorDtype::F32);
+    let mut wide = Optimizer::with_precision(gpu, Adam::default(), f32_state, LEN).unwrap();
+    wide.restore(&expanded).unwrap();
+    for name in ["exp_avg", "exp_avg_sq", "step"] {
+        let (want, got) = (
+            compact.read_state(name).unwrap(),
+            wide.read_state(name).unwrap(),
+        );
+        assert!(want == got, "{name} differs after expanding");
+    }
+    // Into the 8-bit optimizer it came from, the expanded one is refused: formats differ.
+    let error = compact.restore(&expanded).unwrap_err();
+    assert!(matches!(error, Error::CheckpointMismatch { .. }), "{error}");
 }
 
 /// The (params, grads) references a foreach step takes.
@@ -259,12 +478,7 @@ fn refused(adam: &mut Optimizer<Adam>, checkpoint: &Checkpoint, matches: fn(&Err
 #[test]
 fn checkpoints_that_do_not_fit_are_refused_with_nothing_restored() {
     let gpu = common::gpu();
-    let params = gpu
-        .upload("params", &common::random_nonzero(LEN, 1))
-        .unwrap();
-    let grads = gpu
-        .upload("grads", &common::random_nonzero(LEN, 2))
-        .unwrap();
+    let (params, grads) = common::params_and_grads(gpu, LEN);
     let mut source = Optimizer::new(
         gpu,
         Adam {
@@ -383,12 +597,6 @@ fn checkpoints_that_do_not_fit_are_refused_with_nothing_restored() {
 fn mutated_checkpoints_never_panic_nor_half_restore() {
     let gpu = common::gpu();
     let len = 7;
-    let params = gpu
-        .upload("params", &common::random_nonzero(len, 1))
-        .unwrap();
-    let grads = gpu
-        .upload("grads", &common::random_nonzero(len, 2))
-        .unwrap();
     let precision: Precision = "bf16,master=remainder,state=8bit".parse().unwrap();
     let mut source =
         Optimizer::with_precision(gpu, Adam::default(), precision.clone(), len).unwrap();
@@ -446,5 +654,4 @@ fn mutated_checkpoints_never_panic_nor_half_restore() {
     assert!(target.checkpoint().unwrap() == before);
     println!("{refused} refused, {accepted} accepted (changes that kept a valid checkpoint)");
     assert!(refused > 1500);
-    drop((params, grads));
 }

@@ -21,12 +21,7 @@ struct Stepped {
 }
 
 fn stepped(gpu: &GpuContext) -> Stepped {
-    let params = gpu
-        .upload("params", &common::random_nonzero(LEN, 1))
-        .unwrap();
-    let grads = gpu
-        .upload("grads", &common::random_nonzero(LEN, 2))
-        .unwrap();
+    let (params, grads) = common::params_and_grads(gpu, LEN);
     let mut optimizer = Optimizer::new(gpu, Adam::default(), LEN).unwrap();
     optimizer.step(&params, &grads).unwrap();
     Stepped {

@@ -24,6 +24,9 @@ use crate::rule::UpdateRule;
 
 mod checkpoint;
 
+pub(crate) use checkpoint::NamedTensor;
+pub use checkpoint::PendingCheckpoint;
+
 /// Both quantization maps, built once per optimizer for encoding initial state.
 pub(crate) struct QuantMaps {
     signed: QuantMap,
@@ -875,11 +878,8 @@ fn build_kernels<R: UpdateRule>(
         .collect()
 }
 
-/// The buffers a span of `len` elements keeps for `rule` in `formats`: its master, where it
-/// has one, and each kept slot's values (and absmax, for 8-bit blocks), each starting at the
-/// rule's initial value (zero except Adagrad's `initial_accumulator_value`). A master starts
-/// as zeros: on the first step the kernel takes it from the params (an f32 master) or reads
-/// a zero remainder, which stands for the bf16 param exactly.
+/// The buffers a span of `len` elements keeps for `rule` in `formats`, holding their
+/// [`initial_contents`].
 fn span_buffers<R: UpdateRule>(
     context: &GpuContext,
     rule: &R,
@@ -887,34 +887,50 @@ fn span_buffers<R: UpdateRule>(
     maps: &QuantMaps,
     len: u64,
 ) -> Vec<(Role, wgpu::Buffer)> {
-    let device = context.device();
-    let buffer = |label: &str, contents: &[u8], size: u64| {
-        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        if contents.iter().any(|&byte| byte != 0) {
-            context.queue().write_buffer(&buffer, 0, contents);
-        }
-        buffer
-    };
-    let mut owned = Vec::new();
+    initial_contents(rule, formats, maps, len)
+        .into_iter()
+        .map(|(role, contents)| {
+            let buffer = context.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some(&format!("fused-optim {role:?}")),
+                size: contents.len() as u64,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            if contents.iter().any(|&byte| byte != 0) {
+                context.queue().write_buffer(&buffer, 0, &contents);
+            }
+            (role, buffer)
+        })
+        .collect()
+}
+
+/// The contents, whole buffers' worth, of what a span of `len` elements keeps for `rule` in
+/// `formats` before its first step: its master, where it has one, and each kept slot's values
+/// (and absmax, for 8-bit blocks), each slot at the rule's initial value (zero except
+/// Adagrad's `initial_accumulator_value`). A master starts as zeros: on the first step the
+/// kernel takes it from the params (an f32 master) or reads a zero remainder, which stands
+/// for the bf16 param exactly.
+pub(crate) fn initial_contents<R: UpdateRule>(
+    rule: &R,
+    formats: &KernelFormats,
+    maps: &QuantMaps,
+    len: u64,
+) -> Vec<(Role, Vec<u8>)> {
+    let zeros = |bytes: u64| vec![0u8; bytes as usize];
+    let mut contents = Vec::new();
     match formats.master {
         Master::None => {}
-        Master::F32 => owned.push((Role::Master, buffer("master", &[], 4 * len))),
-        Master::Bf16Remainder => owned.push((
-            Role::Master,
-            buffer("master remainder", &[], Dtype::Bf16.buffer_bytes(len)),
-        )),
+        Master::F32 => contents.push((Role::Master, zeros(4 * len))),
+        Master::Bf16Remainder => {
+            contents.push((Role::Master, zeros(Dtype::Bf16.buffer_bytes(len))))
+        }
     }
     for (slot, (name, format)) in R::STATE_SLOTS.iter().zip(&formats.slots).enumerate() {
         let Some(format) = *format else { continue };
         let initial = rule.initial_state(name);
-        let (values, absmax) = match initial {
+        let (mut values, absmax) = match initial {
             0.0 if format != StateFormat::Block8 => (Vec::new(), Vec::new()),
             _ => format.encode(&vec![initial; len as usize], maps.of::<R>(name)),
         };
@@ -922,19 +938,15 @@ fn span_buffers<R: UpdateRule>(
             StateFormat::Block8 => len.div_ceil(4) * 4,
             _ => format.buffer_bytes(len),
         };
-        owned.push((Role::Slot(slot), buffer(name, &values, size)));
+        values.resize(size as usize, 0);
+        contents.push((Role::Slot(slot), values));
         if format == StateFormat::Block8 {
-            owned.push((
-                Role::Absmax(slot),
-                buffer(
-                    "absmax",
-                    bytemuck::cast_slice(&absmax),
-                    len.div_ceil(BLOCK) * 4,
-                ),
-            ));
+            let mut absmax = bytemuck::cast_slice::<f32, u8>(&absmax).to_vec();
+            absmax.resize(len.div_ceil(BLOCK) as usize * 4, 0);
+            contents.push((Role::Absmax(slot), absmax));
         }
     }
-    owned
+    contents
 }
 
 /// A zeroed f32 buffer of `len` elements, with each span's non-zero initial value queued into

@@ -14,7 +14,8 @@ pub use context::{
 };
 #[cfg(feature = "baselines")]
 pub(crate) use engine::state_buffer;
-pub(crate) use engine::Engine;
+pub use engine::PendingCheckpoint;
+pub(crate) use engine::{Engine, NamedTensor};
 pub(crate) use glue::Role;
 pub use kernel::{
     dispatch_grid, shader_forms, shader_source, StepValues, CODEC, PRELUDE, WORKGROUP_SIZE,

@@ -85,6 +85,50 @@ macro_rules! engine_accessors {
             self.engine.bytes_per_step()
         }
 
+        /// The state as a [`Checkpoint`](crate::Checkpoint), named as PyTorch's flattened
+        /// optimizer state dict (`state.<tensor>.exp_avg`, `state.<tensor>.step`, ...; see
+        /// the type's doc for the tensor names): every slot in its stored format (8-bit codes
+        /// with their absmax and map), the master, `step`, the grad guard's status, and the
+        /// hyperparameters, formats and tensors in the metadata. Params are the caller's: save
+        /// them with the model. Waits for the GPU; [`Self::record_checkpoint`] does not.
+        pub fn checkpoint(&self) -> crate::Result<crate::Checkpoint> {
+            self.engine.checkpoint(&self.named_tensors())
+        }
+
+        /// Records copies of the state into `encoder`, after the steps recorded so far, and
+        /// returns the [`PendingCheckpoint`](crate::PendingCheckpoint) that builds the
+        /// checkpoint (or writes its file) once the encoder's submission completes: the
+        /// training loop waits only for the copies on the GPU, not for the readback or the
+        /// disk. On error nothing has been recorded.
+        pub fn record_checkpoint(
+            &self,
+            encoder: &mut wgpu::CommandEncoder,
+        ) -> crate::Result<crate::PendingCheckpoint> {
+            self.engine
+                .record_checkpoint(encoder, &self.named_tensors())
+        }
+
+        /// Restores a checkpoint of an optimizer with the same rule and flags, tensors (names,
+        /// groups, lengths), formats and grad guard (or none): hyperparameters, every state,
+        /// the master, step counts and the guard's status. A mismatch or a corrupt checkpoint
+        /// is a typed error naming what is wrong, and changes nothing. Restore before recording
+        /// more steps: the state is written ahead of the next submission's commands.
+        pub fn restore(&mut self, checkpoint: &crate::Checkpoint) -> crate::Result<()> {
+            let named = self.named_tensors();
+            self.engine.restore(checkpoint, &named)
+        }
+
+        /// [`Self::checkpoint`] written to a safetensors file at `path` crash-safely (see
+        /// [`Checkpoint::save`](crate::Checkpoint::save)).
+        pub fn save(&self, path: impl AsRef<std::path::Path>) -> crate::Result<()> {
+            self.checkpoint()?.save(path)
+        }
+
+        /// [`Self::restore`] from the safetensors file at `path`.
+        pub fn load(&mut self, path: impl AsRef<std::path::Path>) -> crate::Result<()> {
+            self.restore(&crate::Checkpoint::load(path)?)
+        }
+
         /// Dispatches one step records: one per parameter group (or buffer pair) and binding
         /// window, never one per tensor of a packed set, plus one for the 1 to 3 elements
         /// past the last whole vec4 of each group or pair whose length is not a multiple of 4.

@@ -1,10 +1,9 @@
 //! [`Optimizer`]: the fused step over one caller-owned GPU buffer pair, in place.
 
 use super::engine_accessors;
-use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::format::Precision;
-use crate::gpu::{Engine, GpuContext, Role, Span};
+use crate::gpu::{Engine, GpuContext, NamedTensor, Role, Span};
 use crate::rule::{find_state, kept_states, try_set_lr, StateRef, UpdateRule};
 
 /// A fused optimizer over one tensor of `len` elements on the GPU.
@@ -104,37 +103,14 @@ impl<R: UpdateRule> Optimizer<R> {
         }
     }
 
-    /// The optimizer's state as a [`Checkpoint`]: named as PyTorch's flattened state dict,
-    /// its one tensor as `0` (`state.0.exp_avg`, `state.0.step`, ...), every slot in its
-    /// stored format, the master, the grad guard's status, and the hyperparameters, formats
-    /// and layout in the metadata. Params are the caller's: save them with the model. Waits
-    /// for the GPU.
-    pub fn checkpoint(&self) -> Result<Checkpoint> {
-        self.engine.checkpoint(&Self::names())
-    }
-
-    /// Restores a [`Optimizer::checkpoint`] into this optimizer, which must have the same rule
-    /// and flags, length, formats and grad guard (or none): hyperparameters, every state, the
-    /// master, step counts and guard status. A mismatch or a corrupt checkpoint is a typed
-    /// error naming what is wrong, and changes nothing. Restore before recording more steps:
-    /// the state is written at the next submission.
-    pub fn restore(&mut self, checkpoint: &Checkpoint) -> Result<()> {
-        self.engine.restore(checkpoint, &Self::names())
-    }
-
-    /// [`Optimizer::checkpoint`] written to a safetensors file at `path`, crash-safely (see
-    /// [`Checkpoint::save`]).
-    pub fn save(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
-        self.checkpoint()?.save(path)
-    }
-
-    /// [`Optimizer::restore`] from the safetensors file at `path`.
-    pub fn load(&mut self, path: impl AsRef<std::path::Path>) -> Result<()> {
-        self.restore(&Checkpoint::load(path)?)
-    }
-
-    fn names() -> Vec<String> {
-        vec!["0".to_owned()]
+    /// The tensor checkpoints name `0`, as PyTorch's state dict names a single parameter.
+    fn named_tensors(&self) -> Vec<NamedTensor> {
+        vec![NamedTensor {
+            name: "0".to_owned(),
+            span: 0,
+            offset: 0,
+            len: self.len,
+        }]
     }
 
     /// The f32 master weights (reconstructed exactly from the bf16 params and the remainder,

@@ -4,10 +4,9 @@
 
 use super::engine_accessors;
 use super::layout::ParamLayout;
-use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::format::Precision;
-use crate::gpu::{Engine, GpuContext, Role, Span};
+use crate::gpu::{Engine, GpuContext, NamedTensor, Role, Span};
 use crate::rule::{find_state, try_set_lr, StateRef, UpdateRule};
 
 /// Tensors that share hyperparameters, like one entry of PyTorch's `param_groups`: its own
@@ -83,6 +82,23 @@ impl<R: UpdateRule> ParamSet<R> {
     /// Where each tensor lives in the packed buffers.
     pub fn layout(&self) -> &ParamLayout {
         &self.layout
+    }
+
+    /// Checkpoints name each tensor by its name in the layout (`state.fc1.weight.exp_avg`),
+    /// as PyTorch's state dict would with the model's parameter names.
+    fn named_tensors(&self) -> Vec<NamedTensor> {
+        let spans = self.engine.spans();
+        self.layout
+            .tensors()
+            .iter()
+            .map(|slot| NamedTensor {
+                name: slot.name.clone(),
+                // One span per group.
+                span: slot.group,
+                offset: slot.offset - spans[slot.group].start,
+                len: slot.len,
+            })
+            .collect()
     }
 
     engine_accessors!();
@@ -239,32 +255,20 @@ impl<R: UpdateRule> ForeachOptimizer<R> {
         }
     }
 
-    /// The state as a [`Checkpoint`], the `i`th tensor named `i` as in PyTorch's flattened
-    /// state dict (`state.3.exp_avg`); see [`Optimizer::checkpoint`](crate::Optimizer::checkpoint).
-    /// Waits for the GPU.
-    pub fn checkpoint(&self) -> Result<Checkpoint> {
-        self.engine.checkpoint(&self.names())
-    }
-
-    /// Restores a [`ForeachOptimizer::checkpoint`]; see
-    /// [`Optimizer::restore`](crate::Optimizer::restore).
-    pub fn restore(&mut self, checkpoint: &Checkpoint) -> Result<()> {
-        let names = self.names();
-        self.engine.restore(checkpoint, &names)
-    }
-
-    /// [`ForeachOptimizer::checkpoint`] written crash-safely to a safetensors file.
-    pub fn save(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
-        self.checkpoint()?.save(path)
-    }
-
-    /// [`ForeachOptimizer::restore`] from a safetensors file.
-    pub fn load(&mut self, path: impl AsRef<std::path::Path>) -> Result<()> {
-        self.restore(&Checkpoint::load(path)?)
-    }
-
-    fn names(&self) -> Vec<String> {
-        (0..self.engine.targets()).map(|i| i.to_string()).collect()
+    /// Checkpoints name the `i`th tensor `i`, as PyTorch's state dict names the parameters
+    /// of a list.
+    fn named_tensors(&self) -> Vec<NamedTensor> {
+        self.engine
+            .spans()
+            .iter()
+            .enumerate()
+            .map(|(span, s)| NamedTensor {
+                name: span.to_string(),
+                span,
+                offset: 0,
+                len: s.end - s.start,
+            })
+            .collect()
     }
 
     /// Records one step over `pairs`, in the order of the lengths given to `new`, into the

@@ -31,6 +31,14 @@ pub fn random_nonzero(len: usize, seed: u64) -> Vec<f32> {
 /// The smallest magnitude `random_nonzero` produces.
 pub const INPUT_SCALE: f64 = 0.05;
 
+/// f32 params (seed 1) and grads (seed 2) of `len` random non-zero values on `gpu`.
+pub fn params_and_grads(gpu: &GpuContext, len: usize) -> (wgpu::Buffer, wgpu::Buffer) {
+    (
+        gpu.upload("params", &random_nonzero(len, 1)).unwrap(),
+        gpu.upload("grads", &random_nonzero(len, 2)).unwrap(),
+    )
+}
+
 /// Worst relative error of `got` against `want`, relative to max(|want|, INPUT_SCALE): a value
 /// that cancelled to near zero (p - lr * u with both terms around 0.2, say) is judged at the
 /// scale of the inputs that produced it, where one rounding of those inputs is what it can

@@ -1,14 +1,21 @@
-//! Checkpoints of the engine's state: what each span keeps as named host tensors, the
-//! metadata of groups and layout, and the checked restore. A child of the engine, for its
-//! fields; the file format itself is src/checkpoint.rs.
+//! Checkpoints of the engine's state: each named tensor's slices of the span buffers, the
+//! metadata of groups, tensors and formats, the copies recorded into a caller's encoder and
+//! read once mapped ([`PendingCheckpoint`]), and the checked restore. A child of the engine,
+//! for its fields; the file format itself is src/checkpoint.rs.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
 
-use super::Engine;
-use crate::checkpoint::{Checkpoint, HostTensor, TensorDtype, FORMAT_VERSION, VERSION_KEY};
+use super::{initial_contents, Engine, QuantMaps};
+use crate::checkpoint::{
+    Checkpoint, HostTensor, TensorDtype, FORMAT_VERSION, PARAM_PREFIX, QMAP_PREFIX, VERSION_KEY,
+};
 use crate::error::{Error, Result};
+use crate::format::qmap::QuantMap;
 use crate::format::{Dtype, Master, StateFormat, BLOCK};
 use crate::gpu::glue::Role;
+use crate::gpu::GpuContext;
 use crate::guard::GradStatus;
 use crate::rule::{Hyperparameter, UpdateRule};
 
@@ -35,13 +42,184 @@ fn parse_hyperparameter(text: &str, like: Hyperparameter) -> Option<Hyperparamet
     })
 }
 
-/// One tensor a checkpoint of an engine holds for a span: its name, where its bytes live and
-/// how many of them are the tensor's (buffers are padded to whole words).
-struct SpanTensor {
-    name: String,
+/// A tensor a checkpoint names: `len` elements from element `offset` of span `span`'s
+/// buffers (a multiple of the 8-bit block, as every layout aligns its tensors).
+pub(crate) struct NamedTensor {
+    pub name: String,
+    pub span: usize,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// One per-element state a group keeps, as a checkpoint stores it: `state.<tensor>.<suffix>`.
+struct Stored {
+    suffix: String,
     role: Role,
     dtype: TensorDtype,
-    elements: usize,
+}
+
+impl Stored {
+    /// The bytes, in the span's buffer, of a tensor of `len` elements from element `offset`,
+    /// and its element count in the checkpoint (blocks, for an absmax).
+    fn range(&self, offset: u64, len: u64) -> (Range<usize>, usize) {
+        let (first, count) = match self.role {
+            Role::Absmax(_) => (
+                offset / BLOCK,
+                (offset + len).div_ceil(BLOCK) - offset / BLOCK,
+            ),
+            _ => (offset, len),
+        };
+        let bytes = self.dtype.bytes();
+        let start = first as usize * bytes;
+        (start..start + count as usize * bytes, count as usize)
+    }
+}
+
+/// How far the mapping of a pending checkpoint's copies has come.
+#[derive(Default)]
+struct Mapping {
+    done: usize,
+    error: Option<String>,
+}
+
+/// Where the steps applied come from: known on the host, or the guard's status on the device.
+enum Applied {
+    Known(u64, Vec<Vec<f64>>),
+    /// The status's copy is staging buffer `staging`; `history[k]` is each group's host state
+    /// after `base + k` applied steps (`fallback` past it).
+    Device {
+        staging: usize,
+        history: VecDeque<Vec<Vec<f64>>>,
+        base: u64,
+        fallback: Vec<Vec<f64>>,
+    },
+}
+
+/// A tensor cut out of a staging buffer.
+struct Piece {
+    name: String,
+    staging: usize,
+    bytes: Range<usize>,
+    dtype: TensorDtype,
+    count: usize,
+}
+
+/// A checkpoint recorded into a command encoder ([`Optimizer::record_checkpoint`]
+/// (crate::Optimizer::record_checkpoint)): copies of every state buffer, taken where the
+/// encoder's commands run, mapped once its submission completes. The training loop goes on
+/// while they map; [`PendingCheckpoint::is_ready`] says whether they have, and
+/// [`PendingCheckpoint::wait`] or [`PendingCheckpoint::save`] (from any thread) build the
+/// [`Checkpoint`] or write its file. Submit the encoder before waiting.
+pub struct PendingCheckpoint {
+    context: GpuContext,
+    staging: Vec<wgpu::Buffer>,
+    mapping: Arc<Mutex<Mapping>>,
+    pieces: Vec<Piece>,
+    /// Each tensor's name and group, for `step` and the rule's host state.
+    counted: Vec<(String, usize)>,
+    counts_steps: bool,
+    host_names: &'static [&'static str],
+    applied: Applied,
+    tensors: BTreeMap<String, HostTensor>,
+    metadata: BTreeMap<String, String>,
+}
+
+impl PendingCheckpoint {
+    /// Whether every copy is mapped (or failed), so that [`PendingCheckpoint::wait`] returns
+    /// at once. Polls the device without blocking.
+    pub fn is_ready(&self) -> bool {
+        let _ = self.context.device().poll(wgpu::PollType::Poll);
+        let mapping = self.mapping.lock().expect("not poisoned");
+        mapping.done == self.staging.len() || mapping.error.is_some()
+    }
+
+    /// The checkpoint, once the copies are mapped. Waits for the GPU. An encoder that was
+    /// never submitted, a failed mapping or a lost device is an error.
+    pub fn wait(self) -> Result<Checkpoint> {
+        self.context.wait()?;
+        let failed = |message: String| Error::Gpu {
+            operation: "mapping a checkpoint's copies",
+            message,
+        };
+        {
+            let mapping = self.mapping.lock().expect("not poisoned");
+            if let Some(error) = &mapping.error {
+                return Err(failed(error.clone()));
+            }
+            if mapping.done < self.staging.len() {
+                return Err(failed(
+                    "the encoder holding them was not submitted: submit it, then wait".into(),
+                ));
+            }
+        }
+        let views = self
+            .staging
+            .iter()
+            .map(|buffer| {
+                let bytes = buffer
+                    .get_mapped_range(..)
+                    .map_err(|e| failed(e.to_string()))?
+                    .to_vec();
+                buffer.unmap();
+                Ok(bytes)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut tensors = self.tensors;
+        let mut metadata = self.metadata;
+        for piece in self.pieces {
+            let data = views[piece.staging][piece.bytes].to_vec();
+            let tensor = HostTensor {
+                dtype: piece.dtype,
+                shape: vec![piece.count],
+                data,
+            };
+            tensors.insert(piece.name, tensor);
+        }
+        let (applied, host) = match self.applied {
+            Applied::Known(applied, host) => (applied, host),
+            Applied::Device {
+                staging,
+                history,
+                base,
+                fallback,
+            } => {
+                let status: GradStatus = bytemuck::pod_read_unaligned(&views[staging]);
+                tensors.insert(
+                    "fused_optim.grad_status".to_owned(),
+                    HostTensor::vector(TensorDtype::U32, views[staging].clone()),
+                );
+                let applied = status.applied as u64;
+                let host = applied
+                    .checked_sub(base)
+                    .and_then(|k| history.get(k as usize))
+                    .cloned()
+                    .unwrap_or(fallback);
+                (applied, host)
+            }
+        };
+        for (name, group) in self.counted {
+            if self.counts_steps {
+                tensors.insert(
+                    format!("state.{name}.step"),
+                    HostTensor::scalar_f32(applied as f32),
+                );
+            }
+            for (host_name, value) in self.host_names.iter().zip(&host[group]) {
+                tensors.insert(
+                    format!("state.{name}.{host_name}"),
+                    HostTensor::scalar_f64(*value),
+                );
+            }
+        }
+        metadata.insert("fused_optim.applied".to_owned(), applied.to_string());
+        Ok(Checkpoint { tensors, metadata })
+    }
+
+    /// Waits for the copies and writes the checkpoint to `path` crash-safely (see
+    /// [`Checkpoint::save`]).
+    pub fn save(self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        self.wait()?.save(path)
+    }
 }
 
 impl<R: UpdateRule> Engine<R> {
@@ -53,66 +231,72 @@ impl<R: UpdateRule> Engine<R> {
             .unwrap_or_default()
     }
 
-    /// The tensors span `span`, named `name`, keeps in a checkpoint (besides `step`).
-    fn span_tensors(&self, span: usize, name: &str) -> Vec<SpanTensor> {
-        let len = (self.spans[span].end - self.spans[span].start) as usize;
-        let formats = &self.formats[self.spans[span].group];
-        let mut tensors = Vec::new();
+    /// Whether slot `slot` is coded with the unsigned map.
+    fn unsigned(slot: usize) -> bool {
+        R::NON_NEGATIVE.contains(&R::STATE_SLOTS[slot])
+    }
+
+    /// The per-element state group `group` keeps, as checkpoints store it (besides `step`).
+    fn stored(&self, group: usize) -> Vec<Stored> {
+        let formats = &self.formats[group];
+        let mut stored = Vec::new();
+        let mut push = |suffix: String, role, dtype| {
+            stored.push(Stored {
+                suffix,
+                role,
+                dtype,
+            })
+        };
         match formats.master {
             Master::None => {}
-            Master::F32 => tensors.push(SpanTensor {
-                name: format!("state.{name}.master"),
-                role: Role::Master,
-                dtype: TensorDtype::F32,
-                elements: len,
-            }),
-            Master::Bf16Remainder => tensors.push(SpanTensor {
-                name: format!("state.{name}.master_remainder"),
-                role: Role::Master,
-                dtype: TensorDtype::U16,
-                elements: len,
-            }),
+            Master::F32 => push("master".into(), Role::Master, TensorDtype::F32),
+            Master::Bf16Remainder => {
+                push("master_remainder".into(), Role::Master, TensorDtype::U16)
+            }
         }
         for (slot, format) in formats.slots.iter().enumerate() {
             let Some(format) = format else { continue };
-            let slot_name = format!("state.{name}.{}", R::STATE_SLOTS[slot]);
+            let name = R::STATE_SLOTS[slot].to_owned();
             let dtype = match format {
                 StateFormat::F32 => TensorDtype::F32,
                 StateFormat::Bf16 => TensorDtype::Bf16,
                 StateFormat::Block8 => TensorDtype::U8,
             };
             if *format == StateFormat::Block8 {
-                tensors.push(SpanTensor {
-                    name: format!("{slot_name}.absmax"),
-                    role: Role::Absmax(slot),
-                    dtype: TensorDtype::F32,
-                    elements: len.div_ceil(BLOCK as usize),
-                });
+                push(
+                    format!("{name}.absmax"),
+                    Role::Absmax(slot),
+                    TensorDtype::F32,
+                );
             }
-            tensors.push(SpanTensor {
-                name: slot_name,
-                role: Role::Slot(slot),
-                dtype,
-                elements: len,
-            });
+            push(name, Role::Slot(slot), dtype);
         }
-        tensors
+        stored
     }
 
-    /// Every group's hyperparameters and formats, the layout and the counts, as checkpoint
-    /// metadata.
-    fn checkpoint_metadata(&self) -> BTreeMap<String, String> {
+    /// The quantization maps 8-bit slots of some group use, by their tensor names.
+    fn used_maps(&self) -> BTreeMap<String, QuantMap> {
+        let mut maps = BTreeMap::new();
+        for formats in &self.formats {
+            for (slot, format) in formats.slots.iter().enumerate() {
+                if *format == Some(StateFormat::Block8) {
+                    let (kind, map) = match Self::unsigned(slot) {
+                        true => ("unsigned", QuantMap::unsigned()),
+                        false => ("signed", QuantMap::signed()),
+                    };
+                    maps.insert(format!("{QMAP_PREFIX}{kind}"), map);
+                }
+            }
+        }
+        maps
+    }
+
+    /// Every group's hyperparameters and formats, each tensor's group, index in its group and
+    /// elements, the 8-bit slots' maps and the steps recorded, as checkpoint metadata.
+    fn checkpoint_metadata(&self, tensors: &[NamedTensor]) -> BTreeMap<String, String> {
         let mut metadata = BTreeMap::new();
         metadata.insert(VERSION_KEY.to_owned(), FORMAT_VERSION.to_string());
         metadata.insert("fused_optim.rule".to_owned(), Self::rule_key().to_owned());
-        let lens: Vec<String> = self.lens.iter().map(u64::to_string).collect();
-        metadata.insert("fused_optim.lens".to_owned(), lens.join(","));
-        let spans: Vec<String> = self
-            .spans
-            .iter()
-            .map(|s| format!("{}:{}:{}:{}", s.target, s.group, s.start, s.end))
-            .collect();
-        metadata.insert("fused_optim.spans".to_owned(), spans.join(","));
         metadata.insert("fused_optim.steps".to_owned(), self.steps.to_string());
         for (g, (rule, precision)) in self.groups.iter().zip(&self.precisions).enumerate() {
             metadata.insert(
@@ -126,54 +310,153 @@ impl<R: UpdateRule> Engine<R> {
                 );
             }
         }
+        let mut index = vec![0usize; self.groups.len()];
+        for tensor in tensors {
+            let group = self.spans[tensor.span].group;
+            metadata.insert(
+                format!("{PARAM_PREFIX}{}", tensor.name),
+                format!("{group}:{}:{}", index[group], tensor.len),
+            );
+            index[group] += 1;
+        }
+        for formats in &self.formats {
+            for (slot, format) in formats.slots.iter().enumerate() {
+                if *format == Some(StateFormat::Block8) {
+                    let kind = if Self::unsigned(slot) {
+                        "unsigned"
+                    } else {
+                        "signed"
+                    };
+                    metadata.insert(
+                        format!("{QMAP_PREFIX}{}", R::STATE_SLOTS[slot]),
+                        kind.to_owned(),
+                    );
+                }
+            }
+        }
         metadata
     }
 
-    /// The state as a checkpoint, each span named by `names`: every kept slot in its stored
-    /// form (8-bit codes with their absmax), the master, `step` (the steps applied), the
-    /// rule's host state (NAdam's `mu_product`), the grad guard's status, and metadata.
+    /// Records copies of every state buffer (and the grad guard's status) into `encoder`,
+    /// mapped when its submission completes, and returns what builds the checkpoint from them,
+    /// each tensor of `tensors` named as it says. Creates the staging buffers; records nothing
+    /// if that fails.
+    pub fn record_checkpoint(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        tensors: &[NamedTensor],
+    ) -> Result<PendingCheckpoint> {
+        let mut sources: Vec<&wgpu::Buffer> = Vec::new();
+        // Each span's first source, then the status's.
+        let mut first = Vec::with_capacity(self.owned.len());
+        for owned in &self.owned {
+            first.push(sources.len());
+            sources.extend(owned.iter().map(|(_, buffer)| buffer));
+        }
+        let status_source = self.guard.as_ref().map(|guarded| {
+            sources.push(guarded.device.status());
+            sources.len() - 1
+        });
+        let device = self.context.device();
+        let staging = self
+            .context
+            .scoped("allocating a checkpoint's staging buffers", || {
+                sources
+                    .iter()
+                    .map(|source| {
+                        device.create_buffer(&wgpu::BufferDescriptor {
+                            label: Some("fused-optim checkpoint copy"),
+                            size: source.size(),
+                            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                            mapped_at_creation: false,
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            })?;
+        let mapping = Arc::new(Mutex::new(Mapping::default()));
+        for (source, copy) in sources.iter().zip(&staging) {
+            encoder.copy_buffer_to_buffer(source, 0, copy, 0, source.size());
+            let mapping = Arc::clone(&mapping);
+            encoder.map_buffer_on_submit(copy, wgpu::MapMode::Read, .., move |result| {
+                let mut mapping = mapping.lock().expect("not poisoned");
+                match result {
+                    Ok(()) => mapping.done += 1,
+                    Err(error) => mapping.error = Some(error.to_string()),
+                }
+            });
+        }
+        let mut pieces = Vec::new();
+        for tensor in tensors {
+            let span = tensor.span;
+            for stored in self.stored(self.spans[span].group) {
+                let index = self.owned[span]
+                    .iter()
+                    .position(|(role, _)| *role == stored.role)
+                    .expect("a kept state has a buffer");
+                let (bytes, count) = stored.range(tensor.offset, tensor.len);
+                pieces.push(Piece {
+                    name: format!("state.{}.{}", tensor.name, stored.suffix),
+                    staging: first[span] + index,
+                    bytes,
+                    dtype: stored.dtype,
+                    count,
+                });
+            }
+        }
+        let applied = match (&self.guard, status_source) {
+            (Some(guarded), Some(staging)) => Applied::Device {
+                staging,
+                history: guarded.history.clone(),
+                base: guarded.history_base,
+                fallback: self.host.clone(),
+            },
+            _ => Applied::Known(self.steps, self.host.clone()),
+        };
+        let maps = self
+            .used_maps()
+            .into_iter()
+            .map(|(name, map)| {
+                let data = bytemuck::cast_slice(&map.values).to_vec();
+                (name, HostTensor::vector(TensorDtype::F32, data))
+            })
+            .collect();
+        Ok(PendingCheckpoint {
+            context: self.context.clone(),
+            staging,
+            mapping,
+            pieces,
+            counted: tensors
+                .iter()
+                .map(|t| (t.name.clone(), self.spans[t.span].group))
+                .collect(),
+            counts_steps: R::COUNTS_STEPS,
+            host_names: R::HOST_STATE,
+            applied,
+            tensors: maps,
+            metadata: self.checkpoint_metadata(tensors),
+        })
+    }
+
+    /// The state as a checkpoint, each tensor named as `tensors` says: every kept slot in its
+    /// stored form (8-bit codes with their absmax), the master, `step` (the steps applied),
+    /// the rule's host state (NAdam's `mu_product`), the grad guard's status, and metadata.
     /// Waits for the GPU.
-    pub fn checkpoint(&self, names: &[String]) -> Result<Checkpoint> {
-        let (applied, host) = self.applied()?;
-        let mut tensors = BTreeMap::new();
-        for (span, name) in names.iter().enumerate() {
-            for tensor in self.span_tensors(span, name) {
-                let buffer = self.owned_buffer(span, tensor.role).expect("allocated");
-                let mut data = self.context.download_bytes(buffer)?;
-                data.truncate(tensor.elements * tensor.dtype.bytes());
-                tensors.insert(tensor.name, HostTensor::vector(tensor.dtype, data));
-            }
-            let group = self.spans[span].group;
-            if R::COUNTS_STEPS {
-                tensors.insert(
-                    format!("state.{name}.step"),
-                    HostTensor::scalar_f32(applied as f32),
-                );
-            }
-            for (host_name, value) in R::HOST_STATE.iter().zip(&host[group]) {
-                tensors.insert(
-                    format!("state.{name}.{host_name}"),
-                    HostTensor::scalar_f64(*value),
-                );
-            }
-        }
-        let mut metadata = self.checkpoint_metadata();
-        metadata.insert("fused_optim.applied".to_owned(), applied.to_string());
-        if let Some(guarded) = &self.guard {
-            let status = guarded.device.read_status()?;
-            tensors.insert(
-                "fused_optim.grad_status".to_owned(),
-                HostTensor::vector(TensorDtype::U32, bytemuck::bytes_of(&status).to_vec()),
-            );
-        }
-        Ok(Checkpoint { tensors, metadata })
+    pub fn checkpoint(&self, tensors: &[NamedTensor]) -> Result<Checkpoint> {
+        let mut encoder = self
+            .context
+            .device()
+            .create_command_encoder(&Default::default());
+        let pending = self.record_checkpoint(&mut encoder, tensors)?;
+        self.context.queue().submit([encoder.finish()]);
+        pending.wait()
     }
 
     /// Restores `checkpoint`, made by [`Engine::checkpoint`] of an optimizer of the same rule,
-    /// layout and formats with spans named `names`: the hyperparameters, every state, the
-    /// master, the step counts and the guard's status. Everything is checked first; on error
-    /// nothing changed.
-    pub fn restore(&mut self, checkpoint: &Checkpoint, names: &[String]) -> Result<()> {
+    /// tensors, formats and flags, its tensors named as `tensors` says: the hyperparameters,
+    /// every state, the master, the step counts and the guard's status. Elements between
+    /// tensors (a layout's alignment) are given their initial state. Everything is checked
+    /// first; on error nothing changed.
+    pub fn restore(&mut self, checkpoint: &Checkpoint, tensors: &[NamedTensor]) -> Result<()> {
         let mismatch = |reason: String| Error::CheckpointMismatch { reason };
         let corrupt = |reason: String| Error::CorruptCheckpoint { reason };
         let version = checkpoint.meta(VERSION_KEY)?;
@@ -182,16 +465,15 @@ impl<R: UpdateRule> Engine<R> {
                 "format version `{version}` is not one this library reads"
             )));
         }
-        let ours = self.checkpoint_metadata();
-        for key in ["fused_optim.rule", "fused_optim.lens", "fused_optim.spans"] {
-            let theirs = checkpoint.meta(key)?;
-            if theirs != ours[key] {
-                return Err(mismatch(format!(
-                    "`{key}` is `{theirs}`, this optimizer's `{}`",
-                    ours[key]
-                )));
-            }
+        let ours = self.checkpoint_metadata(tensors);
+        let rule = checkpoint.meta("fused_optim.rule")?;
+        if rule != ours["fused_optim.rule"] {
+            return Err(mismatch(format!(
+                "it is a checkpoint of {rule}, this optimizer is {}",
+                ours["fused_optim.rule"]
+            )));
         }
+        check_tensors(checkpoint, &ours)?;
         let count = |key: &str| -> Result<u64> {
             let text = checkpoint.meta(key)?;
             text.parse()
@@ -233,40 +515,44 @@ impl<R: UpdateRule> Engine<R> {
                 )));
             }
         }
-        let finite = |name: &str, tensor: &HostTensor| -> Result<()> {
-            let bad = match tensor.dtype {
-                TensorDtype::F32 => tensor
-                    .data
-                    .chunks_exact(4)
-                    .any(|b| !f32::from_le_bytes(b.try_into().unwrap()).is_finite()),
-                TensorDtype::Bf16 => tensor.data.chunks_exact(2).any(|b| {
-                    !Dtype::Bf16
-                        .value(u16::from_le_bytes([b[0], b[1]]))
-                        .is_finite()
-                }),
-                TensorDtype::F64 => tensor
-                    .data
-                    .chunks_exact(8)
-                    .any(|b| !f64::from_le_bytes(b.try_into().unwrap()).is_finite()),
-                _ => false,
-            };
-            match bad {
-                true => Err(corrupt(format!("tensor `{name}` holds inf or NaN"))),
-                false => Ok(()),
-            }
-        };
         let mut expected = BTreeSet::new();
-        let mut writes = Vec::new();
+        for (name, map) in self.used_maps() {
+            let data = checkpoint.tensor(&name, TensorDtype::F32, &[256])?;
+            if data != bytemuck::cast_slice::<f32, u8>(&map.values) {
+                return Err(mismatch(format!(
+                    "`{name}` is not this library's quantization map"
+                )));
+            }
+            expected.insert(name);
+        }
+        // Each span's buffers as they will be: the initial state, overwritten by each tensor.
+        let maps = QuantMaps::new();
+        let mut contents: Vec<Vec<(Role, Vec<u8>)>> = self
+            .spans
+            .iter()
+            .map(|span| {
+                let group = span.group;
+                let len = span.end - span.start;
+                initial_contents(&groups[group], &self.formats[group], &maps, len)
+            })
+            .collect();
         let mut host = vec![Vec::new(); self.groups.len()];
-        for (span, name) in names.iter().enumerate() {
-            for tensor in self.span_tensors(span, name) {
-                let data = checkpoint.tensor(&tensor.name, tensor.dtype, &[tensor.elements])?;
-                finite(&tensor.name, &checkpoint.tensors[&tensor.name])?;
-                writes.push((span, tensor.role, data));
-                expected.insert(tensor.name);
+        for tensor in tensors {
+            let group = self.spans[tensor.span].group;
+            for stored in self.stored(group) {
+                let name = format!("state.{}.{}", tensor.name, stored.suffix);
+                let (bytes, count) = stored.range(tensor.offset, tensor.len);
+                let data = checkpoint.tensor(&name, stored.dtype, &[count])?;
+                check_finite(&name, stored.dtype, data)?;
+                let (_, buffer) = contents[tensor.span]
+                    .iter_mut()
+                    .find(|(role, _)| *role == stored.role)
+                    .expect("a kept state has contents");
+                buffer[bytes].copy_from_slice(data);
+                expected.insert(name);
             }
             if R::COUNTS_STEPS {
-                let key = format!("state.{name}.step");
+                let key = format!("state.{}.step", tensor.name);
                 let data = checkpoint.tensor(&key, TensorDtype::F32, &[])?;
                 let step = f32::from_le_bytes(data.try_into().expect("4 bytes"));
                 if step != applied as f32 {
@@ -276,50 +562,50 @@ impl<R: UpdateRule> Engine<R> {
                 }
                 expected.insert(key);
             }
-            let group = self.spans[span].group;
             host[group] = R::HOST_STATE
                 .iter()
                 .map(|host_name| {
-                    let key = format!("state.{name}.{host_name}");
+                    let key = format!("state.{}.{host_name}", tensor.name);
                     let data = checkpoint.tensor(&key, TensorDtype::F64, &[])?;
-                    finite(&key, &checkpoint.tensors[&key])?;
+                    check_finite(&key, TensorDtype::F64, data)?;
                     expected.insert(key);
                     Ok(f64::from_le_bytes(data.try_into().expect("8 bytes")))
                 })
                 .collect::<Result<Vec<f64>>>()?;
         }
-        let status =
-            match (
-                &self.guard,
-                checkpoint.tensors.get("fused_optim.grad_status"),
-            ) {
-                (None, None) => None,
-                (Some(_), Some(_)) => {
-                    let words = std::mem::size_of::<GradStatus>() / 4;
-                    let data =
-                        checkpoint.tensor("fused_optim.grad_status", TensorDtype::U32, &[words])?;
-                    let status: GradStatus = bytemuck::pod_read_unaligned(data);
-                    if status.applied as u64 != applied || !status.scale.is_finite() {
-                        return Err(corrupt(
-                            "the grad status disagrees with the steps applied".into(),
-                        ));
-                    }
-                    expected.insert("fused_optim.grad_status".to_owned());
-                    Some(status)
+        let status = match (
+            &self.guard,
+            checkpoint.tensors.get("fused_optim.grad_status"),
+        ) {
+            (None, None) => None,
+            (Some(_), Some(_)) => {
+                let words = std::mem::size_of::<GradStatus>() / 4;
+                let data =
+                    checkpoint.tensor("fused_optim.grad_status", TensorDtype::U32, &[words])?;
+                let status: GradStatus = bytemuck::pod_read_unaligned(data);
+                if status.applied as u64 != applied || !status.scale.is_finite() {
+                    return Err(corrupt(
+                        "the grad status disagrees with the steps applied".into(),
+                    ));
                 }
-                (Some(_), None) => return Err(mismatch(
-                    "it has no grad guard status; restore it into an optimizer without a guard, \
-                     then set the guard"
+                expected.insert("fused_optim.grad_status".to_owned());
+                Some(status)
+            }
+            (Some(_), None) => {
+                return Err(mismatch(
+                    "it has no grad guard status; restore it into an optimizer without a \
+                     guard, then set the guard"
                         .into(),
-                )),
-                (None, Some(_)) => {
-                    return Err(mismatch(
-                        "it holds a grad guard's status; set the guard (`with_grad_guard`) before \
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(mismatch(
+                    "it holds a grad guard's status; set the guard (`with_grad_guard`) before \
                      restoring"
-                            .into(),
-                    ))
-                }
-            };
+                        .into(),
+                ))
+            }
+        };
         if let Some(extra) = checkpoint
             .tensors
             .keys()
@@ -331,21 +617,17 @@ impl<R: UpdateRule> Engine<R> {
         }
         // Everything is checked: write.
         let queue = self.context.queue();
-        for (span, role, data) in writes {
-            let buffer = self.owned_buffer(span, role).expect("allocated");
-            let mut padded = data.to_vec();
-            padded.resize(buffer.size() as usize, 0);
-            queue.write_buffer(buffer, 0, &padded);
-        }
-        if !R::HOST_STATE.is_empty() {
-            // Groups without a span keep their initial host state.
-            for (g, state) in host.iter_mut().enumerate() {
-                if state.is_empty() {
-                    *state = self.groups[g].initial_host_state();
-                }
+        for (span, contents) in contents.into_iter().enumerate() {
+            for (role, bytes) in contents {
+                let buffer = self.owned_buffer(span, role).expect("allocated");
+                queue.write_buffer(buffer, 0, &bytes);
             }
-        } else {
-            host = vec![Vec::new(); self.groups.len()];
+        }
+        // Groups without a tensor (and rules without host state) keep their initial state.
+        for (g, state) in host.iter_mut().enumerate() {
+            if state.is_empty() {
+                *state = groups[g].initial_host_state();
+            }
         }
         if let (Some(guarded), Some(status)) = (&mut self.guard, status) {
             queue.write_buffer(guarded.device.status(), 0, bytemuck::bytes_of(&status));
@@ -357,5 +639,66 @@ impl<R: UpdateRule> Engine<R> {
         self.host = host;
         self.steps = steps;
         Ok(())
+    }
+}
+
+/// Checks that the checkpoint's tensors (`fused_optim.param.<name>` = group, index in the
+/// group, elements) are exactly `ours`'.
+fn check_tensors(checkpoint: &Checkpoint, ours: &BTreeMap<String, String>) -> Result<()> {
+    let mismatch = |reason: String| Error::CheckpointMismatch { reason };
+    let listed = |metadata: &BTreeMap<String, String>| -> BTreeMap<String, String> {
+        metadata
+            .iter()
+            .filter_map(|(key, value)| {
+                Some((key.strip_prefix(PARAM_PREFIX)?.to_owned(), value.clone()))
+            })
+            .collect()
+    };
+    let (theirs, ours) = (listed(&checkpoint.metadata), listed(ours));
+    for (name, place) in &ours {
+        match theirs.get(name) {
+            None => {
+                return Err(mismatch(format!(
+                    "it has no tensor `{name}`; its tensors are {:?}",
+                    theirs.keys().collect::<Vec<_>>()
+                )))
+            }
+            Some(their) if their != place => {
+                return Err(mismatch(format!(
+                    "tensor `{name}` is group:index:elements `{their}` there, `{place}` here"
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(name) = theirs.keys().find(|name| !ours.contains_key(*name)) {
+        return Err(mismatch(format!(
+            "it holds tensor `{name}`, which this optimizer does not have"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses float state holding inf or NaN.
+fn check_finite(name: &str, dtype: TensorDtype, data: &[u8]) -> Result<()> {
+    let bad = match dtype {
+        TensorDtype::F32 => data
+            .chunks_exact(4)
+            .any(|b| !f32::from_le_bytes(b.try_into().unwrap()).is_finite()),
+        TensorDtype::Bf16 => data.chunks_exact(2).any(|b| {
+            !Dtype::Bf16
+                .value(u16::from_le_bytes([b[0], b[1]]))
+                .is_finite()
+        }),
+        TensorDtype::F64 => data
+            .chunks_exact(8)
+            .any(|b| !f64::from_le_bytes(b.try_into().unwrap()).is_finite()),
+        _ => false,
+    };
+    match bad {
+        true => Err(Error::CorruptCheckpoint {
+            reason: format!("tensor `{name}` holds inf or NaN"),
+        }),
+        false => Ok(()),
     }
 }
