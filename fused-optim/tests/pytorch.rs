@@ -20,19 +20,10 @@ use serde_json::Value;
 /// these bold hyperparameters by 1e-3 or more.
 const TOLERANCE: f64 = 5e-5;
 
-fn floats(value: &Value) -> Vec<f32> {
-    value
-        .as_array()
-        .expect("an array of numbers")
-        .iter()
-        .map(|x| x.as_f64().expect("a number") as f32)
-        .collect()
-}
-
 /// Runs one case through the twin and the GPU and returns its worst relative error.
 fn check<R: UpdateRule>(rule: R, case: &Value) -> f64 {
     let gpu = common::gpu();
-    let mut params_cpu = floats(&case["params"]);
+    let mut params_cpu = common::floats(&case["params"]);
     let len = params_cpu.len();
     let params = gpu.upload("params", &params_cpu).unwrap();
     let grads = gpu.upload("grads", &params_cpu).unwrap();
@@ -40,7 +31,7 @@ fn check<R: UpdateRule>(rule: R, case: &Value) -> f64 {
     let mut optimizer = Optimizer::new(gpu, rule.clone(), len).unwrap();
     let steps = case["learning_rates"].as_array().unwrap();
     for (lr, grads_cpu) in steps.iter().zip(case["grads"].as_array().unwrap()) {
-        let (lr, grads_cpu) = (lr.as_f64().unwrap(), floats(grads_cpu));
+        let (lr, grads_cpu) = (lr.as_f64().unwrap(), common::floats(grads_cpu));
         cpu.set_lr(lr).unwrap();
         optimizer.set_lr(lr).unwrap();
         cpu.step(&mut params_cpu, &grads_cpu).unwrap();
@@ -57,14 +48,14 @@ fn check<R: UpdateRule>(rule: R, case: &Value) -> f64 {
 
     let mut compared = vec![(
         "params",
-        floats(&expected["params"]),
+        common::floats(&expected["params"]),
         params_cpu,
         gpu.download(&params).unwrap(),
     )];
     for (name, want) in torch_state {
         compared.push((
             name.as_str(),
-            floats(want),
+            common::floats(want),
             cpu.state(name).unwrap(),
             optimizer.read_state(name).unwrap(),
         ));

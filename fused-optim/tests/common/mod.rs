@@ -31,6 +31,16 @@ pub fn random_nonzero(len: usize, seed: u64) -> Vec<f32> {
 /// The smallest magnitude `random_nonzero` produces.
 pub const INPUT_SCALE: f64 = 0.05;
 
+/// A JSON array of numbers as f32 (the golden files' values).
+pub fn floats(value: &serde_json::Value) -> Vec<f32> {
+    value
+        .as_array()
+        .expect("an array of numbers")
+        .iter()
+        .map(|x| x.as_f64().expect("a number") as f32)
+        .collect()
+}
+
 /// f32 params (seed 1) and grads (seed 2) of `len` random non-zero values on `gpu`.
 pub fn params_and_grads(gpu: &GpuContext, len: usize) -> (wgpu::Buffer, wgpu::Buffer) {
     (
