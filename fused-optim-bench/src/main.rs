@@ -54,7 +54,7 @@ enum Command {
         #[command(flatten)]
         options: BenchOptions,
     },
-    /// Read optimizer checkpoints (safetensors files written by `save`).
+    /// Read and convert optimizer checkpoints (safetensors files written by `save`).
     Checkpoint {
         #[command(subcommand)]
         action: CheckpointAction,
@@ -67,6 +67,14 @@ enum CheckpointAction {
     Inspect {
         /// The checkpoint file.
         file: PathBuf,
+    },
+    /// Write a copy with 8-bit and bf16 state widened to f32 (for export, or to resume with
+    /// f32 state).
+    Expand {
+        /// The checkpoint file.
+        file: PathBuf,
+        /// Where to write the expanded copy.
+        output: PathBuf,
     },
 }
 
@@ -128,6 +136,11 @@ fn main() -> ExitCode {
         Command::Checkpoint {
             action: CheckpointAction::Inspect { file },
         } => inspect(&file),
+        Command::Checkpoint {
+            action: CheckpointAction::Expand { file, output },
+        } => fused_optim::Checkpoint::load(&file)
+            .and_then(|checkpoint| checkpoint.expanded()?.save(&output))
+            .map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -105,9 +105,13 @@ fn every_rule_resumes_bit_for_bit_through_a_file_and_a_fresh_device() {
     struct Resume;
     impl RuleVisitor for Resume {
         fn visit<R: RegisteredRule>(&mut self) {
-            let rule = &R::every_flag()[0];
-            resume(rule, &Precision::default(), None);
-            resume(rule, &Precision::lean(), None);
+            let configurations = R::every_flag();
+            for rule in &configurations {
+                resume(rule, &Precision::default(), None);
+            }
+            for (_, precision) in Precision::presets() {
+                resume(&configurations[0], &precision, None);
+            }
         }
     }
     visit_rules(&mut Resume);
