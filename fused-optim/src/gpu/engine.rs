@@ -92,6 +92,11 @@ struct Guarded {
     history_base: u64,
 }
 
+/// Each target's grads format, from its (params, grads) formats.
+fn grads_formats(dtypes: &[(Dtype, Dtype)]) -> Vec<Dtype> {
+    dtypes.iter().map(|&(_, grads)| grads).collect()
+}
+
 /// How one role's elements sit in its buffer, for binding ranges.
 fn storage_of(role: Role, formats: &KernelFormats, dtypes: (Dtype, Dtype)) -> Storage {
     let dtype = |dtype: Dtype| match dtype {
@@ -329,7 +334,7 @@ impl<R: UpdateRule> Engine<R> {
             &self.windows,
             &self.dispatches,
         )?;
-        let grads: Vec<Dtype> = self.dtypes.iter().map(|d| d.1).collect();
+        let grads = grads_formats(&self.dtypes);
         let device = self.context.scoped("allocating the grad guard", || {
             DeviceGuard::new(
                 &self.context,
@@ -480,7 +485,7 @@ impl<R: UpdateRule> Engine<R> {
     /// and every state its group keeps read and written, each in its format; with a guard,
     /// the grads read once more by its reduction.
     pub fn bytes_per_step(&self) -> u64 {
-        let grads: Vec<Dtype> = self.dtypes.iter().map(|d| d.1).collect();
+        let grads = grads_formats(&self.dtypes);
         let reduction = self
             .guard
             .as_ref()
@@ -777,7 +782,7 @@ impl<R: UpdateRule> Engine<R> {
         if let Some(guarded) = &mut self.guard {
             if !stale.is_empty() || guarded.device.needs_binding() {
                 let grads: Vec<&wgpu::Buffer> = pairs.iter().map(|pair| pair.1).collect();
-                let dtypes: Vec<Dtype> = self.dtypes.iter().map(|d| d.1).collect();
+                let dtypes = grads_formats(&self.dtypes);
                 self.context
                     .scoped("binding the grad guard's reduction", || {
                         guarded.device.bind(&grads, &dtypes, &stale)
@@ -821,7 +826,7 @@ impl<R: UpdateRule> Engine<R> {
                         }
                     }),
                 });
-                let grads: Vec<Dtype> = self.dtypes.iter().map(|d| d.1).collect();
+                let grads = grads_formats(&self.dtypes);
                 guarded
                     .device
                     .record_reduction(&mut pass, &grads, self.workgroups_per_dimension);
