@@ -136,7 +136,9 @@ impl PendingCheckpoint {
     /// The checkpoint, once the copies are mapped. Waits for the GPU. An encoder that was
     /// never submitted, a failed mapping or a lost device is an error.
     pub fn wait(self) -> Result<Checkpoint> {
-        self.context.wait()?;
+        if !self.is_ready() {
+            self.context.wait()?;
+        }
         let failed = |message: String| Error::Gpu {
             operation: "mapping a checkpoint's copies",
             message,
@@ -152,41 +154,48 @@ impl PendingCheckpoint {
                 ));
             }
         }
-        let views = self
-            .staging
-            .iter()
-            .map(|buffer| {
-                let bytes = buffer
-                    .get_mapped_range(..)
-                    .map_err(|e| failed(e.to_string()))?
-                    .to_vec();
-                buffer.unmap();
-                Ok(bytes)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        // Each piece cut straight out of its mapped copy; the status copied whole.
+        let status_staging = match &self.applied {
+            Applied::Device { staging, .. } => Some(*staging),
+            Applied::Known(..) => None,
+        };
         let mut tensors = self.tensors;
         let mut metadata = self.metadata;
-        for piece in self.pieces {
-            let data = views[piece.staging][piece.bytes].to_vec();
-            let tensor = HostTensor {
-                dtype: piece.dtype,
-                shape: vec![piece.count],
-                data,
-            };
-            tensors.insert(piece.name, tensor);
+        let mut pieces = self.pieces;
+        pieces.sort_by_key(|piece| piece.staging);
+        let mut pieces = pieces.into_iter().peekable();
+        let mut status_bytes = Vec::new();
+        for (index, buffer) in self.staging.iter().enumerate() {
+            {
+                let view = buffer
+                    .get_mapped_range(..)
+                    .map_err(|e| failed(e.to_string()))?;
+                while let Some(piece) = pieces.next_if(|piece| piece.staging == index) {
+                    let tensor = HostTensor {
+                        dtype: piece.dtype,
+                        shape: vec![piece.count],
+                        data: view[piece.bytes].to_vec(),
+                    };
+                    tensors.insert(piece.name, tensor);
+                }
+                if status_staging == Some(index) {
+                    status_bytes = view.to_vec();
+                }
+            }
+            buffer.unmap();
         }
         let (applied, host) = match self.applied {
             Applied::Known(applied, host) => (applied, host),
             Applied::Device {
-                staging,
                 history,
                 base,
                 fallback,
+                ..
             } => {
-                let status: GradStatus = bytemuck::pod_read_unaligned(&views[staging]);
+                let status: GradStatus = bytemuck::pod_read_unaligned(&status_bytes);
                 tensors.insert(
                     "fused_optim.grad_status".to_owned(),
-                    HostTensor::vector(TensorDtype::U32, views[staging].clone()),
+                    HostTensor::vector(TensorDtype::U32, status_bytes),
                 );
                 let applied = status.applied as u64;
                 let host = applied
