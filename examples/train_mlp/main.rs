@@ -15,6 +15,21 @@
 //! dynamic` (or `--clip-norm`) the GPU run's optimizer keeps a loss scale on the device that
 //! the backward pass multiplies the loss gradient by; each epoch's line adds the scale, the
 //! steps skipped so far and the last step's grad norm.
+//!
+//! With `--save DIR` the run saves itself into DIR after every epoch (the optimizer's
+//! checkpoint and the model, see train_mlp::MODEL_FILE); `--resume DIR` continues it from its
+//! next epoch up to `--epochs`, on the GPU bit for bit as the uninterrupted run:
+//!
+//! cargo run --release --example train_mlp -- --epochs 20 --save ck   # stopped after epoch 7
+//! cargo run --release --example train_mlp -- --epochs 20 --save ck --resume ck
+//!
+//! Resuming with more `--epochs` than the saved run had extends it; the cosine schedule spans
+//! `--epochs`, so its curve then changes from the resumed epoch on (constant, step and
+//! exponential do not depend on the run's length). The CPU twin keeps its optimizer state on
+//! the host and cannot resume from the GPU optimizer's checkpoint, so a resumed run shows the
+//! twin's losses up to the first resume and none after.
+
+use std::process::ExitCode;
 
 use clap::Parser;
 use fused_optim::{GpuContext, LrSchedule};
@@ -60,10 +75,29 @@ struct Args {
     /// Write the GPU and CPU loss curves to this SVG file.
     #[arg(long)]
     plot: Option<std::path::PathBuf>,
+    /// Save the run into this directory after every epoch (created if missing):
+    /// optimizer.safetensors (the optimizer's checkpoint) and model.safetensors (the params,
+    /// one tensor per layer, and what resuming needs), each replaced crash-safely.
+    #[arg(long, value_name = "DIR")]
+    save: Option<std::path::PathBuf>,
+    /// Continue the run saved in this directory from its next epoch up to --epochs. The model
+    /// and optimizer settings must be the saved run's; --schedule and --warmup may differ.
+    #[arg(long, value_name = "DIR")]
+    resume: Option<std::path::PathBuf>,
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = Args::parse();
+/// Errors print as their messages (`main` returning them would print their Debug form).
+fn main() -> ExitCode {
+    match train(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn train(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let epochs = args.epochs as u64;
     let mut schedule = match args.schedule.as_str() {
         "constant" => LrSchedule::Constant,
@@ -107,6 +141,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         schedule,
         precision: args.precision.clone(),
         guard,
+        save: args.save.clone(),
+        resume: args.resume.clone(),
     };
     let gpu = GpuContext::new()?;
     let data = mlp::wine_quality(args.seed);
@@ -120,10 +156,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         config.hidden
     );
     let run = mlp::train_named(&gpu, &data, &config, &args.optimizer, args.lr)?;
+    let twin = match run.resumed {
+        None => "cpu twin in f32",
+        Some(_) => "no cpu twin after resuming",
+    };
     println!(
-        "{} on {} parameters, schedule {:?}, gpu in {}, cpu twin in f32",
+        "{} on {} parameters, schedule {:?}, gpu in {}, {twin}",
         run.optimizer, run.parameters, config.schedule, config.precision
     );
+    let first = run.resumed.as_ref().map_or(0, |resumed| resumed.epochs);
+    if let (Some(dir), Some(resumed)) = (&args.resume, &run.resumed) {
+        println!(
+            "resumed from {} after epoch {first} (earlier losses are the saved run's); the CPU \
+             twin cannot resume, so its column stops at epoch {}",
+            dir.display(),
+            run.cpu_loss.len()
+        );
+        if resumed.schedule != format!("{:?}", config.schedule) {
+            println!(
+                "note: the saved run's schedule was {}; from epoch {} this run's applies",
+                resumed.schedule,
+                first + 1
+            );
+        }
+    }
     let guarded = !run.guard_status.is_empty();
     print!(
         "{:>5} {:>12} {:>12} {:>10}",
@@ -133,13 +189,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         print!(" {:>10} {:>8} {:>10}", "scale", "skipped", "last norm");
     }
     println!();
-    for (epoch, (g, c)) in run.gpu_loss.iter().zip(&run.cpu_loss).enumerate() {
-        print!(
-            "{:>5} {g:>12.6} {c:>12.6} {:>10.1e}",
-            epoch + 1,
-            (g - c).abs() / c.abs()
-        );
-        if let Some(status) = run.guard_status.get(epoch) {
+    for (epoch, g) in run.gpu_loss.iter().enumerate() {
+        print!("{:>5} {g:>12.6}", epoch + 1);
+        match run.cpu_loss.get(epoch) {
+            Some(c) => print!(" {c:>12.6} {:>10.1e}", (g - c).abs() / c.abs()),
+            None => print!(" {:>12} {:>10}", "-", "-"),
+        }
+        let status = epoch
+            .checked_sub(first)
+            .and_then(|e| run.guard_status.get(e));
+        if let Some(status) = status {
             print!(
                 " {:>10} {:>8} {:>10.4}",
                 status.scale, status.skipped, status.total_norm
@@ -147,18 +206,41 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         println!();
     }
-    println!(
-        "test accuracy: gpu {:.1}%, cpu {:.1}%",
-        100.0 * run.gpu_accuracy,
-        100.0 * run.cpu_accuracy
-    );
-    println!(
-        "test loss: gpu ({}) {:.6}, cpu twin (f32) {:.6}, relative difference {:.2}%",
-        config.precision,
-        run.gpu_test_loss,
-        run.cpu_test_loss,
-        100.0 * (run.gpu_test_loss - run.cpu_test_loss).abs() / run.cpu_test_loss
-    );
+    match (run.cpu_accuracy, run.cpu_test_loss) {
+        (Some(cpu_accuracy), Some(cpu_test_loss)) => {
+            println!(
+                "test accuracy: gpu {:.1}%, cpu {:.1}%",
+                100.0 * run.gpu_accuracy,
+                100.0 * cpu_accuracy
+            );
+            println!(
+                "test loss: gpu ({}) {:.6}, cpu twin (f32) {:.6}, relative difference {:.2}%",
+                config.precision,
+                run.gpu_test_loss,
+                cpu_test_loss,
+                100.0 * (run.gpu_test_loss - cpu_test_loss).abs() / cpu_test_loss
+            );
+        }
+        _ => {
+            println!(
+                "test accuracy: gpu {:.1}% (no CPU twin in a resumed run)",
+                100.0 * run.gpu_accuracy
+            );
+            println!(
+                "test loss: gpu ({}) {:.6}",
+                config.precision, run.gpu_test_loss
+            );
+        }
+    }
+    if let Some(dir) = args.save.as_ref().filter(|_| run.gpu_loss.len() > first) {
+        println!(
+            "saved after epoch {} in {}: {} and {}",
+            run.gpu_loss.len(),
+            dir.display(),
+            mlp::OPTIMIZER_FILE,
+            mlp::MODEL_FILE
+        );
+    }
     if let Some(path) = &args.plot {
         plot(&run, path)?;
         println!("wrote {}", path.display());

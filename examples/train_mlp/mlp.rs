@@ -1,10 +1,20 @@
 //! A multilayer perceptron trained entirely on the GPU, with fused-optim's step recorded into
 //! the same command encoder as the forward and backward passes, and its CPU twin: the library
 //! of the example trainer, shared by `main.rs` (the command line) and `tests/train_mlp.rs`.
+//!
+//! A run saves itself after every epoch (`Config::save`) as two files: the optimizer's
+//! checkpoint ([`OPTIMIZER_FILE`]) and the model's params with what resuming needs
+//! ([`MODEL_FILE`]); a run given them (`Config::resume`) continues on the GPU bit for bit as
+//! the uninterrupted run would have.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use fused_optim::checkpoint::{FORMAT_VERSION, VERSION_KEY};
 use fused_optim::{
-    visit_rules, CpuOptimizer, Dtype, GpuContext, GradGuard, GradStatus, LrSchedule, ParamGroup,
-    ParamLayout, ParamSet, Precision, RegisteredRule, RuleVisitor, TensorSlot, UpdateRule,
+    visit_rules, Checkpoint, CpuOptimizer, Dtype, GpuContext, GradGuard, GradStatus, HostTensor,
+    LrSchedule, ParamGroup, ParamLayout, ParamSet, PendingCheckpoint, Precision, RegisteredRule,
+    RuleVisitor, TensorDtype, TensorSlot, UpdateRule,
 };
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -81,9 +91,13 @@ pub fn wine_quality(seed: u64) -> Data {
 /// What to train and how.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// Widths of the hidden layers.
     pub hidden: Vec<usize>,
+    /// Rows per batch; a short last batch of an epoch is dropped.
     pub batch: usize,
+    /// Epochs in all, those of a resumed run included.
     pub epochs: usize,
+    /// Seeds the initial weights and the batch order.
     pub seed: u64,
     /// Stepped once per epoch, as PyTorch's schedulers usually are.
     pub schedule: LrSchedule,
@@ -97,24 +111,156 @@ pub struct Config {
     /// device, and the step unscales, skips on inf or NaN and adapts the scale, all without
     /// a readback. The CPU twin runs without one.
     pub guard: Option<GradGuard>,
+    /// Save the run into this directory after every epoch ([`OPTIMIZER_FILE`] and
+    /// [`MODEL_FILE`], each replaced crash-safely); created if missing.
+    pub save: Option<PathBuf>,
+    /// Continue the run saved in this directory from its next epoch up to `epochs`. Every
+    /// setting but `epochs` and `schedule` must be the saved run's.
+    pub resume: Option<PathBuf>,
 }
 
 /// Loss after each epoch (the mean training loss over the epoch's batches) and test accuracy,
 /// for the GPU run and its CPU twin.
 #[derive(Clone, Debug)]
 pub struct Run {
+    /// The variant's name (`adam`, `sgd-momentum`, ...).
     pub optimizer: &'static str,
+    /// Parameters of the model.
     pub parameters: usize,
+    /// The GPU run's loss after every epoch, from the first: a resumed run's earlier epochs
+    /// come from the saved run.
     pub gpu_loss: Vec<f64>,
+    /// The CPU twin's loss after each of the first `cpu_loss.len()` epochs: the twin keeps
+    /// its optimizer state on the host, which a checkpoint of the GPU optimizer cannot give
+    /// back, so it trains only alongside a run from the start, and a resumed run has its
+    /// losses up to the first resume and none after.
     pub cpu_loss: Vec<f64>,
+    /// Share of the test split the GPU model classifies right, after the last epoch.
     pub gpu_accuracy: f64,
-    pub cpu_accuracy: f64,
+    /// The CPU twin's, where it trained alongside (not in a resumed run).
+    pub cpu_accuracy: Option<f64>,
     /// Mean cross-entropy over the test split, after the last epoch.
     pub gpu_test_loss: f64,
-    pub cpu_test_loss: f64,
-    /// The GPU optimizer's grad-guard status after each epoch, with a guard.
+    /// The CPU twin's, where it trained alongside (not in a resumed run).
+    pub cpu_test_loss: Option<f64>,
+    /// The GPU optimizer's grad-guard status after each epoch this run trained (those after
+    /// `resumed.epochs` in a resumed run), with a guard.
     pub guard_status: Vec<GradStatus>,
+    /// Where the run was resumed, if it was.
+    pub resumed: Option<Resumed>,
 }
+
+/// What a resumed run took over from the saved run.
+#[derive(Clone, Debug)]
+pub struct Resumed {
+    /// Epochs the saved run had trained; this run trained the ones after.
+    pub epochs: usize,
+    /// The saved run's lr schedule as `{:?}` prints it. The trainer's cosine schedule spans
+    /// `--epochs`, so a run resumed with more epochs than the saved run planned follows
+    /// another curve from here on than an uninterrupted run of the saved run's would have.
+    pub schedule: String,
+}
+
+/// The optimizer's checkpoint in a save directory: [`ParamSet::record_checkpoint`]'s, every
+/// state, master, step count and the grad guard's status, named by tensor; its metadata adds
+/// `train_mlp.params_fnv1a`, a hash of the params saved with it in [`MODEL_FILE`], so that
+/// resuming refuses files of two saves.
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+
+/// The model in a save directory: a [`Checkpoint`] container holding each tensor
+/// (`layer{k}.weight`, `[inputs, outputs]`, and `layer{k}.bias`) in the params' storage format
+/// (f32, bf16 or f16), and metadata under `train_mlp.`: the epochs done,
+/// the optimizer's step count, the settings the run must resume with, the schedule and the
+/// loss history.
+pub const MODEL_FILE: &str = "model.safetensors";
+
+/// Why a run cannot resume from a save directory. Nothing was trained.
+#[derive(Debug)]
+pub enum ResumeError {
+    /// A file is missing, unreadable or corrupt, or the optimizer refused its checkpoint.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What fused-optim said.
+        source: fused_optim::Error,
+    },
+    /// The model file lacks or misstates something it must hold.
+    Corrupt {
+        /// The model file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The saved run had another setting than this one.
+    Mismatch {
+        /// The model file.
+        path: PathBuf,
+        /// The setting (`optimizer`, `precision`, ...).
+        setting: &'static str,
+        /// The saved run's.
+        saved: String,
+        /// This run's.
+        now: String,
+    },
+    /// The two files are not of one save: a save cut off between them, or files of two runs.
+    Unpaired {
+        /// The directory.
+        dir: PathBuf,
+        /// How they differ.
+        reason: String,
+    },
+    /// The saved run had trained more epochs than this run asks for.
+    PastEpochs {
+        /// Epochs the saved run trained.
+        done: usize,
+        /// Epochs this run asks for in all.
+        epochs: usize,
+    },
+}
+
+impl std::fmt::Display for ResumeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // fused-optim's Io errors name the file already.
+            ResumeError::File {
+                source: source @ fused_optim::Error::Io { .. },
+                ..
+            } => write!(f, "cannot resume: {source}"),
+            ResumeError::File { path, source } => {
+                write!(f, "cannot resume from {}: {source}", path.display())
+            }
+            ResumeError::Corrupt { path, reason } => {
+                write!(f, "cannot resume from {}: {reason}", path.display())
+            }
+            ResumeError::Mismatch {
+                path,
+                setting,
+                saved,
+                now,
+            } => write!(
+                f,
+                "cannot resume from {}: the saved run's {setting} is `{saved}`, this run's \
+                 `{now}`; resume with the saved run's settings (only the epochs and the \
+                 schedule may change)",
+                path.display()
+            ),
+            ResumeError::Unpaired { dir, reason } => write!(
+                f,
+                "cannot resume from {}: {MODEL_FILE} and {OPTIMIZER_FILE} are not of one save \
+                 (one cut off between the two files, or files of two runs): {reason}",
+                dir.display()
+            ),
+            ResumeError::PastEpochs { done, epochs } => write!(
+                f,
+                "cannot resume: the saved run trained {done} epochs, more than the {epochs} \
+                 asked for; ask for at least {done}"
+            ),
+        }
+    }
+}
+
+// The message includes fused-optim's (the command line prints only this one), so no source.
+impl std::error::Error for ResumeError {}
 
 /// Learning rates that train this model in a few epochs, by variant name. A variant not
 /// listed trains at its PyTorch default learning rate (or the caller's).
@@ -201,17 +347,26 @@ pub fn train_named(
     })
 }
 
-/// The model's tensors: `layer{k}.weight` ([inputs][outputs]) and `layer{k}.bias`.
-fn tensors(widths: &[usize]) -> Vec<(String, usize)> {
+/// The model's tensors and their shapes: `layer{k}.weight` ([inputs][outputs]) and
+/// `layer{k}.bias`.
+fn shapes(widths: &[usize]) -> Vec<(String, Vec<usize>)> {
     widths
         .windows(2)
         .enumerate()
         .flat_map(|(k, w)| {
             [
-                (format!("layer{k}.weight"), w[0] * w[1]),
-                (format!("layer{k}.bias"), w[1]),
+                (format!("layer{k}.weight"), vec![w[0], w[1]]),
+                (format!("layer{k}.bias"), vec![w[1]]),
             ]
         })
+        .collect()
+}
+
+/// The model's tensors and their element counts.
+fn tensors(widths: &[usize]) -> Vec<(String, usize)> {
+    shapes(widths)
+        .into_iter()
+        .map(|(name, shape)| (name, shape.iter().product()))
         .collect()
 }
 
@@ -232,7 +387,9 @@ fn initial_params(layout: &ParamLayout, widths: &[usize], seed: u64) -> Vec<f32>
 }
 
 /// Trains `rule` (weights) and `rule` without weight decay (biases) on the GPU and with the
-/// CPU twin from the same initial weights and batch order, and reports both.
+/// CPU twin from the same initial weights and batch order, and reports both. With
+/// `config.resume`, the GPU run continues the saved one and the twin sits out (see
+/// [`Run::cpu_loss`]); with `config.save`, the run saves itself after every epoch.
 pub fn train<R: UpdateRule>(
     gpu: &GpuContext,
     data: &Data,
@@ -240,6 +397,16 @@ pub fn train<R: UpdateRule>(
     rule: R,
 ) -> Result<Run, Box<dyn std::error::Error>> {
     config.schedule.validate()?;
+    // At least one batch per epoch, so that every epoch has an encoder to checkpoint in.
+    let batches = data.train_y.len().checked_div(config.batch).unwrap_or(0);
+    if batches == 0 {
+        return Err(format!(
+            "a batch of {} rows: give 1 to {} (the training rows)",
+            config.batch,
+            data.train_y.len()
+        )
+        .into());
+    }
     let mut widths = vec![data.features];
     widths.extend(&config.hidden);
     widths.push(data.classes);
@@ -259,9 +426,22 @@ pub fn train<R: UpdateRule>(
         set = set.with_grad_guard(guard)?;
     }
     let layout = set.layout().clone();
-    let initial = initial_params(&layout, &widths, config.seed);
+    // Taken before a restore, which sets the saved run's last scheduled lr.
     let base_lrs: Vec<f64> = set.groups().iter().map(UpdateRule::lr).collect();
-    let mut cpu = CpuModel::new(&layout, &set, &widths, config.batch, initial.clone());
+    let settings = settings(&widths, config, rule.name(), &base_lrs);
+    let saved = match &config.resume {
+        Some(dir) => Some(Saved::load(dir, &settings, &widths, config, &mut set)?),
+        None => None,
+    };
+    let mut saver = match &config.save {
+        Some(dir) => Some(Saver::new(dir, &settings, &layout, &widths, config)?),
+        None => None,
+    };
+    let initial = initial_params(&layout, &widths, config.seed);
+    let first = saved.as_ref().map_or(0, |saved| saved.epochs);
+    let mut cpu = saved
+        .is_none()
+        .then(|| CpuModel::new(&layout, &set, &widths, config.batch, initial.clone()));
     let mut model = GpuModel::new(
         gpu,
         set,
@@ -271,18 +451,36 @@ pub fn train<R: UpdateRule>(
         &initial,
         &config.precision,
     )?;
-    let batches = data.train_y.len() / config.batch;
+    let (mut gpu_loss, mut cpu_loss) = match &saved {
+        Some(saved) => {
+            model.write_params(&saved.params);
+            (saved.gpu_loss.clone(), saved.cpu_loss.clone())
+        }
+        None => (Vec::new(), Vec::new()),
+    };
+    // Epoch e's order is the (e + 1)-th shuffle of the seed's stream, so a resumed run replays
+    // the shuffles of the epochs done (microseconds): the order depends on the seed and the
+    // epoch alone, and is the one runs had before resuming existed.
     let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed ^ 0x5eed);
-    let (mut gpu_loss, mut cpu_loss, mut guard_status) = (Vec::new(), Vec::new(), Vec::new());
-    for epoch in 0..config.epochs {
+    let mut shuffled = || {
+        let mut order: Vec<usize> = (0..data.train_y.len()).collect();
+        order.shuffle(&mut rng);
+        order
+    };
+    for _ in 0..first {
+        shuffled();
+    }
+    let mut guard_status = Vec::new();
+    for epoch in first..config.epochs {
         for (group, base) in base_lrs.iter().enumerate() {
             let lr = config.schedule.lr(*base, epoch as u64);
             model.set.set_group_lr(group, lr)?;
-            cpu.set_group_lr(group, lr)?;
+            if let Some(cpu) = &mut cpu {
+                cpu.set_group_lr(group, lr)?;
+            }
         }
         // The epoch's batch order, the same for both; a short last batch is dropped.
-        let mut order: Vec<usize> = (0..data.train_y.len()).collect();
-        order.shuffle(&mut rng);
+        let order = shuffled();
         let order = &order[..batches * config.batch];
         let x: Vec<f32> = order
             .iter()
@@ -293,26 +491,353 @@ pub fn train<R: UpdateRule>(
             })
             .collect();
         let y: Vec<u32> = order.iter().map(|&r| data.train_y[r]).collect();
-        gpu_loss.push(model.epoch(&x, &y)?);
-        cpu_loss.push(cpu.epoch(&x, &y)?);
+        let (loss, pending) = model.epoch(&x, &y, saver.is_some())?;
+        gpu_loss.push(loss);
+        if let Some(cpu) = &mut cpu {
+            cpu_loss.push(cpu.epoch(&x, &y)?);
+        }
         // The epoch's losses were just read back, so this waits for nothing more.
         guard_status.extend(model.set.read_grad_status()?);
+        if let (Some(saver), Some(pending)) = (&mut saver, pending) {
+            // The params as the checkpoint's copies saw them: nothing was submitted since.
+            let params = model.read_params()?;
+            let history = (gpu_loss.as_slice(), cpu_loss.as_slice());
+            saver.save(pending, &params, model.set.step_count(), history)?;
+        }
+    }
+    if let Some(saver) = saver {
+        saver.finish()?;
     }
     let gpu_logits = model.predict(&data.test_x, data.test_y.len())?;
-    let cpu_logits = cpu.predict(&data.test_x, data.test_y.len());
-    let gpu_accuracy = accuracy(&gpu_logits, &data.test_y, data.classes);
-    let cpu_accuracy = accuracy(&cpu_logits, &data.test_y, data.classes);
+    let cpu_logits = cpu.map(|cpu| cpu.predict(&data.test_x, data.test_y.len()));
+    let cpu_logits = cpu_logits.as_deref();
     Ok(Run {
         optimizer: rule.name(),
         parameters: tensors.iter().map(|(_, len)| len).sum(),
         gpu_loss,
         cpu_loss,
-        gpu_accuracy,
-        cpu_accuracy,
+        gpu_accuracy: accuracy(&gpu_logits, &data.test_y, data.classes),
+        cpu_accuracy: cpu_logits.map(|logits| accuracy(logits, &data.test_y, data.classes)),
         gpu_test_loss: cross_entropy(&gpu_logits, &data.test_y, data.classes),
-        cpu_test_loss: cross_entropy(&cpu_logits, &data.test_y, data.classes),
+        cpu_test_loss: cpu_logits.map(|logits| cross_entropy(logits, &data.test_y, data.classes)),
         guard_status,
+        resumed: saved.map(|saved| Resumed {
+            epochs: saved.epochs,
+            schedule: saved.schedule,
+        }),
     })
+}
+
+/// The settings a run must resume with, by model-file metadata key: everything that shapes
+/// the run but the epochs and the schedule. Floats in Rust's shortest exact form.
+fn settings(
+    widths: &[usize],
+    config: &Config,
+    optimizer: &str,
+    base_lrs: &[f64],
+) -> Vec<(&'static str, String)> {
+    let list = |items: Vec<String>| items.join(",");
+    vec![
+        ("train_mlp.optimizer", optimizer.to_owned()),
+        (
+            "train_mlp.lr",
+            list(base_lrs.iter().map(|lr| format!("{lr:?}")).collect()),
+        ),
+        (
+            "train_mlp.widths",
+            list(widths.iter().map(usize::to_string).collect()),
+        ),
+        ("train_mlp.batch", config.batch.to_string()),
+        ("train_mlp.seed", config.seed.to_string()),
+        ("train_mlp.precision", config.precision.to_string()),
+        ("train_mlp.guard", format!("{:?}", config.guard)),
+    ]
+}
+
+/// The checkpoint container's element type for params stored as `dtype`.
+fn file_dtype(dtype: Dtype) -> TensorDtype {
+    match dtype {
+        Dtype::F32 => TensorDtype::F32,
+        Dtype::Bf16 => TensorDtype::Bf16,
+        Dtype::F16 => TensorDtype::F16,
+    }
+}
+
+/// The optimizer file's metadata key holding [`fingerprint`] of the model file saved with it.
+const PAIRING_KEY: &str = "train_mlp.params_fnv1a";
+
+/// FNV-1a (64 bits) of the model file's tensors' bytes in name order, in hex: binds an
+/// optimizer file to the params it was saved with, which its own step count cannot (two runs
+/// of one length have the same).
+fn fingerprint(model: &Checkpoint) -> String {
+    let hash = (model.tensors.values())
+        .flat_map(|tensor| &tensor.data)
+        .fold(0xcbf2_9ce4_8422_2325u64, |hash, &byte| {
+            (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3)
+        });
+    format!("{hash:016x}")
+}
+
+/// Losses in metadata: Rust's shortest exact form, comma separated.
+fn loss_text(losses: &[f64]) -> String {
+    losses
+        .iter()
+        .map(|loss| format!("{loss:?}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A saved run, read back and checked against this one, its optimizer state restored.
+struct Saved {
+    epochs: usize,
+    /// The packed params in their storage format (zero between tensors, as a fresh run's).
+    params: Vec<u8>,
+    gpu_loss: Vec<f64>,
+    cpu_loss: Vec<f64>,
+    schedule: String,
+}
+
+impl Saved {
+    /// Reads `dir`'s two files, checks them against this run (`settings`, `widths`,
+    /// `config`), and restores the optimizer's checkpoint into `set`. On error `set` is
+    /// unchanged.
+    fn load<R: UpdateRule>(
+        dir: &Path,
+        settings: &[(&'static str, String)],
+        widths: &[usize],
+        config: &Config,
+        set: &mut ParamSet<R>,
+    ) -> Result<Self, ResumeError> {
+        let path = dir.join(MODEL_FILE);
+        let model = Checkpoint::load(&path).map_err(|source| ResumeError::File {
+            path: path.clone(),
+            source,
+        })?;
+        let corrupt = |reason: String| ResumeError::Corrupt {
+            path: path.clone(),
+            reason,
+        };
+        let meta = |key: &str| {
+            model
+                .metadata
+                .get(key)
+                .ok_or_else(|| corrupt(format!("no `{key}` in its metadata")))
+        };
+        for (key, now) in settings {
+            let saved = meta(key)?;
+            if saved != now {
+                return Err(ResumeError::Mismatch {
+                    path: path.clone(),
+                    setting: key.trim_start_matches("train_mlp."),
+                    saved: saved.clone(),
+                    now: now.clone(),
+                });
+            }
+        }
+        let epochs: usize = meta("train_mlp.epochs")?
+            .parse()
+            .map_err(|_| corrupt("`train_mlp.epochs` is not a count".into()))?;
+        if epochs > config.epochs {
+            return Err(ResumeError::PastEpochs {
+                done: epochs,
+                epochs: config.epochs,
+            });
+        }
+        let losses = |key: &str| -> Result<Vec<f64>, ResumeError> {
+            let text = meta(key)?;
+            let losses = text
+                .split(',')
+                .filter(|loss| !loss.is_empty())
+                .map(str::parse)
+                .collect::<Result<Vec<f64>, _>>()
+                .map_err(|_| corrupt(format!("`{key}` is not a list of losses")))?;
+            match losses.len() <= epochs {
+                true => Ok(losses),
+                false => Err(corrupt(format!("`{key}` lists more losses than epochs"))),
+            }
+        };
+        let (gpu_loss, cpu_loss) = (losses("train_mlp.gpu_loss")?, losses("train_mlp.cpu_loss")?);
+        if gpu_loss.len() != epochs {
+            return Err(corrupt("`train_mlp.gpu_loss` lacks epochs".into()));
+        }
+        let schedule = meta("train_mlp.schedule")?.clone();
+        let model_steps = meta("train_mlp.steps")?.clone();
+        let layout = set.layout();
+        let dtype = config.precision.params;
+        let element = dtype.element_bytes() as usize;
+        let mut params = vec![0; dtype.buffer_bytes(layout.len()) as usize];
+        let shapes = shapes(widths);
+        if let Some(name) =
+            (model.tensors.keys()).find(|name| !shapes.iter().any(|(n, _)| n == *name))
+        {
+            return Err(corrupt(format!(
+                "it holds a tensor `{name}` this model lacks"
+            )));
+        }
+        for (name, shape) in &shapes {
+            let tensor = (model.tensors.get(name))
+                .ok_or_else(|| corrupt(format!("tensor `{name}` is missing")))?;
+            let expected = (file_dtype(dtype), shape.as_slice());
+            if (tensor.dtype, tensor.shape.as_slice()) != expected
+                || tensor.data.len() != tensor.len() * element
+            {
+                return Err(corrupt(format!(
+                    "tensor `{name}` is {:?} {:?} in {} bytes, where this model keeps {:?} {:?}",
+                    tensor.dtype,
+                    tensor.shape,
+                    tensor.data.len(),
+                    expected.0,
+                    expected.1
+                )));
+            }
+            let range = layout.tensor(name).expect("registered").range();
+            params[range.start * element..range.end * element].copy_from_slice(&tensor.data);
+        }
+        let path = dir.join(OPTIMIZER_FILE);
+        let file = |source| ResumeError::File {
+            path: path.clone(),
+            source,
+        };
+        let optimizer = Checkpoint::load(&path).map_err(file)?;
+        let unpaired = |reason: String| ResumeError::Unpaired {
+            dir: dir.to_owned(),
+            reason,
+        };
+        let optimizer_steps = optimizer.metadata.get("fused_optim.steps");
+        if optimizer_steps != Some(&model_steps) {
+            let optimizer_steps = optimizer_steps.map_or("?", String::as_str);
+            return Err(unpaired(format!(
+                "the model was saved after {model_steps} steps, the optimizer after \
+                 {optimizer_steps}"
+            )));
+        }
+        if optimizer.metadata.get(PAIRING_KEY) != Some(&fingerprint(&model)) {
+            return Err(unpaired(
+                "the optimizer was saved with other params than the model file holds".into(),
+            ));
+        }
+        set.restore(&optimizer).map_err(file)?;
+        Ok(Self {
+            epochs,
+            params,
+            gpu_loss,
+            cpu_loss,
+            schedule,
+        })
+    }
+}
+
+/// Saves a run after each epoch: builds the model file and hands both files to a writer
+/// thread, so the disk's fsyncs overlap the next epoch; each save waits for the last one.
+struct Saver {
+    dir: PathBuf,
+    /// The model file's metadata every save shares.
+    metadata: BTreeMap<String, String>,
+    /// Each tensor's name, shape and elements in the packed params.
+    tensors: Vec<(String, Vec<usize>, std::ops::Range<usize>)>,
+    dtype: Dtype,
+    writing: Option<std::thread::JoinHandle<fused_optim::Result<()>>>,
+}
+
+impl Saver {
+    fn new(
+        dir: &Path,
+        settings: &[(&'static str, String)],
+        layout: &ParamLayout,
+        widths: &[usize],
+        config: &Config,
+    ) -> fused_optim::Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|error| fused_optim::Error::Io {
+            path: dir.display().to_string(),
+            reason: error.to_string(),
+        })?;
+        let mut metadata: BTreeMap<String, String> = settings
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.clone()))
+            .collect();
+        metadata.insert(VERSION_KEY.into(), FORMAT_VERSION.to_string());
+        metadata.insert(
+            "train_mlp.schedule".into(),
+            format!("{:?}", config.schedule),
+        );
+        let tensors = shapes(widths)
+            .into_iter()
+            .map(|(name, shape)| {
+                let range = layout.tensor(&name).expect("registered").range();
+                (name, shape, range)
+            })
+            .collect();
+        Ok(Self {
+            dir: dir.to_owned(),
+            metadata,
+            tensors,
+            dtype: config.precision.params,
+            writing: None,
+        })
+    }
+
+    /// Saves the epoch just trained: `pending`, the optimizer's checkpoint recorded into its
+    /// last encoder, `params` (packed, in their storage format), the optimizer's `steps` and
+    /// the (GPU, CPU) loss history. Returns once the previous save is written.
+    fn save(
+        &mut self,
+        pending: PendingCheckpoint,
+        params: &[u8],
+        steps: u64,
+        (gpu_loss, cpu_loss): (&[f64], &[f64]),
+    ) -> fused_optim::Result<()> {
+        let element = self.dtype.element_bytes() as usize;
+        let mut model = Checkpoint {
+            tensors: BTreeMap::new(),
+            metadata: self.metadata.clone(),
+        };
+        for (name, shape, range) in &self.tensors {
+            let data = params[range.start * element..range.end * element].to_vec();
+            let tensor = HostTensor {
+                dtype: file_dtype(self.dtype),
+                shape: shape.clone(),
+                data,
+            };
+            model.tensors.insert(name.clone(), tensor);
+        }
+        let metadata = [
+            ("train_mlp.epochs", gpu_loss.len().to_string()),
+            ("train_mlp.steps", steps.to_string()),
+            ("train_mlp.gpu_loss", loss_text(gpu_loss)),
+            ("train_mlp.cpu_loss", loss_text(cpu_loss)),
+        ];
+        for (key, value) in metadata {
+            model.metadata.insert(key.into(), value);
+        }
+        let pairing = fingerprint(&model);
+        self.wait()?;
+        let (optimizer_path, model_path) =
+            (self.dir.join(OPTIMIZER_FILE), self.dir.join(MODEL_FILE));
+        // A save cut off between the two files leaves an unpaired optimizer file, which
+        // resuming refuses (ResumeError::Unpaired) rather than mixing two epochs.
+        self.writing = Some(std::thread::spawn(move || {
+            let mut optimizer = pending.wait()?;
+            optimizer.metadata.insert(PAIRING_KEY.into(), pairing);
+            optimizer.save(optimizer_path)?;
+            model.save(model_path)
+        }));
+        Ok(())
+    }
+
+    /// Waits for the save being written, if any.
+    fn wait(&mut self) -> fused_optim::Result<()> {
+        match self.writing.take() {
+            Some(writing) => writing
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for the last save.
+    fn finish(mut self) -> fused_optim::Result<()> {
+        self.wait()
+    }
 }
 
 /// Mean softmax cross-entropy of `logits` against `labels`, in f64.
@@ -702,15 +1227,22 @@ impl<R: UpdateRule> GpuModel<R> {
 
     /// One epoch over `x`/`y` (already in batch order): per batch, one encoder with the batch
     /// copy, forward, loss, backward and the fused optimizer step. Reads back only the epoch's
-    /// losses, once, at the end. Returns the mean loss.
-    fn epoch(&mut self, x: &[f32], y: &[u32]) -> fused_optim::Result<f64> {
+    /// losses, once, at the end. Returns the mean loss and, with `checkpoint`, the optimizer's
+    /// checkpoint recorded into the last batch's encoder, after its step.
+    fn epoch(
+        &mut self,
+        x: &[f32],
+        y: &[u32],
+        checkpoint: bool,
+    ) -> fused_optim::Result<(f64, Option<PendingCheckpoint>)> {
         let (gpu, features) = (self.gpu.clone(), self.widths[0] as u64);
         gpu.queue()
             .write_buffer(&self.epoch_x, 0, bytemuck::cast_slice(x));
         gpu.queue()
             .write_buffer(&self.epoch_y, 0, bytemuck::cast_slice(y));
         let rows = self.batch as u64;
-        for b in 0..y.len() as u64 / rows {
+        let (batches, mut pending) = (y.len() as u64 / rows, None);
+        for b in 0..batches {
             let mut encoder = gpu.device().create_command_encoder(&Default::default());
             encoder.copy_buffer_to_buffer(
                 &self.epoch_x,
@@ -733,10 +1265,33 @@ impl<R: UpdateRule> GpuModel<R> {
             let params = self.stored.params.as_ref().unwrap_or(&self.params);
             let grads = self.stored.grads.as_ref().unwrap_or(&self.grads);
             self.set.record_step(&mut encoder, params, grads)?;
+            if checkpoint && b + 1 == batches {
+                // Copies on the GPU, in order after the step: no wait here.
+                pending = Some(self.set.record_checkpoint(&mut encoder)?);
+            }
             gpu.queue().submit([encoder.finish()]);
         }
         let losses = gpu.download_range(&self.epoch_loss, 0..y.len() as u64)?;
-        Ok(losses.iter().map(|&l| l as f64).sum::<f64>() / losses.len() as f64)
+        let loss = losses.iter().map(|&l| l as f64).sum::<f64>() / losses.len() as f64;
+        Ok((loss, pending))
+    }
+
+    /// The buffer the optimizer steps: the params in their storage format.
+    fn stored_params(&self) -> &wgpu::Buffer {
+        self.stored.params.as_ref().unwrap_or(&self.params)
+    }
+
+    /// Replaces the params with `bytes`, packed in their storage format (16-bit params are
+    /// decoded into the f32 ones before every forward pass).
+    fn write_params(&self, bytes: &[u8]) {
+        self.gpu
+            .queue()
+            .write_buffer(self.stored_params(), 0, bytes);
+    }
+
+    /// The params, packed in their storage format. Waits for the GPU.
+    fn read_params(&self) -> fused_optim::Result<Vec<u8>> {
+        self.gpu.download_bytes(self.stored_params())
     }
 
     /// Logits of `rows` rows of `x`, forward only, in batches.

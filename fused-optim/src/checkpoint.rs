@@ -39,6 +39,8 @@ pub enum TensorDtype {
     F64,
     /// bf16 bit patterns, little-endian.
     Bf16,
+    /// f16 bit patterns, little-endian (16-bit params saved beside a checkpoint).
+    F16,
     /// 8-bit codes.
     U8,
     /// 16-bit words (the bf16 master's remainders).
@@ -52,7 +54,7 @@ impl TensorDtype {
     pub fn bytes(self) -> usize {
         match self {
             TensorDtype::U8 => 1,
-            TensorDtype::Bf16 | TensorDtype::U16 => 2,
+            TensorDtype::Bf16 | TensorDtype::F16 | TensorDtype::U16 => 2,
             TensorDtype::F32 | TensorDtype::U32 => 4,
             TensorDtype::F64 => 8,
         }
@@ -63,6 +65,7 @@ impl TensorDtype {
             TensorDtype::F32 => FileDtype::F32,
             TensorDtype::F64 => FileDtype::F64,
             TensorDtype::Bf16 => FileDtype::BF16,
+            TensorDtype::F16 => FileDtype::F16,
             TensorDtype::U8 => FileDtype::U8,
             TensorDtype::U16 => FileDtype::U16,
             TensorDtype::U32 => FileDtype::U32,
@@ -74,6 +77,7 @@ impl TensorDtype {
             FileDtype::F32 => TensorDtype::F32,
             FileDtype::F64 => TensorDtype::F64,
             FileDtype::BF16 => TensorDtype::Bf16,
+            FileDtype::F16 => TensorDtype::F16,
             FileDtype::U8 => TensorDtype::U8,
             FileDtype::U16 => TensorDtype::U16,
             FileDtype::U32 => TensorDtype::U32,

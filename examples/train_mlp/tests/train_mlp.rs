@@ -15,11 +15,12 @@ const TOLERANCE: f64 = 1e-4;
 /// optimizers bring this model below 1.0.
 const LOSS_AFTER_TRAINING: f64 = 1.0;
 
-#[test]
-fn every_optimizer_trains_on_the_gpu_like_its_cpu_twin() {
-    let gpu = &GpuContext::new().expect("a GPU adapter (lavapipe in CI)");
-    let data = mlp::wine_quality(7);
-    let config = mlp::Config {
+/// Four epochs of the small model: a cosine schedule over them after a one-epoch warm-up.
+fn four_epochs(
+    precision: fused_optim::Precision,
+    guard: Option<fused_optim::GradGuard>,
+) -> mlp::Config {
+    mlp::Config {
         hidden: vec![64, 64],
         batch: 32,
         epochs: 4,
@@ -29,9 +30,18 @@ fn every_optimizer_trains_on_the_gpu_like_its_cpu_twin() {
             eta_min: 0.0,
         }
         .after_warmup(1, 0.5),
-        precision: Default::default(),
-        guard: None,
-    };
+        precision,
+        guard,
+        save: None,
+        resume: None,
+    }
+}
+
+#[test]
+fn every_optimizer_trains_on_the_gpu_like_its_cpu_twin() {
+    let gpu = &GpuContext::new().expect("a GPU adapter (lavapipe in CI)");
+    let data = mlp::wine_quality(7);
+    let config = four_epochs(Default::default(), None);
     for optimizer in mlp::optimizers() {
         let run = mlp::train_named(gpu, &data, &config, optimizer, None).unwrap();
         for (epoch, (gpu_loss, cpu_loss)) in run.gpu_loss.iter().zip(&run.cpu_loss).enumerate() {
@@ -47,7 +57,8 @@ fn every_optimizer_trains_on_the_gpu_like_its_cpu_twin() {
             "{optimizer}: loss {last} after training"
         );
         assert_eq!(
-            run.gpu_accuracy, run.cpu_accuracy,
+            Some(run.gpu_accuracy),
+            run.cpu_accuracy,
             "{optimizer}: accuracy differs"
         );
         println!(
@@ -66,11 +77,12 @@ fn every_optimizer_trains_on_the_gpu_like_its_cpu_twin() {
 #[test]
 fn the_leanest_precision_trains_within_two_percent_of_f32() {
     let run = full_adam_run(fused_optim::Precision::lean(), None);
-    let difference = (run.gpu_test_loss - run.cpu_test_loss).abs() / run.cpu_test_loss;
+    let cpu_test_loss = run.cpu_test_loss.unwrap();
+    let difference = (run.gpu_test_loss - cpu_test_loss).abs() / cpu_test_loss;
     println!(
         "test loss: lean {:.6}, f32 {:.6} ({:.2}%)",
         run.gpu_test_loss,
-        run.cpu_test_loss,
+        cpu_test_loss,
         100.0 * difference
     );
     assert!(difference < 0.02, "{difference:e}");
@@ -87,12 +99,13 @@ fn f16_with_dynamic_loss_scaling_trains_within_two_percent_of_f32() {
         ..Default::default()
     };
     let run = full_adam_run("f16".parse().unwrap(), Some(guard));
-    let difference = (run.gpu_test_loss - run.cpu_test_loss).abs() / run.cpu_test_loss;
+    let cpu_test_loss = run.cpu_test_loss.unwrap();
+    let difference = (run.gpu_test_loss - cpu_test_loss).abs() / cpu_test_loss;
     let last = run.guard_status.last().unwrap();
     println!(
         "test loss: f16 with loss scaling {:.6}, f32 {:.6} ({:.2}%); scale {}, {} steps skipped",
         run.gpu_test_loss,
-        run.cpu_test_loss,
+        cpu_test_loss,
         100.0 * difference,
         last.scale,
         last.skipped
@@ -121,6 +134,140 @@ fn full_adam_run(
         },
         precision,
         guard,
+        save: None,
+        resume: None,
     };
     mlp::train_named(gpu, &data, &config, "adam", None).unwrap()
+}
+
+/// Two epochs saved, then resumed in a fresh run up to four, equal four uninterrupted epochs
+/// on the GPU bit for bit (epochs 3 and 4's losses and the test loss): in f32, and in the
+/// leanest formats (bf16 params with the remainder master, 8-bit state) under dynamic loss
+/// scaling, so every kind of state and the guard's scale go through the files. Then what
+/// resuming refuses: a missing directory, another model, fewer epochs than were saved, and an
+/// optimizer file beside a model file of another save.
+#[test]
+fn a_resumed_run_continues_the_uninterrupted_one_bit_for_bit() {
+    let gpu = &GpuContext::new().expect("a GPU adapter (lavapipe in CI)");
+    let data = mlp::wine_quality(7);
+    let dir = std::env::temp_dir().join(format!("train_mlp_resume_{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let scaling = fused_optim::GradGuard {
+        scaler: Some(fused_optim::GradScaler::default()),
+        ..Default::default()
+    };
+    let cases = [
+        (fused_optim::Precision::default(), None),
+        (fused_optim::Precision::lean(), Some(scaling)),
+    ];
+    for (precision, guard) in cases {
+        let config = four_epochs(precision, guard);
+        let train = |config: &mlp::Config| mlp::train_named(gpu, &data, config, "adam", None);
+        let whole = train(&config).unwrap();
+        let saved = mlp::Config {
+            epochs: 2,
+            save: Some(dir.clone()),
+            ..config.clone()
+        };
+        let first = train(&saved).unwrap();
+        let resume = mlp::Config {
+            resume: Some(dir.clone()),
+            ..config.clone()
+        };
+        let resumed = train(&resume).unwrap();
+        let bits = |losses: &[f64]| losses.iter().map(|l| l.to_bits()).collect::<Vec<_>>();
+        let name = &config.precision;
+        assert_eq!(bits(&resumed.gpu_loss), bits(&whole.gpu_loss), "{name}");
+        assert_eq!(
+            resumed.gpu_test_loss.to_bits(),
+            whole.gpu_test_loss.to_bits(),
+            "{name}"
+        );
+        assert_eq!(resumed.gpu_accuracy, whole.gpu_accuracy, "{name}");
+        // The twin sat out the resumed epochs; its earlier losses came with the model file.
+        assert_eq!(resumed.cpu_loss, first.cpu_loss, "{name}");
+        assert_eq!((resumed.cpu_accuracy, resumed.cpu_test_loss), (None, None));
+        assert_eq!(resumed.resumed.as_ref().map(|r| r.epochs), Some(2));
+        // The guard's status after epochs 3 and 4 (the scale, steps skipped and applied).
+        let after = whole
+            .guard_status
+            .iter()
+            .skip(2)
+            .copied()
+            .collect::<Vec<_>>();
+        assert_eq!(resumed.guard_status, after, "{name}");
+        println!(
+            "{name}: losses {:?} resumed after epoch 2 as {:?}, test loss {}",
+            whole.gpu_loss, resumed.gpu_loss, resumed.gpu_test_loss
+        );
+    }
+    // Refusals, each before any training: the last save above is the lean, guarded run's.
+    let lean = mlp::Config {
+        hidden: vec![64, 64],
+        batch: 32,
+        epochs: 4,
+        seed: 7,
+        schedule: LrSchedule::Constant,
+        precision: fused_optim::Precision::lean(),
+        guard: Some(scaling),
+        save: None,
+        resume: Some(dir.clone()),
+    };
+    let refusal = |config: mlp::Config| {
+        let error = mlp::train_named(gpu, &data, &config, "adam", None).unwrap_err();
+        println!("{error}");
+        *error.downcast::<mlp::ResumeError>().expect("a ResumeError")
+    };
+    let missing = refusal(mlp::Config {
+        resume: Some(dir.join("missing")),
+        ..lean.clone()
+    });
+    assert!(
+        matches!(missing, mlp::ResumeError::File { .. }),
+        "{missing:?}"
+    );
+    let mismatch = |config: mlp::Config, want: &str| match refusal(config) {
+        mlp::ResumeError::Mismatch { setting, .. } if setting == want => {}
+        other => panic!("{want}: {other:?}"),
+    };
+    mismatch(
+        mlp::Config {
+            hidden: vec![64, 32],
+            ..lean.clone()
+        },
+        "widths",
+    );
+    mismatch(
+        mlp::Config {
+            precision: Default::default(),
+            ..lean.clone()
+        },
+        "precision",
+    );
+    let shorter = refusal(mlp::Config {
+        epochs: 1,
+        ..lean.clone()
+    });
+    assert!(
+        matches!(shorter, mlp::ResumeError::PastEpochs { done: 2, epochs: 1 }),
+        "{shorter:?}"
+    );
+    // The optimizer file of another run with the same settings and step count (its constant
+    // schedule is allowed to differ) beside the model file: their params differ.
+    let other = dir.join("other");
+    let save_other = mlp::Config {
+        epochs: 2,
+        save: Some(other.clone()),
+        resume: None,
+        ..lean.clone()
+    };
+    mlp::train_named(gpu, &data, &save_other, "adam", None).unwrap();
+    let optimizer = mlp::OPTIMIZER_FILE;
+    std::fs::copy(other.join(optimizer), dir.join(optimizer)).unwrap();
+    let unpaired = refusal(lean);
+    assert!(
+        matches!(unpaired, mlp::ResumeError::Unpaired { .. }),
+        "{unpaired:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -104,9 +104,9 @@ struct Piece {
     count: usize,
 }
 
-/// A checkpoint recorded into a command encoder ([`Optimizer::record_checkpoint`]
-/// (crate::Optimizer::record_checkpoint)): copies of every state buffer, taken where the
-/// encoder's commands run, mapped once its submission completes. The training loop goes on
+/// A checkpoint recorded into a command encoder
+/// ([`Optimizer::record_checkpoint`](crate::Optimizer::record_checkpoint)): copies of every
+/// state buffer, taken where the encoder's commands run, mapped once its submission completes. The training loop goes on
 /// while they map; [`PendingCheckpoint::is_ready`] says whether they have, and
 /// [`PendingCheckpoint::wait`] or [`PendingCheckpoint::save`] (from any thread) build the
 /// [`Checkpoint`] or write its file. Submit the encoder before waiting.
