@@ -296,6 +296,11 @@ fn a_checkpoint_recorded_into_an_encoder_is_taken_where_it_was_recorded() {
     }
     assert!(Checkpoint::load(&path).unwrap() == stopped.checkpoint().unwrap());
     std::fs::remove_file(path).unwrap();
+    // The copies of one checkpoint are kept for the next, and only those.
+    let kept = stopped.state_bytes();
+    stopped.checkpoint().unwrap();
+    assert_eq!(stopped.state_bytes(), kept);
+    assert!(kept > build().state_bytes());
 
     // Copies recorded into an encoder that is never submitted never map: an error, no hang.
     let mut lost = gpu.device().create_command_encoder(&Default::default());

@@ -82,6 +82,9 @@ pub(crate) struct Engine<R: UpdateRule> {
     bind_groups: Vec<Option<wgpu::BindGroup>>,
     /// The grad guard, where the optimizer has one.
     guard: Option<Guarded>,
+    /// The mappable copies of the last checkpoint read back, kept for the next one: a fresh
+    /// buffer costs several times the copy itself (its pages are faulted in and zeroed).
+    checkpoint_copies: std::sync::Arc<std::sync::Mutex<Vec<wgpu::Buffer>>>,
 }
 
 /// A guard and the host state of each group after each step count the device may hold.
@@ -297,6 +300,7 @@ impl<R: UpdateRule> Engine<R> {
             values,
             workgroups_per_dimension: dispatch.workgroups_per_dimension,
             guard: None,
+            checkpoint_copies: Default::default(),
         })
     }
 
@@ -463,8 +467,9 @@ impl<R: UpdateRule> Engine<R> {
         }))
     }
 
-    /// Bytes of GPU memory allocated: the master and state buffers, the quantization maps
-    /// and the values' uniform, each buffer counted once.
+    /// Bytes of GPU memory allocated: the master and state buffers, the quantization maps,
+    /// the values' uniform, the guard's buffers and the copies kept from the last checkpoint,
+    /// each buffer counted once.
     pub fn state_bytes(&self) -> u64 {
         let owned: u64 = self
             .owned
@@ -479,6 +484,13 @@ impl<R: UpdateRule> Engine<R> {
                 .guard
                 .as_ref()
                 .map_or(0, |g| g.device.allocated_bytes())
+            + self
+                .checkpoint_copies
+                .lock()
+                .expect("not poisoned")
+                .iter()
+                .map(wgpu::Buffer::size)
+                .sum::<u64>()
     }
 
     /// Bytes one step must move: per window, params read and written, grads read, the master

@@ -71,8 +71,9 @@ macro_rules! engine_accessors {
         }
 
         /// Bytes of GPU memory this optimizer allocated: its state buffers (and master
-        /// weights, quantization maps), the grad guard's buffers where it has one, and, on
-        /// adapters without immediates, one uniform slot per dispatch for the step's values.
+        /// weights, quantization maps), the grad guard's buffers where it has one, the copies
+        /// kept from the last checkpoint, and, on adapters without immediates, one uniform
+        /// slot per dispatch for the step's values.
         /// Params and grads are the caller's.
         pub fn state_bytes(&self) -> u64 {
             self.engine.state_bytes()
@@ -99,7 +100,9 @@ macro_rules! engine_accessors {
         /// returns the [`PendingCheckpoint`](crate::PendingCheckpoint) that builds the
         /// checkpoint (or writes its file) once the encoder's submission completes: the
         /// training loop waits only for the copies on the GPU, not for the readback or the
-        /// disk. On error nothing has been recorded.
+        /// disk. The buffers of the newest checkpoint read are kept for the next one (mappable
+        /// memory the size of the state, counted by [`Self::state_bytes`]). On error nothing
+        /// has been recorded.
         pub fn record_checkpoint(
             &self,
             encoder: &mut wgpu::CommandEncoder,

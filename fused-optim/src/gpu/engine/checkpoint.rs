@@ -122,6 +122,8 @@ pub struct PendingCheckpoint {
     applied: Applied,
     tensors: BTreeMap<String, HostTensor>,
     metadata: BTreeMap<String, String>,
+    /// Where the copies go once read, for the optimizer's next checkpoint.
+    keep: Arc<Mutex<Vec<wgpu::Buffer>>>,
 }
 
 impl PendingCheckpoint {
@@ -184,6 +186,8 @@ impl PendingCheckpoint {
             }
             buffer.unmap();
         }
+        // Only the newest checkpoint's copies are kept: memory stays one copy of the state.
+        *self.keep.lock().expect("not poisoned") = self.staging;
         let (applied, host) = match self.applied {
             Applied::Known(applied, host) => (applied, host),
             Applied::Device {
@@ -366,20 +370,25 @@ impl<R: UpdateRule> Engine<R> {
             sources.push(guarded.device.status());
             sources.len() - 1
         });
+        // The last checkpoint's copies where their sizes fit, new buffers for the rest.
+        let mut kept = std::mem::take(&mut *self.checkpoint_copies.lock().expect("not poisoned"));
         let device = self.context.device();
         let staging = self
             .context
-            .scoped("allocating a checkpoint's staging buffers", || {
+            .scoped("allocating a checkpoint's copies", || {
                 sources
                     .iter()
-                    .map(|source| {
-                        device.create_buffer(&wgpu::BufferDescriptor {
-                            label: Some("fused-optim checkpoint copy"),
-                            size: source.size(),
-                            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                            mapped_at_creation: false,
-                        })
-                    })
+                    .map(
+                        |source| match kept.iter().position(|b| b.size() == source.size()) {
+                            Some(index) => kept.swap_remove(index),
+                            None => device.create_buffer(&wgpu::BufferDescriptor {
+                                label: Some("fused-optim checkpoint copy"),
+                                size: source.size(),
+                                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                                mapped_at_creation: false,
+                            }),
+                        },
+                    )
                     .collect::<Vec<_>>()
             })?;
         let mapping = Arc::new(Mutex::new(Mapping::default()));
@@ -443,6 +452,7 @@ impl<R: UpdateRule> Engine<R> {
             applied,
             tensors: maps,
             metadata: self.checkpoint_metadata(tensors),
+            keep: Arc::clone(&self.checkpoint_copies),
         })
     }
 
