@@ -17,8 +17,10 @@ and, for files, the two commands:
     python3 tools/torch_checkpoint.py to-torch CHECKPOINT.safetensors PARAMS.pt OUT.pt
 
 where OPTIMIZER.pt is `torch.save(optimizer.state_dict(), ...)`, PARAMS.pt is
-`torch.save(dict(model.named_parameters()), ...)` (the names, in the order the optimizer
-was given the parameters), and OUT.pt is a state dict for `optimizer.load_state_dict`.
+`torch.save(params_in_order(optimizer, model), ...)` (the model's parameters by name, in the
+optimizer's index order: `dict(model.named_parameters())` where the optimizer took
+`model.parameters()`), and OUT.pt is a state dict for `optimizer.load_state_dict` of an
+optimizer built with the same groups, the parameters in the same order.
 
 8-bit and bf16 state is widened to f32 on the way to PyTorch; master weights, which
 torch.optim does not keep, are left out (write them into the model's params yourself).
@@ -40,8 +42,8 @@ BLOCK = 256
 RULES = {
     "Adam": ("Adam", {"decoupled_weight_decay": False}),
     "AdamW": ("Adam", {"decoupled_weight_decay": True}),
-    "SGD": ("Sgd", {}),
-    "RMSprop": ("RmsProp", {"eps_inside_sqrt": False}),
+    "SGD": ("SGD", {}),
+    "RMSprop": ("RMSprop", {"eps_inside_sqrt": False}),
     "Adagrad": ("Adagrad", {}),
     "NAdam": ("NAdam", {}),
     "RAdam": ("RAdam", {}),
@@ -51,8 +53,8 @@ RULES = {
 HYPERPARAMETERS = {
     "Adam": ["lr", "betas", "eps", "weight_decay", "decoupled_weight_decay", "amsgrad",
              "maximize"],
-    "Sgd": ["lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize"],
-    "RmsProp": ["lr", "alpha", "eps", "weight_decay", "momentum", "centered", "eps_inside_sqrt",
+    "SGD": ["lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize"],
+    "RMSprop": ["lr", "alpha", "eps", "weight_decay", "momentum", "centered", "eps_inside_sqrt",
                 "maximize"],
     "Adagrad": ["lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps", "maximize"],
     "NAdam": ["lr", "betas", "eps", "weight_decay", "momentum_decay", "decoupled_weight_decay",
@@ -64,7 +66,7 @@ HYPERPARAMETERS = {
 # Per-step values every element shares, kept as scalars (fused-optim stores them as f64).
 HOST_STATE = {"NAdam": ["mu_product"]}
 # Rules whose state counts steps (PyTorch's `state["step"]`).
-COUNTS_STEPS = {"Adam", "RmsProp", "Adagrad", "NAdam", "RAdam", "Adamax", "Adadelta"}
+COUNTS_STEPS = {"Adam", "RMSprop", "Adagrad", "NAdam", "RAdam", "Adamax", "Adadelta"}
 
 
 def _text(value):
@@ -88,6 +90,12 @@ def names_in_order(optimizer, model):
     """The model's parameter names in the optimizer's index order (its groups, in order)."""
     by_id = {id(p): name for name, p in model.named_parameters()}
     return [by_id[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def params_in_order(optimizer, model):
+    """The model's parameters by name in the optimizer's index order: PARAMS.pt."""
+    params = dict(model.named_parameters())
+    return {name: params[name] for name in names_in_order(optimizer, model)}
 
 
 def state_dict_to_fused(state_dict, names, numels, torch_class):
@@ -136,6 +144,8 @@ def _widened(path):
     with safe_open(path, "pt") as f:
         metadata = f.metadata()
     for name in list(tensors):
+        if name not in tensors:
+            continue  # an absmax, folded into its codes already
         absmax = tensors.get(name + ".absmax")
         if name.startswith("state.") and tensors[name].dtype == torch.uint8 and absmax is not None:
             slot = name.rsplit(".", 1)[1]
@@ -148,44 +158,52 @@ def _widened(path):
     return tensors, metadata
 
 
-def fused_to_state_dict(path, shapes):
-    """A fused-optim checkpoint file as a torch.optim state dict (indices counted over the
-    groups in order) and its rule. `shapes` maps each parameter name to its shape."""
+def fused_to_state_dict(path, shapes, names=None):
+    """A fused-optim checkpoint file as a torch.optim state dict, and its rule. `shapes` maps
+    each parameter name to its shape; `names` lists the names in the optimizer's index order
+    (its groups in order), by default the checkpoint's own order (group, then index)."""
     tensors, metadata = _widened(path)
     rule = metadata["fused_optim.rule"]
+    if rule == "RMSprop" and any(
+            value == "true" for key, value in metadata.items() if key.endswith(".eps_inside_sqrt")):
+        raise ValueError("RMSprop with eps inside the square root has no torch.optim form")
     places = {}
     for key, value in metadata.items():
         if key.startswith(PARAM_PREFIX):
             group, index, _ = (int(v) for v in value.split(":"))
-            places[(group, index)] = key[len(PARAM_PREFIX):]
-    groups = max(g for g, _ in places) + 1
+            places[key[len(PARAM_PREFIX):]] = (group, index)
+    if names is None:
+        names = sorted(places, key=places.get)
+    if sorted(names) != sorted(places):
+        raise ValueError(f"the checkpoint's tensors {sorted(places)} are not {sorted(names)}")
+    groups = 1 + max(group for group, _ in places.values())
+    steps = int(metadata["fused_optim.applied"])
     state_dict = {"state": {}, "param_groups": []}
-    index = 0
     for g in range(groups):
         prefix = f"param_groups.{g}."
         group = {key[len(prefix):]: _parse(value) for key, value in metadata.items()
                  if key.startswith(prefix)}
-        if group.pop("eps_inside_sqrt", False):
-            raise ValueError("RMSprop with eps inside the square root has no torch.optim form")
-        names = [places[(g, k)] for k in range(sum(1 for p in places if p[0] == g))]
-        group["params"] = list(range(index, index + len(names)))
-        for name in names:
-            state = {}
-            for key, value in tensors.items():
-                if key.startswith(f"state.{name}.") and key.count(".") == name.count(".") + 2:
-                    slot = key.rsplit(".", 1)[1]
-                    if slot in ("master", "master_remainder"):
-                        continue
-                    if slot == "step" or slot in HOST_STATE.get(rule, []):
-                        state[slot] = value.to(torch.float32).reshape(())
-                    else:
-                        state[slot] = value.reshape(shapes[name])
-            if rule == "Sgd" and "momentum_buffer" not in state:
-                state["momentum_buffer"] = None
-            if state:
-                state_dict["state"][index] = state
-            index += 1
+        group.pop("eps_inside_sqrt", None)
+        group["params"] = [i for i, name in enumerate(names) if places[name][0] == g]
         state_dict["param_groups"].append(group)
+    if [i for group in state_dict["param_groups"] for i in group["params"]] != list(range(len(names))):
+        raise ValueError("the names are not in group order: list each group's parameters in turn")
+    for index, name in enumerate(names):
+        state = {}
+        for key, value in tensors.items():
+            if key.startswith(f"state.{name}.") and key.count(".") == name.count(".") + 2:
+                slot = key.rsplit(".", 1)[1]
+                if slot in ("master", "master_remainder"):
+                    continue
+                if slot == "step" or slot in HOST_STATE.get(rule, []):
+                    state[slot] = value.to(torch.float32).reshape(())
+                else:
+                    state[slot] = value.reshape(shapes[name])
+        if rule == "SGD" and ("momentum_buffer" not in state or steps == 0):
+            # PyTorch's first step starts the buffer at the grad, as a zero step count does here.
+            state["momentum_buffer"] = None
+        if state:
+            state_dict["state"][index] = state
     return state_dict, rule
 
 
@@ -204,7 +222,7 @@ def from_fused(path, optimizer, model):
     """Loads the fused-optim checkpoint at `path` into a live torch.optim `optimizer` over
     `model`'s parameters, built with the same groups."""
     shapes = {name: p.shape for name, p in model.named_parameters()}
-    state_dict, _ = fused_to_state_dict(path, shapes)
+    state_dict, _ = fused_to_state_dict(path, shapes, names_in_order(optimizer, model))
     # Carry the optimizer's own options (foreach, fused, ...) that fused-optim does not keep.
     for ours, theirs in zip(state_dict["param_groups"], optimizer.state_dict()["param_groups"]):
         for key, value in theirs.items():
@@ -217,12 +235,12 @@ def main(argv):
     commands = parser.add_subparsers(dest="command", required=True)
     out = commands.add_parser("to-fused", help="torch state dict -> fused-optim checkpoint")
     out.add_argument("optimizer", help="torch.save(optimizer.state_dict())")
-    out.add_argument("params", help="torch.save(dict(model.named_parameters())), optimizer order")
+    out.add_argument("params", help="torch.save(params_in_order(optimizer, model))")
     out.add_argument("output", help="the fused-optim checkpoint to write (.safetensors)")
     out.add_argument("--rule", required=True, help="the torch.optim class: " + ", ".join(RULES))
     back = commands.add_parser("to-torch", help="fused-optim checkpoint -> torch state dict")
     back.add_argument("checkpoint", help="a fused-optim checkpoint (.safetensors)")
-    back.add_argument("params", help="torch.save(dict(model.named_parameters())), for shapes")
+    back.add_argument("params", help="torch.save(params_in_order(optimizer, model))")
     back.add_argument("output", help="the state dict to write (.pt) for load_state_dict")
     args = parser.parse_args(argv)
     params = torch.load(args.params)
@@ -234,7 +252,7 @@ def main(argv):
         save_file(tensors, args.output, metadata)
     else:
         state_dict, rule = fused_to_state_dict(
-            args.checkpoint, {name: p.shape for name, p in params.items()})
+            args.checkpoint, {name: p.shape for name, p in params.items()}, list(params))
         torch.save(state_dict, args.output)
         print(f"{args.output}: {rule} state of {len(state_dict['state'])} parameters")
 

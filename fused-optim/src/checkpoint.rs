@@ -280,20 +280,23 @@ impl Checkpoint {
                 continue;
             };
             let values: Vec<f32> = match tensor.dtype {
-                TensorDtype::Bf16 => Dtype::Bf16.decode(&tensor.data, tensor.data.len() / 2),
+                TensorDtype::Bf16 => {
+                    let bits = self.tensor(name, TensorDtype::Bf16, &[tensor.len()])?;
+                    Dtype::Bf16.decode(bits, tensor.len())
+                }
                 TensorDtype::U8 => {
                     let slot = rest.rsplit('.').next().unwrap_or_default();
                     let kind = self.meta(&format!("{QMAP_PREFIX}{slot}"))?;
                     let map =
                         self.tensor(&format!("{QMAP_PREFIX}{kind}"), TensorDtype::F32, &[256])?;
                     let map: Vec<f32> = bytemuck::pod_collect_to_vec(map);
+                    let codes = self.tensor(name, TensorDtype::U8, &[tensor.len()])?;
                     let absmax_name = format!("{name}.absmax");
                     let blocks = tensor.len().div_ceil(BLOCK as usize);
                     let absmax = self.tensor(&absmax_name, TensorDtype::F32, &[blocks])?;
                     let absmax: Vec<f32> = bytemuck::pod_collect_to_vec(absmax);
                     expanded.tensors.remove(&absmax_name);
-                    tensor
-                        .data
+                    codes
                         .iter()
                         .enumerate()
                         .map(|(i, &code)| map[code as usize] * absmax[i / BLOCK as usize])

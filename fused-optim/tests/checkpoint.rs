@@ -247,6 +247,10 @@ fn a_parameter_set_names_its_tensors_and_refuses_other_tensors() {
     renamed[1].0 = "fc1.b";
     let mut longer = TENSORS;
     longer[3].1 = 2;
+    // Tensors are matched by name: another order within the group restores.
+    let mut reordered = TENSORS;
+    reordered.reverse();
+    set(&reordered).restore(&checkpoint).unwrap();
     for mut other in [set(&renamed), set(&longer), set(&TENSORS[..3])] {
         let error = other.restore(&checkpoint).unwrap_err();
         assert!(matches!(error, Error::CheckpointMismatch { .. }), "{error}");
@@ -296,11 +300,21 @@ fn a_checkpoint_recorded_into_an_encoder_is_taken_where_it_was_recorded() {
     }
     assert!(Checkpoint::load(&path).unwrap() == stopped.checkpoint().unwrap());
     std::fs::remove_file(path).unwrap();
-    // The copies of one checkpoint are kept for the next, and only those.
-    let kept = stopped.state_bytes();
+    // A blocking checkpoint keeps nothing; a recorded one keeps its copies for the next, and
+    // only those.
+    let plain = stopped.state_bytes();
     stopped.checkpoint().unwrap();
-    assert_eq!(stopped.state_bytes(), kept);
-    assert!(kept > build().state_bytes());
+    assert_eq!(stopped.state_bytes(), plain);
+    let record = |optimizer: &Optimizer<Adam>| {
+        let mut encoder = gpu.device().create_command_encoder(&Default::default());
+        let pending = optimizer.record_checkpoint(&mut encoder).unwrap();
+        gpu.queue().submit([encoder.finish()]);
+        pending.wait().unwrap();
+        optimizer.state_bytes()
+    };
+    let kept = record(&stopped);
+    assert!(kept > plain);
+    assert_eq!(record(&stopped), kept);
 
     // Copies recorded into an encoder that is never submitted never map: an error, no hang.
     let mut lost = gpu.device().create_command_encoder(&Default::default());
@@ -530,6 +544,24 @@ fn checkpoints_that_do_not_fit_are_refused_with_nothing_restored() {
         .with_grad_guard(GradGuard::default())
         .unwrap();
     refused(&mut adam, &guarded.checkpoint().unwrap(), mismatch);
+    // A scaled run's status must not resume under a guard that does not scale.
+    let mut clipping = Optimizer::new(gpu, Adam::default(), LEN)
+        .unwrap()
+        .with_grad_guard(GradGuard {
+            scaler: None,
+            clip_value: Some(1.0),
+            ..GradGuard::default()
+        })
+        .unwrap();
+    let scaled = Optimizer::new(gpu, Adam::default(), LEN)
+        .unwrap()
+        .with_grad_guard(GradGuard {
+            scaler: Some(GradScaler::default()),
+            ..GradGuard::default()
+        })
+        .unwrap();
+    refused(&mut clipping, &scaled.checkpoint().unwrap(), mismatch);
+    clipping.restore(&guarded.checkpoint().unwrap()).unwrap();
 
     let edit = |change: &dyn Fn(&mut Checkpoint)| {
         let mut checkpoint = good.clone();
@@ -556,6 +588,14 @@ fn checkpoints_that_do_not_fit_are_refused_with_nothing_restored() {
         &edit(&|c| {
             c.tensors.get_mut("state.0.exp_avg").unwrap().data[8..12]
                 .copy_from_slice(&f32::NAN.to_le_bytes());
+        }),
+        corrupt,
+    );
+    refused(
+        &mut adam,
+        &edit(&|c| {
+            c.tensors.get_mut("state.0.exp_avg_sq").unwrap().data[4..8]
+                .copy_from_slice(&(-1.0f32).to_le_bytes());
         }),
         corrupt,
     );

@@ -35,6 +35,7 @@ impl UpdateRule for Roofline {
     const SHADER: &'static str = include_str!("roofline.wgsl");
     const STATE_SLOTS: &'static [&'static str] = &["state0", "state1", "state2"];
     const COUNTS_STEPS: bool = false;
+    const CHECKPOINT_NAME: &'static str = "Roofline";
 
     fn name(&self) -> &'static str {
         ["roofline-0", "roofline-1", "roofline-2", "roofline-3"][self.states.min(3)]

@@ -38,6 +38,7 @@ impl UpdateRule for ElementwiseOp {
     const OWN_ENTRY_POINT: bool = true;
     const STATE_SLOTS: &'static [&'static str] = &[];
     const COUNTS_STEPS: bool = false;
+    const CHECKPOINT_NAME: &'static str = "ElementwiseOp";
 
     fn name(&self) -> &'static str {
         "unfused op"

@@ -232,8 +232,8 @@ fn finalize(@builtin(local_invocation_index) local: u32) {
     let combined = fold(local);
     // Every group's row of the step count the device holds, whether or not the step runs.
     let words = header.groups * header.scalar_words;
-    // The host stages a row for every count the device may hold; the clamp keeps a read
-    // inside the staged rows even so.
+    // The host stages a row for every count the device may hold (DeviceGuard::candidates),
+    // so the clamp never bites; it is defensive, keeping a read inside this step's rows.
     let first = min(t - 1u - header.lo, header.rows - 1u) * words;
     for (var w = local; w < words; w += LANES) {
         let group = w / header.scalar_words;

@@ -43,6 +43,10 @@ pub trait UpdateRule: Clone + std::fmt::Debug + Send + Sync + 'static {
     /// Whether PyTorch keeps a `step` count in this optimizer's state.
     const COUNTS_STEPS: bool;
 
+    /// The rule's name in checkpoints (`fused_optim.rule`), which a restore must match:
+    /// PyTorch's class name where it has one (`Adam` for Adam and AdamW, `SGD`, `RMSprop`).
+    const CHECKPOINT_NAME: &'static str;
+
     /// Short name for reports and labels (`adam`, `adamw`, ...): the configuration's variant.
     fn name(&self) -> &'static str;
 

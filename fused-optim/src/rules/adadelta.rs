@@ -66,6 +66,7 @@ impl UpdateRule for Adadelta {
     const STATE_SLOTS: &'static [&'static str] = &["square_avg", "acc_delta"];
     const NON_NEGATIVE: &'static [&'static str] = &["square_avg", "acc_delta"];
     const COUNTS_STEPS: bool = true;
+    const CHECKPOINT_NAME: &'static str = "Adadelta";
 
     fn name(&self) -> &'static str {
         "adadelta"

@@ -64,6 +64,7 @@ impl UpdateRule for Adagrad {
     const STATE_SLOTS: &'static [&'static str] = &["sum"];
     const NON_NEGATIVE: &'static [&'static str] = &["sum"];
     const COUNTS_STEPS: bool = true;
+    const CHECKPOINT_NAME: &'static str = "Adagrad";
 
     fn name(&self) -> &'static str {
         "adagrad"

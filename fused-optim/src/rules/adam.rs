@@ -101,6 +101,7 @@ impl UpdateRule for Adam {
     const STATE_SLOTS: &'static [&'static str] = &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"];
     const NON_NEGATIVE: &'static [&'static str] = &["exp_avg_sq", "max_exp_avg_sq"];
     const COUNTS_STEPS: bool = true;
+    const CHECKPOINT_NAME: &'static str = "Adam";
 
     fn name(&self) -> &'static str {
         match (self.decoupled_weight_decay, self.amsgrad) {

@@ -67,6 +67,7 @@ impl UpdateRule for Adamax {
     const STATE_SLOTS: &'static [&'static str] = &["exp_avg", "exp_inf"];
     const NON_NEGATIVE: &'static [&'static str] = &["exp_inf"];
     const COUNTS_STEPS: bool = true;
+    const CHECKPOINT_NAME: &'static str = "Adamax";
 
     fn name(&self) -> &'static str {
         "adamax"

@@ -77,6 +77,7 @@ impl UpdateRule for Lion {
     const SHADER: &'static str = include_str!("lion.wgsl");
     const STATE_SLOTS: &'static [&'static str] = &["exp_avg"];
     const COUNTS_STEPS: bool = false;
+    const CHECKPOINT_NAME: &'static str = "Lion";
 
     fn name(&self) -> &'static str {
         "lion"

@@ -100,6 +100,7 @@ impl UpdateRule for NAdam {
     const NON_NEGATIVE: &'static [&'static str] = &["exp_avg_sq"];
     const HOST_STATE: &'static [&'static str] = &["mu_product"];
     const COUNTS_STEPS: bool = true;
+    const CHECKPOINT_NAME: &'static str = "NAdam";
 
     fn name(&self) -> &'static str {
         match self.decoupled_weight_decay {

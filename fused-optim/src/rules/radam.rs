@@ -104,6 +104,7 @@ impl UpdateRule for RAdam {
     const STATE_SLOTS: &'static [&'static str] = &["exp_avg", "exp_avg_sq"];
     const NON_NEGATIVE: &'static [&'static str] = &["exp_avg_sq"];
     const COUNTS_STEPS: bool = true;
+    const CHECKPOINT_NAME: &'static str = "RAdam";
 
     fn name(&self) -> &'static str {
         match self.decoupled_weight_decay {

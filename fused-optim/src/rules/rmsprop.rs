@@ -80,6 +80,7 @@ impl UpdateRule for RmsProp {
     const STATE_SLOTS: &'static [&'static str] = &["square_avg", "momentum_buffer", "grad_avg"];
     const NON_NEGATIVE: &'static [&'static str] = &["square_avg"];
     const COUNTS_STEPS: bool = true;
+    const CHECKPOINT_NAME: &'static str = "RMSprop";
 
     fn name(&self) -> &'static str {
         match (self.centered, self.momentum > 0.0) {

@@ -68,6 +68,7 @@ impl UpdateRule for Sgd {
     const SHADER: &'static str = include_str!("sgd.wgsl");
     const STATE_SLOTS: &'static [&'static str] = &["momentum_buffer"];
     const COUNTS_STEPS: bool = false;
+    const CHECKPOINT_NAME: &'static str = "SGD";
 
     fn name(&self) -> &'static str {
         match (self.momentum != 0.0, self.nesterov) {

@@ -122,8 +122,8 @@ pub struct PendingCheckpoint {
     applied: Applied,
     tensors: BTreeMap<String, HostTensor>,
     metadata: BTreeMap<String, String>,
-    /// Where the copies go once read, for the optimizer's next checkpoint.
-    keep: Arc<Mutex<Vec<wgpu::Buffer>>>,
+    /// Where the copies go once read, for the optimizer's next recorded checkpoint.
+    keep: Option<Arc<Mutex<Vec<wgpu::Buffer>>>>,
 }
 
 impl PendingCheckpoint {
@@ -186,8 +186,10 @@ impl PendingCheckpoint {
             }
             buffer.unmap();
         }
-        // Only the newest checkpoint's copies are kept: memory stays one copy of the state.
-        *self.keep.lock().expect("not poisoned") = self.staging;
+        // Only the copies of the checkpoint read last are kept: one copy of the state at most.
+        if let Some(keep) = &self.keep {
+            *keep.lock().expect("not poisoned") = self.staging;
+        }
         let (applied, host) = match self.applied {
             Applied::Known(applied, host) => (applied, host),
             Applied::Device {
@@ -236,14 +238,6 @@ impl PendingCheckpoint {
 }
 
 impl<R: UpdateRule> Engine<R> {
-    /// The rule's name as checkpoints record it: its type.
-    fn rule_key() -> &'static str {
-        std::any::type_name::<R>()
-            .rsplit("::")
-            .next()
-            .unwrap_or_default()
-    }
-
     /// Whether slot `slot` is coded with the unsigned map.
     fn unsigned(slot: usize) -> bool {
         R::NON_NEGATIVE.contains(&R::STATE_SLOTS[slot])
@@ -309,8 +303,14 @@ impl<R: UpdateRule> Engine<R> {
     fn checkpoint_metadata(&self, tensors: &[NamedTensor]) -> BTreeMap<String, String> {
         let mut metadata = BTreeMap::new();
         metadata.insert(VERSION_KEY.to_owned(), FORMAT_VERSION.to_string());
-        metadata.insert("fused_optim.rule".to_owned(), Self::rule_key().to_owned());
+        metadata.insert("fused_optim.rule".to_owned(), R::CHECKPOINT_NAME.to_owned());
         metadata.insert("fused_optim.steps".to_owned(), self.steps.to_string());
+        if let Some(guarded) = &self.guard {
+            // Whether the status's scale scales the grads: a checkpoint of a scaled run must
+            // not resume unscaled, nor the reverse.
+            let scaling = guarded.device.settings.skips();
+            metadata.insert("fused_optim.loss_scaling".to_owned(), scaling.to_string());
+        }
         for (g, (rule, precision)) in self.groups.iter().zip(&self.precisions).enumerate() {
             metadata.insert(
                 format!("fused_optim.group.{g}.precision"),
@@ -359,6 +359,17 @@ impl<R: UpdateRule> Engine<R> {
         encoder: &mut wgpu::CommandEncoder,
         tensors: &[NamedTensor],
     ) -> Result<PendingCheckpoint> {
+        self.record_copies(encoder, tensors, true)
+    }
+
+    /// [`Engine::record_checkpoint`]; where `keep`, the copies are taken from and given back
+    /// to the optimizer's kept ones, for a training loop that checkpoints again and again.
+    fn record_copies(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        tensors: &[NamedTensor],
+        keep: bool,
+    ) -> Result<PendingCheckpoint> {
         let mut sources: Vec<&wgpu::Buffer> = Vec::new();
         // Each span's first source, then the status's.
         let mut first = Vec::with_capacity(self.owned.len());
@@ -371,7 +382,10 @@ impl<R: UpdateRule> Engine<R> {
             sources.len() - 1
         });
         // The last checkpoint's copies where their sizes fit, new buffers for the rest.
-        let mut kept = std::mem::take(&mut *self.checkpoint_copies.lock().expect("not poisoned"));
+        let mut kept = match keep {
+            true => std::mem::take(&mut *self.checkpoint_copies.lock().expect("not poisoned")),
+            false => Vec::new(),
+        };
         let device = self.context.device();
         let staging = self
             .context
@@ -452,7 +466,7 @@ impl<R: UpdateRule> Engine<R> {
             applied,
             tensors: maps,
             metadata: self.checkpoint_metadata(tensors),
-            keep: Arc::clone(&self.checkpoint_copies),
+            keep: keep.then(|| Arc::clone(&self.checkpoint_copies)),
         })
     }
 
@@ -465,7 +479,7 @@ impl<R: UpdateRule> Engine<R> {
             .context
             .device()
             .create_command_encoder(&Default::default());
-        let pending = self.record_checkpoint(&mut encoder, tensors)?;
+        let pending = self.record_copies(&mut encoder, tensors, false)?;
         self.context.queue().submit([encoder.finish()]);
         pending.wait()
     }
@@ -562,7 +576,11 @@ impl<R: UpdateRule> Engine<R> {
                 let name = format!("state.{}.{}", tensor.name, stored.suffix);
                 let (bytes, count) = stored.range(tensor.offset, tensor.len);
                 let data = checkpoint.tensor(&name, stored.dtype, &[count])?;
-                check_finite(&name, stored.dtype, data)?;
+                let non_negative = match stored.role {
+                    Role::Slot(slot) => R::NON_NEGATIVE.contains(&R::STATE_SLOTS[slot]),
+                    _ => matches!(stored.role, Role::Absmax(_)),
+                };
+                check_values(&name, stored.dtype, data, non_negative)?;
                 let (_, buffer) = contents[tensor.span]
                     .iter_mut()
                     .find(|(role, _)| *role == stored.role)
@@ -586,7 +604,7 @@ impl<R: UpdateRule> Engine<R> {
                 .map(|host_name| {
                     let key = format!("state.{}.{host_name}", tensor.name);
                     let data = checkpoint.tensor(&key, TensorDtype::F64, &[])?;
-                    check_finite(&key, TensorDtype::F64, data)?;
+                    check_values(&key, TensorDtype::F64, data, false)?;
                     expected.insert(key);
                     Ok(f64::from_le_bytes(data.try_into().expect("8 bytes")))
                 })
@@ -598,11 +616,19 @@ impl<R: UpdateRule> Engine<R> {
         ) {
             (None, None) => None,
             (Some(_), Some(_)) => {
+                let key = "fused_optim.loss_scaling";
+                let (theirs, ours) = (checkpoint.meta(key)?, &ours[key]);
+                if theirs != ours {
+                    return Err(mismatch(format!(
+                        "it was made with loss scaling {theirs}, this optimizer's guard has it                          {ours}; set a guard with the checkpoint's scaler before restoring"
+                    )));
+                }
                 let words = std::mem::size_of::<GradStatus>() / 4;
                 let data =
                     checkpoint.tensor("fused_optim.grad_status", TensorDtype::U32, &[words])?;
                 let status: GradStatus = bytemuck::pod_read_unaligned(data);
-                if status.applied as u64 != applied || !status.scale.is_finite() {
+                let scale = status.scale;
+                if status.applied as u64 != applied || !(scale.is_finite() && scale > 0.0) {
                     return Err(corrupt(
                         "the grad status disagrees with the steps applied".into(),
                     ));
@@ -634,6 +660,11 @@ impl<R: UpdateRule> Engine<R> {
                 "tensor `{extra}` is not state this optimizer keeps"
             )));
         }
+        if self.guard.is_some() {
+            // Status readbacks still in flight would land after the restart below and tell
+            // the guard of steps the restored state never took.
+            self.context.wait()?;
+        }
         // Everything is checked: write.
         let queue = self.context.queue();
         for (span, contents) in contents.into_iter().enumerate() {
@@ -662,19 +693,23 @@ impl<R: UpdateRule> Engine<R> {
 }
 
 /// Checks that the checkpoint's tensors (`fused_optim.param.<name>` = group, index in the
-/// group, elements) are exactly `ours`'.
+/// group, elements) are `ours`' in group and elements: tensors are matched by name, so their
+/// order within a group may differ.
 fn check_tensors(checkpoint: &Checkpoint, ours: &BTreeMap<String, String>) -> Result<()> {
     let mismatch = |reason: String| Error::CheckpointMismatch { reason };
-    let listed = |metadata: &BTreeMap<String, String>| -> BTreeMap<String, String> {
+    let listed = |metadata: &BTreeMap<String, String>| -> BTreeMap<String, (String, String)> {
         metadata
             .iter()
             .filter_map(|(key, value)| {
-                Some((key.strip_prefix(PARAM_PREFIX)?.to_owned(), value.clone()))
+                let name = key.strip_prefix(PARAM_PREFIX)?;
+                let (group, rest) = value.split_once(':')?;
+                let elements = rest.rsplit(':').next()?;
+                Some((name.to_owned(), (group.to_owned(), elements.to_owned())))
             })
             .collect()
     };
     let (theirs, ours) = (listed(&checkpoint.metadata), listed(ours));
-    for (name, place) in &ours {
+    for (name, (group, elements)) in &ours {
         match theirs.get(name) {
             None => {
                 return Err(mismatch(format!(
@@ -682,9 +717,12 @@ fn check_tensors(checkpoint: &Checkpoint, ours: &BTreeMap<String, String>) -> Re
                     theirs.keys().collect::<Vec<_>>()
                 )))
             }
-            Some(their) if their != place => {
+            Some((their_group, their_elements))
+                if their_group != group || their_elements != elements =>
+            {
                 return Err(mismatch(format!(
-                    "tensor `{name}` is group:index:elements `{their}` there, `{place}` here"
+                    "tensor `{name}` is {their_elements} elements in group {their_group} there, \
+                     {elements} in group {group} here"
                 )))
             }
             Some(_) => {}
@@ -698,26 +736,33 @@ fn check_tensors(checkpoint: &Checkpoint, ours: &BTreeMap<String, String>) -> Re
     Ok(())
 }
 
-/// Refuses float state holding inf or NaN.
-fn check_finite(name: &str, dtype: TensorDtype, data: &[u8]) -> Result<()> {
-    let bad = match dtype {
+/// Refuses float state holding inf or NaN, or negative values where `non_negative`.
+fn check_values(name: &str, dtype: TensorDtype, data: &[u8], non_negative: bool) -> Result<()> {
+    let values: Vec<f64> = match dtype {
         TensorDtype::F32 => data
             .chunks_exact(4)
-            .any(|b| !f32::from_le_bytes(b.try_into().unwrap()).is_finite()),
-        TensorDtype::Bf16 => data.chunks_exact(2).any(|b| {
-            !Dtype::Bf16
-                .value(u16::from_le_bytes([b[0], b[1]]))
-                .is_finite()
-        }),
+            .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")) as f64)
+            .collect(),
+        TensorDtype::Bf16 => data
+            .chunks_exact(2)
+            .map(|b| Dtype::Bf16.value(u16::from_le_bytes([b[0], b[1]])) as f64)
+            .collect(),
         TensorDtype::F64 => data
             .chunks_exact(8)
-            .any(|b| !f64::from_le_bytes(b.try_into().unwrap()).is_finite()),
-        _ => false,
+            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .collect(),
+        _ => return Ok(()),
     };
-    match bad {
-        true => Err(Error::CorruptCheckpoint {
-            reason: format!("tensor `{name}` holds inf or NaN"),
-        }),
-        false => Ok(()),
+    let corrupt = |what: &str| {
+        Err(Error::CorruptCheckpoint {
+            reason: format!("tensor `{name}` holds {what}"),
+        })
+    };
+    if values.iter().any(|v| !v.is_finite()) {
+        return corrupt("inf or NaN");
     }
+    if non_negative && values.iter().any(|&v| v < 0.0) {
+        return corrupt("negative values, where the state never is");
+    }
+    Ok(())
 }
