@@ -553,14 +553,31 @@ fn checkpoints_that_do_not_fit_are_refused_with_nothing_restored() {
             ..GradGuard::default()
         })
         .unwrap();
-    let scaled = Optimizer::new(gpu, Adam::default(), LEN)
-        .unwrap()
-        .with_grad_guard(GradGuard {
+    let scaling_adam = || {
+        let scaling = GradGuard {
             scaler: Some(GradScaler::default()),
             ..GradGuard::default()
-        })
-        .unwrap();
-    refused(&mut clipping, &scaled.checkpoint().unwrap(), mismatch);
+        };
+        let adam = Optimizer::new(gpu, Adam::default(), LEN).unwrap();
+        adam.with_grad_guard(scaling).unwrap()
+    };
+    let scaled = scaling_adam();
+    let scaled_checkpoint = scaled.checkpoint().unwrap();
+    refused(&mut clipping, &scaled_checkpoint, mismatch);
+    // The scaler's state is in the metadata too, under GradScaler's state_dict names, and
+    // must agree with the status.
+    assert_eq!(scaled_checkpoint.metadata["grad_scaler.scale"], "65536.0");
+    assert_eq!(
+        scaled_checkpoint.metadata["grad_scaler._growth_tracker"],
+        "0"
+    );
+    let mut rescaled = scaled_checkpoint.clone();
+    rescaled
+        .metadata
+        .insert("grad_scaler.scale".into(), "2.0".into());
+    let mut scaling = scaling_adam();
+    refused(&mut scaling, &rescaled, corrupt);
+    scaling.restore(&scaled_checkpoint).unwrap();
     clipping.restore(&guarded.checkpoint().unwrap()).unwrap();
 
     let edit = |change: &dyn Fn(&mut Checkpoint)| {

@@ -203,6 +203,11 @@ impl PendingCheckpoint {
                     "fused_optim.grad_status".to_owned(),
                     HostTensor::vector(TensorDtype::U32, status_bytes),
                 );
+                if metadata.contains_key(&format!("{SCALER_PREFIX}growth_interval")) {
+                    let (scale, tracker) = scaler_state(&status);
+                    metadata.insert(format!("{SCALER_PREFIX}scale"), scale);
+                    metadata.insert(format!("{SCALER_PREFIX}_growth_tracker"), tracker);
+                }
                 let applied = status.applied as u64;
                 let host = applied
                     .checked_sub(base)
@@ -310,6 +315,17 @@ impl<R: UpdateRule> Engine<R> {
             // not resume unscaled, nor the reverse.
             let scaling = guarded.device.settings.skips();
             metadata.insert("fused_optim.loss_scaling".to_owned(), scaling.to_string());
+            // The scaler's settings under torch.amp.GradScaler's state_dict names (its scale
+            // and growth tracker join them once the status is read).
+            if let Some(scaler) = guarded.device.settings.scaler.filter(|s| s.enabled) {
+                for (key, value) in [
+                    ("growth_factor", format!("{:?}", scaler.growth_factor)),
+                    ("backoff_factor", format!("{:?}", scaler.backoff_factor)),
+                    ("growth_interval", scaler.growth_interval.to_string()),
+                ] {
+                    metadata.insert(format!("{SCALER_PREFIX}{key}"), value);
+                }
+            }
         }
         for (g, (rule, precision)) in self.groups.iter().zip(&self.precisions).enumerate() {
             metadata.insert(
@@ -628,6 +644,18 @@ impl<R: UpdateRule> Engine<R> {
                     checkpoint.tensor("fused_optim.grad_status", TensorDtype::U32, &[words])?;
                 let status: GradStatus = bytemuck::pod_read_unaligned(data);
                 let scale = status.scale;
+                let (scale_text, tracker_text) = scaler_state(&status);
+                for (key, want) in [("scale", scale_text), ("_growth_tracker", tracker_text)] {
+                    let key = format!("{SCALER_PREFIX}{key}");
+                    match checkpoint.metadata.get(&key) {
+                        Some(text) if *text != want => {
+                            return Err(corrupt(format!(
+                                "`{key}` = `{text}` disagrees with the grad status's `{want}`"
+                            )))
+                        }
+                        _ => {}
+                    }
+                }
                 if status.applied as u64 != applied || !(scale.is_finite() && scale > 0.0) {
                     return Err(corrupt(
                         "the grad status disagrees with the steps applied".into(),
@@ -690,6 +718,19 @@ impl<R: UpdateRule> Engine<R> {
         self.steps = steps;
         Ok(())
     }
+}
+
+/// The prefix of the loss scaler's state in checkpoint metadata, after
+/// `torch.amp.GradScaler.state_dict()`: `grad_scaler.scale`, `grad_scaler._growth_tracker`,
+/// `grad_scaler.growth_factor`, ... (the status tensor holds the same, and more).
+const SCALER_PREFIX: &str = "grad_scaler.";
+
+/// The status's scale and growth tracker as checkpoint metadata writes them.
+fn scaler_state(status: &GradStatus) -> (String, String) {
+    (
+        format!("{:?}", status.scale),
+        status.growth_tracker.to_string(),
+    )
 }
 
 /// Checks that the checkpoint's tensors (`fused_optim.param.<name>` = group, index in the
