@@ -14,7 +14,7 @@ Python API (needs `torch` and `safetensors`):
 and, for files, the two commands:
 
     python3 tools/torch_checkpoint.py to-fused OPTIMIZER.pt PARAMS.pt OUT.safetensors --rule AdamW
-    python3 tools/torch_checkpoint.py to-torch CHECKPOINT.safetensors PARAMS.pt OUT.pt
+    python3 tools/torch_checkpoint.py to-torch CHECKPOINT.safetensors PARAMS.pt OUT.pt [--scaler S.pt]
 
 where OPTIMIZER.pt is `torch.save(optimizer.state_dict(), ...)`, PARAMS.pt is
 `torch.save(params_in_order(optimizer, model), ...)` (the model's parameters by name, in the
@@ -23,7 +23,9 @@ optimizer's index order: `dict(model.named_parameters())` where the optimizer to
 optimizer built with the same groups, the parameters in the same order.
 
 8-bit and bf16 state is widened to f32 on the way to PyTorch; master weights, which
-torch.optim does not keep, are left out (write them into the model's params yourself).
+torch.optim does not keep, are left out (write them into the model's params yourself). A
+checkpoint made under a loss scaler also gives `torch.amp.GradScaler` its state
+(`grad_scaler_state`, `--scaler`).
 """
 
 import argparse
@@ -207,6 +209,19 @@ def fused_to_state_dict(path, shapes, names=None):
     return state_dict, rule
 
 
+def grad_scaler_state(path):
+    """The loss scaler's state of a fused-optim checkpoint made under a grad guard with a
+    scaler, as `torch.amp.GradScaler.load_state_dict` takes it; None without one."""
+    with safe_open(path, "pt") as f:
+        metadata = f.metadata()
+    prefix = "grad_scaler."
+    state = {key[len(prefix):]: value for key, value in metadata.items() if key.startswith(prefix)}
+    if not state:
+        return None
+    ints = ("growth_interval", "_growth_tracker")
+    return {key: int(value) if key in ints else float(value) for key, value in state.items()}
+
+
 def to_fused(optimizer, model, path):
     """Writes a live torch.optim `optimizer` over `model`'s parameters as a fused-optim
     checkpoint at `path`."""
@@ -242,6 +257,8 @@ def main(argv):
     back.add_argument("checkpoint", help="a fused-optim checkpoint (.safetensors)")
     back.add_argument("params", help="torch.save(params_in_order(optimizer, model))")
     back.add_argument("output", help="the state dict to write (.pt) for load_state_dict")
+    back.add_argument("--scaler", help="also write the loss scaler's state (.pt) for "
+                      "torch.amp.GradScaler.load_state_dict")
     args = parser.parse_args(argv)
     params = torch.load(args.params)
     if args.command == "to-fused":
@@ -254,6 +271,11 @@ def main(argv):
         state_dict, rule = fused_to_state_dict(
             args.checkpoint, {name: p.shape for name, p in params.items()}, list(params))
         torch.save(state_dict, args.output)
+        scaler = grad_scaler_state(args.checkpoint)
+        if args.scaler and scaler is None:
+            raise ValueError(f"{args.checkpoint} holds no loss scaler state")
+        if args.scaler:
+            torch.save(scaler, args.scaler)
         print(f"{args.output}: {rule} state of {len(state_dict['state'])} parameters")
 
 
