@@ -106,10 +106,10 @@ struct Piece {
 
 /// A checkpoint recorded into a command encoder
 /// ([`Optimizer::record_checkpoint`](crate::Optimizer::record_checkpoint)): copies of every
-/// state buffer, taken where the encoder's commands run, mapped once its submission completes. The training loop goes on
-/// while they map; [`PendingCheckpoint::is_ready`] says whether they have, and
-/// [`PendingCheckpoint::wait`] or [`PendingCheckpoint::save`] (from any thread) build the
-/// [`Checkpoint`] or write its file. Submit the encoder before waiting.
+/// state buffer, taken where the encoder's commands run, mapped once its submission
+/// completes. The training loop goes on while they map; [`PendingCheckpoint::is_ready`] says
+/// whether they have, and [`PendingCheckpoint::wait`] or [`PendingCheckpoint::save`] (from any
+/// thread) build the [`Checkpoint`] or write its file. Submit the encoder before waiting.
 pub struct PendingCheckpoint {
     context: GpuContext,
     staging: Vec<wgpu::Buffer>,
@@ -636,7 +636,8 @@ impl<R: UpdateRule> Engine<R> {
                 let (theirs, ours) = (checkpoint.meta(key)?, &ours[key]);
                 if theirs != ours {
                     return Err(mismatch(format!(
-                        "it was made with loss scaling {theirs}, this optimizer's guard has it                          {ours}; set a guard with the checkpoint's scaler before restoring"
+                        "it was made with loss scaling {theirs}, this optimizer's guard has it \
+                         {ours}; set a guard with the checkpoint's scaler before restoring"
                     )));
                 }
                 let words = std::mem::size_of::<GradStatus>() / 4;
