@@ -371,19 +371,13 @@ pub fn checkpoint_summary(checkpoint: &fused_optim::Checkpoint, bytes: usize) ->
         meta("fused_optim.steps"),
         meta("fused_optim.applied"),
     );
-    // Each group's tensors (name, elements) in order, from `fused_optim.param.<name>`.
-    let mut params: Vec<(usize, usize, String, String)> = checkpoint
-        .metadata
-        .iter()
-        .filter_map(|(key, value)| {
-            let name = key.strip_prefix(fused_optim::checkpoint::PARAM_PREFIX)?;
-            let mut parts = value.split(':');
-            let group = parts.next()?.parse().ok()?;
-            let index = parts.next()?.parse().ok()?;
-            Some((group, index, name.to_owned(), parts.next()?.to_owned()))
-        })
+    // Each group's tensors in order; a file whose places do not parse lists none.
+    let mut params: Vec<_> = checkpoint
+        .places()
+        .unwrap_or_default()
+        .into_iter()
         .collect();
-    params.sort();
+    params.sort_by_key(|(_, place)| (place.group, place.index));
     for g in 0.. {
         let Some(precision) = checkpoint
             .metadata
@@ -400,8 +394,8 @@ pub fn checkpoint_summary(checkpoint: &fused_optim::Checkpoint, bytes: usize) ->
         out += &format!("group {g} [{precision}]: {}\n", hyperparameters.join(", "));
         let tensors: Vec<String> = params
             .iter()
-            .filter(|p| p.0 == g)
-            .map(|(_, _, name, elements)| format!("{name} ({elements})"))
+            .filter(|(_, place)| place.group == g)
+            .map(|(name, place)| format!("{name} ({})", place.elements))
             .collect();
         out += &format!("  tensors: {}\n", tensors.join(", "));
     }

@@ -24,6 +24,42 @@ pub const VERSION_KEY: &str = "fused_optim.format_version";
 /// `<group>:<index in the group>:<elements>`.
 pub const PARAM_PREFIX: &str = "fused_optim.param.";
 
+/// Where one tensor of an optimizer's state sits, as `fused_optim.param.<name>` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TensorPlace {
+    /// Its parameter group.
+    pub group: usize,
+    /// Its place among the group's tensors.
+    pub index: usize,
+    /// Its elements.
+    pub elements: u64,
+}
+
+/// Every tensor's place in `metadata`, by name; an entry that is not
+/// `<group>:<index>:<elements>` is `CorruptCheckpoint`.
+pub(crate) fn places(metadata: &BTreeMap<String, String>) -> Result<BTreeMap<String, TensorPlace>> {
+    metadata
+        .iter()
+        .filter_map(|(key, value)| Some((key.strip_prefix(PARAM_PREFIX)?, value)))
+        .map(|(name, value)| {
+            let mut parts = value.split(':').map(str::parse::<u64>);
+            match (parts.next(), parts.next(), parts.next(), parts.next()) {
+                (Some(Ok(group)), Some(Ok(index)), Some(Ok(elements)), None) => {
+                    let place = TensorPlace {
+                        group: group as usize,
+                        index: index as usize,
+                        elements,
+                    };
+                    Ok((name.to_owned(), place))
+                }
+                _ => Err(corrupt(format!(
+                    "`{PARAM_PREFIX}{name}` = `{value}` is not group:index:elements"
+                ))),
+            }
+        })
+        .collect()
+}
+
 /// The prefix of the quantization maps of 8-bit state: the tensors
 /// `fused_optim.qmap.signed` and `fused_optim.qmap.unsigned` (each code's value, 256 f32), and
 /// the metadata `fused_optim.qmap.<slot>` = `signed` or `unsigned`, the map of that slot. An
@@ -326,8 +362,14 @@ impl Checkpoint {
         Ok(expanded)
     }
 
-    /// The tensor `name`, which must have `dtype` and `shape`.
-    pub(crate) fn tensor(&self, name: &str, dtype: TensorDtype, shape: &[usize]) -> Result<&[u8]> {
+    /// Each tensor's place (group, index in the group, elements), by name, from the metadata.
+    pub fn places(&self) -> Result<BTreeMap<String, TensorPlace>> {
+        places(&self.metadata)
+    }
+
+    /// The bytes of tensor `name`, which must have `dtype` and `shape`; otherwise (or where
+    /// it is missing, or its bytes do not fit its shape) `CorruptCheckpoint`.
+    pub fn tensor(&self, name: &str, dtype: TensorDtype, shape: &[usize]) -> Result<&[u8]> {
         let tensor = self
             .tensors
             .get(name)
@@ -348,8 +390,8 @@ impl Checkpoint {
         Ok(&tensor.data)
     }
 
-    /// The metadata value `key`.
-    pub(crate) fn meta(&self, key: &str) -> Result<&str> {
+    /// The metadata value `key`; `CorruptCheckpoint` where there is none.
+    pub fn meta(&self, key: &str) -> Result<&str> {
         self.metadata
             .get(key)
             .map(String::as_str)

@@ -46,7 +46,7 @@ mod optim;
 pub mod rule;
 mod rules;
 
-pub use checkpoint::{Checkpoint, HostTensor, TensorDtype};
+pub use checkpoint::{Checkpoint, HostTensor, TensorDtype, TensorPlace};
 pub use error::{Error, Result};
 pub use format::{Dtype, Master, Precision, Rounding, StateFormat};
 pub use gpu::{

@@ -90,9 +90,32 @@ pub(crate) struct Engine<R: UpdateRule> {
 /// A guard and the host state of each group after each step count the device may hold.
 struct Guarded {
     device: DeviceGuard,
-    /// `history[k]`: every group's host state after `history_base + k` applied steps.
-    history: std::collections::VecDeque<Vec<Vec<f64>>>,
-    history_base: u64,
+    history: HostHistory,
+}
+
+/// Every group's host state after a run of step counts: `states[k]` after `base + k` applied
+/// steps.
+#[derive(Clone)]
+pub(crate) struct HostHistory {
+    states: std::collections::VecDeque<Vec<Vec<f64>>>,
+    base: u64,
+}
+
+impl HostHistory {
+    /// The history of one count: `host` after `applied` steps.
+    fn new(host: Vec<Vec<f64>>, applied: u64) -> Self {
+        Self {
+            states: [host].into(),
+            base: applied,
+        }
+    }
+
+    /// The host state after `applied` steps, where the history holds it.
+    pub fn after(&self, applied: u64) -> Option<&Vec<Vec<f64>>> {
+        applied
+            .checked_sub(self.base)
+            .and_then(|k| self.states.get(k as usize))
+    }
 }
 
 /// Each target's grads format, from its (params, grads) formats.
@@ -351,8 +374,7 @@ impl<R: UpdateRule> Engine<R> {
         })?;
         self.guard = Some(Guarded {
             device,
-            history: [self.host.clone()].into(),
-            history_base: self.steps,
+            history: HostHistory::new(self.host.clone(), self.steps),
         });
         self.formats = formats;
         self.kernels = kernels;
@@ -391,9 +413,9 @@ impl<R: UpdateRule> Engine<R> {
             return Ok((self.steps, self.host.clone()));
         };
         let applied = guarded.device.read_status()?.applied as u64;
-        let host = applied
-            .checked_sub(guarded.history_base)
-            .and_then(|k| guarded.history.get(k as usize))
+        let host = guarded
+            .history
+            .after(applied)
             .cloned()
             .unwrap_or_else(|| self.host.clone());
         Ok((applied, host))
@@ -762,21 +784,22 @@ impl<R: UpdateRule> Engine<R> {
             let (lo, rows) = guarded.device.candidates(self.steps);
             // Every group's host state after each count the device may hold, and one more:
             // the scalars of step `count + 1` take the state advanced to it.
-            while guarded.history_base < lo && guarded.history.len() > 1 {
-                guarded.history.pop_front();
-                guarded.history_base += 1;
+            let history = &mut guarded.history;
+            while history.base < lo && history.states.len() > 1 {
+                history.states.pop_front();
+                history.base += 1;
             }
-            while guarded.history_base + (guarded.history.len() as u64) <= lo + rows {
-                let applied = guarded.history_base + guarded.history.len() as u64;
-                let mut next = guarded.history.back().expect("never empty").clone();
+            while history.base + (history.states.len() as u64) <= lo + rows {
+                let applied = history.base + history.states.len() as u64;
+                let mut next = history.states.back().expect("never empty").clone();
                 for (rule, host) in self.groups.iter().zip(&mut next) {
                     rule.advance_host_state(applied, host);
                 }
-                guarded.history.push_back(next);
+                history.states.push_back(next);
             }
             let mut scalars = Vec::new();
             for count in lo..lo + rows {
-                let states = &guarded.history[(count + 1 - guarded.history_base) as usize];
+                let states = history.after(count + 1).expect("staged above");
                 for (rule, state) in self.groups.iter().zip(states) {
                     scalars.extend_from_slice(bytemuck::bytes_of(&rule.scalars(count + 1, state)));
                 }

@@ -3,13 +3,14 @@
 //! read once mapped ([`PendingCheckpoint`]), and the checked restore. A child of the engine,
 //! for its fields; the file format itself is src/checkpoint.rs.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
-use super::{initial_contents, Engine, QuantMaps};
+use super::{initial_contents, Engine, HostHistory, QuantMaps};
 use crate::checkpoint::{
-    Checkpoint, HostTensor, TensorDtype, FORMAT_VERSION, PARAM_PREFIX, QMAP_PREFIX, VERSION_KEY,
+    places, Checkpoint, HostTensor, TensorDtype, FORMAT_VERSION, PARAM_PREFIX, QMAP_PREFIX,
+    VERSION_KEY,
 };
 use crate::error::{Error, Result};
 use crate::format::qmap::QuantMap;
@@ -85,13 +86,14 @@ struct Mapping {
 /// Where the steps applied come from: known on the host, or the guard's status on the device.
 enum Applied {
     Known(u64, Vec<Vec<f64>>),
-    /// The status's copy is staging buffer `staging`; `history[k]` is each group's host state
-    /// after `base + k` applied steps (`fallback` past it).
+    /// The status's copy is staging buffer `staging`; the host state after the count it holds
+    /// is `history`'s (`fallback` past it). With `scaling`, the scaler's state joins the
+    /// metadata.
     Device {
         staging: usize,
-        history: VecDeque<Vec<Vec<f64>>>,
-        base: u64,
+        history: HostHistory,
         fallback: Vec<Vec<f64>>,
+        scaling: bool,
     },
 }
 
@@ -194,8 +196,8 @@ impl PendingCheckpoint {
             Applied::Known(applied, host) => (applied, host),
             Applied::Device {
                 history,
-                base,
                 fallback,
+                scaling,
                 ..
             } => {
                 let status: GradStatus = bytemuck::pod_read_unaligned(&status_bytes);
@@ -203,17 +205,13 @@ impl PendingCheckpoint {
                     "fused_optim.grad_status".to_owned(),
                     HostTensor::vector(TensorDtype::U32, status_bytes),
                 );
-                if metadata.contains_key(&format!("{SCALER_PREFIX}growth_interval")) {
+                if scaling {
                     let (scale, tracker) = scaler_state(&status);
                     metadata.insert(format!("{SCALER_PREFIX}scale"), scale);
                     metadata.insert(format!("{SCALER_PREFIX}_growth_tracker"), tracker);
                 }
                 let applied = status.applied as u64;
-                let host = applied
-                    .checked_sub(base)
-                    .and_then(|k| history.get(k as usize))
-                    .cloned()
-                    .unwrap_or(fallback);
+                let host = history.after(applied).cloned().unwrap_or(fallback);
                 (applied, host)
             }
         };
@@ -243,8 +241,8 @@ impl PendingCheckpoint {
 }
 
 impl<R: UpdateRule> Engine<R> {
-    /// Whether slot `slot` is coded with the unsigned map.
-    fn unsigned(slot: usize) -> bool {
+    /// Whether slot `slot` is never negative (and so coded with the unsigned map).
+    fn non_negative(slot: usize) -> bool {
         R::NON_NEGATIVE.contains(&R::STATE_SLOTS[slot])
     }
 
@@ -286,21 +284,36 @@ impl<R: UpdateRule> Engine<R> {
         stored
     }
 
-    /// The quantization maps 8-bit slots of some group use, by their tensor names.
-    fn used_maps(&self) -> BTreeMap<String, QuantMap> {
-        let mut maps = BTreeMap::new();
+    /// The slots some group keeps in 8 bits, each with its map's kind (`signed` or
+    /// `unsigned`).
+    fn coded_slots(&self) -> BTreeMap<&'static str, &'static str> {
+        let mut coded = BTreeMap::new();
         for formats in &self.formats {
             for (slot, format) in formats.slots.iter().enumerate() {
                 if *format == Some(StateFormat::Block8) {
-                    let (kind, map) = match Self::unsigned(slot) {
-                        true => ("unsigned", QuantMap::unsigned()),
-                        false => ("signed", QuantMap::signed()),
+                    let kind = match Self::non_negative(slot) {
+                        true => "unsigned",
+                        false => "signed",
                     };
-                    maps.insert(format!("{QMAP_PREFIX}{kind}"), map);
+                    coded.insert(R::STATE_SLOTS[slot], kind);
                 }
             }
         }
-        maps
+        coded
+    }
+
+    /// The quantization maps 8-bit slots use, by their tensor names.
+    fn used_maps(&self) -> BTreeMap<String, QuantMap> {
+        self.coded_slots()
+            .into_values()
+            .map(|kind| {
+                let map = match kind {
+                    "unsigned" => QuantMap::unsigned(),
+                    _ => QuantMap::signed(),
+                };
+                (format!("{QMAP_PREFIX}{kind}"), map)
+            })
+            .collect()
     }
 
     /// Every group's hyperparameters and formats, each tensor's group, index in its group and
@@ -348,20 +361,8 @@ impl<R: UpdateRule> Engine<R> {
             );
             index[group] += 1;
         }
-        for formats in &self.formats {
-            for (slot, format) in formats.slots.iter().enumerate() {
-                if *format == Some(StateFormat::Block8) {
-                    let kind = if Self::unsigned(slot) {
-                        "unsigned"
-                    } else {
-                        "signed"
-                    };
-                    metadata.insert(
-                        format!("{QMAP_PREFIX}{}", R::STATE_SLOTS[slot]),
-                        kind.to_owned(),
-                    );
-                }
-            }
+        for (slot, kind) in self.coded_slots() {
+            metadata.insert(format!("{QMAP_PREFIX}{slot}"), kind.to_owned());
         }
         metadata
     }
@@ -455,7 +456,7 @@ impl<R: UpdateRule> Engine<R> {
             (Some(guarded), Some(staging)) => Applied::Device {
                 staging,
                 history: guarded.history.clone(),
-                base: guarded.history_base,
+                scaling: guarded.device.settings.skips(),
                 fallback: self.host.clone(),
             },
             _ => Applied::Known(self.steps, self.host.clone()),
@@ -593,7 +594,7 @@ impl<R: UpdateRule> Engine<R> {
                 let (bytes, count) = stored.range(tensor.offset, tensor.len);
                 let data = checkpoint.tensor(&name, stored.dtype, &[count])?;
                 let non_negative = match stored.role {
-                    Role::Slot(slot) => R::NON_NEGATIVE.contains(&R::STATE_SLOTS[slot]),
+                    Role::Slot(slot) => Self::non_negative(slot),
                     _ => matches!(stored.role, Role::Absmax(_)),
                 };
                 check_values(&name, stored.dtype, data, non_negative)?;
@@ -711,8 +712,7 @@ impl<R: UpdateRule> Engine<R> {
         if let (Some(guarded), Some(status)) = (&mut self.guard, status) {
             queue.write_buffer(guarded.device.status(), 0, bytemuck::bytes_of(&status));
             guarded.device.restart(steps, applied as u32);
-            guarded.history = [host.clone()].into();
-            guarded.history_base = applied;
+            guarded.history = HostHistory::new(host.clone(), applied);
         }
         self.groups = groups;
         self.host = host;
@@ -734,24 +734,12 @@ fn scaler_state(status: &GradStatus) -> (String, String) {
     )
 }
 
-/// Checks that the checkpoint's tensors (`fused_optim.param.<name>` = group, index in the
-/// group, elements) are `ours`' in group and elements: tensors are matched by name, so their
-/// order within a group may differ.
+/// Checks that the checkpoint's tensors are `ours`' in group and elements: tensors are matched
+/// by name, so their order within a group may differ.
 fn check_tensors(checkpoint: &Checkpoint, ours: &BTreeMap<String, String>) -> Result<()> {
     let mismatch = |reason: String| Error::CheckpointMismatch { reason };
-    let listed = |metadata: &BTreeMap<String, String>| -> BTreeMap<String, (String, String)> {
-        metadata
-            .iter()
-            .filter_map(|(key, value)| {
-                let name = key.strip_prefix(PARAM_PREFIX)?;
-                let (group, rest) = value.split_once(':')?;
-                let elements = rest.rsplit(':').next()?;
-                Some((name.to_owned(), (group.to_owned(), elements.to_owned())))
-            })
-            .collect()
-    };
-    let (theirs, ours) = (listed(&checkpoint.metadata), listed(ours));
-    for (name, (group, elements)) in &ours {
+    let (theirs, ours) = (checkpoint.places()?, places(ours)?);
+    for (name, place) in &ours {
         match theirs.get(name) {
             None => {
                 return Err(mismatch(format!(
@@ -759,12 +747,10 @@ fn check_tensors(checkpoint: &Checkpoint, ours: &BTreeMap<String, String>) -> Re
                     theirs.keys().collect::<Vec<_>>()
                 )))
             }
-            Some((their_group, their_elements))
-                if their_group != group || their_elements != elements =>
-            {
+            Some(their) if (their.group, their.elements) != (place.group, place.elements) => {
                 return Err(mismatch(format!(
-                    "tensor `{name}` is {their_elements} elements in group {their_group} there, \
-                     {elements} in group {group} here"
+                    "tensor `{name}` is {} elements in group {} there, {} in group {} here",
+                    their.elements, their.group, place.elements, place.group
                 )))
             }
             Some(_) => {}
