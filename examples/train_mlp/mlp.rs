@@ -609,27 +609,23 @@ impl Saved {
         set: &mut ParamSet<R>,
     ) -> Result<Self, ResumeError> {
         let path = dir.join(MODEL_FILE);
-        let model = Checkpoint::load(&path).map_err(|source| ResumeError::File {
+        let file = |source| ResumeError::File {
             path: path.clone(),
             source,
-        })?;
+        };
+        let model = Checkpoint::load(&path).map_err(file)?;
         let corrupt = |reason: String| ResumeError::Corrupt {
             path: path.clone(),
             reason,
         };
-        let meta = |key: &str| {
-            model
-                .metadata
-                .get(key)
-                .ok_or_else(|| corrupt(format!("no `{key}` in its metadata")))
-        };
+        let meta = |key: &str| model.meta(key).map_err(file);
         for (key, now) in settings {
             let saved = meta(key)?;
             if saved != now {
                 return Err(ResumeError::Mismatch {
                     path: path.clone(),
                     setting: key.trim_start_matches("train_mlp."),
-                    saved: saved.clone(),
+                    saved: saved.to_owned(),
                     now: now.clone(),
                 });
             }
@@ -660,8 +656,8 @@ impl Saved {
         if gpu_loss.len() != epochs {
             return Err(corrupt("`train_mlp.gpu_loss` lacks epochs".into()));
         }
-        let schedule = meta("train_mlp.schedule")?.clone();
-        let model_steps = meta("train_mlp.steps")?.clone();
+        let schedule = meta("train_mlp.schedule")?.to_owned();
+        let model_steps = meta("train_mlp.steps")?.to_owned();
         let layout = set.layout();
         let dtype = config.precision.params;
         let element = dtype.element_bytes() as usize;
@@ -675,23 +671,9 @@ impl Saved {
             )));
         }
         for (name, shape) in &shapes {
-            let tensor = (model.tensors.get(name))
-                .ok_or_else(|| corrupt(format!("tensor `{name}` is missing")))?;
-            let expected = (file_dtype(dtype), shape.as_slice());
-            if (tensor.dtype, tensor.shape.as_slice()) != expected
-                || tensor.data.len() != tensor.len() * element
-            {
-                return Err(corrupt(format!(
-                    "tensor `{name}` is {:?} {:?} in {} bytes, where this model keeps {:?} {:?}",
-                    tensor.dtype,
-                    tensor.shape,
-                    tensor.data.len(),
-                    expected.0,
-                    expected.1
-                )));
-            }
+            let data = model.tensor(name, file_dtype(dtype), shape).map_err(file)?;
             let range = layout.tensor(name).expect("registered").range();
-            params[range.start * element..range.end * element].copy_from_slice(&tensor.data);
+            params[range.start * element..range.end * element].copy_from_slice(data);
         }
         let path = dir.join(OPTIMIZER_FILE);
         let file = |source| ResumeError::File {
