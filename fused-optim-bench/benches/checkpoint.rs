@@ -12,7 +12,8 @@ const LEN: usize = 16 << 20;
 
 fn checkpoints(c: &mut Criterion) {
     let gpu = GpuContext::new().expect("a GPU adapter");
-    let path = std::env::temp_dir().join("fused-optim-bench-checkpoint.safetensors");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("checkpoint.safetensors");
     for name in ["f32", "bf16,master=remainder,state=8bit"] {
         let precision: Precision = name.parse().expect("a preset");
         let values = pattern(LEN);
@@ -77,7 +78,6 @@ fn checkpoints(c: &mut Criterion) {
         });
         group.finish();
     }
-    std::fs::remove_file(path).ok();
 }
 
 criterion_group!(benches, checkpoints);

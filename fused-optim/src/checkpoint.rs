@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use safetensors::tensor::{Dtype as FileDtype, SafeTensors, TensorView};
 
@@ -252,8 +253,11 @@ impl Checkpoint {
     }
 
     /// Writes the checkpoint to `path` so that a crash or a full disk never leaves a
-    /// truncated file there: into a temporary file in the same directory, synced, then
-    /// renamed over `path` (and the directory synced, where the platform allows).
+    /// truncated file there: into a temporary file of its own in the same directory (created
+    /// exclusively, its name unique to this save), synced, then renamed over `path` (and the
+    /// directory synced, where the platform allows). Saves of one path running at once, from
+    /// threads or processes, never share a temporary file: each rename installs one whole
+    /// checkpoint, and the last rename wins.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         self.save_through(path, |file| file)
     }
@@ -268,22 +272,19 @@ impl Checkpoint {
     ) -> Result<()> {
         let path = path.as_ref();
         let bytes = self.to_bytes()?;
-        let temporary = temporary_path(path);
-        let written = (|| -> std::io::Result<()> {
-            let file = std::fs::File::create(&temporary)?;
+        let (file, temporary) = create_temporary(path).map_err(|e| io_error(path, e))?;
+        let written = (|file: std::fs::File| -> std::io::Result<()> {
             let mut out = writer(file.try_clone()?);
             out.write_all(&bytes)?;
             out.flush()?;
             drop(out);
             file.sync_all()?;
+            drop(file);
             std::fs::rename(&temporary, path)
-        })();
+        })(file);
         if let Err(error) = written {
             let _ = std::fs::remove_file(&temporary);
-            return Err(Error::Io {
-                path: path.display().to_string(),
-                reason: error.to_string(),
-            });
+            return Err(io_error(path, error));
         }
         if let Some(directory) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             // Makes the rename durable; not every platform can open a directory.
@@ -297,10 +298,7 @@ impl Checkpoint {
     /// Reads and parses the checkpoint at `path` (see [`Checkpoint::from_bytes`]).
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|error| Error::Io {
-            path: path.display().to_string(),
-            reason: error.to_string(),
-        })?;
+        let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
         Self::from_bytes(&bytes)
     }
 
@@ -399,9 +397,33 @@ impl Checkpoint {
     }
 }
 
-/// A temporary path beside `path`, unique to this process.
-fn temporary_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".{}.tmp", std::process::id()));
-    path.with_file_name(name)
+/// A failed read or write of `path` as [`Error::Io`].
+fn io_error(path: &Path, error: std::io::Error) -> Error {
+    Error::Io {
+        path: path.display().to_string(),
+        reason: error.to_string(),
+    }
+}
+
+/// Creates a new temporary file beside `path` for one save: its name carries the process id
+/// and a counter of this process's saves, and it is created exclusively, so no other save, in
+/// this process or another, ever writes to it. A name left by a crashed process of the same
+/// id is skipped.
+fn create_temporary(path: &Path) -> std::io::Result<(std::fs::File, PathBuf)> {
+    static SAVES: AtomicU64 = AtomicU64::new(0);
+    loop {
+        let save = SAVES.fetch_add(1, Ordering::Relaxed);
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".{}.{save}.tmp", std::process::id()));
+        let temporary = path.with_file_name(name);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temporary)
+        {
+            Ok(file) => return Ok((file, temporary)),
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(error) => return Err(error),
+        }
+    }
 }

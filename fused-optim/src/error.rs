@@ -143,6 +143,32 @@ pub enum Error {
         reason: String,
     },
 
+    /// A step recorded into a caller's encoder has not been submitted, and what was asked
+    /// must follow it on the GPU's timeline: a checkpoint would hold the state before that
+    /// step while counting it, a restore or a loss-scale reset would land ahead of it.
+    #[error(
+        "step {step} is recorded into an encoder that has not been submitted: submit it before \
+         {operation}"
+    )]
+    UnsubmittedStep {
+        /// The step, counted from 1.
+        step: u64,
+        /// What was asked.
+        operation: &'static str,
+    },
+
+    /// A step was recorded into an encoder dropped without being submitted: it never ran,
+    /// yet the optimizer counted it, so its state and its step count disagree.
+    #[error(
+        "step {step} was recorded into an encoder dropped without being submitted: it never \
+         ran, yet the optimizer counted it; restore a checkpoint (or build the optimizer \
+         anew) to go on"
+    )]
+    DroppedStep {
+        /// The step, counted from 1.
+        step: u64,
+    },
+
     /// A file could not be read or written.
     #[error("{path}: {reason}")]
     Io {

@@ -135,6 +135,19 @@ impl GradGuard {
     pub(crate) fn value_bound(&self) -> f32 {
         self.clip_value.unwrap_or(f32::INFINITY)
     }
+
+    /// The loss scale a change of settings from `self` to `next` starts from, where it
+    /// switches the scaler on or off: `next`'s `init_scale` for a scaler switched on (a fresh
+    /// `GradScaler`, whatever an earlier one reached), 1 for one switched off. `None` where
+    /// the scaler stays on (its scale and growth tracker carry on under the new factors and
+    /// interval) or stays off.
+    pub(crate) fn restarted_scale(&self, next: &GradGuard) -> Option<f32> {
+        match (self.skips(), next.scaler.filter(|s| s.enabled)) {
+            (false, Some(scaler)) => Some(scaler.init_scale),
+            (true, None) => Some(1.0),
+            _ => None,
+        }
+    }
 }
 
 /// The guard's state on the device, as the device keeps it (`GuardStatus` in guard.wgsl):
@@ -372,6 +385,19 @@ impl CpuGuard {
         self.status
     }
 
+    /// The twin of an optimizer's `set_grad_guard(guard)`: later steps run under `guard`;
+    /// switching the scaler off sets the scale to 1, switching it on starts it at its
+    /// `init_scale`, each with the growth tracker at 0. On error nothing changed.
+    pub fn set_guard(&mut self, guard: GradGuard) -> Result<()> {
+        guard.validate()?;
+        if let Some(scale) = self.guard.restarted_scale(&guard) {
+            self.status.scale = scale;
+            self.status.growth_tracker = 0;
+        }
+        self.guard = guard;
+        Ok(())
+    }
+
     /// Reduces the grads of one step, `runs` in the optimizer's order (an optimizer's one
     /// tensor; a foreach optimizer's tensors; a parameter set's groups, each the packed run
     /// of its tensors, padding included), as f32 (16-bit grads decoded, which is exact), and
@@ -414,7 +440,7 @@ impl CpuGuard {
                 status.scale *= scaler.backoff_factor;
                 status.growth_tracker = 0;
                 status.skipped += 1;
-            } else if status.growth_tracker + 1 == scaler.growth_interval {
+            } else if status.growth_tracker + 1 >= scaler.growth_interval {
                 let grown = status.scale * scaler.growth_factor;
                 if grown.is_finite() {
                     status.scale = grown;

@@ -367,3 +367,60 @@ fn format_errors_are_typed() {
         assert!(CpuOptimizer::with_precision(rule.clone(), precision, 5).is_err());
     }
 }
+
+/// The master starts as the params, before any step and after a first step that a grad guard
+/// skipped: read back, it is the params decoded, as the twin says, for every master at sizes
+/// that end mid-pair and mid-vec4.
+#[test]
+fn the_master_starts_as_the_params() {
+    let gpu = common::gpu();
+    let skipping = fused_optim::GradGuard {
+        scaler: Some(fused_optim::GradScaler::default()),
+        ..Default::default()
+    };
+    for (name, precision) in Precision::presets() {
+        if precision.master == fused_optim::Master::None {
+            continue;
+        }
+        for len in [1, 3, 1025] {
+            let what = format!("{name} len {len}");
+            let params_cpu = precision.params.encode(&common::random_nonzero(len, 9));
+            let params = gpu.upload_bytes("params", &params_cpu).unwrap();
+            let twin =
+                CpuOptimizer::with_precision(fused_optim::Adam::default(), precision.clone(), len)
+                    .unwrap();
+            let want = precision.params.decode(&params_cpu, len);
+            assert_eq!(
+                twin.master(&params_cpu).as_deref(),
+                Some(&want[..]),
+                "{what}"
+            );
+            let mut adam = Optimizer::with_precision(
+                gpu,
+                fused_optim::Adam::default(),
+                precision.clone(),
+                len,
+            )
+            .unwrap()
+            .with_grad_guard(skipping)
+            .unwrap();
+            assert_eq!(
+                adam.read_master(&params).unwrap(),
+                Some(want.clone()),
+                "{what}"
+            );
+            let mut grads = vec![0.5; len];
+            grads[len - 1] = f32::INFINITY;
+            let grads = gpu
+                .upload_bytes("grads", &precision.grads.encode(&grads))
+                .unwrap();
+            adam.step(&params, &grads).unwrap();
+            assert_eq!(adam.read_grad_status().unwrap().unwrap().skipped, 1);
+            assert_eq!(
+                adam.read_master(&params).unwrap(),
+                Some(want),
+                "{what}: skipped"
+            );
+        }
+    }
+}

@@ -54,6 +54,45 @@ fn guards() -> Vec<GradGuard> {
     ]
 }
 
+/// The CPU twins of a guarded optimizer: its rule's, its guard's, and the params they update.
+struct Twins<'a, R: UpdateRule> {
+    gpu: &'a GpuContext,
+    cpu: &'a mut CpuOptimizer<R>,
+    guard: &'a mut CpuGuard,
+    params: &'a mut Vec<u8>,
+}
+
+impl<R: UpdateRule> Twins<'_, R> {
+    /// One step from grads `values` (in `precision`'s grads format), on the GPU and the twins;
+    /// the statuses after it compare bit for bit (`what` names the case).
+    fn step_with(
+        &mut self,
+        optimizer: &mut Optimizer<R>,
+        params: &wgpu::Buffer,
+        grads: &wgpu::Buffer,
+        values: &[f32],
+        precision: &Precision,
+        what: &str,
+    ) {
+        let grads_cpu = precision.grads.encode(values);
+        self.gpu.queue().write_buffer(grads, 0, &grads_cpu);
+        let decoded = precision.grads.decode(&grads_cpu, values.len());
+        let grad_step = self.guard.check(&[&decoded]);
+        self.cpu
+            .step_guarded(self.params, &grads_cpu, &grad_step)
+            .unwrap();
+        optimizer.step(params, grads).unwrap();
+        let status = optimizer.read_grad_status().unwrap().unwrap();
+        let twin = self.guard.status();
+        assert_eq!(
+            status_bits(&status),
+            status_bits(&twin),
+            "{what}: status after step {}: {status:?} against {twin:?}",
+            optimizer.step_count()
+        );
+    }
+}
+
 /// Six steps of `rule` in `precision` under `guard` on the GPU and the twin: grads scaled by
 /// the scale the twin holds (as a backward pass of a scaled loss makes them), an inf at step 3
 /// and a NaN at step 5 in the last element. Compares params, master, every state and the
@@ -92,20 +131,13 @@ fn check<R: UpdateRule>(
             (3, false) => values[len - 1] = 1e30,
             _ => {}
         }
-        let grads_cpu = precision.grads.encode(&values);
-        gpu.queue().write_buffer(&grads, 0, &grads_cpu);
-        let decoded = precision.grads.decode(&grads_cpu, len);
-        let grad_step = twin.check(&[&decoded]);
-        cpu.step_guarded(&mut params_cpu, &grads_cpu, &grad_step)
-            .unwrap();
-        optimizer.step(&params, &grads).unwrap();
-        let status = optimizer.read_grad_status().unwrap().unwrap();
-        assert_eq!(
-            status_bits(&status),
-            status_bits(&twin.status()),
-            "{what}: status after step {step}: {status:?} against {:?}",
-            twin.status()
-        );
+        let mut twins = Twins {
+            gpu,
+            cpu: &mut cpu,
+            guard: &mut twin,
+            params: &mut params_cpu,
+        };
+        twins.step_with(&mut optimizer, &params, &grads, &values, precision, &what);
     }
     let got = gpu.download_bytes(&params).unwrap();
     assert!(got == params_cpu, "{what}: params differ");
@@ -660,4 +692,140 @@ fn a_failed_guarded_step_changes_nothing() {
     assert_eq!(optimizer.step_count(), 1);
     optimizer.step(&params, &grads).unwrap();
     assert_eq!(optimizer.read_grad_status().unwrap().unwrap().applied, 2);
+}
+
+/// The guard's settings changed between steps, on the GPU and in the twin alike: the scaler
+/// switched off (the scale becomes 1 at once, so the next grads are not divided by the old
+/// scale), clipping switched off, the scaler switched on again (a fresh scale, its own
+/// `init_scale`), its interval shortened below the clean steps already counted (the scale
+/// grows at the next clean step), disabled by its `enabled` flag, and enabled again. After
+/// each change the status the next backward pass reads, and after each step the whole status,
+/// match the twin bit for bit; params and state at the end too.
+#[test]
+fn every_guard_transition_matches_its_twin_bit_for_bit() {
+    const LEN: usize = 1025;
+    let clip = Some(ClipGradNorm {
+        max_norm: 4.0,
+        norm_type: NormType::L2,
+    });
+    let scaled = |init_scale, growth_interval, clip_norm| GradGuard {
+        scaler: Some(scaler(init_scale, growth_interval)),
+        clip_value: None,
+        clip_norm,
+    };
+    let disabled = GradGuard {
+        scaler: Some(GradScaler {
+            enabled: false,
+            ..scaler(8.0, 2)
+        }),
+        ..GradGuard::default()
+    };
+    // (the guard set before the step, whether the step's grads hold an inf)
+    let plan = [
+        (scaled(65536.0, 3, clip), false),
+        (scaled(65536.0, 3, clip), false),
+        (
+            GradGuard {
+                clip_norm: clip,
+                ..GradGuard::default()
+            },
+            false,
+        ),
+        (GradGuard::default(), false),
+        (scaled(256.0, 4, None), false),
+        (scaled(256.0, 4, None), true),
+        (scaled(256.0, 4, None), false),
+        (scaled(256.0, 4, None), false),
+        (scaled(256.0, 2, clip), false),
+        (disabled, false),
+        (scaled(1024.0, 2, None), false),
+        (scaled(1024.0, 2, None), true),
+    ];
+    let gpu = common::gpu();
+    for precision in [Precision::default(), Precision::lean()] {
+        let rule = Adam::adamw();
+        let mut params_cpu = precision.params.encode(&common::random_nonzero(LEN, 5));
+        let params = gpu.upload_bytes("params", &params_cpu).unwrap();
+        let grads = gpu
+            .upload_bytes("grads", &precision.grads.encode(&vec![0.0; LEN]))
+            .unwrap();
+        let mut cpu = CpuOptimizer::with_precision(rule.clone(), precision.clone(), LEN).unwrap();
+        let mut twin = CpuGuard::new(plan[0].0).unwrap();
+        let mut optimizer = Optimizer::with_precision(gpu, rule, precision.clone(), LEN)
+            .unwrap()
+            .with_grad_guard(plan[0].0)
+            .unwrap();
+        for (step, &(guard, inf)) in plan.iter().enumerate() {
+            let what = format!("[{precision}] step {} under {guard:?}", step + 1);
+            optimizer.set_grad_guard(guard).unwrap();
+            twin.set_guard(guard).unwrap();
+            let scale = optimizer.read_grad_status().unwrap().unwrap().scale;
+            assert_eq!(scale.to_bits(), twin.status().scale.to_bits(), "{what}");
+            let mut values: Vec<f32> = common::random_nonzero(LEN, 50 + step as u64)
+                .into_iter()
+                .map(|g| g * scale)
+                .collect();
+            if inf {
+                values[LEN - 1] = f32::INFINITY;
+            }
+            let mut twins = Twins {
+                gpu,
+                cpu: &mut cpu,
+                guard: &mut twin,
+                params: &mut params_cpu,
+            };
+            twins.step_with(&mut optimizer, &params, &grads, &values, &precision, &what);
+        }
+        assert!(
+            gpu.download_bytes(&params).unwrap() == params_cpu,
+            "[{precision}]"
+        );
+        for name in optimizer.state_names() {
+            let got = optimizer.read_state(name).unwrap();
+            assert_eq!(
+                bits(&got),
+                bits(&cpu.state(name).unwrap()),
+                "[{precision}] {name}"
+            );
+        }
+        // The scaler grew (interval shortened), backed off, was reset to 1 and restarted.
+        assert_eq!(twin.status().scale, 512.0, "[{precision}]");
+    }
+}
+
+/// Switching the scaler on or off writes the scale ahead of the next submission, so it is
+/// refused while a recorded step waits to be submitted (it would run with the new scale),
+/// with nothing changed; once submitted, it goes through.
+#[test]
+fn a_scaler_switched_with_a_step_unsubmitted_is_refused() {
+    let gpu = common::gpu();
+    let (params, grads) = common::params_and_grads(gpu, 1025);
+    let scaling = GradGuard {
+        scaler: Some(GradScaler::default()),
+        ..GradGuard::default()
+    };
+    let mut optimizer = Optimizer::new(gpu, Adam::default(), 1025)
+        .unwrap()
+        .with_grad_guard(scaling)
+        .unwrap();
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    optimizer
+        .record_step(&mut encoder, &params, &grads)
+        .unwrap();
+    let error = optimizer.set_grad_guard(GradGuard::default()).unwrap_err();
+    assert!(
+        matches!(error, Error::UnsubmittedStep { step: 1, .. }),
+        "{error:?}"
+    );
+    assert_eq!(optimizer.grad_guard(), Some(&scaling));
+    // Settings that keep the scaler on change nothing on the device: no need to wait.
+    let clipped = GradGuard {
+        clip_value: Some(1.0),
+        ..scaling
+    };
+    optimizer.set_grad_guard(clipped).unwrap();
+    gpu.queue().submit([encoder.finish()]);
+    optimizer.set_grad_guard(GradGuard::default()).unwrap();
+    let status = optimizer.read_grad_status().unwrap().unwrap();
+    assert_eq!((status.scale, status.applied), (1.0, 1));
 }

@@ -150,8 +150,8 @@ fn full_adam_run(
 fn a_resumed_run_continues_the_uninterrupted_one_bit_for_bit() {
     let gpu = &GpuContext::new().expect("a GPU adapter (lavapipe in CI)");
     let data = mlp::wine_quality(7);
-    let dir = std::env::temp_dir().join(format!("train_mlp_resume_{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("checkpoint");
     let scaling = fused_optim::GradGuard {
         scaler: Some(fused_optim::GradScaler::default()),
         ..Default::default()
@@ -269,5 +269,4 @@ fn a_resumed_run_continues_the_uninterrupted_one_bit_for_bit() {
         matches!(unpaired, mlp::ResumeError::Unpaired { .. }),
         "{unpaired:?}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -23,9 +23,11 @@ use crate::guard::{GradGuard, GradStatus};
 use crate::rule::UpdateRule;
 
 mod checkpoint;
+mod submissions;
 
 pub(crate) use checkpoint::NamedTensor;
 pub use checkpoint::PendingCheckpoint;
+use submissions::Submissions;
 
 /// Both quantization maps, built once per optimizer for encoding initial state.
 pub(crate) struct QuantMaps {
@@ -85,6 +87,8 @@ pub(crate) struct Engine<R: UpdateRule> {
     /// The mappable copies of the last checkpoint read back, kept for the next one: a fresh
     /// buffer costs several times the copy itself (its pages are faulted in and zeroed).
     checkpoint_copies: std::sync::Arc<std::sync::Mutex<Vec<wgpu::Buffer>>>,
+    /// The steps recorded into callers' encoders not yet seen submitted.
+    submissions: Submissions,
 }
 
 /// A guard and the host state of each group after each step count the device may hold.
@@ -324,6 +328,7 @@ impl<R: UpdateRule> Engine<R> {
             workgroups_per_dimension: dispatch.workgroups_per_dimension,
             guard: None,
             checkpoint_copies: Default::default(),
+            submissions: Submissions::default(),
         })
     }
 
@@ -332,8 +337,17 @@ impl<R: UpdateRule> Engine<R> {
     /// one only changes the settings, keeping the scale and counts. On error nothing changed.
     pub fn set_guard(&mut self, guard: GradGuard) -> Result<()> {
         guard.validate()?;
-        if let Some(guarded) = &mut self.guard {
-            guarded.device.settings = guard;
+        if let Some(guarded) = &self.guard {
+            let restarted = guarded.device.settings.restarted_scale(&guard);
+            if let Some(scale) = restarted {
+                // The new scale is written ahead of the next submission: every recorded step
+                // must be submitted already, or it would run with it.
+                let operation = "switching the loss scaler on or off";
+                self.submissions
+                    .check(&self.context, None, operation, false)?;
+                guarded.device.restart_scale(scale);
+            }
+            self.guard.as_mut().expect("checked above").device.settings = guard;
             return Ok(());
         }
         if R::OWN_ENTRY_POINT {
@@ -410,6 +424,11 @@ impl<R: UpdateRule> Engine<R> {
     /// device counted, which waits for the GPU.
     pub fn applied(&self) -> Result<(u64, Vec<Vec<f64>>)> {
         let Some(guarded) = &self.guard else {
+            // The host counts steps as they are recorded: each must have been submitted for
+            // the count to be that of the state the GPU holds.
+            let operation = "reading the step count";
+            self.submissions
+                .check(&self.context, None, operation, false)?;
             return Ok((self.steps, self.host.clone()));
         };
         let applied = guarded.device.read_status()?.applied as u64;
@@ -462,6 +481,8 @@ impl<R: UpdateRule> Engine<R> {
     }
 
     /// The f32 master weights of span `span`, where its group keeps them. Waits for the GPU.
+    /// An f32 master starts as the params: until a step is applied its buffer is unwritten
+    /// (the first step reads the params in its place), so the params are what it holds.
     pub fn read_master(&self, span: usize, params: &wgpu::Buffer) -> Result<Option<Vec<f32>>> {
         let Span {
             group, start, end, ..
@@ -470,8 +491,18 @@ impl<R: UpdateRule> Engine<R> {
         let Some(buffer) = self.owned_buffer(span, Role::Master) else {
             return Ok(None);
         };
+        let precision = &self.precisions[group];
+        if precision.master == Master::F32 && self.applied()?.0 == 0 {
+            // Spans of 16-bit params start on a whole pair.
+            let first = start * precision.params.element_bytes();
+            let bytes = precision.params.buffer_bytes(len as u64);
+            let params = self
+                .context
+                .download_byte_range(params, first..first + bytes)?;
+            return Ok(Some(precision.params.decode(&params, len)));
+        }
         let master = self.context.download_bytes(buffer)?;
-        Ok(Some(match self.precisions[group].master {
+        Ok(Some(match precision.master {
             Master::Bf16Remainder => {
                 let (first, count) = (start * 2, (len as u64).div_ceil(2) * 4);
                 let params = self
@@ -545,8 +576,13 @@ impl<R: UpdateRule> Engine<R> {
         encoder: &mut wgpu::CommandEncoder,
         pairs: &[(&wgpu::Buffer, &wgpu::Buffer)],
     ) -> Result<()> {
+        if let Some(step) = self.submissions.dropped() {
+            return Err(Error::DroppedStep { step });
+        }
+        let marker = self.submissions.marker(&self.context)?;
         self.host = self.record(encoder, pairs, None)?;
         self.steps += 1;
+        self.submissions.record(encoder, marker, self.steps);
         Ok(())
     }
 
@@ -557,6 +593,10 @@ impl<R: UpdateRule> Engine<R> {
         pairs: &[(&wgpu::Buffer, &wgpu::Buffer)],
         timestamps: Option<wgpu::ComputePassTimestampWrites>,
     ) -> Result<()> {
+        // Submitted now, the step would run ahead of one recorded earlier.
+        let operation = "stepping with a submission of its own";
+        self.submissions
+            .check(&self.context, None, operation, false)?;
         let context = self.context.clone();
         let mut encoder = context.device().create_command_encoder(&Default::default());
         let host = self.record(&mut encoder, pairs, timestamps)?;

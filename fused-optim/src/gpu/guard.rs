@@ -427,6 +427,16 @@ impl DeviceGuard {
         self.learnt.lock().unwrap().newest = None;
     }
 
+    /// Sets the loss scale to `scale` and the growth tracker to 0 (a scaler switched on or
+    /// off), ahead of the next submission's commands.
+    pub fn restart_scale(&self, scale: f32) {
+        let words = [scale.to_bits(), 0];
+        const _: () = assert!(std::mem::offset_of!(GradStatus, growth_tracker) == 4);
+        self.context
+            .queue()
+            .write_buffer(&self.status, 0, bytemuck::cast_slice(&words));
+    }
+
     /// The newest status the host has learnt without waiting, and the step it followed.
     pub fn newest(&self) -> Option<(u64, GradStatus)> {
         // Runs the callbacks of readbacks whose steps have completed.

@@ -264,7 +264,8 @@ fn finalize(@builtin(local_invocation_index) local: u32) {
             status.scale = status.scale * header.backoff_factor;
             status.growth_tracker = 0u;
             status.skipped = status.skipped + 1u;
-        } else if status.growth_tracker + 1u == header.growth_interval {
+        } else if status.growth_tracker + 1u >= header.growth_interval {
+            // At least, not equal: an interval shortened mid-run still grows the scale.
             let grown = status.scale * header.growth_factor;
             if is_finite(grown) {
                 status.scale = grown;

@@ -2,6 +2,7 @@
 //! prelude, the plan of windows and dispatches, and the engine that records a step. It knows
 //! the [`UpdateRule`](crate::UpdateRule) trait and never a particular rule.
 
+mod callbacks;
 mod context;
 mod engine;
 mod glue;

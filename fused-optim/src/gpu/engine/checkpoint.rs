@@ -15,6 +15,7 @@ use crate::checkpoint::{
 use crate::error::{Error, Result};
 use crate::format::qmap::QuantMap;
 use crate::format::{Dtype, Master, StateFormat, BLOCK};
+use crate::gpu::callbacks::Callbacks;
 use crate::gpu::glue::Role;
 use crate::gpu::GpuContext;
 use crate::guard::GradStatus;
@@ -76,13 +77,6 @@ impl Stored {
     }
 }
 
-/// How far the mapping of a pending checkpoint's copies has come.
-#[derive(Default)]
-struct Mapping {
-    done: usize,
-    error: Option<String>,
-}
-
 /// Where the steps applied come from: known on the host, or the guard's status on the device.
 enum Applied {
     Known(u64, Vec<Vec<f64>>),
@@ -115,7 +109,7 @@ struct Piece {
 pub struct PendingCheckpoint {
     context: GpuContext,
     staging: Vec<wgpu::Buffer>,
-    mapping: Arc<Mutex<Mapping>>,
+    mapping: Arc<Callbacks>,
     pieces: Vec<Piece>,
     /// Each tensor's name and group, for `step` and the rule's host state.
     counted: Vec<(String, usize)>,
@@ -133,8 +127,7 @@ impl PendingCheckpoint {
     /// at once. Polls the device without blocking.
     pub fn is_ready(&self) -> bool {
         let _ = self.context.device().poll(wgpu::PollType::Poll);
-        let mapping = self.mapping.lock().expect("not poisoned");
-        mapping.done == self.staging.len() || mapping.error.is_some()
+        self.mapping.settled()
     }
 
     /// The checkpoint, once the copies are mapped. Waits for the GPU. An encoder that was
@@ -148,11 +141,11 @@ impl PendingCheckpoint {
             message,
         };
         {
-            let mapping = self.mapping.lock().expect("not poisoned");
+            let mapping = self.mapping.outcome();
             if let Some(error) = &mapping.error {
                 return Err(failed(error.clone()));
             }
-            if mapping.done < self.staging.len() {
+            if mapping.fired < self.staging.len() {
                 return Err(failed(
                     "the encoder holding them was not submitted: submit it, then wait".into(),
                 ));
@@ -376,6 +369,11 @@ impl<R: UpdateRule> Engine<R> {
         encoder: &mut wgpu::CommandEncoder,
         tensors: &[NamedTensor],
     ) -> Result<PendingCheckpoint> {
+        // Steps in `encoder` precede the copies; every other must be submitted already.
+        let within = Some(super::submissions::encoder_id(encoder));
+        let operation = "recording a checkpoint into another encoder";
+        self.submissions
+            .check(&self.context, within, operation, false)?;
         self.record_copies(encoder, tensors, true)
     }
 
@@ -422,17 +420,10 @@ impl<R: UpdateRule> Engine<R> {
                     )
                     .collect::<Vec<_>>()
             })?;
-        let mapping = Arc::new(Mutex::new(Mapping::default()));
+        let mapping = Callbacks::new(staging.len());
         for (source, copy) in sources.iter().zip(&staging) {
             encoder.copy_buffer_to_buffer(source, 0, copy, 0, source.size());
-            let mapping = Arc::clone(&mapping);
-            encoder.map_buffer_on_submit(copy, wgpu::MapMode::Read, .., move |result| {
-                let mut mapping = mapping.lock().expect("not poisoned");
-                match result {
-                    Ok(()) => mapping.done += 1,
-                    Err(error) => mapping.error = Some(error.to_string()),
-                }
-            });
+            encoder.map_buffer_on_submit(copy, wgpu::MapMode::Read, .., mapping.callback(|| {}));
         }
         let mut pieces = Vec::new();
         for tensor in tensors {
@@ -492,6 +483,9 @@ impl<R: UpdateRule> Engine<R> {
     /// the rule's host state (NAdam's `mu_product`), the grad guard's status, and metadata.
     /// Waits for the GPU.
     pub fn checkpoint(&self, tensors: &[NamedTensor]) -> Result<Checkpoint> {
+        // The copies go in a submission of their own: every step must be ahead of it.
+        self.submissions
+            .check(&self.context, None, "taking a checkpoint", false)?;
         let mut encoder = self
             .context
             .device()
@@ -509,6 +503,10 @@ impl<R: UpdateRule> Engine<R> {
     pub fn restore(&mut self, checkpoint: &Checkpoint, tensors: &[NamedTensor]) -> Result<()> {
         let mismatch = |reason: String| Error::CheckpointMismatch { reason };
         let corrupt = |reason: String| Error::CorruptCheckpoint { reason };
+        // The state is written ahead of the next submission: a step still to be submitted
+        // would run on the restored state. Steps of a dropped encoder never ran.
+        self.submissions
+            .check(&self.context, None, "restoring a checkpoint", true)?;
         let version = checkpoint.meta(VERSION_KEY)?;
         if version.parse::<u32>().map_or(true, |v| v > FORMAT_VERSION) {
             return Err(corrupt(format!(
@@ -717,6 +715,7 @@ impl<R: UpdateRule> Engine<R> {
         self.groups = groups;
         self.host = host;
         self.steps = steps;
+        self.submissions.clear();
         Ok(())
     }
 }
@@ -764,7 +763,9 @@ fn check_tensors(checkpoint: &Checkpoint, ours: &BTreeMap<String, String>) -> Re
     Ok(())
 }
 
-/// Refuses float state holding inf or NaN, or negative values where `non_negative`.
+/// Refuses float state holding negative values where `non_negative`. Inf and NaN are state a
+/// run can reach (one huge finite grad squared overflows `exp_avg_sq`) and that `save`
+/// writes: they load as they were, as PyTorch's `load_state_dict` takes them.
 fn check_values(name: &str, dtype: TensorDtype, data: &[u8], non_negative: bool) -> Result<()> {
     let values: Vec<f64> = match dtype {
         TensorDtype::F32 => data
@@ -781,16 +782,10 @@ fn check_values(name: &str, dtype: TensorDtype, data: &[u8], non_negative: bool)
             .collect(),
         _ => return Ok(()),
     };
-    let corrupt = |what: &str| {
-        Err(Error::CorruptCheckpoint {
-            reason: format!("tensor `{name}` holds {what}"),
-        })
-    };
-    if values.iter().any(|v| !v.is_finite()) {
-        return corrupt("inf or NaN");
-    }
     if non_negative && values.iter().any(|&v| v < 0.0) {
-        return corrupt("negative values, where the state never is");
+        return Err(Error::CorruptCheckpoint {
+            reason: format!("tensor `{name}` holds negative values, where the state never is"),
+        });
     }
     Ok(())
 }
