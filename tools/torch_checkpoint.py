@@ -22,6 +22,34 @@ optimizer's index order: `dict(model.named_parameters())` where the optimizer to
 `model.parameters()`), and OUT.pt is a state dict for `optimizer.load_state_dict` of an
 optimizer built with the same groups, the parameters in the same order.
 
+Hyperparameters and flags come from the state dict's param_groups; `--rule` names the class,
+which must agree with them. What cannot be mapped is refused (ValueError, the command's error
+message), before anything is written:
+- a group value the class never has (`--rule AdamW` on decoupled_weight_decay=False: that
+  is Adam) or another class's hyperparameters in a group; a key that an older PyTorch did not
+  write takes the class's documented default, said on stderr;
+- state the flags contradict: a slot the rule does not keep with them (max_exp_avg_sq
+  without amsgrad, grad_avg without centered, momentum_buffer with momentum 0, exp_avg under
+  SGD), or one it keeps missing after a step;
+- a PARAMS.pt that is not the optimizer's parameters: another count, an entry that is not a
+  floating tensor (a buffer of `model.state_dict()`), a state tensor of another shape;
+- param_names (torch >= 2.6 keeps them where the optimizer was built from
+  `model.named_parameters()`): they name each index, and PARAMS.pt (or the model, for the
+  live API) must list exactly those names in that order. Without param_names only the order
+  of PARAMS.pt names the state: two parameters of one shape listed swapped cannot be detected,
+  and each gets the other's state.
+
+Going to PyTorch, the groups carry param_names where the checkpoint names real tensors (a
+ParamSet's; not the indices "0", "1", ... of a single or foreach optimizer's checkpoint).
+PyTorch's load_state_dict does not check them: an optimizer built from `model.parameters()`
+takes them on (its state_dict() then has them, and add_param_group of a group without names
+fails); pop "param_names" from each group to keep it without. `from_fused` writes them only
+into an optimizer that has names.
+
+PyTorch's SGD keeps no step count: pass `--step N` (`to_fused(..., step=N)`), which fused-optim
+restores as its step count; without it, the count is 1 where momentum buffers exist and 0
+otherwise, with a warning. For the other classes the state's own step must agree with it.
+
 8-bit and bf16 state is widened to f32 on the way to PyTorch; master weights, which
 torch.optim does not keep, are left out (write them into the model's params yourself). A
 checkpoint made under a loss scaler also gives `torch.amp.GradScaler` its state
@@ -39,10 +67,10 @@ PARAM_PREFIX = "fused_optim.param."
 QMAP_PREFIX = "fused_optim.qmap."
 BLOCK = 256
 
-# fused-optim's rule for each torch.optim class, with that class's fixed settings, and the
-# hyperparameters the rule keeps (PyTorch's names; `eps_inside_sqrt` is fused-optim's own).
+# fused-optim's rule for each torch.optim class, with the values that class always has (a
+# group with another value is another class's; `eps_inside_sqrt` is fused-optim's own).
 RULES = {
-    "Adam": ("Adam", {"decoupled_weight_decay": False}),
+    "Adam": ("Adam", {}),
     "AdamW": ("Adam", {"decoupled_weight_decay": True}),
     "SGD": ("SGD", {}),
     "RMSprop": ("RMSprop", {"eps_inside_sqrt": False}),
@@ -52,23 +80,45 @@ RULES = {
     "Adamax": ("Adamax", {}),
     "Adadelta": ("Adadelta", {}),
 }
+# Each class's hyperparameters the rule keeps, with PyTorch's documented defaults: these fill
+# in the keys a state dict of an older PyTorch lacks.
+_ADAM = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
+         "decoupled_weight_decay": False, "amsgrad": False, "maximize": False}
 HYPERPARAMETERS = {
-    "Adam": ["lr", "betas", "eps", "weight_decay", "decoupled_weight_decay", "amsgrad",
-             "maximize"],
-    "SGD": ["lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize"],
-    "RMSprop": ["lr", "alpha", "eps", "weight_decay", "momentum", "centered", "eps_inside_sqrt",
-                "maximize"],
-    "Adagrad": ["lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps", "maximize"],
-    "NAdam": ["lr", "betas", "eps", "weight_decay", "momentum_decay", "decoupled_weight_decay",
-              "maximize"],
-    "RAdam": ["lr", "betas", "eps", "weight_decay", "decoupled_weight_decay", "maximize"],
-    "Adamax": ["lr", "betas", "eps", "weight_decay", "maximize"],
-    "Adadelta": ["lr", "rho", "eps", "weight_decay", "maximize"],
+    "Adam": _ADAM,
+    "AdamW": {**_ADAM, "weight_decay": 1e-2, "decoupled_weight_decay": True},
+    "SGD": {"lr": 1e-3, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0,
+            "nesterov": False, "maximize": False},
+    "RMSprop": {"lr": 1e-2, "alpha": 0.99, "eps": 1e-8, "weight_decay": 0.0, "momentum": 0.0,
+                "centered": False, "maximize": False},
+    "Adagrad": {"lr": 1e-2, "lr_decay": 0.0, "weight_decay": 0.0,
+                "initial_accumulator_value": 0.0, "eps": 1e-10, "maximize": False},
+    "NAdam": {"lr": 2e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
+              "momentum_decay": 4e-3, "decoupled_weight_decay": False, "maximize": False},
+    "RAdam": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
+              "decoupled_weight_decay": False, "maximize": False},
+    "Adamax": {"lr": 2e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
+               "maximize": False},
+    "Adadelta": {"lr": 1.0, "rho": 0.9, "eps": 1e-6, "weight_decay": 0.0, "maximize": False},
+}
+KNOWN_HYPERPARAMETERS = {key for keys in HYPERPARAMETERS.values() for key in keys}
+# Each rule's state per parameter, with the flag a slot needs (None: always kept). PyTorch
+# creates a slot at the first step exactly where its flag is on.
+SLOTS = {
+    "Adam": {"step": None, "exp_avg": None, "exp_avg_sq": None, "max_exp_avg_sq": "amsgrad"},
+    "SGD": {"momentum_buffer": "momentum"},
+    "RMSprop": {"step": None, "square_avg": None, "momentum_buffer": "momentum",
+                "grad_avg": "centered"},
+    "Adagrad": {"step": None, "sum": None},
+    "NAdam": {"step": None, "mu_product": None, "exp_avg": None, "exp_avg_sq": None},
+    "RAdam": {"step": None, "exp_avg": None, "exp_avg_sq": None},
+    "Adamax": {"step": None, "exp_avg": None, "exp_inf": None},
+    "Adadelta": {"step": None, "square_avg": None, "acc_delta": None},
 }
 # Per-step values every element shares, kept as scalars (fused-optim stores them as f64).
 HOST_STATE = {"NAdam": ["mu_product"]}
-# Rules whose state counts steps (PyTorch's `state["step"]`).
-COUNTS_STEPS = {"Adam", "RMSprop", "Adagrad", "NAdam", "RAdam", "Adamax", "Adadelta"}
+PARAMS_HINT = ("pass params_in_order(optimizer, model) (the model's named_parameters in the "
+               "optimizer's order), not model.state_dict()")
 
 
 def _text(value):
@@ -88,10 +138,121 @@ def _parse(text):
     return float(text)
 
 
+def _warn(message):
+    print(f"torch_checkpoint: warning: {message}", file=sys.stderr)
+
+
+def _fitting(groups, slots=(), rule=None):
+    """The classes that have every hyperparameter the groups hold, with the values the class
+    always has, and whose rule (`rule`, where given) keeps the state `slots`: all of them, and
+    where there are any, the slots it keeps whatever the flags."""
+    held = set().union(*[KNOWN_HYPERPARAMETERS & set(group) for group in groups])
+    slots = set(slots)
+    return [cls for cls, (ours, always) in RULES.items()
+            if rule in (None, ours) and held <= set(HYPERPARAMETERS[cls])
+            and all(group.get(key, value) == value for group in groups
+                    for key, value in always.items())
+            and slots <= set(SLOTS[ours])
+            and (not slots or slots >= {key for key, flag in SLOTS[ours].items() if not flag})]
+
+
+def _fits(group, slots):
+    """Which --rule fits a group with state `slots`, in words."""
+    fits = _fitting([group], slots)
+    return (f"--rule {' or '.join(fits)} fits it" if fits
+            else "no torch.optim class this converter knows fits it")
+
+
+def _on(flag, on=True):
+    """A flag's setting in words (momentum is a number, the others booleans)."""
+    if flag == "momentum":
+        return "momentum > 0" if on else "momentum = 0"
+    return f"{flag}={on}"
+
+
+def _hyperparameters(torch_class, g, group, slots):
+    """Group `g`'s hyperparameters for `torch_class`: the state dict's values; where it lacks
+    one, the value the class always has, or else its default (said: a dict of an older
+    PyTorch). `slots`: the group's state, for the error naming the class that fits."""
+    always = RULES[torch_class][1]
+    foreign = sorted(KNOWN_HYPERPARAMETERS & set(group) - set(HYPERPARAMETERS[torch_class]))
+    if foreign:
+        raise ValueError(f"param_groups[{g}] has {', '.join(foreign)}, which {torch_class} has "
+                         f"not: {_fits(group, slots)}")
+    values = {}
+    for key, default in {**HYPERPARAMETERS[torch_class], **always}.items():
+        if key in always and group.get(key, default) != default:
+            raise ValueError(f"param_groups[{g}] has {key}={group[key]}, which {torch_class} "
+                             f"never has: {_fits(group, slots)}")
+        if key not in group and key not in always:
+            _warn(f"param_groups[{g}] has no {key!r} (a state dict of an older PyTorch?): "
+                  f"taking {torch_class}'s default {default!r}")
+        values[key] = group.get(key, default)
+    return values
+
+
+def _check_slots(torch_class, g, group, values, name, state):
+    """Refuses state the flags contradict: PyTorch keeps a slot exactly where its flag is on,
+    from the first step on."""
+    slots = SLOTS[RULES[torch_class][0]]
+    foreign = [key for key in state if key not in slots]
+    if foreign:
+        raise ValueError(f"parameter {name!r} has state {', '.join(foreign)}, which {torch_class} "
+                         f"does not keep: {_fits(group, state)}")
+    for key in state:
+        flag = slots[key]
+        if flag and not values[flag]:
+            raise ValueError(f"parameter {name!r} has {key!r}, which {torch_class} keeps only with "
+                             f"{_on(flag)}, but param_groups[{g}] has {flag}={values[flag]!r}: the "
+                             f"state fits {_on(flag)}")
+    if state and float(state.get("step", 1)) > 0:
+        for key, flag in slots.items():
+            if key not in state and (flag is None or values[flag]):
+                kept = f"with {_on(flag)}" if flag else "from the first step"
+                fit = f"the state fits {_on(flag, False)}" if flag else _fits(group, state)
+                raise ValueError(f"parameter {name!r} has stepped but has no {key!r}, which "
+                                 f"{torch_class} keeps {kept}: {fit}")
+
+
+def _check_params(params):
+    """Refuses a PARAMS.pt whose entries cannot be parameters."""
+    if not isinstance(params, dict):
+        raise ValueError(f"PARAMS.pt holds a {type(params).__name__}, not tensors by name: "
+                         f"{PARAMS_HINT}")
+    for name, param in params.items():
+        if not (torch.is_tensor(param) and param.is_floating_point()):
+            what = f"{param.dtype} tensor" if torch.is_tensor(param) else type(param).__name__
+            raise ValueError(f"PARAMS.pt's {name!r} is a {what}, not a parameter: {PARAMS_HINT}")
+
+
+def _param_names(state_dict):
+    """The names the state dict's param_groups give its parameters, in index order, or None
+    without them (torch >= 2.6 keeps them where the optimizer took named_parameters())."""
+    groups = state_dict["param_groups"]
+    if not any("param_names" in group for group in groups):
+        return None
+    for g, group in enumerate(groups):
+        if len(group.get("param_names", ())) != len(group["params"]):
+            raise ValueError(f"param_groups[{g}] has {len(group.get('param_names', ()))} "
+                             f"param_names for {len(group['params'])} parameters")
+    return [name for group in groups for name in group["param_names"]]
+
+
+def _check_order(listed, names):
+    """Refuses params that are not the ones param_names lists, in that order."""
+    for index, (ours, theirs) in enumerate(zip(listed, names)):
+        if ours != theirs:
+            raise ValueError(f"the optimizer's param_names have {ours!r} as parameter {index}, "
+                             f"the params {theirs!r}: {PARAMS_HINT}")
+
+
 def names_in_order(optimizer, model):
     """The model's parameter names in the optimizer's index order (its groups, in order)."""
     by_id = {id(p): name for name, p in model.named_parameters()}
-    return [by_id[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    names = [by_id.get(id(p)) for group in optimizer.param_groups for p in group["params"]]
+    if None in names:
+        raise ValueError(f"the optimizer's parameter {names.index(None)} is not the model's")
+    return names
 
 
 def params_in_order(optimizer, model):
@@ -100,41 +261,70 @@ def params_in_order(optimizer, model):
     return {name: params[name] for name in names_in_order(optimizer, model)}
 
 
-def state_dict_to_fused(state_dict, names, numels, torch_class):
-    """A torch.optim `state_dict` as fused-optim checkpoint (tensors, metadata). `names[i]` is
-    the name of the parameter of index `i`, `numels[i]` its element count."""
+def state_dict_to_fused(state_dict, params, torch_class, step=None):
+    """A torch.optim `state_dict` as fused-optim checkpoint (tensors, metadata). `params` maps
+    each parameter's name to it (or a tensor of its shape), in the optimizer's index order:
+    params_in_order(optimizer, model). `step`: the steps taken, which PyTorch's SGD does not
+    keep."""
     if torch_class not in RULES:
-        raise ValueError(f"{torch_class} has no fused-optim rule; known: {sorted(RULES)}")
-    rule, fixed = RULES[torch_class]
+        raise ValueError(f"{torch_class} has no fused-optim rule; known: {', '.join(RULES)}")
+    rule = RULES[torch_class][0]
+    groups = state_dict["param_groups"]
+    indices = [index for group in groups for index in group["params"]]
+    if indices != list(range(len(indices))):
+        raise ValueError("the param_groups do not list their parameters as 0, 1, ... in turn, "
+                         "as torch.optim's state_dict() does")
+    if len(params) != len(indices):
+        raise ValueError(f"PARAMS.pt holds {len(params)} tensors, the optimizer's param_groups "
+                         f"{len(indices)} parameters: {PARAMS_HINT}")
+    _check_params(params)
+    names = list(params)
+    listed = _param_names(state_dict)
+    if listed is not None:
+        _check_order(listed, names)
     tensors, metadata = {}, {"fused_optim.format_version": FORMAT_VERSION,
                              "fused_optim.rule": rule}
     steps = set()
-    for g, group in enumerate(state_dict["param_groups"]):
+    for g, group in enumerate(groups):
+        # A None slot is SGD's momentum_buffer before the first step, or without momentum.
+        states = {index: {key: value for key, value in state_dict["state"].get(index, {}).items()
+                          if value is not None} for index in group["params"]}
+        values = _hyperparameters(torch_class, g, group, set().union(*states.values()))
         metadata[f"fused_optim.group.{g}.precision"] = "f32"
-        for key in HYPERPARAMETERS[rule]:
-            value = fixed[key] if key in fixed else group[key]
+        for key, value in values.items():
             metadata[f"param_groups.{g}.{key}"] = _text(value)
         for k, index in enumerate(group["params"]):
-            name = names[index]
-            metadata[PARAM_PREFIX + name] = f"{g}:{k}:{numels[index]}"
-            state = state_dict["state"].get(index, {})
+            name, param, state = names[index], params[names[index]], states[index]
+            metadata[PARAM_PREFIX + name] = f"{g}:{k}:{param.numel()}"
+            _check_slots(torch_class, g, group, values, name, state)
             for key, value in state.items():
-                if value is None:
-                    continue  # SGD's momentum_buffer before the first step, or without momentum
                 if key == "step":
                     steps.add(int(value))
                     tensors[f"state.{name}.step"] = torch.tensor(float(value), dtype=torch.float32)
                 elif key in HOST_STATE.get(rule, []):
                     tensors[f"state.{name}.{key}"] = value.detach().to(torch.float64).reshape(())
+                elif value.shape != param.shape:
+                    raise ValueError(f"state {key!r} of parameter {index} has shape "
+                                     f"{tuple(value.shape)}, PARAMS.pt's {name!r} there "
+                                     f"{tuple(param.shape)}: {PARAMS_HINT}")
                 else:
                     tensors[f"state.{name}.{key}"] = value.detach().to(torch.float32).reshape(-1)
     if len(steps) > 1:
         raise ValueError(f"parameters are at different steps {sorted(steps)}; fused-optim keeps one")
-    if rule in COUNTS_STEPS:
+    if "step" in SLOTS[rule]:
         count = steps.pop() if steps else 0
+        if step is not None and step != count:
+            raise ValueError(f"the state is at step {count}, not {step}: {torch_class} counts its "
+                             f"steps itself, leave --step (step=) out")
     else:
-        # SGD keeps no step: one is enough to say the momentum buffers exist.
-        count = 1 if tensors else 0
+        least = 1 if tensors else 0  # momentum buffers exist from the first step on
+        if step is not None and step < least:
+            raise ValueError(f"step {step}: the state shows at least {least} steps taken")
+        if step is None and tensors:
+            _warn(f"PyTorch's {torch_class} keeps no step count, so the true one is unknown: "
+                  f"writing {least}; pass --step N (step=N), the steps taken, which "
+                  "schedules key on")
+        count = least if step is None else step
     metadata["fused_optim.steps"] = str(count)
     metadata["fused_optim.applied"] = str(count)
     return tensors, metadata
@@ -160,25 +350,33 @@ def _widened(path):
     return tensors, metadata
 
 
-def fused_to_state_dict(path, shapes, names=None):
-    """A fused-optim checkpoint file as a torch.optim state dict, and its rule. `shapes` maps
-    each parameter name to its shape; `names` lists the names in the optimizer's index order
-    (its groups in order), by default the checkpoint's own order (group, then index)."""
+def fused_to_state_dict(path, params):
+    """A fused-optim checkpoint file as a torch.optim state dict, and its rule. `params` maps
+    each parameter's name to it (or a tensor of its shape), in the optimizer's index order (its
+    groups in order): params_in_order(optimizer, model). The groups carry param_names where the
+    checkpoint's names are a ParamSet's, not the indices of a single or foreach optimizer's."""
+    _check_params(params)
     tensors, metadata = _widened(path)
     rule = metadata["fused_optim.rule"]
+    if rule not in SLOTS:
+        raise ValueError(f"{rule} has no torch.optim class")
     if rule == "RMSprop" and any(
             value == "true" for key, value in metadata.items() if key.endswith(".eps_inside_sqrt")):
         raise ValueError("RMSprop with eps inside the square root has no torch.optim form")
     places = {}
     for key, value in metadata.items():
         if key.startswith(PARAM_PREFIX):
-            group, index, _ = (int(v) for v in value.split(":"))
-            places[key[len(PARAM_PREFIX):]] = (group, index)
-    if names is None:
-        names = sorted(places, key=places.get)
+            places[key[len(PARAM_PREFIX):]] = tuple(int(v) for v in value.split(":"))
+    names = list(params)
     if sorted(names) != sorted(places):
-        raise ValueError(f"the checkpoint's tensors {sorted(places)} are not {sorted(names)}")
-    groups = 1 + max(group for group, _ in places.values())
+        raise ValueError(f"the checkpoint's tensors {sorted(places)} are not PARAMS.pt's "
+                         f"{sorted(names)}: {PARAMS_HINT}")
+    for name in names:
+        if params[name].numel() != places[name][2]:
+            raise ValueError(f"{name!r} has {places[name][2]} elements in the checkpoint, "
+                             f"{params[name].numel()} in PARAMS.pt: {PARAMS_HINT}")
+    real_names = set(names) != {str(i) for i in range(len(names))}
+    groups = 1 + max(group for group, _, _ in places.values())
     steps = int(metadata["fused_optim.applied"])
     state_dict = {"state": {}, "param_groups": []}
     for g in range(groups):
@@ -187,9 +385,14 @@ def fused_to_state_dict(path, shapes, names=None):
                  if key.startswith(prefix)}
         group.pop("eps_inside_sqrt", None)
         group["params"] = [i for i, name in enumerate(names) if places[name][0] == g]
+        if real_names:
+            group["param_names"] = [names[i] for i in group["params"]]
         state_dict["param_groups"].append(group)
     if [i for group in state_dict["param_groups"] for i in group["params"]] != list(range(len(names))):
         raise ValueError("the names are not in group order: list each group's parameters in turn")
+    if "step" not in SLOTS[rule] and steps:
+        _warn(f"PyTorch's {rule} has no place for the step count {steps}: pass --step {steps} "
+              "(step=) when converting back")
     for index, name in enumerate(names):
         state = {}
         for key, value in tensors.items():
@@ -200,7 +403,7 @@ def fused_to_state_dict(path, shapes, names=None):
                 if slot == "step" or slot in HOST_STATE.get(rule, []):
                     state[slot] = value.to(torch.float32).reshape(())
                 else:
-                    state[slot] = value.reshape(shapes[name])
+                    state[slot] = value.reshape(params[name].shape)
         if rule == "SGD" and ("momentum_buffer" not in state or steps == 0):
             # PyTorch's first step starts the buffer at the grad, as a zero step count does here.
             state["momentum_buffer"] = None
@@ -222,38 +425,65 @@ def grad_scaler_state(path):
     return {key: int(value) if key in ints else float(value) for key, value in state.items()}
 
 
-def to_fused(optimizer, model, path):
+def to_fused(optimizer, model, path, step=None):
     """Writes a live torch.optim `optimizer` over `model`'s parameters as a fused-optim
-    checkpoint at `path`."""
-    names = names_in_order(optimizer, model)
-    params = dict(model.named_parameters())
-    numels = [params[name].numel() for name in names]
+    checkpoint at `path`; `step`: the step count, for SGD, which keeps none."""
     tensors, metadata = state_dict_to_fused(
-        optimizer.state_dict(), names, numels, type(optimizer).__name__)
+        optimizer.state_dict(), params_in_order(optimizer, model), type(optimizer).__name__, step)
     save_file(tensors, path, metadata)
 
 
 def from_fused(path, optimizer, model):
     """Loads the fused-optim checkpoint at `path` into a live torch.optim `optimizer` over
     `model`'s parameters, built with the same groups."""
-    shapes = {name: p.shape for name, p in model.named_parameters()}
-    state_dict, _ = fused_to_state_dict(path, shapes, names_in_order(optimizer, model))
-    # Carry the optimizer's own options (foreach, fused, ...) that fused-optim does not keep.
-    for ours, theirs in zip(state_dict["param_groups"], optimizer.state_dict()["param_groups"]):
-        for key, value in theirs.items():
+    params = params_in_order(optimizer, model)
+    state_dict, rule = fused_to_state_dict(path, params)
+    torch_class = type(optimizer).__name__
+    fits = _fitting(state_dict["param_groups"], rule=rule)
+    if torch_class not in fits:
+        # AdamW, for one, would turn the checkpoint's decoupled_weight_decay=False into True.
+        raise ValueError(f"{path} holds state torch.optim.{torch_class} cannot take: build "
+                         f"torch.optim.{' or '.join(fits)}")
+    theirs = optimizer.state_dict()
+    listed = _param_names(theirs)
+    if listed is not None:
+        _check_order(listed, list(params))
+    for ours, their_group in zip(state_dict["param_groups"], theirs["param_groups"]):
+        if "param_names" not in their_group:
+            ours.pop("param_names", None)  # load_state_dict would give the optimizer names
+        # Carry the optimizer's own options (foreach, fused, ...) that fused-optim does not keep.
+        for key, value in their_group.items():
             ours.setdefault(key, value)
     optimizer.load_state_dict(state_dict)
+
+
+SWAP_CAVEAT = ("Where the state dict's param_groups have no param_names (an optimizer built "
+               "from model.parameters(), or torch < 2.6), only PARAMS.pt's order names the "
+               "state: two parameters of one shape listed swapped cannot be detected, and "
+               "each gets the other's state.")
 
 
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    out = commands.add_parser("to-fused", help="torch state dict -> fused-optim checkpoint")
+    out = commands.add_parser(
+        "to-fused", help="torch state dict -> fused-optim checkpoint",
+        description="Hyperparameters and flags come from the state dict; --rule must agree "
+        "with them, and the state with the flags. " + SWAP_CAVEAT)
     out.add_argument("optimizer", help="torch.save(optimizer.state_dict())")
-    out.add_argument("params", help="torch.save(params_in_order(optimizer, model))")
+    out.add_argument("params", help="torch.save(params_in_order(optimizer, model)), not "
+                     "model.state_dict(): with param_names in the state dict, exactly those "
+                     "names in that order")
     out.add_argument("output", help="the fused-optim checkpoint to write (.safetensors)")
     out.add_argument("--rule", required=True, help="the torch.optim class: " + ", ".join(RULES))
-    back = commands.add_parser("to-torch", help="fused-optim checkpoint -> torch state dict")
+    out.add_argument("--step", type=int, help="the steps taken, for SGD, whose state has no "
+                     "step count (default: 1 where momentum buffers exist, 0 otherwise, with a "
+                     "warning); for the other classes it must be the state's step")
+    back = commands.add_parser(
+        "to-torch", help="fused-optim checkpoint -> torch state dict",
+        description="The groups carry param_names where the checkpoint names real tensors. "
+        "PyTorch's SGD has no place for the step count: it is lost, pass --step N to "
+        "to-fused on the way back.")
     back.add_argument("checkpoint", help="a fused-optim checkpoint (.safetensors)")
     back.add_argument("params", help="torch.save(params_in_order(optimizer, model))")
     back.add_argument("output", help="the state dict to write (.pt) for load_state_dict")
@@ -261,23 +491,27 @@ def main(argv):
                       "torch.amp.GradScaler.load_state_dict")
     args = parser.parse_args(argv)
     params = torch.load(args.params)
-    if args.command == "to-fused":
-        state_dict = torch.load(args.optimizer)
-        names = list(params)
-        numels = [params[name].numel() for name in names]
-        tensors, metadata = state_dict_to_fused(state_dict, names, numels, args.rule)
-        save_file(tensors, args.output, metadata)
-    else:
-        state_dict, rule = fused_to_state_dict(
-            args.checkpoint, {name: p.shape for name, p in params.items()}, list(params))
-        torch.save(state_dict, args.output)
-        scaler = grad_scaler_state(args.checkpoint)
-        if args.scaler and scaler is None:
-            raise ValueError(f"{args.checkpoint} holds no loss scaler state")
-        if args.scaler:
-            torch.save(scaler, args.scaler)
-        print(f"{args.output}: {rule} state of {len(state_dict['state'])} parameters")
+    try:
+        if args.command == "to-fused":
+            tensors, metadata = state_dict_to_fused(
+                torch.load(args.optimizer), params, args.rule, args.step)
+            save_file(tensors, args.output, metadata)
+        else:
+            state_dict, rule = fused_to_state_dict(args.checkpoint, params)
+            scaler = grad_scaler_state(args.checkpoint)
+            if args.scaler and scaler is None:
+                raise ValueError(f"{args.checkpoint} holds no loss scaler state")
+            torch.save(state_dict, args.output)
+            if args.scaler:
+                torch.save(scaler, args.scaler)
+            fits = _fitting(state_dict["param_groups"], rule=rule)
+            print(f"{args.output}: {rule} state of {len(state_dict['state'])} parameters, for "
+                  f"torch.optim.{' or '.join(fits)}")
+    except ValueError as error:
+        print(f"torch_checkpoint: error: {error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))
