@@ -274,6 +274,7 @@ def state_dict_to_fused(state_dict, params, torch_class, step=None):
     if indices != list(range(len(indices))):
         raise ValueError("the param_groups do not list their parameters as 0, 1, ... in turn, "
                          "as torch.optim's state_dict() does")
+    # The count first: it is what tells a model.state_dict() (buffers too) apart.
     if len(params) != len(indices):
         raise ValueError(f"PARAMS.pt holds {len(params)} tensors, the optimizer's param_groups "
                          f"{len(indices)} parameters: {PARAMS_HINT}")
@@ -320,6 +321,15 @@ def state_dict_to_fused(state_dict, params, torch_class, step=None):
         least = 1 if tensors else 0  # momentum buffers exist from the first step on
         if step is not None and step < least:
             raise ValueError(f"step {step}: the state shows at least {least} steps taken")
+        # With momentum, PyTorch's first step starts the buffer at the grad; resumed past a
+        # step, fused-optim would take a later step's form instead.
+        lacking = [names[index] for group in groups if group.get("momentum", 0) > 0
+                   for index in group["params"]
+                   if state_dict["state"].get(index, {}).get("momentum_buffer") is None]
+        if step and lacking:
+            raise ValueError(f"step {step} with momentum, but {lacking[0]!r} has no "
+                             "momentum_buffer, which PyTorch's SGD creates at the first step: "
+                             "the state fits --step 0")
         if step is None and tensors:
             _warn(f"PyTorch's {torch_class} keeps no step count, so the true one is unknown: "
                   f"writing {least}; pass --step N (step=N), the steps taken, which "
@@ -442,8 +452,9 @@ def from_fused(path, optimizer, model):
     fits = _fitting(state_dict["param_groups"], rule=rule)
     if torch_class not in fits:
         # AdamW, for one, would turn the checkpoint's decoupled_weight_decay=False into True.
-        raise ValueError(f"{path} holds state torch.optim.{torch_class} cannot take: build "
-                         f"torch.optim.{' or '.join(fits)}")
+        build = (f"build torch.optim.{' or '.join(fits)}" if fits
+                 else "no torch.optim class takes it")
+        raise ValueError(f"{path} holds state torch.optim.{torch_class} cannot take: {build}")
     theirs = optimizer.state_dict()
     listed = _param_names(theirs)
     if listed is not None:

@@ -157,6 +157,20 @@ pub enum Error {
         operation: &'static str,
     },
 
+    /// A checkpoint's copies were recorded into an encoder that has not been submitted, and
+    /// what was asked would run ahead of them: a step or a restore would change the state
+    /// they are to copy, under the step count they were recorded with.
+    #[error(
+        "a checkpoint recorded after step {after_step} is in an encoder that has not been \
+         submitted: submit it before {operation}"
+    )]
+    UnsubmittedCheckpoint {
+        /// The steps taken when it was recorded.
+        after_step: u64,
+        /// What was asked.
+        operation: &'static str,
+    },
+
     /// A step was recorded into an encoder dropped without being submitted: it never ran,
     /// yet the optimizer counted it, so its state and its step count disagree.
     #[error(

@@ -570,6 +570,7 @@ fn nothing_runs_ahead_of_a_recorded_step_still_unsubmitted() {
         adam.record_checkpoint(&mut other).err().unwrap()
     ));
     assert!(unsubmitted(adam.read_state("step").unwrap_err()));
+    assert!(unsubmitted(adam.read_state("exp_avg").unwrap_err()));
     assert!(unsubmitted(adam.step(&params, &grads).unwrap_err()));
     assert!(unsubmitted(adam.restore(&saved).unwrap_err()));
     assert_eq!(adam.step_count(), 2);
@@ -581,6 +582,50 @@ fn nothing_runs_ahead_of_a_recorded_step_still_unsubmitted() {
     assert_eq!(adam.read_state("step").unwrap(), [2.0]);
 
     assert!(two_steps_submitted(gpu) == after);
+}
+
+/// A checkpoint's copies recorded into an encoder not yet submitted copy the state when that
+/// encoder runs: what writes the state in a submission of its own (a step, a restore) is
+/// refused until then, so the copies hold the state of the step count they were recorded
+/// with. Reads and other checkpoints go on.
+#[test]
+fn nothing_overwrites_the_state_ahead_of_a_recorded_checkpoint() {
+    let gpu = common::gpu();
+    let (params, grads) = common::params_and_grads(gpu, LEN);
+    let mut adam = Optimizer::new(gpu, Adam::default(), LEN).unwrap();
+    adam.step(&params, &grads).unwrap();
+    let saved = adam.checkpoint().unwrap();
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    let pending = adam.record_checkpoint(&mut encoder).unwrap();
+    let unsubmitted =
+        |error: Error| matches!(error, Error::UnsubmittedCheckpoint { after_step: 1, .. });
+    assert!(unsubmitted(adam.step(&params, &grads).unwrap_err()));
+    assert!(unsubmitted(adam.restore(&saved).unwrap_err()));
+    assert!(adam.checkpoint().unwrap() == saved);
+    assert_eq!(adam.read_state("step").unwrap(), [1.0]);
+    gpu.queue().submit([encoder.finish()]);
+    adam.step(&params, &grads).unwrap();
+    assert!(pending.wait().unwrap() == saved);
+}
+
+/// The markers that say a recorded step was submitted resolve at the first poll after the
+/// submit, while the GPU still runs the step: a checkpoint right after submitting a long step
+/// (Adam over 8M parameters) is taken, not refused, and holds that step.
+#[test]
+fn a_submitted_step_still_running_is_seen_submitted() {
+    const LARGE: usize = 8 << 20;
+    let gpu = common::gpu();
+    let (params, grads) = common::params_and_grads(gpu, LARGE);
+    let mut adam = Optimizer::new(gpu, Adam::default(), LARGE).unwrap();
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    adam.record_step(&mut encoder, &params, &grads).unwrap();
+    gpu.queue().submit([encoder.finish()]);
+    let checkpoint = adam.checkpoint().unwrap();
+    assert_eq!(checkpoint.meta("fused_optim.applied").unwrap(), "1");
+    assert!(checkpoint.tensors["state.0.exp_avg"]
+        .data
+        .iter()
+        .any(|&b| b != 0));
 }
 
 /// A step recorded into an encoder dropped without being submitted never ran, yet was

@@ -447,3 +447,14 @@ def test_checkpoint_reference_still_runs(tmp_path, monkeypatch):
         ours = made["cases"][case]["from_fused"]["params"]
         for name, values in data["from_fused"]["params"].items():
             torch.testing.assert_close(torch.tensor(ours[name]), torch.tensor(values))
+
+
+def test_sgd_step_without_momentum_buffers_refused(tmp_path, capsys):
+    """With momentum but no buffers the state is at step 0: fused-optim resumed at a later step
+    would not start the buffers at the grad as PyTorch's first step does."""
+    model = net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    params = torch_checkpoint.params_in_order(optimizer, model)
+    status, output = to_fused(tmp_path, optimizer.state_dict(), params, "--rule", "SGD",
+                              "--step", "3")
+    refused(capsys, status, output, "momentum_buffer", "--step 0")

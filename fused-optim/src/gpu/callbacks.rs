@@ -9,9 +9,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// How long a waiter gives callbacks it did not run itself to finish running elsewhere: far
-/// beyond a callback's few instructions and a thread's scheduling delay, short for a call
-/// that then reports its encoder unsubmitted.
-const PATIENCE: Duration = Duration::from_millis(250);
+/// beyond a callback's few instructions and a loaded machine's scheduling delay, and paid
+/// only by a call that then reports its encoder unsubmitted.
+const PATIENCE: Duration = Duration::from_secs(1);
 
 /// What has become of a set of callbacks.
 #[derive(Default)]

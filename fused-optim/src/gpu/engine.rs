@@ -27,7 +27,7 @@ mod submissions;
 
 pub(crate) use checkpoint::NamedTensor;
 pub use checkpoint::PendingCheckpoint;
-use submissions::Submissions;
+use submissions::{Ahead, Submissions, Work};
 
 /// Both quantization maps, built once per optimizer for encoding initial state.
 pub(crate) struct QuantMaps {
@@ -344,7 +344,7 @@ impl<R: UpdateRule> Engine<R> {
                 // must be submitted already, or it would run with it.
                 let operation = "switching the loss scaler on or off";
                 self.submissions
-                    .check(&self.context, None, operation, false)?;
+                    .check(&self.context, Ahead::Write, operation)?;
                 guarded.device.restart_scale(scale);
             }
             self.guard.as_mut().expect("checked above").device.settings = guard;
@@ -428,7 +428,7 @@ impl<R: UpdateRule> Engine<R> {
             // the count to be that of the state the GPU holds.
             let operation = "reading the step count";
             self.submissions
-                .check(&self.context, None, operation, false)?;
+                .check(&self.context, Ahead::Read, operation)?;
             return Ok((self.steps, self.host.clone()));
         };
         let applied = guarded.device.read_status()?.applied as u64;
@@ -465,6 +465,8 @@ impl<R: UpdateRule> Engine<R> {
 
     /// The values of state slot `slot` over span `span`, decoded to f32. Waits for the GPU.
     pub fn read_slot(&self, span: usize, slot: usize) -> Result<Vec<f32>> {
+        self.submissions
+            .check(&self.context, Ahead::Read, "reading the state")?;
         let len = (self.spans[span].end - self.spans[span].start) as usize;
         let format = self.formats[self.spans[span].group].slots[slot].unwrap_or_default();
         let download = |role| match self.owned_buffer(span, role) {
@@ -491,6 +493,8 @@ impl<R: UpdateRule> Engine<R> {
         let Some(buffer) = self.owned_buffer(span, Role::Master) else {
             return Ok(None);
         };
+        self.submissions
+            .check(&self.context, Ahead::Read, "reading the master weights")?;
         let precision = &self.precisions[group];
         if precision.master == Master::F32 && self.applied()?.0 == 0 {
             // Spans of 16-bit params start on a whole pair.
@@ -582,7 +586,8 @@ impl<R: UpdateRule> Engine<R> {
         let marker = self.submissions.marker(&self.context)?;
         self.host = self.record(encoder, pairs, None)?;
         self.steps += 1;
-        self.submissions.record(encoder, marker, self.steps);
+        self.submissions
+            .record(encoder, marker, Work::Step(self.steps));
         Ok(())
     }
 
@@ -596,7 +601,7 @@ impl<R: UpdateRule> Engine<R> {
         // Submitted now, the step would run ahead of one recorded earlier.
         let operation = "stepping with a submission of its own";
         self.submissions
-            .check(&self.context, None, operation, false)?;
+            .check(&self.context, Ahead::Write, operation)?;
         let context = self.context.clone();
         let mut encoder = context.device().create_command_encoder(&Default::default());
         let host = self.record(&mut encoder, pairs, timestamps)?;

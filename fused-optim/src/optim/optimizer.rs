@@ -128,8 +128,11 @@ impl<R: UpdateRule> Optimizer<R> {
     /// Records one step into the caller's encoder without submitting it. The step's values
     /// (learning rate, bias corrections, ...) travel with the recorded commands (see
     /// [`StepValues`](crate::StepValues)), so any number of steps may be recorded, into one
-    /// encoder or several, before a submit, each with its own values. On error nothing has
-    /// been recorded.
+    /// encoder or several (submitted in the order recorded), before a submit, each with its
+    /// own values. Until it is submitted, what would run ahead of it (a checkpoint of its own
+    /// submission, a restore, a state read, [`Optimizer::step`]) is refused with
+    /// [`Error::UnsubmittedStep`](crate::Error::UnsubmittedStep). On error nothing has been
+    /// recorded.
     pub fn record_step(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,

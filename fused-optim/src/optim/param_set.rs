@@ -171,7 +171,9 @@ impl<R: UpdateRule> ParamSet<R> {
     }
 
     /// Records one step over the packed `params` and `grads` (each `layout().len()` f32) into
-    /// the caller's encoder. On error nothing has been recorded.
+    /// the caller's encoder. On error nothing has been recorded. Until it is
+    /// submitted, what would run ahead of it is refused, as
+    /// [`Optimizer::record_step`](crate::Optimizer::record_step) says.
     pub fn record_step(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
@@ -272,7 +274,9 @@ impl<R: UpdateRule> ForeachOptimizer<R> {
     }
 
     /// Records one step over `pairs`, in the order of the lengths given to `new`, into the
-    /// caller's encoder. On error nothing has been recorded.
+    /// caller's encoder. On error nothing has been recorded. Until it is
+    /// submitted, what would run ahead of it is refused, as
+    /// [`Optimizer::record_step`](crate::Optimizer::record_step) says.
     pub fn record_step(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,

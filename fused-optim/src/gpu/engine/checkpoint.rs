@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
+use super::submissions::{encoder_id, Ahead, Work};
 use super::{initial_contents, Engine, HostHistory, QuantMaps};
 use crate::checkpoint::{
     places, Checkpoint, HostTensor, TensorDtype, FORMAT_VERSION, PARAM_PREFIX, QMAP_PREFIX,
@@ -370,11 +371,15 @@ impl<R: UpdateRule> Engine<R> {
         tensors: &[NamedTensor],
     ) -> Result<PendingCheckpoint> {
         // Steps in `encoder` precede the copies; every other must be submitted already.
-        let within = Some(super::submissions::encoder_id(encoder));
+        let within = Ahead::Recorded(encoder_id(encoder));
         let operation = "recording a checkpoint into another encoder";
+        self.submissions.check(&self.context, within, operation)?;
+        // What writes the state in a submission of its own must wait for these copies.
+        let marker = self.submissions.marker(&self.context)?;
+        let pending = self.record_copies(encoder, tensors, true)?;
         self.submissions
-            .check(&self.context, within, operation, false)?;
-        self.record_copies(encoder, tensors, true)
+            .record(encoder, marker, Work::Checkpoint(self.steps));
+        Ok(pending)
     }
 
     /// [`Engine::record_checkpoint`]; where `keep`, the copies are taken from and given back
@@ -485,7 +490,7 @@ impl<R: UpdateRule> Engine<R> {
     pub fn checkpoint(&self, tensors: &[NamedTensor]) -> Result<Checkpoint> {
         // The copies go in a submission of their own: every step must be ahead of it.
         self.submissions
-            .check(&self.context, None, "taking a checkpoint", false)?;
+            .check(&self.context, Ahead::Read, "taking a checkpoint")?;
         let mut encoder = self
             .context
             .device()
@@ -503,10 +508,10 @@ impl<R: UpdateRule> Engine<R> {
     pub fn restore(&mut self, checkpoint: &Checkpoint, tensors: &[NamedTensor]) -> Result<()> {
         let mismatch = |reason: String| Error::CheckpointMismatch { reason };
         let corrupt = |reason: String| Error::CorruptCheckpoint { reason };
-        // The state is written ahead of the next submission: a step still to be submitted
-        // would run on the restored state. Steps of a dropped encoder never ran.
+        // The state is written ahead of the next submission: a step or a checkpoint's copies
+        // still to be submitted would run on the restored state. Dropped steps never ran.
         self.submissions
-            .check(&self.context, None, "restoring a checkpoint", true)?;
+            .check(&self.context, Ahead::Restore, "restoring a checkpoint")?;
         let version = checkpoint.meta(VERSION_KEY)?;
         if version.parse::<u32>().map_or(true, |v| v > FORMAT_VERSION) {
             return Err(corrupt(format!(
