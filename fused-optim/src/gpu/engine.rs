@@ -87,7 +87,7 @@ pub(crate) struct Engine<R: UpdateRule> {
     /// The mappable copies of the last checkpoint read back, kept for the next one: a fresh
     /// buffer costs several times the copy itself (its pages are faulted in and zeroed).
     checkpoint_copies: std::sync::Arc<std::sync::Mutex<Vec<wgpu::Buffer>>>,
-    /// The steps recorded into callers' encoders not yet seen submitted.
+    /// The steps and checkpoints recorded into callers' encoders not yet seen submitted.
     submissions: Submissions,
 }
 
@@ -334,7 +334,8 @@ impl<R: UpdateRule> Engine<R> {
 
     /// Puts every later step under `guard`. The first guard compiles the guarded kernels and
     /// allocates the guard's buffers, its scale starting at the scaler's `init_scale`; a later
-    /// one only changes the settings, keeping the scale and counts. On error nothing changed.
+    /// one changes the settings and keeps the counts, and the scale while the scaler stays on
+    /// (see [`GradGuard::restarted_scale`]). On error nothing changed.
     pub fn set_guard(&mut self, guard: GradGuard) -> Result<()> {
         guard.validate()?;
         if let Some(guarded) = &self.guard {

@@ -27,7 +27,11 @@ macro_rules! engine_accessors {
         /// unscaling with inf/NaN skipping, clipping by value and by global norm, fused with
         /// the update after one reduction pass over the grads, with no host sync. The first
         /// guard compiles the guarded kernels and allocates its buffers; a later one changes
-        /// only the settings, from the next step on, keeping the scale and counts.
+        /// the settings from the next step on, keeping the counts. A scaler that stays enabled
+        /// keeps its scale and growth tracker; switching it off sets the scale to 1 at once,
+        /// switching it on starts it at its `init_scale` (as a new `GradScaler`). That write
+        /// is refused ([`Error::UnsubmittedStep`](crate::Error::UnsubmittedStep)) while a
+        /// recorded step waits to be submitted.
         pub fn with_grad_guard(mut self, guard: crate::GradGuard) -> crate::Result<Self> {
             self.set_grad_guard(guard)?;
             Ok(self)
