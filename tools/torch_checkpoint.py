@@ -65,7 +65,10 @@ from safetensors.torch import load_file, safe_open, save_file
 FORMAT_VERSION = "1"
 PARAM_PREFIX = "fused_optim.param."
 QMAP_PREFIX = "fused_optim.qmap."
-BLOCK = 256
+# The metadata key of the elements per 8-bit block; files without it (older ones) have blocks
+# of 256 with an f32 `.absmax` per block in place of the bf16 `.scale`.
+BLOCK_KEY = "fused_optim.block"
+LEGACY_BLOCK = 256
 
 # fused-optim's rule for each torch.optim class, with the values that class always has (a
 # group with another value is another class's; `eps_inside_sqrt` is fused-optim's own).
@@ -345,16 +348,22 @@ def _widened(path):
     tensors = load_file(path)
     with safe_open(path, "pt") as f:
         metadata = f.metadata()
+    block = int(metadata.get(BLOCK_KEY, LEGACY_BLOCK))
+    scale_suffix = ".scale" if BLOCK_KEY in metadata else ".absmax"
     for name in list(tensors):
         if name not in tensors:
-            continue  # an absmax, folded into its codes already
-        absmax = tensors.get(name + ".absmax")
-        if name.startswith("state.") and tensors[name].dtype == torch.uint8 and absmax is not None:
+            continue  # a block scale, folded into its codes already
+        scales = tensors.get(name + scale_suffix)
+        if name.startswith("state.") and tensors[name].dtype == torch.uint8 and scales is not None:
+            # Element i is table[code] * scale[i // block], or table[code] itself where that
+            # is NaN or inf (the library's README, "The file").
             slot = name.rsplit(".", 1)[1]
             table = tensors[QMAP_PREFIX + metadata[QMAP_PREFIX + slot]]
-            blocks = torch.arange(tensors[name].numel()) // BLOCK
-            tensors[name] = table[tensors[name].long()] * absmax[blocks]
-            del tensors[name + ".absmax"]
+            values = table[tensors[name].long()]
+            blocks = torch.arange(values.numel()) // block
+            scaled = values * scales.float()[blocks]
+            tensors[name] = torch.where(torch.isfinite(values), scaled, values)
+            del tensors[name + scale_suffix]
         elif name.startswith("state.") and tensors[name].dtype == torch.bfloat16:
             tensors[name] = tensors[name].float()
     return tensors, metadata

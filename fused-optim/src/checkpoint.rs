@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use safetensors::tensor::{Dtype as FileDtype, SafeTensors, TensorView};
 
 use crate::error::{Error, Result};
-use crate::format::{Dtype, Precision, StateFormat, BLOCK};
+use crate::format::{Dtype, Precision, StateFormat};
 
 /// The version of the layout this library writes; files of a newer version are refused.
 pub const FORMAT_VERSION: u32 = 1;
@@ -61,11 +61,17 @@ pub(crate) fn places(metadata: &BTreeMap<String, String>) -> Result<BTreeMap<Str
         .collect()
 }
 
-/// The prefix of the quantization maps of 8-bit state: the tensors
-/// `fused_optim.qmap.signed` and `fused_optim.qmap.unsigned` (each code's value, 256 f32), and
-/// the metadata `fused_optim.qmap.<slot>` = `signed` or `unsigned`, the map of that slot. An
-/// element of 8-bit state `state.<tensor>.<slot>` is `map[code] * absmax[element / 256]`.
+/// The prefix of the code tables of 8-bit state: the tensors `fused_optim.qmap.signed` and
+/// `fused_optim.qmap.unsigned` (each code's value in a block of scale 1, 256 f32), and the
+/// metadata `fused_optim.qmap.<slot>` = `signed` or `unsigned`, the table of that slot. An
+/// element `i` of 8-bit state `state.<tensor>.<slot>` is `table[code] * scale[i / block]`
+/// (`scale` the bf16 tensor `state.<tensor>.<slot>.scale`, `block` the metadata
+/// [`BLOCK_KEY`]), or `table[code]` itself where that is not finite (NaN, +inf).
 pub const QMAP_PREFIX: &str = "fused_optim.qmap.";
+
+/// The metadata key of the elements per 8-bit block, where a checkpoint has 8-bit state.
+/// Checkpoints written before it had blocks of 256 with an f32 `.absmax` per block.
+pub const BLOCK_KEY: &str = "fused_optim.block";
 
 /// The element type of a [`HostTensor`]: the formats optimizer state is stored in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -313,29 +319,19 @@ impl Checkpoint {
             let Some(rest) = name.strip_prefix("state.") else {
                 continue;
             };
+            let scales_of_codes = name
+                .strip_suffix(".scale")
+                .and_then(|codes| self.tensors.get(codes))
+                .is_some_and(|codes| codes.dtype == TensorDtype::U8);
+            if scales_of_codes {
+                continue; // decoded with its codes, and removed there
+            }
             let values: Vec<f32> = match tensor.dtype {
                 TensorDtype::Bf16 => {
                     let bits = self.tensor(name, TensorDtype::Bf16, &[tensor.len()])?;
                     Dtype::Bf16.decode(bits, tensor.len())
                 }
-                TensorDtype::U8 => {
-                    let slot = rest.rsplit('.').next().unwrap_or_default();
-                    let kind = self.meta(&format!("{QMAP_PREFIX}{slot}"))?;
-                    let map =
-                        self.tensor(&format!("{QMAP_PREFIX}{kind}"), TensorDtype::F32, &[256])?;
-                    let map: Vec<f32> = bytemuck::pod_collect_to_vec(map);
-                    let codes = self.tensor(name, TensorDtype::U8, &[tensor.len()])?;
-                    let absmax_name = format!("{name}.absmax");
-                    let blocks = tensor.len().div_ceil(BLOCK as usize);
-                    let absmax = self.tensor(&absmax_name, TensorDtype::F32, &[blocks])?;
-                    let absmax: Vec<f32> = bytemuck::pod_collect_to_vec(absmax);
-                    expanded.tensors.remove(&absmax_name);
-                    codes
-                        .iter()
-                        .enumerate()
-                        .map(|(i, &code)| map[code as usize] * absmax[i / BLOCK as usize])
-                        .collect()
-                }
+                TensorDtype::U8 => self.decode_codes(name, rest, tensor.len(), &mut expanded)?,
                 _ => continue,
             };
             let data = bytemuck::cast_slice(&values).to_vec();
@@ -348,7 +344,7 @@ impl Checkpoint {
             .retain(|name, _| !name.starts_with(QMAP_PREFIX));
         expanded
             .metadata
-            .retain(|key, _| !key.starts_with(QMAP_PREFIX));
+            .retain(|key, _| !key.starts_with(QMAP_PREFIX) && key != BLOCK_KEY);
         for (key, value) in expanded.metadata.iter_mut() {
             if key.starts_with("fused_optim.group.") && key.ends_with(".precision") {
                 let mut precision: Precision = value.parse()?;
@@ -358,6 +354,53 @@ impl Checkpoint {
             }
         }
         Ok(expanded)
+    }
+
+    /// The f32 values of the 8-bit tensor `name` (`state.` + `rest`) of `len` codes, from its
+    /// slot's code table and its blocks' scales (bf16, or a legacy f32 `.absmax`), which are
+    /// removed from `expanded`.
+    fn decode_codes(
+        &self,
+        name: &str,
+        rest: &str,
+        len: usize,
+        expanded: &mut Checkpoint,
+    ) -> Result<Vec<f32>> {
+        let slot = rest.rsplit('.').next().unwrap_or_default();
+        let kind = self.meta(&format!("{QMAP_PREFIX}{slot}"))?;
+        let table = self.tensor(&format!("{QMAP_PREFIX}{kind}"), TensorDtype::F32, &[256])?;
+        let table: Vec<f32> = bytemuck::pod_collect_to_vec(table);
+        let codes = self.tensor(name, TensorDtype::U8, &[len])?;
+        let (block, scales) = match self.metadata.get(BLOCK_KEY) {
+            Some(block) => {
+                let block: usize = block.parse().ok().filter(|&b| b > 0).ok_or_else(|| {
+                    Error::CorruptCheckpoint {
+                        reason: format!("`{BLOCK_KEY}` = `{block}` is not a block size"),
+                    }
+                })?;
+                let scale_name = format!("{name}.scale");
+                let bits = self.tensor(&scale_name, TensorDtype::Bf16, &[len.div_ceil(block)])?;
+                expanded.tensors.remove(&scale_name);
+                (block, Dtype::Bf16.decode(bits, len.div_ceil(block)))
+            }
+            None => {
+                let absmax_name = format!("{name}.absmax");
+                let absmax = self.tensor(&absmax_name, TensorDtype::F32, &[len.div_ceil(256)])?;
+                expanded.tensors.remove(&absmax_name);
+                (256, bytemuck::pod_collect_to_vec(absmax))
+            }
+        };
+        Ok(codes
+            .iter()
+            .enumerate()
+            .map(|(i, &code)| {
+                let value = table[code as usize];
+                match value.is_finite() {
+                    true => value * scales[i / block],
+                    false => value,
+                }
+            })
+            .collect())
     }
 
     /// Each tensor's place (group, index in the group, elements), by name, from the metadata.

@@ -33,7 +33,7 @@ const BOUNDS_CHECKS: BoundsCheckPolicies = BoundsCheckPolicies {
 /// Every registered rule's shader, read with naga, declares what the rule's Rust side says,
 /// so the descriptions of a state slot (its name in `STATE_SLOTS`, its position in the twin's
 /// `state`, its binding) cannot drift: a rule's own WGSL declares no binding, the host
-/// generates binding `8 + 2i` as `STATE_SLOTS[i]` (and `9 + 2i` as its absmax in 8-bit), no
+/// generates binding `8 + 2i` as `STATE_SLOTS[i]` (and `9 + 2i` as its scales in 8-bit), no
 /// other binding lies past the maps, and the WGSL `Scalars` has the size of the rule's
 /// `Scalars`. The roofline baseline is held to the same.
 #[test]
@@ -79,7 +79,7 @@ fn check_bindings<R: UpdateRule>(name: &str, precision: &Precision, per_slot: us
             let slot = slot.to_string();
             [
                 (8 + 2 * i as u32, slot.clone()),
-                (9 + 2 * i as u32, slot + "_absmax"),
+                (9 + 2 * i as u32, slot + "_scale"),
             ]
             .into_iter()
             .take(per_slot)

@@ -1,11 +1,10 @@
 //! The CPU twins of the WGSL codecs in `src/gpu/codec.wgsl`: every conversion between f32 and a
 //! storage format, in integer arithmetic where rounding is involved, so that a GPU and its twin
 //! agree bit for bit. Round-to-nearest-even conversions are the `half` crate's; stochastic
-//! rounding, the bf16 remainder split and the 8-bit block quantization are this crate's own.
+//! rounding and the bf16 remainder split are this crate's own (the 8-bit code's twin is
+//! [`super::q8`]).
 
 use half::{bf16, f16};
-
-use super::qmap::QuantMap;
 
 /// The bits of the bf16 nearest to `x`, ties to even (a NaN stays a NaN).
 pub fn bf16_nearest(x: f32) -> u16 {
@@ -32,14 +31,16 @@ pub fn f16_value(bits: u16) -> f32 {
 /// Two rounds of the `lowbias32` integer hash (C. Wellons), the step's hash xored into the
 /// element's index.
 pub fn random_bits(index: u32, step: u32) -> u32 {
-    fn lowbias32(mut x: u32) -> u32 {
-        x ^= x >> 16;
-        x = x.wrapping_mul(0x7feb_352d);
-        x ^= x >> 15;
-        x = x.wrapping_mul(0x846c_a68b);
-        x ^ (x >> 16)
-    }
     lowbias32(index ^ lowbias32(step.wrapping_mul(0x9e37_79b9)))
+}
+
+/// The `lowbias32` integer hash (C. Wellons): `lowbias32` in codec.wgsl.
+pub(crate) fn lowbias32(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7feb_352d);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846c_a68b);
+    x ^ (x >> 16)
 }
 
 /// bf16 bits of `x` rounded stochastically: up (away from zero) with probability equal to
@@ -102,13 +103,4 @@ pub fn split_remainder(master: f32) -> (u16, u16) {
 pub fn join_remainder(param: u16, remainder: u16) -> f32 {
     let high = param.wrapping_sub(remainder >> 15);
     f32::from_bits(((high as u32) << 16) | remainder as u32)
-}
-
-/// The 8-bit codes of one block of values and the block's absmax: each value is stored as the
-/// code of the nearest entry of `map` once scaled by 1/absmax, found by comparing the value
-/// with each midpoint times absmax, so no division is involved. Appends to `codes`.
-pub fn quantize_block(values: &[f32], map: &QuantMap, codes: &mut Vec<u8>) -> f32 {
-    let absmax = values.iter().fold(0.0f32, |max, v| max.max(v.abs()));
-    codes.extend(values.iter().map(|&v| map.code(v, absmax)));
-    absmax
 }

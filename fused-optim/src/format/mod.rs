@@ -5,16 +5,15 @@
 //! GPU and no particular rule.
 
 pub mod codec;
-pub mod qmap;
+pub mod q8;
 
 use std::fmt;
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
-use qmap::QuantMap;
 
-/// Elements in one block of 8-bit state: one f32 absmax per block.
-pub const BLOCK: u64 = 256;
+/// Elements in one block of 8-bit state: one bf16 scale per block.
+pub const BLOCK: u64 = q8::BLOCK;
 
 /// How a caller's params or grads buffer stores each element. 16-bit formats pack two
 /// elements per `u32`, element `2k` in the low half: a buffer of `len` elements is
@@ -144,61 +143,83 @@ pub enum StateFormat {
     F32,
     /// 2 bytes per element, rounded to nearest, ties to even.
     Bf16,
-    /// Blocks of 256 elements, one f32 absmax per block and one byte per element: the code of
-    /// the nearest value of a 256-entry dynamic map ([`qmap::QuantMap`]), signed or unsigned as
-    /// the slot declares. 1 + 4/256 bytes per element.
+    /// Blocks of 32 elements, one bf16 scale per block and one byte per element, coded in
+    /// closed form ([`q8`]): square-root companding for slots that can be negative, a
+    /// zero-free fourth-root companding for those that cannot; non-finite values keep codes
+    /// of their own. 1 + 2/32 bytes per element.
     Block8,
 }
 
 impl StateFormat {
     /// Bytes the state of `len` elements takes: the values (whole words), and for 8-bit
-    /// blocks the absmax of each block.
+    /// blocks the scales (two per word).
     pub fn buffer_bytes(self, len: u64) -> u64 {
         match self {
             StateFormat::F32 => len.saturating_mul(4),
             StateFormat::Bf16 => Dtype::Bf16.buffer_bytes(len),
-            StateFormat::Block8 => len.div_ceil(4) * 4 + len.div_ceil(BLOCK) * 4,
+            StateFormat::Block8 => len.div_ceil(4) * 4 + Self::scale_bytes(len),
         }
     }
 
+    /// Bytes of the scales of an 8-bit state of `len` elements (whole words).
+    pub(crate) fn scale_bytes(len: u64) -> u64 {
+        len.div_ceil(BLOCK).div_ceil(2) * 4
+    }
+
     /// Bytes one step moves to read or to write the state of `len` elements: 4 or 2 per
-    /// element, or for 8-bit blocks 1 per element and 4 per block touched.
+    /// element, or for 8-bit blocks 1 per element and 2 per block touched.
     pub fn moved_bytes(self, len: u64) -> u64 {
         match self {
             StateFormat::F32 => 4 * len,
             StateFormat::Bf16 => 2 * len,
-            StateFormat::Block8 => len + 4 * len.div_ceil(BLOCK),
+            StateFormat::Block8 => len + 2 * len.div_ceil(BLOCK),
         }
     }
 
     /// The buffer contents of `values` in this format: the values (whole words), and for 8-bit
-    /// blocks the absmax of each block of 256, blocks counted from the first value. `map` is
-    /// the slot's quantization map.
-    pub fn encode(self, values: &[f32], map: &QuantMap) -> (Vec<u8>, Vec<f32>) {
+    /// blocks the bf16 scale of each block of 32, blocks counted from the first value, coded
+    /// for a slot that is never negative where `non_negative`, rounded with the random points
+    /// of slot `slot` at step `step` ([`q8::random`]).
+    pub fn encode(
+        self,
+        values: &[f32],
+        non_negative: bool,
+        slot: u32,
+        step: u32,
+    ) -> (Vec<u8>, Vec<u16>) {
         match self {
             StateFormat::F32 => (bytemuck::cast_slice(values).to_vec(), Vec::new()),
             StateFormat::Bf16 => (Dtype::Bf16.encode(values), Vec::new()),
             StateFormat::Block8 => {
                 let mut codes = Vec::with_capacity(values.len().next_multiple_of(4));
-                let absmax = values
+                let scales = values
                     .chunks(BLOCK as usize)
-                    .map(|block| codec::quantize_block(block, map, &mut codes))
+                    .enumerate()
+                    .map(|(k, block)| {
+                        let first = (k as u64 * BLOCK) as u32;
+                        let stream = q8::Stream { first, step, slot };
+                        q8::encode_block(block, non_negative, stream, &mut codes)
+                    })
                     .collect();
                 codes.resize(values.len().next_multiple_of(4), 0);
-                (codes, absmax)
+                (codes, scales)
             }
         }
     }
 
-    /// The first `len` values of a state stored as `bytes` (and `absmax`) in this format.
-    pub fn decode(self, bytes: &[u8], absmax: &[f32], len: usize, map: &QuantMap) -> Vec<f32> {
+    /// The first `len` values of a state stored as `bytes` (and bf16 `scales`) in this
+    /// format.
+    pub fn decode(self, bytes: &[u8], scales: &[u16], len: usize, non_negative: bool) -> Vec<f32> {
         match self {
             StateFormat::F32 => Dtype::F32.decode(bytes, len),
             StateFormat::Bf16 => Dtype::Bf16.decode(bytes, len),
             StateFormat::Block8 => bytes[..len]
                 .iter()
                 .enumerate()
-                .map(|(i, &code)| map.value(code, absmax[i / BLOCK as usize]))
+                .map(|(i, &code)| {
+                    let scale = q8::scale_value(scales[i / BLOCK as usize]);
+                    q8::value(code, scale, non_negative)
+                })
                 .collect(),
         }
     }

@@ -7,17 +7,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use wgpu::util::DeviceExt;
-
 use super::context::GpuContext;
-use super::glue::{quant_map_words, roles, KernelFormats, Role};
+use super::glue::{roles, KernelFormats, Role};
 use super::guard::DeviceGuard;
 use super::kernel::{
     dispatch_grid, step_values, values_size, DispatchValues, Kernel, KernelKey, ValueSlots,
 };
 use super::plan::{dispatches, windows, Dispatch, Grain, Span, Window};
 use crate::error::{Error, Result};
-use crate::format::qmap::QuantMap;
 use crate::format::{codec, Dtype, Master, Precision, StateFormat, BLOCK};
 use crate::guard::{GradGuard, GradStatus};
 use crate::rule::UpdateRule;
@@ -28,29 +25,6 @@ mod submissions;
 pub(crate) use checkpoint::NamedTensor;
 pub use checkpoint::PendingCheckpoint;
 use submissions::{Ahead, Submissions, Work};
-
-/// Both quantization maps, built once per optimizer for encoding initial state.
-pub(crate) struct QuantMaps {
-    signed: QuantMap,
-    unsigned: QuantMap,
-}
-
-impl QuantMaps {
-    pub fn new() -> Self {
-        Self {
-            signed: QuantMap::signed(),
-            unsigned: QuantMap::unsigned(),
-        }
-    }
-
-    /// The map of `R`'s slot `slot`.
-    pub fn of<R: UpdateRule>(&self, slot: &str) -> &QuantMap {
-        match R::NON_NEGATIVE.contains(&slot) {
-            true => &self.unsigned,
-            false => &self.signed,
-        }
-    }
-}
 
 /// Fused steps over `targets` caller buffer pairs, each element updated by its group's rule,
 /// in its group's storage formats.
@@ -68,10 +42,8 @@ pub(crate) struct Engine<R: UpdateRule> {
     /// Each group's kernel formats (which slots it keeps, and how).
     formats: Vec<KernelFormats>,
     spans: Vec<Span>,
-    /// Per span, the buffers the optimizer owns for it (master, state values, absmax).
+    /// Per span, the buffers the optimizer owns for it (master, state values, scales).
     owned: Vec<Vec<(Role, wgpu::Buffer)>>,
-    /// The quantization maps, where some group keeps 8-bit state.
-    quant_maps: Option<wgpu::Buffer>,
     windows: Vec<Window>,
     dispatches: Vec<Dispatch>,
     /// Each dispatch's kernel: its group's rule and formats, vector or scalar.
@@ -140,13 +112,12 @@ fn storage_of(role: Role, formats: &KernelFormats, dtypes: (Dtype, Dtype)) -> St
             Master::Bf16Remainder => Storage::Half,
             _ => Storage::F32,
         },
-        Role::QuantMaps => Storage::Whole,
         Role::Slot(slot) => match formats.slots[slot] {
             Some(StateFormat::Bf16) => Storage::Half,
             Some(StateFormat::Block8) => Storage::Codes,
             _ => Storage::F32,
         },
-        Role::Absmax(_) => Storage::Absmax,
+        Role::Scales(_) => Storage::Scales,
         Role::GuardResolved | Role::GuardScalars => Storage::Whole,
     }
 }
@@ -156,7 +127,7 @@ enum Storage {
     F32,
     Half,
     Codes,
-    Absmax,
+    Scales,
     Whole,
 }
 
@@ -167,7 +138,7 @@ impl Storage {
             Storage::F32 => (first * 4, count * 4),
             Storage::Half => (first * 2, count.div_ceil(2) * 4),
             Storage::Codes => (first, count.div_ceil(4) * 4),
-            Storage::Absmax => (first / BLOCK * 4, count.div_ceil(BLOCK) * 4),
+            Storage::Scales => (first / BLOCK * 2, StateFormat::scale_bytes(count)),
             Storage::Whole => return (0, None),
         };
         (offset, wgpu::BufferSize::new(size))
@@ -280,19 +251,8 @@ impl<R: UpdateRule> Engine<R> {
             });
         }
         let kernels = build_kernels(context, &groups, &formats, &windows, &dispatches)?;
-        let maps = QuantMaps::new();
-        let (values, quant_maps, owned) = context.scoped("allocating optimizer state", || {
+        let (values, owned) = context.scoped("allocating optimizer state", || {
             let values = ValueSlots::new(device, values, values_size::<R>(), dispatches.len());
-            let quant_maps = formats
-                .iter()
-                .any(|f| roles(f).contains(&Role::QuantMaps))
-                .then(|| {
-                    device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                        label: Some("fused-optim quantization maps"),
-                        contents: bytemuck::cast_slice(&quant_map_words()),
-                        usage: wgpu::BufferUsages::STORAGE,
-                    })
-                });
             let owned = spans
                 .iter()
                 .map(|span| {
@@ -300,12 +260,11 @@ impl<R: UpdateRule> Engine<R> {
                         context,
                         &groups[span.group],
                         &formats[span.group],
-                        &maps,
                         span.end - span.start,
                     )
                 })
                 .collect();
-            (values, quant_maps, owned)
+            (values, owned)
         })?;
         Ok(Self {
             context: context.clone(),
@@ -320,7 +279,6 @@ impl<R: UpdateRule> Engine<R> {
             formats,
             spans: spans.to_vec(),
             owned,
-            quant_maps,
             bind_groups: vec![None; dispatches.len()],
             windows,
             dispatches,
@@ -475,12 +433,9 @@ impl<R: UpdateRule> Engine<R> {
             None => Ok(Vec::new()),
         };
         let values = download(Role::Slot(slot))?;
-        let absmax: Vec<f32> = bytemuck::pod_collect_to_vec(&download(Role::Absmax(slot))?);
-        let map = match R::NON_NEGATIVE.contains(&R::STATE_SLOTS[slot]) {
-            true => QuantMap::unsigned(),
-            false => QuantMap::signed(),
-        };
-        Ok(format.decode(&values, &absmax, len, &map))
+        let scales: Vec<u16> = bytemuck::pod_collect_to_vec(&download(Role::Scales(slot))?);
+        let non_negative = R::NON_NEGATIVE.contains(&R::STATE_SLOTS[slot]);
+        Ok(format.decode(&values, &scales, len, non_negative))
     }
 
     /// The f32 master weights of span `span`, where its group keeps them. Waits for the GPU.
@@ -536,7 +491,6 @@ impl<R: UpdateRule> Engine<R> {
             .map(|(_, buffer)| buffer.size())
             .sum();
         owned
-            + self.quant_maps.as_ref().map_or(0, wgpu::Buffer::size)
             + self.values.allocated_bytes()
             + self
                 .guard
@@ -718,7 +672,6 @@ impl<R: UpdateRule> Engine<R> {
                         let (buffer, first) = match role {
                             Role::Params => (params, window.origin + window.offset),
                             Role::Grads => (grads, window.origin + window.offset),
-                            Role::QuantMaps => (self.quant_maps.as_ref().expect("allocated"), 0),
                             Role::GuardResolved => {
                                 return (role, guard.expect("guarded").resolved_binding())
                             }
@@ -928,9 +881,11 @@ impl<R: UpdateRule> Engine<R> {
             let group = self.bind_groups[index]
                 .as_ref()
                 .expect("every dispatch is bound above");
-            pass.set_pipeline(&self.kernels[index].pipeline);
+            let kernel = &self.kernels[index];
+            pass.set_pipeline(&kernel.pipeline);
             self.values.set(&mut pass, index, group, &step);
-            let (x, y) = dispatch_grid(d.len(), self.workgroups_per_dimension);
+            let invocations = d.len().div_ceil(kernel.items);
+            let (x, y) = dispatch_grid(invocations, self.workgroups_per_dimension);
             pass.dispatch_workgroups(x, y, 1);
         }
         drop(pass);
@@ -970,10 +925,9 @@ fn span_buffers<R: UpdateRule>(
     context: &GpuContext,
     rule: &R,
     formats: &KernelFormats,
-    maps: &QuantMaps,
     len: u64,
 ) -> Vec<(Role, wgpu::Buffer)> {
-    initial_contents(rule, formats, maps, len)
+    initial_contents(rule, formats, len)
         .into_iter()
         .map(|(role, contents)| {
             let buffer = context.device().create_buffer(&wgpu::BufferDescriptor {
@@ -994,14 +948,13 @@ fn span_buffers<R: UpdateRule>(
 
 /// The contents, whole buffers' worth, of what a span of `len` elements keeps for `rule` in
 /// `formats` before its first step: its master, where it has one, and each kept slot's values
-/// (and absmax, for 8-bit blocks), each slot at the rule's initial value (zero except
+/// (and scales, for 8-bit blocks), each slot at the rule's initial value (zero except
 /// Adagrad's `initial_accumulator_value`). A master starts as zeros: on the first step the
 /// kernel takes it from the params (an f32 master) or reads a zero remainder, which stands
 /// for the bf16 param exactly.
 pub(crate) fn initial_contents<R: UpdateRule>(
     rule: &R,
     formats: &KernelFormats,
-    maps: &QuantMaps,
     len: u64,
 ) -> Vec<(Role, Vec<u8>)> {
     let zeros = |bytes: u64| vec![0u8; bytes as usize];
@@ -1016,9 +969,12 @@ pub(crate) fn initial_contents<R: UpdateRule>(
     for (slot, (name, format)) in R::STATE_SLOTS.iter().zip(&formats.slots).enumerate() {
         let Some(format) = *format else { continue };
         let initial = rule.initial_state(name);
-        let (mut values, absmax) = match initial {
-            0.0 if format != StateFormat::Block8 => (Vec::new(), Vec::new()),
-            _ => format.encode(&vec![initial; len as usize], maps.of::<R>(name)),
+        let (mut values, scales) = match initial {
+            0.0 => (Vec::new(), Vec::new()),
+            _ => {
+                let non_negative = R::NON_NEGATIVE.contains(name);
+                format.encode(&vec![initial; len as usize], non_negative, slot as u32, 0)
+            }
         };
         let size = match format {
             StateFormat::Block8 => len.div_ceil(4) * 4,
@@ -1027,9 +983,9 @@ pub(crate) fn initial_contents<R: UpdateRule>(
         values.resize(size as usize, 0);
         contents.push((Role::Slot(slot), values));
         if format == StateFormat::Block8 {
-            let mut absmax = bytemuck::cast_slice::<f32, u8>(&absmax).to_vec();
-            absmax.resize(len.div_ceil(BLOCK) as usize * 4, 0);
-            contents.push((Role::Absmax(slot), absmax));
+            let mut scales = bytemuck::cast_slice::<u16, u8>(&scales).to_vec();
+            scales.resize(StateFormat::scale_bytes(len) as usize, 0);
+            contents.push((Role::Scales(slot), scales));
         }
     }
     contents

@@ -1,21 +1,22 @@
 //! The WGSL that binds a kernel's buffers in their storage formats: for one combination of
 //! formats and lanes, the bindings, `load_param`, `load_grad`, `load_<slot>`/`store_<slot>` for
-//! every state slot the rule declares, and `finish`, which stores the new param (and master)
-//! and every kept slot after the rule's `update`. Generated here, between the host's
-//! declarations and the prelude, so that a rule's WGSL never names a format and each format is
-//! written once (the codecs in codec.wgsl).
+//! every state slot the rule declares, `finish`, which stores an item's new param (and master)
+//! and its element-wise slots after the rule's `update`, and `begin_items`/`end_items` around
+//! an invocation's items, which read and write the block-wise slots. Generated here, between
+//! the host's declarations and the prelude, so that a rule's WGSL never names a format and
+//! each format's codec is written once (codec.wgsl, src/format/q8.wgsl).
 //!
-//! Lanes: a vector kernel's invocation holds elements `4i..4i+3` of its binding, a scalar one
-//! element `i`. A 16-bit buffer packs 2 elements per u32 and 8-bit codes 4, so in a scalar
-//! kernel neighbouring invocations share a word: they pass their bits through workgroup memory
-//! and the first of each word writes it (`store_word`). 8-bit state needs the absmax of each
-//! 256-element block of new values before any can be encoded: a reduction in workgroup memory
-//! (`block_absmax`), which is why a window's dispatches start on whole blocks (src/gpu/plan.rs).
+//! Items: a vector kernel's item holds elements `4i..4i+3` of its binding, a scalar one
+//! element `i`. Each invocation updates `ITEMS` consecutive items: one vec4, or a tail's up
+//! to three elements; with 8-bit state, a whole block of 32 elements (8 vec4s, or a tail's
+//! elements one by one), so the block's scale is a reduction in registers, with no barrier
+//! and no workgroup memory. An invocation therefore owns every word it writes (16-bit pairs,
+//! 8-bit quads) except a block's bf16 scale, which shares its word with the next block's and
+//! is written with atomics.
 
 use std::fmt::Write;
 
 use super::plan::Lanes;
-use crate::format::qmap::QuantMap;
 use crate::format::{Dtype, Master, Rounding, StateFormat, BLOCK};
 
 /// The formats one kernel is built for: its group's params, grads, master and rounding, and
@@ -37,8 +38,9 @@ impl KernelFormats {
         self.slots.contains(&Some(StateFormat::Block8))
     }
 
-    /// Elements a window's vector dispatch must cover whole, so that no 16-bit pair, vec4 or
-    /// 8-bit block is split between two dispatches: 256 with 8-bit state, else 4.
+    /// Elements one invocation updates, and that a window's vector dispatch must cover whole
+    /// so that no 16-bit pair, vec4 or 8-bit block is split between two dispatches: a block
+    /// with 8-bit state, else 4.
     pub fn quantum(&self) -> u64 {
         if self.has_block8() {
             BLOCK
@@ -47,9 +49,14 @@ impl KernelFormats {
         }
     }
 
+    /// Items of `lanes` one invocation updates.
+    pub fn items(&self, lanes: Lanes) -> u64 {
+        self.quantum() / lanes.width()
+    }
+
     /// Elements a binding offset must be a multiple of for every buffer to start at a multiple
     /// of `alignment` bytes: f32 buffers need alignment/4 elements, 16-bit ones /2, 8-bit codes
-    /// alignment itself and their absmax (4 bytes per 256 elements) 64 times it.
+    /// alignment itself and their scales (2 bytes per block) BLOCK/2 times it.
     pub fn alignment_elements(&self, alignment: u64) -> u64 {
         let mut elements = (alignment / 4).max(self.quantum());
         let sixteen_bit = self.params.is_16_bit()
@@ -60,7 +67,7 @@ impl KernelFormats {
             elements = elements.max(alignment / 2);
         }
         if self.has_block8() {
-            elements = elements.max(alignment * BLOCK / 4);
+            elements = elements.max(alignment * BLOCK / 2);
         }
         elements
     }
@@ -73,13 +80,10 @@ pub(crate) enum Role {
     Grads,
     /// The f32 master or the bf16 remainder.
     Master,
-    /// The quantization maps of 8-bit state: signed values, signed midpoints, unsigned values,
-    /// unsigned midpoints, 256 f32 each.
-    QuantMaps,
     /// A state slot's values (8-bit codes for 8-bit state).
     Slot(usize),
-    /// The per-block absmax of an 8-bit slot.
-    Absmax(usize),
+    /// The bf16 scales of an 8-bit slot's blocks, two per word.
+    Scales(usize),
     /// The grad guard's factors and skip flag of the step, in a uniform.
     GuardResolved,
     /// The rule's scalars of the group for the device's step count, in a uniform.
@@ -92,16 +96,15 @@ impl Role {
             Role::Params => 1,
             Role::Grads => 2,
             Role::Master => 3,
-            Role::QuantMaps => 4,
             Role::GuardResolved => 5,
             Role::GuardScalars => 6,
             Role::Slot(slot) => 8 + 2 * slot as u32,
-            Role::Absmax(slot) => 9 + 2 * slot as u32,
+            Role::Scales(slot) => 9 + 2 * slot as u32,
         }
     }
 
     pub fn read_only(self) -> bool {
-        matches!(self, Role::Grads | Role::QuantMaps)
+        matches!(self, Role::Grads)
     }
 
     /// Whether the binding is a uniform rather than a storage buffer.
@@ -116,32 +119,17 @@ pub(crate) fn roles(formats: &KernelFormats) -> Vec<Role> {
     if formats.master != Master::None {
         roles.push(Role::Master);
     }
-    if formats.has_block8() {
-        roles.push(Role::QuantMaps);
-    }
     if formats.guarded {
         roles.extend([Role::GuardResolved, Role::GuardScalars]);
     }
     for (slot, format) in formats.slots.iter().enumerate() {
         match format {
-            Some(StateFormat::Block8) => roles.extend([Role::Slot(slot), Role::Absmax(slot)]),
+            Some(StateFormat::Block8) => roles.extend([Role::Slot(slot), Role::Scales(slot)]),
             Some(_) => roles.push(Role::Slot(slot)),
             None => {}
         }
     }
     roles
-}
-
-/// The maps' buffer contents, as [`Role::QuantMaps`] lays them out.
-pub(crate) fn quant_map_words() -> Vec<f32> {
-    let (signed, unsigned) = (QuantMap::signed(), QuantMap::unsigned());
-    [
-        signed.values,
-        signed.midpoints,
-        unsigned.values,
-        unsigned.midpoints,
-    ]
-    .concat()
 }
 
 /// How the elements of one buffer are stored, for the generator.
@@ -157,6 +145,9 @@ struct Generator<'a> {
     out: String,
     /// Statements of `finish`, in order.
     finish: String,
+    /// Statements of `begin_items` and `end_items`, in order.
+    begin: String,
+    end: String,
     formats: &'a KernelFormats,
 }
 
@@ -230,12 +221,12 @@ impl Generator<'_> {
         }
     }
 
-    /// Statements storing 16-bit (or 8-bit) `bits`, one u32 expression per lane, into
-    /// `name` at item `i`: one word write per vector invocation, or `store_word` in scalar
-    /// kernels.
-    fn store_small(&mut self, name: &str, bits: &[String], per_word: u32) {
+    /// A statement storing 16-bit (or 8-bit) `bits`, one u32 expression per lane, into
+    /// `name` at item `i`: a whole word (or pair) per vector item, or in a scalar kernel the
+    /// element's part of its word, which no other invocation writes.
+    fn store_small(&self, name: &str, bits: &[String], per_word: u32) -> String {
+        let width = 32 / per_word;
         if self.vector() {
-            let width = 32 / per_word;
             let word = |lanes: &[String]| {
                 lanes
                     .iter()
@@ -251,36 +242,17 @@ impl Generator<'_> {
                 2 => format!("vec2<u32>({}, {})", word(&bits[..2]), word(&bits[2..])),
                 _ => word(bits),
             };
-            writeln!(self.finish, "    if live {{ {name}[i] = {value}; }}").unwrap();
+            format!("    {name}[i] = {value};\n")
         } else {
-            writeln!(
-                self.finish,
-                "    store_word_{name}(i, local, live, select(0u, {}, live));",
+            let mask = (1u64 << width) - 1;
+            format!(
+                "    {{\n\
+                 \x20       let shift = (i % {per_word}u) * {width}u;\n\
+                 \x20       let kept = {name}[i / {per_word}u] & ~({mask}u << shift);\n\
+                 \x20       {name}[i / {per_word}u] = kept | ({} << shift);\n\
+                 \x20   }}\n",
                 bits[0]
             )
-            .unwrap();
-            let width = 32 / per_word;
-            let mask = (1u64 << width) - 1;
-            writeln!(
-                self.out,
-                "fn store_word_{name}(i: u32, local: u32, live: bool, bits: u32) {{\n\
-                 \x20   workgroupBarrier();\n\
-                 \x20   pack_scratch[local] = bits << ((i % {per_word}u) * {width}u);\n\
-                 \x20   workgroupBarrier();\n\
-                 \x20   if live && i % {per_word}u == 0u {{\n\
-                 \x20       var word = 0u;\n\
-                 \x20       var keep = 0xffffffffu;\n\
-                 \x20       for (var k = 0u; k < {per_word}u; k++) {{\n\
-                 \x20           if i + k < step.end {{\n\
-                 \x20               word = word | pack_scratch[local + k];\n\
-                 \x20               keep = keep & ~({mask}u << (k * {width}u));\n\
-                 \x20           }}\n\
-                 \x20       }}\n\
-                 \x20       {name}[i / {per_word}u] = word | ({name}[i / {per_word}u] & keep);\n\
-                 \x20   }}\n\
-                 }}"
-            )
-            .unwrap();
         }
     }
 
@@ -289,7 +261,7 @@ impl Generator<'_> {
         match f.params {
             Dtype::F32 => {
                 self.declare(Role::Params, "param", Storage::F32);
-                writeln!(self.finish, "    if live {{ param[i] = p; }}").unwrap();
+                writeln!(self.finish, "    param[i] = p;").unwrap();
             }
             dtype => {
                 self.declare(Role::Params, "param", Storage::Half(dtype));
@@ -311,7 +283,8 @@ impl Generator<'_> {
                     }
                 };
                 let bits: Vec<String> = (0..width).map(|lane| encode(self, lane)).collect();
-                self.store_small("param", &bits, 2);
+                let store = self.store_small("param", &bits, 2);
+                self.finish.push_str(&store);
             }
         }
         let halves = self.halves("param");
@@ -341,7 +314,7 @@ impl Generator<'_> {
             Master::None => {}
             Master::F32 => {
                 self.declare(Role::Master, "master", Storage::F32);
-                writeln!(self.finish, "    if live {{ master[i] = p; }}").unwrap();
+                writeln!(self.finish, "    master[i] = p;").unwrap();
             }
             Master::Bf16Remainder => {
                 self.declare(Role::Master, "master", Storage::Half(Dtype::Bf16));
@@ -349,7 +322,8 @@ impl Generator<'_> {
                 let bits: Vec<String> = (0..width)
                     .map(|lane| format!("split_remainder({}).y", self.lane("p", lane)))
                     .collect();
-                self.store_small("master", &bits, 2);
+                let store = self.store_small("master", &bits, 2);
+                self.finish.push_str(&store);
             }
         }
     }
@@ -429,77 +403,134 @@ impl Generator<'_> {
             return;
         };
         let role = Role::Slot(slot);
-        writeln!(
-            self.out,
-            "var<private> next_{name}: V;\n\
-             fn store_{name}(i: u32, v: V) {{ next_{name} = v; }}"
-        )
-        .unwrap();
         let width = if self.vector() { 4 } else { 1 };
         let next = format!("next_{name}");
         let load = match format {
-            StateFormat::F32 => {
-                self.declare(role, name, Storage::F32);
-                writeln!(self.finish, "    if live {{ {name}[i] = {next}; }}").unwrap();
-                format!("{name}[i]")
-            }
-            StateFormat::Bf16 => {
-                self.declare(role, name, Storage::Half(Dtype::Bf16));
-                let bits: Vec<String> = (0..width)
-                    .map(|lane| format!("bf16_nearest({})", self.lane(&next, lane)))
-                    .collect();
-                self.store_small(name, &bits, 2);
-                let lanes: Vec<String> = self
-                    .halves(name)
-                    .iter()
-                    .map(|h| Self::decode(Dtype::Bf16, h))
-                    .collect();
-                self.v_of(&lanes)
+            StateFormat::F32 | StateFormat::Bf16 => {
+                writeln!(
+                    self.out,
+                    "var<private> {next}: V;\n\
+                     fn store_{name}(i: u32, v: V) {{ {next} = v; }}"
+                )
+                .unwrap();
+                if format == StateFormat::F32 {
+                    self.declare(role, name, Storage::F32);
+                    writeln!(self.finish, "    {name}[i] = {next};").unwrap();
+                    format!("{name}[i]")
+                } else {
+                    self.declare(role, name, Storage::Half(Dtype::Bf16));
+                    let bits: Vec<String> = (0..width)
+                        .map(|lane| format!("bf16_nearest({})", self.lane(&next, lane)))
+                        .collect();
+                    let store = self.store_small(name, &bits, 2);
+                    self.finish.push_str(&store);
+                    let lanes: Vec<String> = self
+                        .halves(name)
+                        .iter()
+                        .map(|h| Self::decode(Dtype::Bf16, h))
+                        .collect();
+                    self.v_of(&lanes)
+                }
             }
             StateFormat::Block8 => {
                 self.declare(role, name, Storage::Codes);
+                let kind = match non_negative {
+                    true => "unsigned",
+                    false => "signed",
+                };
+                let items = self.formats.items(self.lanes);
+                // A vector kernel keeps each item's new value in a variable of its own and
+                // unrolls the loops over them: an array indexed by the item would live in
+                // memory on CPU adapters (lavapipe) rather than in registers. A scalar tail,
+                // 32 items of one element, keeps an array.
+                let unrolled = self.vector();
+                let (variables, store) = match unrolled {
+                    true => {
+                        let variables: String = (0..items)
+                            .map(|k| format!("var<private> {next}_{k}: V;\n"))
+                            .collect();
+                        let cases: String = (0..items)
+                            .map(|k| format!("        case {k}u: {{ {next}_{k} = v; }}\n"))
+                            .collect();
+                        let store =
+                            format!("    switch item_k {{\n{cases}        default: {{}}\n    }}\n");
+                        (variables, store)
+                    }
+                    false => (
+                        format!("var<private> {next}: array<V, ITEMS>;\n"),
+                        format!("    {next}[item_k] = v;\n"),
+                    ),
+                };
                 writeln!(
                     self.out,
-                    "@group(0) @binding({}) var<storage, read_write> {name}_absmax: array<f32>;",
-                    Role::Absmax(slot).binding()
+                    "@group(0) @binding({}) var<storage, read_write> {name}_scale: array<atomic<u32>>;\n\
+                     // The new values of the invocation's items, coded once all are known.\n\
+                     {variables}\
+                     var<private> scale_{name}: f32;\n\
+                     fn store_{name}(i: u32, v: V) {{\n{store}}}",
+                    Role::Scales(slot).binding()
                 )
                 .unwrap();
-                let (map, zero) = match non_negative {
-                    true => (512, QuantMap::unsigned().zero_code()),
-                    false => (0, QuantMap::signed().zero_code()),
-                };
-                let magnitude = match self.vector() {
-                    true => format!(
-                        "max(max(abs({next}.x), abs({next}.y)), max(abs({next}.z), abs({next}.w)))"
-                    ),
-                    false => format!("abs({next})"),
-                };
                 writeln!(
-                    self.finish,
-                    "    let absmax_{name} = block_absmax(local, select(0.0, {magnitude}, live));\n\
-                     \x20   if live && i % BLOCK_ITEMS == 0u {{ {name}_absmax[i / BLOCK_ITEMS] = absmax_{name}; }}"
+                    self.begin,
+                    "    scale_{name} = bitcast<f32>(((atomicLoad(&{name}_scale[block >> 1u]) >> \
+                     ((block & 1u) * 16u)) & 0xffffu) << 16u);"
                 )
                 .unwrap();
-                let bits: Vec<String> = (0..width)
-                    .map(|lane| {
-                        format!(
-                            "quantize({}, absmax_{name}, {map}u, {zero}u)",
-                            self.lane(&next, lane)
-                        )
-                    })
-                    .collect();
-                self.store_small(name, &bits, 4);
-                let codes: Vec<String> = match self.vector() {
-                    true => (0..4)
-                        .map(|k| format!("(({name}[i] >> {}u) & 0xffu)", 8 * k))
-                        .collect(),
-                    false => vec![format!("(({name}[i >> 2u] >> ((i & 3u) * 8u)) & 0xffu)")],
+                let codes: Vec<String> = (0..width).map(|lane| self.lane("codes", lane)).collect();
+                let store = self.store_small(name, &codes, 4);
+                let index = match self.vector() {
+                    true => "VU(step.origin + i * 4u) + vec4<u32>(0u, 1u, 2u, 3u)",
+                    false => "step.origin + i",
                 };
-                let lanes: Vec<String> = codes
-                    .iter()
-                    .map(|c| format!("qmap[{map}u + {c}] * {name}_absmax[i / BLOCK_ITEMS]"))
-                    .collect();
-                self.v_of(&lanes)
+                // Statements over every item: `each(value, k)` with the item's new value and
+                // its index among the invocation's items, as expressions.
+                let every = |each: &dyn Fn(&str, &str) -> String| -> String {
+                    match unrolled {
+                        true => (0..items)
+                            .map(|k| each(&format!("{next}_{k}"), &format!("{k}u")))
+                            .collect(),
+                        false => format!(
+                            "        for (var k = 0u; k < ITEMS; k++) {{\n{}        }}\n",
+                            each(&format!("{next}[k]"), "k")
+                        ),
+                    }
+                };
+                let largest = every(&|value, k| {
+                    format!(
+                        "        if guard_live(first + {k} < step.end) {{ \
+                         m = max(m, lanes_max(q8_magnitude({value}))); }}\n"
+                    )
+                });
+                let coded = every(&|value, k| {
+                    format!(
+                        "        if guard_live(first + {k} < step.end) {{\n\
+                         \x20           let i = first + {k};\n\
+                         \x20           let random = q8_random({index}, seed(), {slot}u);\n\
+                         \x20           let codes = q8_{kind}_code({value}, r, random);\n\
+                         {store}\
+                         \x20       }}\n"
+                    )
+                });
+                write!(
+                    self.end,
+                    "    if guard_live(first < step.end) {{\n\
+                     \x20       var m = 0.0;\n\
+                     {largest}\
+                     \x20       let bits = q8_scale_bits(m);\n\
+                     \x20       let shift = (block & 1u) * 16u;\n\
+                     \x20       atomicAnd(&{name}_scale[block >> 1u], ~(0xffffu << shift));\n\
+                     \x20       atomicOr(&{name}_scale[block >> 1u], bits << shift);\n\
+                     \x20       let r = q8_reciprocal(bitcast<f32>(bits << 16u));\n\
+                     {coded}\
+                     \x20   }}\n"
+                )
+                .unwrap();
+                let codes = match self.vector() {
+                    true => format!("(VU({name}[i]) >> vec4<u32>(0u, 8u, 16u, 24u)) & VU(0xffu)"),
+                    false => format!("({name}[i >> 2u] >> ((i & 3u) * 8u)) & 0xffu"),
+                };
+                format!("q8_{kind}_value({codes}, scale_{name})")
             }
         };
         writeln!(self.out, "fn load_{name}(i: u32) -> V {{ return {load}; }}").unwrap();
@@ -507,137 +538,47 @@ impl Generator<'_> {
 }
 
 /// The generated WGSL for a rule whose state slots are `slots` (name, never negative), stored
-/// in `formats`, in `lanes`: bindings, accessors and `finish`.
+/// in `formats`, in `lanes`: bindings, accessors, `finish`, `begin_items` and `end_items`.
 pub(crate) fn accessors(slots: &[(&str, bool)], formats: &KernelFormats, lanes: Lanes) -> String {
     let mut generator = Generator {
         lanes,
         out: String::new(),
         finish: String::new(),
+        begin: String::new(),
+        end: String::new(),
         formats,
     };
-    let block_items = BLOCK / lanes.width();
     writeln!(
         generator.out,
         "// Generated by src/gpu/glue.rs for {formats:?}.\n\
-         const BLOCK_ITEMS: u32 = {block_items}u;\n\
-         var<workgroup> pack_scratch: array<u32, 256>;\n\
-         var<workgroup> absmax_scratch: array<f32, 256>;"
+         const ITEMS: u32 = {}u;\n\
+         // Which of the invocation's items the prelude is updating (0..ITEMS): where a\n\
+         // block-wise slot keeps the item's new value.\n\
+         var<private> item_k: u32;",
+        formats.items(lanes)
     )
     .unwrap();
     generator.guard();
     generator.params();
     generator.grads();
-    if formats.has_block8() {
-        writeln!(
-            generator.out,
-            "@group(0) @binding({}) var<storage, read> qmaps: array<f32>;\n\
-             var<workgroup> qmap: array<f32, 1024>;\n\
-             var<workgroup> absmax_partial: array<f32, 256>;\n\
-             {QUANTIZE}",
-            Role::QuantMaps.binding()
-        )
-        .unwrap();
-    } else {
-        writeln!(generator.out, "fn setup(local: u32) {{}}").unwrap();
-    }
     for (slot, (name, non_negative)) in slots.iter().enumerate() {
         generator.slot(slot, name, *non_negative);
     }
     let Generator {
-        mut out, finish, ..
+        mut out,
+        finish,
+        begin,
+        end,
+        ..
     } = generator;
     writeln!(
         out,
-        "fn finish(i: u32, local: u32, live: bool, p: V) {{\n{finish}}}"
+        "fn finish(i: u32, p: V) {{\n{finish}}}\n\
+         fn begin_items(first: u32) {{\n\
+         \x20   let block = first / ITEMS;\n{begin}}}\n\
+         fn end_items(first: u32) {{\n\
+         \x20   let block = first / ITEMS;\n{end}}}"
     )
     .unwrap();
     out
 }
-
-/// Block reduction and encoding of 8-bit state (only in kernels that have some).
-const QUANTIZE: &str = "\
-// The largest of `value` over the BLOCK_ITEMS invocations of this invocation's 256-element
-// block. Called in uniform control flow by every invocation of the workgroup. Two barriers:
-// eight invocations of the block fold eight values each, then every invocation folds those
-// eight (max is exact, so the order changes nothing).
-fn block_absmax(local: u32, value: f32) -> f32 {
-    workgroupBarrier();
-    absmax_scratch[local] = value;
-    workgroupBarrier();
-    let first = local - local % BLOCK_ITEMS;
-    let part = BLOCK_ITEMS / 8u;
-    if local % BLOCK_ITEMS < 8u {
-        let start = first + (local % BLOCK_ITEMS) * part;
-        var m = absmax_scratch[start];
-        for (var k = 1u; k < part; k++) {
-            m = max(m, absmax_scratch[start + k]);
-        }
-        absmax_partial[local] = m;
-    }
-    workgroupBarrier();
-    var m = absmax_partial[first];
-    for (var k = 1u; k < 8u; k++) {
-        m = max(m, absmax_partial[first + k]);
-    }
-    return m;
-}
-
-// Every invocation copies its share of the quantization maps into workgroup memory, where
-// decoding and the encoder's binary search read them.
-fn setup(local: u32) {
-    for (var k = local; k < 1024u; k += WORKGROUP_SIZE) {
-        qmap[k] = qmaps[k];
-    }
-    workgroupBarrier();
-}
-
-// The code of `v` in a block of `absmax` through the map at `map` (0 signed, 512 unsigned):
-// how many of its midpoints, times absmax, lie below v (src/format/qmap.rs: QuantMap::code).
-// A guess from the map's construction (decade d holds 2^d codes of each sign, or 2^(d+1)
-// non-negative ones, evenly over [0.1, 1] * 10^(d-6)) is kept, or moved by one code, only
-// where the midpoint comparisons confirm it; otherwise a binary search finds the code. The
-// guess may round any way (log2, exp2 and the division are approximate on GPUs): only the
-// comparisons, exact, decide.
-fn midpoint(map: u32, code: u32, absmax: f32) -> f32 {
-    if code >= 255u {
-        return bitcast<f32>(0x7f800000u);
-    }
-    return qmap[map + 256u + code] * absmax;
-}
-
-fn quantize(v: f32, absmax: f32, map: u32, zero: u32) -> u32 {
-    if absmax == 0.0 {
-        return zero;
-    }
-    let x = max(abs(v) / absmax, 1e-8);
-    let d = u32(clamp(floor(log2(x) * 0.30103) + 7.0, 0.0, 6.0));
-    let fraction = x * exp2((6.0 - f32(d)) * 3.321928);
-    let unsigned = map == 512u;
-    let count = select(1u << d, 2u << d, unsigned);
-    let k = u32(clamp(floor((fraction - 0.1) / 0.9 * f32(count)), 0.0, f32(count - 1u)));
-    var code = (2u << d) - 1u + k;
-    if !unsigned {
-        let rank = (1u << d) - 1u + k;
-        code = select(126u - rank, 128u + rank, v >= 0.0);
-    }
-    // The guess is nearly always within one code of the answer; the comparisons confirm it,
-    // else the binary search below decides.
-    let below = select(bitcast<f32>(0xff800000u), midpoint(map, code - 1u, absmax), code > 0u);
-    let above = midpoint(map, code, absmax);
-    if v > below && v <= above {
-        return code;
-    }
-    if v > above && v <= midpoint(map, code + 1u, absmax) {
-        return code + 1u;
-    }
-    if v <= below && code > 0u && (code == 1u || v > midpoint(map, code - 2u, absmax)) {
-        return code - 1u;
-    }
-    code = 0u;
-    for (var step = 128u; step > 0u; step = step / 2u) {
-        if v > midpoint(map, code + step - 1u, absmax) {
-            code = code + step;
-        }
-    }
-    return code;
-}";

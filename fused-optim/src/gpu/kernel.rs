@@ -18,8 +18,11 @@ pub const WORKGROUP_SIZE: u32 = 256;
 /// Source of the prelude every rule's shader is appended to (see its header for the layout).
 pub const PRELUDE: &str = include_str!("prelude.wgsl");
 
-/// Source of the storage formats' codecs, ahead of the prelude in every rule's kernel.
+/// Source of the 16-bit storage formats' codecs, ahead of the prelude in every rule's kernel.
 pub const CODEC: &str = include_str!("codec.wgsl");
+
+/// Source of the 8-bit block code, after [`CODEC`] in every rule's kernel.
+const Q8: &str = include_str!("../format/q8.wgsl");
 
 /// How a kernel receives the values of each dispatch (the shaders' `step`: which items to
 /// update, the L2 coefficient and the rule's per-step scalars). Either way, any number of
@@ -50,13 +53,20 @@ impl StepValues {
 /// Assembles a kernel's WGSL: the declarations of `V` and `step` that the shader files leave
 /// to the host (see prelude.wgsl), then `body`.
 pub(crate) fn assemble(body: &str, lanes: Lanes, values: StepValues) -> String {
-    let alias = match lanes {
-        Lanes::Vector => "vec4<f32>",
-        Lanes::Scalar => "f32",
+    let aliases = match lanes {
+        Lanes::Vector => {
+            "alias V = vec4<f32>;\nalias VU = vec4<u32>;\nalias VI = vec4<i32>;\n\
+             alias VB = vec4<bool>;\n\
+             fn lanes_max(v: V) -> f32 { return max(max(v.x, v.y), max(v.z, v.w)); }"
+        }
+        Lanes::Scalar => {
+            "alias V = f32;\nalias VU = u32;\nalias VI = i32;\nalias VB = bool;\n\
+             fn lanes_max(v: V) -> f32 { return v; }"
+        }
     };
     format!(
         "// Declared by the host (src/gpu/kernel.rs): {lanes:?} lanes, values as {values:?}.\n\
-         alias V = {alias};\n{}\n{body}",
+         {aliases}\n{}\n{body}",
         values.declaration()
     )
 }
@@ -73,7 +83,7 @@ pub(crate) fn kernel_source<R: UpdateRule>(
         true => assemble(R::SHADER, lanes, values),
         false => assemble(
             &format!(
-                "{CODEC}\n{}\n{PRELUDE}\n{}",
+                "{CODEC}\n{Q8}\n{}\n{PRELUDE}\n{}",
                 accessors(&slot_signs::<R>(), formats, lanes),
                 R::SHADER
             ),
@@ -241,11 +251,15 @@ pub(crate) struct KernelShape<'a> {
     /// The storage bindings, in binding order.
     pub roles: &'a [Role],
     pub values: StepValues,
+    /// Items each invocation updates.
+    pub items: u64,
 }
 
 pub(crate) struct Kernel {
     pub pipeline: wgpu::ComputePipeline,
     pub layout: wgpu::BindGroupLayout,
+    /// Items each invocation updates (the shader's `ITEMS`).
+    pub items: u64,
 }
 
 impl Kernel {
@@ -271,6 +285,11 @@ impl Kernel {
                 values_size: values_size::<R>(),
                 roles: &roles(formats),
                 values,
+                // A rule with its own entry point updates one item per invocation.
+                items: match R::OWN_ENTRY_POINT {
+                    true => 1,
+                    false => formats.items(lanes),
+                },
             },
         )
     }
@@ -337,12 +356,16 @@ impl Kernel {
             entry_point: Some("main"),
             compilation_options: wgpu::PipelineCompilationOptions {
                 constants: &constants,
-                // Every kernel writes its workgroup memory before reading it.
+                // No kernel has workgroup memory.
                 zero_initialize_workgroup_memory: false,
             },
             cache: None,
         });
-        Self { pipeline, layout }
+        Self {
+            pipeline,
+            layout,
+            items: shape.items,
+        }
     }
 
     /// A bind group for this kernel's layout: the values' uniform at binding 0 where they

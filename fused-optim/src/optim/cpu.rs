@@ -2,8 +2,7 @@
 //! count and state on host slices, performing the shader's f32 operations in its order.
 
 use crate::error::{Error, Result};
-use crate::format::qmap::QuantMap;
-use crate::format::{codec, Dtype, Master, Precision, Rounding, StateFormat, BLOCK};
+use crate::format::{codec, q8, Dtype, Master, Precision, Rounding, StateFormat, BLOCK};
 use crate::guard::GradStep;
 use crate::rule::{
     find_state, slot_signs, state_names, try_set_lr, twin_element, StateRef, UpdateRule,
@@ -26,9 +25,10 @@ fn host_state(len: usize, value: f32) -> Result<Vec<f32>> {
 #[derive(Clone, Debug)]
 struct StoredSlot {
     format: StateFormat,
-    map: QuantMap,
+    non_negative: bool,
     values: Vec<u8>,
-    absmax: Vec<f32>,
+    /// The bf16 scale of each 8-bit block.
+    scales: Vec<u16>,
 }
 
 /// The CPU twin of [`Optimizer`](crate::Optimizer): the same rule, step count, storage formats
@@ -64,22 +64,19 @@ impl<R: UpdateRule> CpuOptimizer<R> {
         }
         let state = slot_signs::<R>()
             .into_iter()
-            .map(|(name, non_negative)| {
+            .enumerate()
+            .map(|(slot, (name, non_negative))| {
                 if !rule.keeps_state(name) {
                     return Ok(None);
                 }
                 let format = precision.state_format(name);
-                let map = match non_negative {
-                    true => QuantMap::unsigned(),
-                    false => QuantMap::signed(),
-                };
                 let initial = host_state(len, rule.initial_state(name))?;
-                let (values, absmax) = format.encode(&initial, &map);
+                let (values, scales) = format.encode(&initial, non_negative, slot as u32, 0);
                 Ok(Some(StoredSlot {
                     format,
-                    map,
+                    non_negative,
                     values,
-                    absmax,
+                    scales,
                 }))
             })
             .collect::<Result<_>>()?;
@@ -128,9 +125,12 @@ impl<R: UpdateRule> CpuOptimizer<R> {
         Ok(match find_state(&self.rule, name)? {
             StateRef::Slot(slot) => {
                 let stored = self.state[slot].as_ref().expect("a kept slot is stored");
-                stored
-                    .format
-                    .decode(&stored.values, &stored.absmax, self.len, &stored.map)
+                stored.format.decode(
+                    &stored.values,
+                    &stored.scales,
+                    self.len,
+                    stored.non_negative,
+                )
             }
             StateRef::Host(index) => vec![self.host[index] as f32],
             StateRef::Step => vec![self.steps as f32],
@@ -138,12 +138,12 @@ impl<R: UpdateRule> CpuOptimizer<R> {
     }
 
     /// A state by PyTorch name as its GPU buffers hold it: the values' bytes (8-bit codes,
-    /// 16-bit pairs, f32) and, for 8-bit state, each block's absmax.
-    pub fn state_bytes(&self, name: &str) -> Result<(Vec<u8>, Vec<f32>)> {
+    /// 16-bit pairs, f32) and, for 8-bit state, each block's bf16 scale.
+    pub fn state_bytes(&self, name: &str) -> Result<(Vec<u8>, Vec<u16>)> {
         match find_state(&self.rule, name)? {
             StateRef::Slot(slot) => {
                 let stored = self.state[slot].as_ref().expect("a kept slot is stored");
-                Ok((stored.values.clone(), stored.absmax.clone()))
+                Ok((stored.values.clone(), stored.scales.clone()))
             }
             _ => Err(Error::UnknownState {
                 name: name.to_owned(),
@@ -192,7 +192,7 @@ impl<R: UpdateRule> CpuOptimizer<R> {
     /// One step of the twin over params and grads given as the bytes of buffers in the
     /// precision's formats (what [`Dtype::encode`](crate::Dtype::encode) makes), element by
     /// element in the kernel's order of operations: the prelude's loads, the rule's `update`,
-    /// the stores, and for 8-bit state the block's absmax once its 256 new values are known.
+    /// the stores, and for 8-bit state the block's scale once its 32 new values are known.
     pub fn step_bytes(&mut self, params: &mut [u8], grads: &[u8]) -> Result<()> {
         self.step_guarded(params, grads, &GradStep::PLAIN)
     }
@@ -295,9 +295,14 @@ impl<R: UpdateRule> CpuOptimizer<R> {
                     }
                 }
             }
-            for (slot, fresh) in self.state.iter_mut().zip(&mut fresh) {
+            for (index, (slot, fresh)) in self.state.iter_mut().zip(&mut fresh).enumerate() {
                 if let Some(slot) = slot {
-                    slot.store(start, fresh);
+                    let stream = q8::Stream {
+                        first: start as u32,
+                        step: t as u32,
+                        slot: index as u32,
+                    };
+                    slot.store(stream, fresh);
                 }
                 fresh.clear();
             }
@@ -314,14 +319,17 @@ impl StoredSlot {
         match self.format {
             StateFormat::F32 => f32_at(&self.values, e),
             StateFormat::Bf16 => Dtype::Bf16.value(half_at(&self.values, e)),
-            StateFormat::Block8 => self
-                .map
-                .value(self.values[e], self.absmax[e / BLOCK as usize]),
+            StateFormat::Block8 => {
+                let scale = q8::scale_value(self.scales[e / BLOCK as usize]);
+                q8::value(self.values[e], scale, self.non_negative)
+            }
         }
     }
 
-    /// Stores the new values of the elements `start..start + values.len()`, one block.
-    fn store(&mut self, start: usize, values: &[f32]) {
+    /// Stores the new values of one block, of the elements from `stream.first`, rounding
+    /// 8-bit codes with `stream`'s random points.
+    fn store(&mut self, stream: q8::Stream, values: &[f32]) {
+        let start = stream.first as usize;
         match self.format {
             StateFormat::F32 => {
                 let bytes: &[u8] = bytemuck::cast_slice(values);
@@ -334,8 +342,8 @@ impl StoredSlot {
             }
             StateFormat::Block8 => {
                 let mut codes = Vec::with_capacity(values.len());
-                let absmax = codec::quantize_block(values, &self.map, &mut codes);
-                self.absmax[start / BLOCK as usize] = absmax;
+                self.scales[start / BLOCK as usize] =
+                    q8::encode_block(values, self.non_negative, stream, &mut codes);
                 self.values[start..start + codes.len()].copy_from_slice(&codes);
             }
         }

@@ -8,14 +8,13 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use super::submissions::{encoder_id, Ahead, Work};
-use super::{initial_contents, Engine, HostHistory, QuantMaps};
+use super::{initial_contents, Engine, HostHistory};
 use crate::checkpoint::{
-    places, Checkpoint, HostTensor, TensorDtype, FORMAT_VERSION, PARAM_PREFIX, QMAP_PREFIX,
-    VERSION_KEY,
+    places, Checkpoint, HostTensor, TensorDtype, BLOCK_KEY, FORMAT_VERSION, PARAM_PREFIX,
+    QMAP_PREFIX, VERSION_KEY,
 };
 use crate::error::{Error, Result};
-use crate::format::qmap::QuantMap;
-use crate::format::{Dtype, Master, StateFormat, BLOCK};
+use crate::format::{q8, Dtype, Master, StateFormat, BLOCK};
 use crate::gpu::callbacks::Callbacks;
 use crate::gpu::glue::Role;
 use crate::gpu::GpuContext;
@@ -63,10 +62,10 @@ struct Stored {
 
 impl Stored {
     /// The bytes, in the span's buffer, of a tensor of `len` elements from element `offset`,
-    /// and its element count in the checkpoint (blocks, for an absmax).
+    /// and its element count in the checkpoint (blocks, for scales).
     fn range(&self, offset: u64, len: u64) -> (Range<usize>, usize) {
         let (first, count) = match self.role {
-            Role::Absmax(_) => (
+            Role::Scales(_) => (
                 offset / BLOCK,
                 (offset + len).div_ceil(BLOCK) - offset / BLOCK,
             ),
@@ -268,9 +267,9 @@ impl<R: UpdateRule> Engine<R> {
             };
             if *format == StateFormat::Block8 {
                 push(
-                    format!("{name}.absmax"),
-                    Role::Absmax(slot),
-                    TensorDtype::F32,
+                    format!("{name}.scale"),
+                    Role::Scales(slot),
+                    TensorDtype::Bf16,
                 );
             }
             push(name, Role::Slot(slot), dtype);
@@ -296,16 +295,16 @@ impl<R: UpdateRule> Engine<R> {
         coded
     }
 
-    /// The quantization maps 8-bit slots use, by their tensor names.
-    fn used_maps(&self) -> BTreeMap<String, QuantMap> {
+    /// The code tables of the 8-bit slots' kinds (each code's value in a block of scale 1),
+    /// by their tensor names.
+    fn used_tables(&self) -> BTreeMap<String, [f32; 256]> {
         self.coded_slots()
             .into_values()
             .map(|kind| {
-                let map = match kind {
-                    "unsigned" => QuantMap::unsigned(),
-                    _ => QuantMap::signed(),
-                };
-                (format!("{QMAP_PREFIX}{kind}"), map)
+                (
+                    format!("{QMAP_PREFIX}{kind}"),
+                    q8::table(kind == "unsigned"),
+                )
             })
             .collect()
     }
@@ -355,7 +354,11 @@ impl<R: UpdateRule> Engine<R> {
             );
             index[group] += 1;
         }
-        for (slot, kind) in self.coded_slots() {
+        let coded = self.coded_slots();
+        if !coded.is_empty() {
+            metadata.insert(BLOCK_KEY.to_owned(), BLOCK.to_string());
+        }
+        for (slot, kind) in coded {
             metadata.insert(format!("{QMAP_PREFIX}{slot}"), kind.to_owned());
         }
         metadata
@@ -458,10 +461,10 @@ impl<R: UpdateRule> Engine<R> {
             _ => Applied::Known(self.steps, self.host.clone()),
         };
         let maps = self
-            .used_maps()
+            .used_tables()
             .into_iter()
-            .map(|(name, map)| {
-                let data = bytemuck::cast_slice(&map.values).to_vec();
+            .map(|(name, table)| {
+                let data = bytemuck::cast_slice(&table).to_vec();
                 (name, HostTensor::vector(TensorDtype::F32, data))
             })
             .collect();
@@ -569,24 +572,31 @@ impl<R: UpdateRule> Engine<R> {
             }
         }
         let mut expected = BTreeSet::new();
-        for (name, map) in self.used_maps() {
+        let tables = self.used_tables();
+        if !tables.is_empty() && checkpoint.meta(BLOCK_KEY)? != BLOCK.to_string() {
+            return Err(mismatch(format!(
+                "its 8-bit blocks are of {} elements, this library's of {BLOCK} (expand it to \
+                 f32 with the library that wrote it, then restore into f32 state)",
+                checkpoint.meta(BLOCK_KEY)?
+            )));
+        }
+        for (name, table) in tables {
             let data = checkpoint.tensor(&name, TensorDtype::F32, &[256])?;
-            if data != bytemuck::cast_slice::<f32, u8>(&map.values) {
+            if data != bytemuck::cast_slice::<f32, u8>(&table) {
                 return Err(mismatch(format!(
-                    "`{name}` is not this library's quantization map"
+                    "`{name}` is not this library's 8-bit code table"
                 )));
             }
             expected.insert(name);
         }
         // Each span's buffers as they will be: the initial state, overwritten by each tensor.
-        let maps = QuantMaps::new();
         let mut contents: Vec<Vec<(Role, Vec<u8>)>> = self
             .spans
             .iter()
             .map(|span| {
                 let group = span.group;
                 let len = span.end - span.start;
-                initial_contents(&groups[group], &self.formats[group], &maps, len)
+                initial_contents(&groups[group], &self.formats[group], len)
             })
             .collect();
         let mut host = vec![Vec::new(); self.groups.len()];
@@ -598,9 +608,12 @@ impl<R: UpdateRule> Engine<R> {
                 let data = checkpoint.tensor(&name, stored.dtype, &[count])?;
                 let non_negative = match stored.role {
                     Role::Slot(slot) => Self::non_negative(slot),
-                    _ => matches!(stored.role, Role::Absmax(_)),
+                    _ => matches!(stored.role, Role::Scales(_)),
                 };
                 check_values(&name, stored.dtype, data, non_negative)?;
+                if matches!(stored.role, Role::Scales(_)) {
+                    check_finite(&name, data)?;
+                }
                 let (_, buffer) = contents[tensor.span]
                     .iter_mut()
                     .find(|(role, _)| *role == stored.role)
@@ -793,4 +806,20 @@ fn check_values(name: &str, dtype: TensorDtype, data: &[u8], non_negative: bool)
         });
     }
     Ok(())
+}
+
+/// Refuses bf16 scales that are not finite: the library never writes one, and one would make
+/// its whole block non-finite.
+fn check_finite(name: &str, data: &[u8]) -> Result<()> {
+    let finite = data.chunks_exact(2).all(|b| {
+        Dtype::Bf16
+            .value(u16::from_le_bytes([b[0], b[1]]))
+            .is_finite()
+    });
+    match finite {
+        true => Ok(()),
+        false => Err(Error::CorruptCheckpoint {
+            reason: format!("tensor `{name}` holds a scale that is not finite"),
+        }),
+    }
 }
