@@ -339,8 +339,9 @@ fn bench(choice: &AdapterChoice, options: &BenchOptions) -> Result<(), Box<dyn s
         )
     });
     println!(
-        "roofline: the same bytes moved with no update arithmetic (the floor), in the same \
-         formats and under the same grad guard; unfused: one kernel per elementwise \
+        "roofline: the same bytes moved with no update arithmetic, in the same formats and \
+         under the same grad guard; floor: the same bytes moved by the f32 roofline, plain vec4 \
+         loads and stores with no decoding (a compact format's codec counts against it); unfused: one kernel per elementwise \
          operation; cpu: the CPU twin on one core (both f32 without a guard only); B/p: bytes \
          per parameter moved per step and stored\n"
     );

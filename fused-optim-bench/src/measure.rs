@@ -384,8 +384,12 @@ pub struct Measurement {
     pub bytes_per_step: u64,
     pub fused: Stats,
     pub fused_dispatches: usize,
-    /// The roofline rule moving the same bytes: the floor on this adapter.
+    /// The roofline rule moving the same bytes in the same formats (through the same codecs).
     pub roofline: Stats,
+    /// The byte floor: the f32 roofline, plain vec4 loads and stores with no decoding, over
+    /// as many elements as move the same bytes. A compact format is held to it: the codec's
+    /// cost counts against the format.
+    pub byte_floor: Stats,
     pub unfused: Stats,
     pub unfused_dispatches: usize,
     /// Bytes the unfused chain moves per step: every operation reads and writes whole tensors.
@@ -410,6 +414,11 @@ impl Measurement {
     /// Fused median over the roofline's: 1.0 is the floor.
     pub fn roofline_ratio(&self) -> f64 {
         self.fused.median_ms / self.roofline.median_ms
+    }
+
+    /// Fused median over the byte floor's.
+    pub fn byte_floor_ratio(&self) -> f64 {
+        self.fused.median_ms / self.byte_floor.median_ms
     }
 
     /// The time the rule's bytes take at the copy bandwidth: the copy engine's floor, beside
@@ -474,6 +483,24 @@ pub fn measure<R: UpdateRule>(
         repetitions,
     )?;
     let f32_only = *precision == Precision::default() && guard.settings.is_none();
+    let byte_floor = match f32_only {
+        true => roofline.clone(),
+        false => {
+            let f32_roofline = Roofline { states };
+            let kept = Roofline::STATE_SLOTS[..states].iter().copied();
+            let per_element = Precision::default().bytes_per_step(1, kept);
+            let floor_len = (bytes_per_step / per_element).max(1) as usize;
+            let floor = time_fused(
+                gpu,
+                &f32_roofline,
+                &Precision::default(),
+                None,
+                floor_len,
+                repetitions,
+            )?;
+            floor.0
+        }
+    };
     let (unfused, unfused_dispatches, unfused_bytes_per_step) = match f32_only {
         true => time_unfused(gpu, &rule, len, bytes_per_step, repetitions)?,
         false => (Stats::of(Vec::new()), 0, 0),
@@ -488,6 +515,7 @@ pub fn measure<R: UpdateRule>(
         fused,
         fused_dispatches,
         roofline,
+        byte_floor,
         unfused,
         unfused_dispatches,
         unfused_bytes_per_step,

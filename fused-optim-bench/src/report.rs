@@ -88,7 +88,7 @@ pub struct Report {
 }
 
 /// Column titles and widths of the table (the rule's column is left-aligned).
-const COLUMNS: [(&str, usize); 17] = [
+const COLUMNS: [(&str, usize); 19] = [
     ("rule", 26),
     ("params", 8),
     ("B/p moved", 10),
@@ -100,6 +100,8 @@ const COLUMNS: [(&str, usize); 17] = [
     ("%copy", 7),
     ("roofline ms", 13),
     ("x roofline", 11),
+    ("floor ms", 10),
+    ("x floor", 9),
     ("copy ms", 9),
     ("x copy", 8),
     ("unfused ms", 12),
@@ -143,7 +145,7 @@ pub fn table(rows: &[Measurement]) -> String {
     out.push('\n');
     for m in rows {
         out += &format!(
-            "{:<name_width$}{:>8}{:>10.2}{:>11.2}{:>9.1}{:>10.3}{:>7.0}%{:>8.2}{:>6.0}%{:>13.3}{:>10.2}x{:>9.3}{:>7.2}x{}{}{}{}\n",
+            "{:<name_width$}{:>8}{:>10.2}{:>11.2}{:>9.1}{:>10.3}{:>7.0}%{:>8.2}{:>6.0}%{:>13.3}{:>10.2}x{:>10.3}{:>8.2}x{:>9.3}{:>7.2}x{}{}{}{}\n",
             label(m),
             size_label(m.params),
             m.bytes_per_step as f64 / m.params as f64,
@@ -155,6 +157,8 @@ pub fn table(rows: &[Measurement]) -> String {
             m.copy_percent(),
             m.roofline.median_ms,
             m.roofline_ratio(),
+            m.byte_floor.median_ms,
+            m.byte_floor_ratio(),
             m.copy_floor_ms(),
             m.copy_ratio(),
             cell(m.unfused.median_ms, 3, "", 12),
@@ -219,6 +223,8 @@ struct CsvRow<'a> {
     copy_gb_per_s: f64,
     roofline_median_ms: f64,
     roofline_ratio: f64,
+    byte_floor_median_ms: f64,
+    byte_floor_ratio: f64,
     copy_floor_ms: f64,
     copy_ratio: f64,
     unfused_median_ms: f64,
@@ -253,6 +259,8 @@ pub fn write_csv(report: &Report, path: &Path) -> std::io::Result<()> {
                 copy_gb_per_s: m.copy_gb_per_s,
                 roofline_median_ms: m.roofline.median_ms,
                 roofline_ratio: m.roofline_ratio(),
+                byte_floor_median_ms: m.byte_floor.median_ms,
+                byte_floor_ratio: m.byte_floor_ratio(),
                 copy_floor_ms: m.copy_floor_ms(),
                 copy_ratio: m.copy_ratio(),
                 unfused_median_ms: m.unfused.median_ms,

@@ -418,3 +418,74 @@ fn the_master_starts_as_the_params() {
         }
     }
 }
+
+/// One inf grad, one NaN grad and one finite grad whose square overflows f32, each in its own
+/// block of 32, in every rule with every slot in 8 bits (every flag combination): the GPU
+/// equals its twin (NaN for NaN), and after three steps every other element's param and
+/// state are finite, as with f32 state. Scales come from the finite values, and a
+/// non-finite value has a code of its own, so nothing spreads through a block.
+#[test]
+fn a_non_finite_value_stays_in_its_element_of_an_8_bit_block() {
+    struct NonFinite;
+    impl RuleVisitor for NonFinite {
+        fn visit<R: RegisteredRule>(&mut self) {
+            for rule in R::every_flag() {
+                for precision in ["f32,state=8bit", "bf16,master=remainder,state=8bit"] {
+                    non_finite_stays(&rule, &precision.parse().unwrap());
+                }
+            }
+        }
+    }
+    visit_rules(&mut NonFinite);
+}
+
+fn non_finite_stays<R: UpdateRule>(rule: &R, precision: &Precision) {
+    let gpu = common::gpu();
+    let len = 129;
+    let poisoned = [(5, f32::INFINITY), (40, f32::NAN), (70, 1e20)];
+    let what = format!("{} [{precision}]", rule.name());
+    let mut params_cpu = precision.params.encode(&common::random_nonzero(len, 3));
+    let params = gpu.upload_bytes("params", &params_cpu).unwrap();
+    let grads = gpu
+        .upload_bytes("grads", &precision.grads.encode(&vec![0.0; len]))
+        .unwrap();
+    let mut cpu = CpuOptimizer::with_precision(rule.clone(), precision.clone(), len).unwrap();
+    let mut optimizer =
+        Optimizer::with_precision(gpu, rule.clone(), precision.clone(), len).unwrap();
+    for step in 0..3 {
+        let mut values = common::random_nonzero(len, 4 + step);
+        for (index, value) in poisoned {
+            values[index] = value;
+        }
+        let grads_cpu = precision.grads.encode(&values);
+        gpu.queue().write_buffer(&grads, 0, &grads_cpu);
+        cpu.step_bytes(&mut params_cpu, &grads_cpu).unwrap();
+        optimizer.step(&params, &grads).unwrap();
+    }
+    let same = |got: &[f32], want: &[f32], name: &str| {
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            let equal = g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan());
+            assert!(
+                equal,
+                "{what}: {name}[{i}] is {g:e} on the GPU, {w:e} in the twin"
+            );
+            let allowed = poisoned.iter().any(|&(index, _)| index == i);
+            assert!(allowed || g.is_finite(), "{what}: {name}[{i}] is {g:e}");
+        }
+    };
+    let got = gpu.download_bytes(&params).unwrap();
+    same(
+        &precision.params.decode(&got, len),
+        &precision.params.decode(&params_cpu, len),
+        "param",
+    );
+    for name in optimizer.state_names() {
+        if name != "step" {
+            same(
+                &optimizer.read_state(name).unwrap(),
+                &cpu.state(name).unwrap(),
+                name,
+            );
+        }
+    }
+}
