@@ -51,8 +51,8 @@ pub use error::{Error, Result};
 pub use format::{Dtype, Master, Precision, Rounding, StateFormat};
 pub use gpu::{
     dispatch_grid, enumerate_adapters, shader_forms, shader_source, AdapterChoice, DispatchLimits,
-    GpuContext, Lanes, PendingCheckpoint, StepValues, CODEC, MAX_STEP_VALUES_BYTES, PRELUDE,
-    WORKGROUP_SIZE,
+    GpuContext, Lanes, PendingCheckpoint, StepValues, CODEC, DUMP_KERNELS, MAX_STEP_VALUES_BYTES,
+    PRELUDE, WORKGROUP_SIZE,
 };
 pub use guard::{ClipGradNorm, CpuGuard, GradGuard, GradScaler, GradStatus, GradStep, NormType};
 pub use optim::{

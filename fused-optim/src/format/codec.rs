@@ -1,4 +1,4 @@
-//! The CPU twins of the WGSL codecs in `src/gpu/codec.wgsl`: every conversion between f32 and a
+//! The CPU twins of the WGSL codecs in `src/format/codec.wgsl`: every conversion between f32 and a
 //! storage format, in integer arithmetic where rounding is involved, so that a GPU and its twin
 //! agree bit for bit. Round-to-nearest-even conversions are the `half` crate's; stochastic
 //! rounding and the bf16 remainder split are this crate's own (the 8-bit code's twin is

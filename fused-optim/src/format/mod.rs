@@ -1,8 +1,9 @@
 //! Storage formats: how the params, grads, master weights and each state slot are stored, and
 //! what each costs in bytes. The rules never see a format: the prelude loads every value to
-//! f32 before a rule's `update` and stores it after (`src/gpu/codec.wgsl`), and the CPU twin
-//! does the same through [`codec`]. This layer is plain data and integer/f32 arithmetic: no
-//! GPU and no particular rule.
+//! f32 before a rule's `update` and stores it after, through the WGSL codecs beside their
+//! CPU twins here (`codec.wgsl` with [`codec`] for the 16-bit formats, `q8.wgsl` with [`q8`]
+//! for 8-bit blocks). This layer is plain data, integer/f32 arithmetic and WGSL text: no GPU
+//! and no particular rule.
 
 pub mod codec;
 pub mod q8;
@@ -151,6 +152,10 @@ pub enum StateFormat {
 }
 
 impl StateFormat {
+    /// Every state format: the registry that `Precision`'s parser, the error messages and the
+    /// tests iterate.
+    pub const ALL: [StateFormat; 3] = [StateFormat::F32, StateFormat::Bf16, StateFormat::Block8];
+
     /// Bytes the state of `len` elements takes: the values (whole words), and for 8-bit
     /// blocks the scales (two per word).
     pub fn buffer_bytes(self, len: u64) -> u64 {
@@ -224,7 +229,8 @@ impl StateFormat {
         }
     }
 
-    fn name(self) -> &'static str {
+    /// The name `Precision`'s short form gives it (`state=8bit`).
+    pub fn name(self) -> &'static str {
         match self {
             StateFormat::F32 => "f32",
             StateFormat::Bf16 => "bf16",
@@ -431,13 +437,17 @@ impl FromStr for Precision {
             "f16" => Ok(Dtype::F16),
             _ => Err(bad(format!("`{value}` is not a format: f32, bf16 or f16"))),
         };
-        let state = |value: &str| match value {
-            "f32" => Ok(StateFormat::F32),
-            "bf16" => Ok(StateFormat::Bf16),
-            "8bit" => Ok(StateFormat::Block8),
-            _ => Err(bad(format!(
-                "`{value}` is not a state format: f32, bf16 or 8bit"
-            ))),
+        let state = |value: &str| {
+            StateFormat::ALL
+                .into_iter()
+                .find(|format| format.name() == value)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = StateFormat::ALL.iter().map(|f| f.name()).collect();
+                    bad(format!(
+                        "`{value}` is not a state format: {}",
+                        names.join(", ")
+                    ))
+                })
         };
         let mut parts = text.split(',').map(str::trim);
         let params = dtype(parts.next().unwrap_or_default())?;

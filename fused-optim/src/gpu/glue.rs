@@ -4,7 +4,7 @@
 //! and its element-wise slots after the rule's `update`, and `begin_items`/`end_items` around
 //! an invocation's items, which read and write the block-wise slots. Generated here, between
 //! the host's declarations and the prelude, so that a rule's WGSL never names a format and
-//! each format's codec is written once (codec.wgsl, src/format/q8.wgsl).
+//! each format's codec is written once (src/format/codec.wgsl and q8.wgsl).
 //!
 //! Items: a vector kernel's item holds elements `4i..4i+3` of its binding, a scalar one
 //! element `i`. Each invocation updates `ITEMS` consecutive items: one vec4, or a tail's up

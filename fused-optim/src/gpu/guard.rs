@@ -16,7 +16,7 @@ use bytemuck::{Pod, Zeroable};
 use wgpu::util::DeviceExt;
 
 use super::context::GpuContext;
-use super::kernel::{dispatch_grid, CODEC, WORKGROUP_SIZE};
+use super::kernel::{dispatch_grid, dump, CODEC, WORKGROUP_SIZE};
 use super::plan::{windows, Grain, Span, Window};
 use crate::error::{Error, Result};
 use crate::format::Dtype;
@@ -272,6 +272,7 @@ impl DeviceGuard {
             ],
         });
         let pipeline = |layout: &wgpu::BindGroupLayout, source: String, entry: &str| {
+            dump(&format!("grad-guard-{entry}"), &source);
             let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some("fused-optim grad guard"),
                 source: wgpu::ShaderSource::Wgsl(source.into()),

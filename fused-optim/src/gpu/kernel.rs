@@ -19,7 +19,7 @@ pub const WORKGROUP_SIZE: u32 = 256;
 pub const PRELUDE: &str = include_str!("prelude.wgsl");
 
 /// Source of the 16-bit storage formats' codecs, ahead of the prelude in every rule's kernel.
-pub const CODEC: &str = include_str!("codec.wgsl");
+pub const CODEC: &str = include_str!("../format/codec.wgsl");
 
 /// Source of the 8-bit block code, after [`CODEC`] in every rule's kernel.
 const Q8: &str = include_str!("../format/q8.wgsl");
@@ -196,6 +196,26 @@ pub(crate) struct DispatchValues {
 
 pub(crate) const HEADER_BYTES: usize = std::mem::size_of::<StepHeader>();
 
+/// The environment variable naming a directory into which every kernel the library compiles
+/// is written as assembled, for reading: `<label>-<hash of the source>.wgsl`.
+pub const DUMP_KERNELS: &str = "FUSED_OPTIM_DUMP_KERNELS";
+
+/// Writes `source` into the [`DUMP_KERNELS`] directory, where that is set. A kernel that
+/// cannot be written is reported on stderr and compiled anyway: dumping is for reading.
+pub(crate) fn dump(label: &str, source: &str) {
+    use std::hash::{Hash, Hasher};
+    let Some(dir) = std::env::var_os(DUMP_KERNELS) else {
+        return;
+    };
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    source.hash(&mut hasher);
+    let path = std::path::Path::new(&dir).join(format!("{label}-{:016x}.wgsl", hasher.finish()));
+    let written = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, source));
+    if let Err(error) = written {
+        eprintln!("fused-optim: could not write {}: {error}", path.display());
+    }
+}
+
 /// Bytes of rule `R`'s per-dispatch values: header plus scalars.
 pub(crate) fn values_size<R: UpdateRule>() -> u64 {
     (HEADER_BYTES + std::mem::size_of::<R::Scalars>()) as u64
@@ -343,6 +363,7 @@ impl Kernel {
                 StepValues::UniformCopy => 0,
             },
         });
+        dump(shape.label, source);
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(shape.label),
             source: wgpu::ShaderSource::Wgsl(source.into()),

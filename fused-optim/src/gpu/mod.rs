@@ -19,7 +19,8 @@ pub use engine::PendingCheckpoint;
 pub(crate) use engine::{Engine, NamedTensor};
 pub(crate) use glue::Role;
 pub use kernel::{
-    dispatch_grid, shader_forms, shader_source, StepValues, CODEC, PRELUDE, WORKGROUP_SIZE,
+    dispatch_grid, shader_forms, shader_source, StepValues, CODEC, DUMP_KERNELS, PRELUDE,
+    WORKGROUP_SIZE,
 };
 pub use plan::Lanes;
 pub(crate) use plan::Span;
