@@ -417,7 +417,7 @@ def fused_to_state_dict(path, params):
         for key, value in tensors.items():
             if key.startswith(f"state.{name}.") and key.count(".") == name.count(".") + 2:
                 slot = key.rsplit(".", 1)[1]
-                if slot in ("master", "master_remainder"):
+                if slot in ("master", "master_remainder", "master_correction"):
                     continue
                 if slot == "step" or slot in HOST_STATE.get(rule, []):
                     state[slot] = value.to(torch.float32).reshape(())

@@ -430,7 +430,11 @@ fn a_non_finite_value_stays_in_its_element_of_an_8_bit_block() {
     impl RuleVisitor for NonFinite {
         fn visit<R: RegisteredRule>(&mut self) {
             for rule in R::every_flag() {
-                for precision in ["f32,state=8bit", "bf16,master=remainder,state=8bit"] {
+                for precision in [
+                    "f32,state=8bit",
+                    "bf16,master=remainder,state=8bit",
+                    "bf16,master=8bit,state=8bit",
+                ] {
                     non_finite_stays(&rule, &precision.parse().unwrap());
                 }
             }

@@ -6,6 +6,7 @@
 //! and no particular rule.
 
 pub mod codec;
+pub mod correction;
 pub mod q8;
 
 use std::fmt;
@@ -122,6 +123,11 @@ pub enum Master {
     /// together with the bf16 param give back the master exactly. The param is then the master
     /// rounded to nearest with ties away from zero (see [`codec::split_remainder`]).
     Bf16Remainder,
+    /// bf16 params only: one byte per parameter, a signed count of 1/256ths of the param's
+    /// ulp, rounded stochastically ([`correction`]): the master within ulp/512 of the f32
+    /// one (16 significant bits), for 1 byte where the remainder takes 2. The param is the
+    /// master rounded to nearest, ties to even.
+    Bf16Correction,
 }
 
 /// How a 16-bit param without a master is rounded after each update.
@@ -297,6 +303,7 @@ impl Precision {
             "bf16,master=f32",
             "bf16,master=remainder",
             "bf16,master=remainder,state=8bit",
+            "bf16,master=8bit,state=8bit",
             "bf16,state=bf16",
             "bf16,rounding=stochastic,state=bf16",
             "f16,master=f32",
@@ -321,6 +328,7 @@ impl Precision {
             Master::None => 0,
             Master::F32 => 4,
             Master::Bf16Remainder => 2,
+            Master::Bf16Correction => 1,
         }
     }
 
@@ -347,6 +355,7 @@ impl Precision {
             Master::None => 0,
             Master::F32 => 4 * len,
             Master::Bf16Remainder => Dtype::Bf16.buffer_bytes(len),
+            Master::Bf16Correction => len.div_ceil(4) * 4,
         };
         master
             + kept
@@ -359,7 +368,7 @@ impl Precision {
     pub fn validate(&self, slots: &[&str]) -> Result<()> {
         let invalid = |reason: String| Err(Error::InvalidPrecision { reason });
         match (self.params, self.master) {
-            (Dtype::F32, Master::F32 | Master::Bf16Remainder) => {
+            (Dtype::F32, Master::F32 | Master::Bf16Remainder | Master::Bf16Correction) => {
                 return invalid(
                     "master weights are for 16-bit params; f32 params are their own master".into(),
                 )
@@ -368,6 +377,13 @@ impl Precision {
                 return invalid(
                     "the 16-bit remainder master needs bf16 params (an f16 and 16 more bits do \
                      not make an f32); use master=f32"
+                        .into(),
+                )
+            }
+            (Dtype::F16, Master::Bf16Correction) => {
+                return invalid(
+                    "the 8-bit correction master needs bf16 params (its steps are 1/256 of a \
+                     bf16 ulp); use master=f32"
                         .into(),
                 )
             }
@@ -408,6 +424,7 @@ impl fmt::Display for Precision {
             Master::None => {}
             Master::F32 => write!(f, ",master=f32")?,
             Master::Bf16Remainder => write!(f, ",master=remainder")?,
+            Master::Bf16Correction => write!(f, ",master=8bit")?,
         }
         if self.rounding == Rounding::Stochastic {
             write!(f, ",rounding=stochastic")?;
@@ -426,7 +443,7 @@ impl FromStr for Precision {
     type Err = Error;
 
     /// Reads `PARAMS[,key=value...]`: `PARAMS` is `f32`, `bf16` or `f16` (the grads default to
-    /// the same), then any of `grads=f32|bf16|f16`, `master=none|f32|remainder`,
+    /// the same), then any of `grads=f32|bf16|f16`, `master=none|f32|remainder|8bit`,
     /// `rounding=nearest|stochastic`, `state=f32|bf16|8bit`, and `SLOT=f32|bf16|8bit` for one
     /// state slot by name. E.g. `bf16,master=remainder,state=8bit`.
     fn from_str(text: &str) -> Result<Self> {
@@ -467,7 +484,12 @@ impl FromStr for Precision {
                         "none" => Master::None,
                         "f32" => Master::F32,
                         "remainder" => Master::Bf16Remainder,
-                        _ => return Err(bad(format!("`{value}` is not none, f32 or remainder"))),
+                        "8bit" => Master::Bf16Correction,
+                        _ => {
+                            return Err(bad(format!(
+                                "`{value}` is not none, f32, remainder or 8bit"
+                            )))
+                        }
                     }
                 }
                 "rounding" => {

@@ -15,7 +15,7 @@ use super::kernel::{
 };
 use super::plan::{dispatches, windows, Dispatch, Grain, Span, Window};
 use crate::error::{Error, Result};
-use crate::format::{codec, Dtype, Master, Precision, StateFormat, BLOCK};
+use crate::format::{codec, correction, Dtype, Master, Precision, StateFormat, BLOCK};
 use crate::guard::{GradGuard, GradStatus};
 use crate::rule::UpdateRule;
 
@@ -110,6 +110,7 @@ fn storage_of(role: Role, formats: &KernelFormats, dtypes: (Dtype, Dtype)) -> St
         Role::Grads => dtype(dtypes.1),
         Role::Master => match formats.master {
             Master::Bf16Remainder => Storage::Half,
+            Master::Bf16Correction => Storage::Codes,
             _ => Storage::F32,
         },
         Role::Slot(slot) => match formats.slots[slot] {
@@ -474,6 +475,19 @@ impl<R: UpdateRule> Engine<R> {
                     .zip(halves(&master))
                     .take(len)
                     .map(|(param, remainder)| codec::join_remainder(param, remainder))
+                    .collect()
+            }
+            Master::Bf16Correction => {
+                let (first, count) = (start * 2, (len as u64).div_ceil(2) * 4);
+                let params = self
+                    .context
+                    .download_byte_range(params, first..first + count)?;
+                let halves: Vec<u16> = bytemuck::pod_collect_to_vec(&params);
+                halves
+                    .into_iter()
+                    .zip(master)
+                    .take(len)
+                    .map(|(param, code)| correction::join(param, code))
                     .collect()
             }
             _ => Dtype::F32.decode(&master, len),
@@ -950,7 +964,8 @@ fn span_buffers<R: UpdateRule>(
 /// `formats` before its first step: its master, where it has one, and each kept slot's values
 /// (and scales, for 8-bit blocks), each slot at the rule's initial value (zero except
 /// Adagrad's `initial_accumulator_value`). A master starts as zeros: on the first step the
-/// kernel takes it from the params (an f32 master) or reads a zero remainder, which stands
+/// kernel takes it from the params (an f32 master) or reads a zero remainder or correction,
+/// which stands
 /// for the bf16 param exactly.
 pub(crate) fn initial_contents<R: UpdateRule>(
     rule: &R,
@@ -965,6 +980,7 @@ pub(crate) fn initial_contents<R: UpdateRule>(
         Master::Bf16Remainder => {
             contents.push((Role::Master, zeros(Dtype::Bf16.buffer_bytes(len))))
         }
+        Master::Bf16Correction => contents.push((Role::Master, zeros(len.div_ceil(4) * 4))),
     }
     for (slot, (name, format)) in R::STATE_SLOTS.iter().zip(&formats.slots).enumerate() {
         let Some(format) = *format else { continue };

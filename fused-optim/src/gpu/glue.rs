@@ -59,6 +59,9 @@ impl KernelFormats {
     /// alignment itself and their scales (2 bytes per block) BLOCK/2 times it.
     pub fn alignment_elements(&self, alignment: u64) -> u64 {
         let mut elements = (alignment / 4).max(self.quantum());
+        if self.master == Master::Bf16Correction {
+            elements = elements.max(alignment);
+        }
         let sixteen_bit = self.params.is_16_bit()
             || self.grads.is_16_bit()
             || self.master == Master::Bf16Remainder
@@ -270,6 +273,9 @@ impl Generator<'_> {
                     let x = g.lane("p", lane);
                     match (f.master, f.rounding, dtype) {
                         (Master::Bf16Remainder, _, _) => format!("split_remainder({x}).x"),
+                        (Master::Bf16Correction, _, _) => {
+                            format!("split_correction({x}, {}, seed()).x", g.element_index(lane))
+                        }
                         (Master::None, Rounding::Stochastic, Dtype::F16) => format!(
                             "f16_round({x}, random_bits({}, seed()), true)",
                             g.element_index(lane)
@@ -308,6 +314,14 @@ impl Generator<'_> {
                     .collect();
                 self.v_of(&lanes)
             }
+            (_, Master::Bf16Correction) => {
+                let lanes: Vec<String> = halves
+                    .iter()
+                    .zip(self.bytes("master"))
+                    .map(|(p, c)| format!("join_correction({p}, {c})"))
+                    .collect();
+                self.v_of(&lanes)
+            }
         };
         writeln!(self.out, "fn load_param(i: u32) -> V {{ return {load}; }}").unwrap();
         match f.master {
@@ -325,6 +339,31 @@ impl Generator<'_> {
                 let store = self.store_small("master", &bits, 2);
                 self.finish.push_str(&store);
             }
+            Master::Bf16Correction => {
+                self.declare(Role::Master, "master", Storage::Codes);
+                let width = if self.vector() { 4 } else { 1 };
+                let bits: Vec<String> = (0..width)
+                    .map(|lane| {
+                        format!(
+                            "split_correction({}, {}, seed()).y",
+                            self.lane("p", lane),
+                            self.element_index(lane)
+                        )
+                    })
+                    .collect();
+                let store = self.store_small("master", &bits, 4);
+                self.finish.push_str(&store);
+            }
+        }
+    }
+
+    /// The bytes of `name` (one u32 per four elements) at item `i`, as an expression per lane.
+    fn bytes(&self, name: &str) -> Vec<String> {
+        match self.vector() {
+            true => (0..4)
+                .map(|k| format!("(({name}[i] >> {}u) & 0xffu)", 8 * k))
+                .collect(),
+            false => vec![format!("(({name}[i >> 2u] >> ((i & 3u) * 8u)) & 0xffu)")],
         }
     }
 

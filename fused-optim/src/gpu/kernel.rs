@@ -21,8 +21,13 @@ pub const PRELUDE: &str = include_str!("prelude.wgsl");
 /// Source of the 16-bit storage formats' codecs, ahead of the prelude in every rule's kernel.
 pub const CODEC: &str = include_str!("../format/codec.wgsl");
 
-/// Source of the 8-bit block code, after [`CODEC`] in every rule's kernel.
-const Q8: &str = include_str!("../format/q8.wgsl");
+/// Source of the 8-bit block code and the 8-bit master correction, after [`CODEC`] in every
+/// rule's kernel.
+const Q8: &str = concat!(
+    include_str!("../format/q8.wgsl"),
+    "\n",
+    include_str!("../format/correction.wgsl")
+);
 
 /// How a kernel receives the values of each dispatch (the shaders' `step`: which items to
 /// update, the L2 coefficient and the rule's per-step scalars). Either way, any number of

@@ -2,7 +2,9 @@
 //! count and state on host slices, performing the shader's f32 operations in its order.
 
 use crate::error::{Error, Result};
-use crate::format::{codec, q8, Dtype, Master, Precision, Rounding, StateFormat, BLOCK};
+use crate::format::{
+    codec, correction, q8, Dtype, Master, Precision, Rounding, StateFormat, BLOCK,
+};
 use crate::guard::GradStep;
 use crate::rule::{
     find_state, slot_signs, state_names, try_set_lr, twin_element, StateRef, UpdateRule,
@@ -42,7 +44,7 @@ pub struct CpuOptimizer<R: UpdateRule> {
     steps: u64,
     /// The rule's host state (`UpdateRule::HOST_STATE`) as of step `steps`.
     host: Vec<f64>,
-    /// The f32 master, or the bf16 remainders; empty without a master.
+    /// The f32 master, the bf16 remainders or the correction bytes; empty without a master.
     master: Vec<u32>,
     /// One per `R::STATE_SLOTS`, `None` for slots this configuration does not keep.
     state: Vec<Option<StoredSlot>>,
@@ -170,6 +172,11 @@ impl<R: UpdateRule> CpuOptimizer<R> {
                     .map(|e| codec::join_remainder(half_at(params, e), self.master[e] as u16))
                     .collect(),
             ),
+            Master::Bf16Correction => Some(
+                (0..self.len)
+                    .map(|e| correction::join(half_at(params, e), self.master[e] as u8))
+                    .collect(),
+            ),
         }
     }
 
@@ -253,6 +260,9 @@ impl<R: UpdateRule> CpuOptimizer<R> {
                     (_, Master::Bf16Remainder) => {
                         codec::join_remainder(half_at(params, e), self.master[e] as u16)
                     }
+                    (_, Master::Bf16Correction) => {
+                        correction::join(half_at(params, e), self.master[e] as u8)
+                    }
                 };
                 let mut g = match precision.grads {
                     Dtype::F32 => f32_at(grads, e),
@@ -291,6 +301,11 @@ impl<R: UpdateRule> CpuOptimizer<R> {
                     (_, Master::Bf16Remainder) => {
                         let (param, remainder) = codec::split_remainder(p);
                         self.master[e] = remainder as u32;
+                        set_half(params, e, param);
+                    }
+                    (_, Master::Bf16Correction) => {
+                        let (param, code) = correction::split(p, e as u32, t as u32);
+                        self.master[e] = code as u32;
                         set_half(params, e, param);
                     }
                 }

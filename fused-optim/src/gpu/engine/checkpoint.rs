@@ -256,6 +256,9 @@ impl<R: UpdateRule> Engine<R> {
             Master::Bf16Remainder => {
                 push("master_remainder".into(), Role::Master, TensorDtype::U16)
             }
+            Master::Bf16Correction => {
+                push("master_correction".into(), Role::Master, TensorDtype::U8)
+            }
         }
         for (slot, format) in formats.slots.iter().enumerate() {
             let Some(format) = format else { continue };
