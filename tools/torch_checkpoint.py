@@ -356,10 +356,19 @@ def _widened(path):
         scales = tensors.get(name + scale_suffix)
         if name.startswith("state.") and tensors[name].dtype == torch.uint8 and scales is not None:
             # Element i is table[code] * scale[i // block], or table[code] itself where that
-            # is NaN or inf (the library's README, "The file").
-            slot = name.rsplit(".", 1)[1]
-            table = tensors[QMAP_PREFIX + metadata[QMAP_PREFIX + slot]]
-            values = table[tensors[name].long()]
+            # is NaN or inf (the library's README, "The file"). 8-bit codes have bf16 scales;
+            # 4-bit codes, two per byte (element 2k in the low nibble), have exponent bytes.
+            tensor, slot = name[len("state."):].rsplit(".", 1)
+            kind = metadata[QMAP_PREFIX + slot]
+            codes = tensors[name].long()
+            if scales.dtype == torch.uint8:
+                elements = int(metadata[PARAM_PREFIX + tensor].split(":")[2])
+                codes = torch.stack([codes & 0xF, codes >> 4], dim=1).flatten()[:elements]
+                table = tensors[QMAP_PREFIX + kind + "4"]
+                scales = (scales.to(torch.int32) << 23).view(torch.float32)
+            else:
+                table = tensors[QMAP_PREFIX + kind]
+            values = table[codes]
             blocks = torch.arange(values.numel()) // block
             scaled = values * scales.float()[blocks]
             tensors[name] = torch.where(torch.isfinite(values), scaled, values)

@@ -331,7 +331,15 @@ impl Checkpoint {
                     let bits = self.tensor(name, TensorDtype::Bf16, &[tensor.len()])?;
                     Dtype::Bf16.decode(bits, tensor.len())
                 }
-                TensorDtype::U8 => self.decode_codes(name, rest, tensor.len(), &mut expanded)?,
+                // Block codes have their scales beside them; other bytes (the master
+                // correction) stay as they are.
+                TensorDtype::U8
+                    if [".scale", ".absmax"]
+                        .iter()
+                        .any(|suffix| self.tensors.contains_key(&format!("{name}{suffix}"))) =>
+                {
+                    self.decode_codes(name, rest, tensor.len(), &mut expanded)?
+                }
                 _ => continue,
             };
             let data = bytemuck::cast_slice(&values).to_vec();
@@ -356,9 +364,10 @@ impl Checkpoint {
         Ok(expanded)
     }
 
-    /// The f32 values of the 8-bit tensor `name` (`state.` + `rest`) of `len` codes, from its
-    /// slot's code table and its blocks' scales (bf16, or a legacy f32 `.absmax`), which are
-    /// removed from `expanded`.
+    /// The f32 values of the block-coded tensor `name` (`state.` + `rest`) of `len` bytes,
+    /// from its slot's code table and its blocks' scales, which are removed from `expanded`:
+    /// 8-bit codes with bf16 scales (or a legacy f32 `.absmax` per 256), or 4-bit codes, two
+    /// per byte, with exponent-byte scales.
     fn decode_codes(
         &self,
         name: &str,
@@ -366,30 +375,60 @@ impl Checkpoint {
         len: usize,
         expanded: &mut Checkpoint,
     ) -> Result<Vec<f32>> {
-        let slot = rest.rsplit('.').next().unwrap_or_default();
+        let (tensor, slot) = rest.rsplit_once('.').unwrap_or_default();
         let kind = self.meta(&format!("{QMAP_PREFIX}{slot}"))?;
-        let table = self.tensor(&format!("{QMAP_PREFIX}{kind}"), TensorDtype::F32, &[256])?;
-        let table: Vec<f32> = bytemuck::pod_collect_to_vec(table);
-        let codes = self.tensor(name, TensorDtype::U8, &[len])?;
-        let (block, scales) = match self.metadata.get(BLOCK_KEY) {
-            Some(block) => {
-                let block: usize = block.parse().ok().filter(|&b| b > 0).ok_or_else(|| {
-                    Error::CorruptCheckpoint {
-                        reason: format!("`{BLOCK_KEY}` = `{block}` is not a block size"),
-                    }
-                })?;
-                let scale_name = format!("{name}.scale");
-                let bits = self.tensor(&scale_name, TensorDtype::Bf16, &[len.div_ceil(block)])?;
-                expanded.tensors.remove(&scale_name);
-                (block, Dtype::Bf16.decode(bits, len.div_ceil(block)))
-            }
-            None => {
-                let absmax_name = format!("{name}.absmax");
-                let absmax = self.tensor(&absmax_name, TensorDtype::F32, &[len.div_ceil(256)])?;
-                expanded.tensors.remove(&absmax_name);
-                (256, bytemuck::pod_collect_to_vec(absmax))
-            }
+        let block = match self.metadata.get(BLOCK_KEY) {
+            Some(block) => block
+                .parse()
+                .ok()
+                .filter(|&b: &usize| b > 0)
+                .ok_or_else(|| corrupt(format!("`{BLOCK_KEY}` = `{block}` is not a block size")))?,
+            None => 256,
         };
+        let scale_name = format!("{name}.scale");
+        let four_bit = self
+            .tensors
+            .get(&scale_name)
+            .is_some_and(|scales| scales.dtype == TensorDtype::U8);
+        let (codes, table, scales): (Vec<u8>, Vec<f32>, Vec<f32>) = if four_bit {
+            let elements = self
+                .places()?
+                .get(tensor)
+                .map(|place| place.elements as usize)
+                .ok_or_else(|| corrupt(format!("no `{PARAM_PREFIX}{tensor}` for `{name}`")))?;
+            let bytes = self.tensor(name, TensorDtype::U8, &[elements.div_ceil(2)])?;
+            let codes = (0..elements)
+                .map(|i| (bytes[i / 2] >> (4 * (i % 2))) & 0xf)
+                .collect();
+            let table = self.tensor(&format!("{QMAP_PREFIX}{kind}4"), TensorDtype::F32, &[16])?;
+            let scales = self.tensor(&scale_name, TensorDtype::U8, &[elements.div_ceil(block)])?;
+            let scales = scales
+                .iter()
+                .map(|&e| f32::from_bits((e as u32) << 23))
+                .collect();
+            (codes, bytemuck::pod_collect_to_vec(table), scales)
+        } else {
+            let codes = self.tensor(name, TensorDtype::U8, &[len])?.to_vec();
+            let table = self.tensor(&format!("{QMAP_PREFIX}{kind}"), TensorDtype::F32, &[256])?;
+            let scales = match self.metadata.contains_key(BLOCK_KEY) {
+                true => {
+                    let bits =
+                        self.tensor(&scale_name, TensorDtype::Bf16, &[len.div_ceil(block)])?;
+                    Dtype::Bf16.decode(bits, len.div_ceil(block))
+                }
+                false => {
+                    let absmax = self.tensor(
+                        &format!("{name}.absmax"),
+                        TensorDtype::F32,
+                        &[len.div_ceil(256)],
+                    )?;
+                    expanded.tensors.remove(&format!("{name}.absmax"));
+                    bytemuck::pod_collect_to_vec(absmax)
+                }
+            };
+            (codes, bytemuck::pod_collect_to_vec(table), scales)
+        };
+        expanded.tensors.remove(&scale_name);
         Ok(codes
             .iter()
             .enumerate()

@@ -214,16 +214,17 @@ fn nadam_state_crosses_between_pytorch_and_fused_optim() {
     interop::<NAdam>("nadam");
 }
 
-/// The golden pair the converter's tests decode (tools/tests): an 8-bit Adam checkpoint in
-/// the leanest precision over 100 elements (the last block partial) after three steps with
-/// one inf grad (a NaN `exp_avg` code and an inf `exp_avg_sq` code), and its expansion to f32.
+/// The golden pair the converter's tests decode (tools/tests): an Adam checkpoint with bf16
+/// params, the 8-bit master correction, 8-bit `exp_avg` and 4-bit `exp_avg_sq`, over 101
+/// elements (the last block partial, an odd count of 4-bit codes) after three steps with one
+/// inf grad (a NaN `exp_avg` code and an inf `exp_avg_sq` code), and its expansion to f32.
 /// The library still writes that checkpoint, and expands it to that file, bit for bit.
 /// `FUSED_OPTIM_WRITE_GOLDEN=1` rewrites them.
 #[test]
-fn eight_bit_golden_pair_is_what_the_library_writes_and_expands() {
+fn compact_golden_pair_is_what_the_library_writes_and_expands() {
     use fused_optim::{Dtype, Optimizer, Precision};
     let gpu = common::gpu();
-    let len = 100;
+    let len = 101;
     let params = gpu
         .upload_bytes(
             "params",
@@ -233,7 +234,10 @@ fn eight_bit_golden_pair_is_what_the_library_writes_and_expands() {
     let grads = gpu
         .upload_bytes("grads", &Dtype::Bf16.encode(&vec![0.0; len]))
         .unwrap();
-    let mut adam = Optimizer::with_precision(gpu, Adam::default(), Precision::lean(), len).unwrap();
+    let precision: Precision = "bf16,master=8bit,state=8bit,exp_avg_sq=4bit"
+        .parse()
+        .unwrap();
+    let mut adam = Optimizer::with_precision(gpu, Adam::default(), precision, len).unwrap();
     for step in 0..3 {
         let mut values = common::random_nonzero(len, 6 + step);
         values[7] = f32::INFINITY;
@@ -244,8 +248,8 @@ fn eight_bit_golden_pair_is_what_the_library_writes_and_expands() {
     let checkpoint = adam.checkpoint().unwrap();
     let expanded = checkpoint.expanded().unwrap();
     let (fused, widened) = (
-        file("adam_8bit.fused.safetensors"),
-        file("adam_8bit.expanded.safetensors"),
+        file("adam_compact.fused.safetensors"),
+        file("adam_compact.expanded.safetensors"),
     );
     if std::env::var_os("FUSED_OPTIM_WRITE_GOLDEN").is_some() {
         checkpoint.save(&fused).unwrap();

@@ -290,6 +290,7 @@ fn memory_and_bytes_are_exact_for_every_precision() {
             fused_optim::StateFormat::F32 => 8 * len,
             fused_optim::StateFormat::Bf16 => 4 * len,
             fused_optim::StateFormat::Block8 => 2 * (len + 2 * len.div_ceil(32)),
+            fused_optim::StateFormat::Block4 => 2 * (len.div_ceil(2) + len.div_ceil(32)),
         };
         let weights = len
             * (2 * precision.params.element_bytes()
@@ -434,6 +435,7 @@ fn a_non_finite_value_stays_in_its_element_of_an_8_bit_block() {
                     "f32,state=8bit",
                     "bf16,master=remainder,state=8bit",
                     "bf16,master=8bit,state=8bit",
+                    "f32,state=4bit",
                 ] {
                     non_finite_stays(&rule, &precision.parse().unwrap());
                 }

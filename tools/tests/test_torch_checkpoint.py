@@ -460,22 +460,26 @@ def test_sgd_step_without_momentum_buffers_refused(tmp_path, capsys):
     refused(capsys, status, output, "momentum_buffer", "--step 0")
 
 
-def test_eight_bit_state_decoded_from_the_checkpoints_own_layout():
-    """The library's 8-bit golden checkpoint (blocks of 32, bf16 scales, a NaN and an inf
-    code) widens to exactly the f32 state the library's own `expanded()` wrote beside it: the
-    converter reads the block size and code tables from the file, not from a copy of its
-    own."""
-    tensors, metadata = torch_checkpoint._widened(str(CHECKPOINTS / "adam_8bit.fused.safetensors"))
+def test_compact_state_decoded_from_the_checkpoints_own_layout():
+    """The library's golden checkpoint with 8-bit `exp_avg` (bf16 scales) and 4-bit
+    `exp_avg_sq` (two codes per byte, exponent-byte scales), with a NaN and an inf code,
+    widens to exactly the f32 state the library's own `expanded()` wrote beside it: the
+    converter reads the block size, code tables and widths from the file, not from a copy of
+    its own."""
+    path = str(CHECKPOINTS / "adam_compact.fused.safetensors")
+    tensors, metadata = torch_checkpoint._widened(path)
     assert metadata[torch_checkpoint.BLOCK_KEY] == "32"
-    expected = load_file(str(CHECKPOINTS / "adam_8bit.expanded.safetensors"))
+    expected = load_file(str(CHECKPOINTS / "adam_compact.expanded.safetensors"))
     state = {name for name in expected if name.startswith("state.")}
     assert state == {name for name in tensors if name.startswith("state.")}
     for name in state:
         got, want = tensors[name], expected[name]
-        assert got.dtype == want.dtype, name
-        assert torch.equal(got.view(torch.int32 if got.dtype == torch.float32 else got.dtype),
-                           want.view(torch.int32 if want.dtype == torch.float32 else want.dtype)), name
-    codes = load_file(str(CHECKPOINTS / "adam_8bit.fused.safetensors"))
-    assert codes["state.0.exp_avg"].dtype == torch.uint8
-    assert torch.isnan(tensors["state.0.exp_avg"][7]) and torch.isinf(tensors["state.0.exp_avg_sq"][7])
+        assert got.dtype == want.dtype and got.shape == want.shape, name
+        bits = torch.int32 if got.dtype == torch.float32 else got.dtype
+        assert torch.equal(got.view(bits), want.view(bits)), name
+    coded = load_file(path)
+    assert coded["state.0.exp_avg"].dtype == torch.uint8
+    assert coded["state.0.exp_avg_sq"].numel() == 51  # 101 codes, two per byte
+    assert torch.isnan(tensors["state.0.exp_avg"][7])
+    assert torch.isinf(tensors["state.0.exp_avg_sq"][7])
     assert torch.isfinite(tensors["state.0.exp_avg"][8:]).all()

@@ -119,7 +119,12 @@ mod tests {
     /// master, so updates smaller than a step are not lost.
     #[test]
     fn the_correction_is_unbiased() {
-        for master in [1.000_013_4f32, -2.5_f32.next_up(), 0.1, 700.125_f32.next_down()] {
+        for master in [
+            1.000_013_4f32,
+            -2.5_f32.next_up(),
+            0.1,
+            700.125_f32.next_down(),
+        ] {
             let draws = 4000;
             let mean: f64 = (0..draws)
                 .map(|k| {

@@ -7,6 +7,7 @@
 
 pub mod codec;
 pub mod correction;
+pub mod q4;
 pub mod q8;
 
 use std::fmt;
@@ -143,7 +144,7 @@ pub enum Rounding {
 }
 
 /// How one state slot (`exp_avg`, ...) is stored.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum StateFormat {
     /// 4 bytes per element.
     #[default]
@@ -155,84 +156,140 @@ pub enum StateFormat {
     /// zero-free fourth-root companding for those that cannot; non-finite values keep codes
     /// of their own. 1 + 2/32 bytes per element.
     Block8,
+    /// Blocks of 32 elements, one scale byte (a power of two) per block and two codes per
+    /// byte, the 8-bit code's scheme at 4 bits ([`q4`]). 0.5 + 1/32 bytes per element.
+    Block4,
 }
 
 impl StateFormat {
     /// Every state format: the registry that `Precision`'s parser, the error messages and the
     /// tests iterate.
-    pub const ALL: [StateFormat; 3] = [StateFormat::F32, StateFormat::Bf16, StateFormat::Block8];
+    pub const ALL: [StateFormat; 4] = [
+        StateFormat::F32,
+        StateFormat::Bf16,
+        StateFormat::Block8,
+        StateFormat::Block4,
+    ];
 
-    /// Bytes the state of `len` elements takes: the values (whole words), and for 8-bit
-    /// blocks the scales (two per word).
-    pub fn buffer_bytes(self, len: u64) -> u64 {
+    /// For a block format, the bits of one code and the bytes of one block's scale.
+    pub(crate) fn block_code(self) -> Option<(u64, u64)> {
         match self {
-            StateFormat::F32 => len.saturating_mul(4),
-            StateFormat::Bf16 => Dtype::Bf16.buffer_bytes(len),
-            StateFormat::Block8 => len.div_ceil(4) * 4 + Self::scale_bytes(len),
+            StateFormat::Block8 => Some((8, 2)),
+            StateFormat::Block4 => Some((4, 1)),
+            _ => None,
         }
     }
 
-    /// Bytes of the scales of an 8-bit state of `len` elements (whole words).
-    pub(crate) fn scale_bytes(len: u64) -> u64 {
-        len.div_ceil(BLOCK).div_ceil(2) * 4
+    /// Bytes the state of `len` elements takes: the values (whole words), and for block
+    /// formats the scales (whole words).
+    pub fn buffer_bytes(self, len: u64) -> u64 {
+        match (self, self.block_code()) {
+            (_, Some((bits, _))) => Self::code_bytes(bits, len) + self.scale_bytes(len),
+            (StateFormat::Bf16, _) => Dtype::Bf16.buffer_bytes(len),
+            _ => len.saturating_mul(4),
+        }
+    }
+
+    /// Bytes of `len` codes of `bits` each, in whole words.
+    pub(crate) fn code_bytes(bits: u64, len: u64) -> u64 {
+        (len * bits).div_ceil(32) * 4
+    }
+
+    /// Bytes of the scales of a block state of `len` elements (whole words); 0 for others.
+    pub(crate) fn scale_bytes(self, len: u64) -> u64 {
+        self.block_code()
+            .map_or(0, |(_, per)| (len.div_ceil(BLOCK) * per).div_ceil(4) * 4)
     }
 
     /// Bytes one step moves to read or to write the state of `len` elements: 4 or 2 per
-    /// element, or for 8-bit blocks 1 per element and 2 per block touched.
+    /// element, or for block formats their codes and the scale of each block touched.
     pub fn moved_bytes(self, len: u64) -> u64 {
-        match self {
-            StateFormat::F32 => 4 * len,
-            StateFormat::Bf16 => 2 * len,
-            StateFormat::Block8 => len + 2 * len.div_ceil(BLOCK),
+        match (self, self.block_code()) {
+            (_, Some((bits, per))) => (len * bits).div_ceil(8) + per * len.div_ceil(BLOCK),
+            (StateFormat::Bf16, _) => 2 * len,
+            _ => 4 * len,
         }
     }
 
-    /// The buffer contents of `values` in this format: the values (whole words), and for 8-bit
-    /// blocks the bf16 scale of each block of 32, blocks counted from the first value, coded
-    /// for a slot that is never negative where `non_negative`, rounded with the random points
-    /// of slot `slot` at step `step` ([`q8::random`]).
+    /// The buffer contents of `values` in this format: the values, and for block formats the
+    /// scale of each block of 32, blocks counted from the first value, each in whole words;
+    /// coded for a slot that is never negative where `non_negative`, rounded with the random
+    /// points of slot `slot` at step `step` ([`q8::random`]).
     pub fn encode(
         self,
         values: &[f32],
         non_negative: bool,
         slot: u32,
         step: u32,
-    ) -> (Vec<u8>, Vec<u16>) {
+    ) -> (Vec<u8>, Vec<u8>) {
+        let len = values.len() as u64;
         match self {
             StateFormat::F32 => (bytemuck::cast_slice(values).to_vec(), Vec::new()),
             StateFormat::Bf16 => (Dtype::Bf16.encode(values), Vec::new()),
-            StateFormat::Block8 => {
-                let mut codes = Vec::with_capacity(values.len().next_multiple_of(4));
-                let scales = values
-                    .chunks(BLOCK as usize)
-                    .enumerate()
-                    .map(|(k, block)| {
-                        let first = (k as u64 * BLOCK) as u32;
-                        let stream = q8::Stream { first, step, slot };
-                        q8::encode_block(block, non_negative, stream, &mut codes)
-                    })
-                    .collect();
-                codes.resize(values.len().next_multiple_of(4), 0);
+            StateFormat::Block8 | StateFormat::Block4 => {
+                let bits = self.block_code().map_or(8, |(bits, _)| bits);
+                let mut codes = vec![0u8; Self::code_bytes(bits, len) as usize];
+                let mut scales = vec![0u8; self.scale_bytes(len) as usize];
+                for (k, block) in values.chunks(BLOCK as usize).enumerate() {
+                    let first = (k as u64 * BLOCK) as u32;
+                    let stream = q8::Stream { first, step, slot };
+                    self.encode_block(block, non_negative, stream, &mut codes, &mut scales);
+                }
                 (codes, scales)
             }
         }
     }
 
-    /// The first `len` values of a state stored as `bytes` (and bf16 `scales`) in this
-    /// format.
-    pub fn decode(self, bytes: &[u8], scales: &[u16], len: usize, non_negative: bool) -> Vec<f32> {
-        match self {
-            StateFormat::F32 => Dtype::F32.decode(bytes, len),
-            StateFormat::Bf16 => Dtype::Bf16.decode(bytes, len),
-            StateFormat::Block8 => bytes[..len]
-                .iter()
-                .enumerate()
-                .map(|(i, &code)| {
-                    let scale = q8::scale_value(scales[i / BLOCK as usize]);
-                    q8::value(code, scale, non_negative)
-                })
-                .collect(),
+    /// Codes the new values of one block (block formats only), its first element
+    /// `stream.first`, into the codes and scales of the whole state.
+    pub(crate) fn encode_block(
+        self,
+        values: &[f32],
+        non_negative: bool,
+        stream: q8::Stream,
+        codes: &mut [u8],
+        scales: &mut [u8],
+    ) {
+        let start = stream.first as usize;
+        let block = start / BLOCK as usize;
+        let mut fresh = Vec::with_capacity(values.len());
+        if self == StateFormat::Block4 {
+            scales[block] = q4::encode_block(values, non_negative, stream, &mut fresh);
+            for (k, code) in fresh.into_iter().enumerate() {
+                let (byte, shift) = ((start + k) / 2, 4 * ((start + k) % 2));
+                codes[byte] = (codes[byte] & !(0xf << shift)) | (code << shift);
+            }
+        } else {
+            let bits = q8::encode_block(values, non_negative, stream, &mut fresh);
+            scales[2 * block..2 * block + 2].copy_from_slice(&bits.to_le_bytes());
+            codes[start..start + fresh.len()].copy_from_slice(&fresh);
         }
+    }
+
+    /// The value of element `e` of a state stored as `bytes` (and `scales`) in this format.
+    pub(crate) fn value_at(self, bytes: &[u8], scales: &[u8], e: usize, non_negative: bool) -> f32 {
+        let block = e / BLOCK as usize;
+        match self {
+            StateFormat::F32 => f32::from_le_bytes(bytes[4 * e..4 * e + 4].try_into().unwrap()),
+            StateFormat::Bf16 => {
+                codec::bf16_value(u16::from_le_bytes([bytes[2 * e], bytes[2 * e + 1]]))
+            }
+            StateFormat::Block8 => {
+                let bits = u16::from_le_bytes([scales[2 * block], scales[2 * block + 1]]);
+                q8::value(bytes[e], q8::scale_value(bits), non_negative)
+            }
+            StateFormat::Block4 => {
+                let code = (bytes[e / 2] >> (4 * (e % 2))) & 0xf;
+                q4::value(code, q4::scale_value(scales[block]), non_negative)
+            }
+        }
+    }
+
+    /// The first `len` values of a state stored as `bytes` (and `scales`) in this format.
+    pub fn decode(self, bytes: &[u8], scales: &[u8], len: usize, non_negative: bool) -> Vec<f32> {
+        (0..len)
+            .map(|e| self.value_at(bytes, scales, e, non_negative))
+            .collect()
     }
 
     /// The name `Precision`'s short form gives it (`state=8bit`).
@@ -241,6 +298,7 @@ impl StateFormat {
             StateFormat::F32 => "f32",
             StateFormat::Bf16 => "bf16",
             StateFormat::Block8 => "8bit",
+            StateFormat::Block4 => "4bit",
         }
     }
 }
@@ -304,6 +362,7 @@ impl Precision {
             "bf16,master=remainder",
             "bf16,master=remainder,state=8bit",
             "bf16,master=8bit,state=8bit",
+            "bf16,master=8bit,state=4bit",
             "bf16,state=bf16",
             "bf16,rounding=stochastic,state=bf16",
             "f16,master=f32",
@@ -539,7 +598,7 @@ mod tests {
             let precision: Precision = text.parse().unwrap();
             assert!(precision.validate(&["exp_avg"]).is_err(), "{text}");
         }
-        for text in ["f64", "bf16,master", "bf16,state=4bit"] {
+        for text in ["f64", "bf16,master", "bf16,state=2bit"] {
             assert!(text.parse::<Precision>().is_err(), "{text}");
         }
     }

@@ -91,7 +91,7 @@ pub fn reciprocal(scale: f32) -> f32 {
 
 /// The code of companded position `u` (in code steps), rounded up past `random` and at most
 /// `top`; a negative `u` takes code 0.
-fn round(u: f32, top: f32, random: f32) -> f32 {
+pub(crate) fn round(u: f32, top: f32, random: f32) -> f32 {
     let c = u.floor().clamp(0.0, top);
     if c < top && u - c > random {
         c + 1.0

@@ -73,3 +73,7 @@ fn q8_unsigned_value(code: VU, s: f32) -> V {
     let special = select(VU(0x7f800000u), VU(0x7fc00000u), code == VU(255u));
     return bitcast<V>(select(bitcast<VU>(value), special, code >= VU(254u)));
 }
+
+fn q8_scale_value(bits: u32) -> f32 {
+    return bitcast<f32>(bits << 16u);
+}

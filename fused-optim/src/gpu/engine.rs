@@ -110,15 +110,21 @@ fn storage_of(role: Role, formats: &KernelFormats, dtypes: (Dtype, Dtype)) -> St
         Role::Grads => dtype(dtypes.1),
         Role::Master => match formats.master {
             Master::Bf16Remainder => Storage::Half,
-            Master::Bf16Correction => Storage::Codes,
+            Master::Bf16Correction => Storage::Codes(8),
             _ => Storage::F32,
         },
-        Role::Slot(slot) => match formats.slots[slot] {
-            Some(StateFormat::Bf16) => Storage::Half,
-            Some(StateFormat::Block8) => Storage::Codes,
-            _ => Storage::F32,
-        },
-        Role::Scales(_) => Storage::Scales,
+        Role::Slot(slot) => {
+            let format = formats.slots[slot].unwrap_or_default();
+            match (format, format.block_code()) {
+                (_, Some((bits, _))) => Storage::Codes(bits),
+                (StateFormat::Bf16, _) => Storage::Half,
+                _ => Storage::F32,
+            }
+        }
+        Role::Scales(slot) => {
+            let format = formats.slots[slot].unwrap_or_default();
+            Storage::Scales(format)
+        }
         Role::GuardResolved | Role::GuardScalars => Storage::Whole,
     }
 }
@@ -127,8 +133,10 @@ fn storage_of(role: Role, formats: &KernelFormats, dtypes: (Dtype, Dtype)) -> St
 enum Storage {
     F32,
     Half,
-    Codes,
-    Scales,
+    /// Codes of this many bits.
+    Codes(u64),
+    /// The scales of a block format's blocks.
+    Scales(StateFormat),
     Whole,
 }
 
@@ -138,8 +146,11 @@ impl Storage {
         let (offset, size) = match self {
             Storage::F32 => (first * 4, count * 4),
             Storage::Half => (first * 2, count.div_ceil(2) * 4),
-            Storage::Codes => (first, count.div_ceil(4) * 4),
-            Storage::Scales => (first / BLOCK * 2, StateFormat::scale_bytes(count)),
+            Storage::Codes(bits) => (first * bits / 8, StateFormat::code_bytes(bits, count)),
+            Storage::Scales(format) => {
+                let per = format.block_code().map_or(0, |(_, per)| per);
+                (first / BLOCK * per, format.scale_bytes(count))
+            }
             Storage::Whole => return (0, None),
         };
         (offset, wgpu::BufferSize::new(size))
@@ -434,7 +445,7 @@ impl<R: UpdateRule> Engine<R> {
             None => Ok(Vec::new()),
         };
         let values = download(Role::Slot(slot))?;
-        let scales: Vec<u16> = bytemuck::pod_collect_to_vec(&download(Role::Scales(slot))?);
+        let scales = download(Role::Scales(slot))?;
         let non_negative = R::NON_NEGATIVE.contains(&R::STATE_SLOTS[slot]);
         Ok(format.decode(&values, &scales, len, non_negative))
     }
@@ -992,15 +1003,15 @@ pub(crate) fn initial_contents<R: UpdateRule>(
                 format.encode(&vec![initial; len as usize], non_negative, slot as u32, 0)
             }
         };
-        let size = match format {
-            StateFormat::Block8 => len.div_ceil(4) * 4,
-            _ => format.buffer_bytes(len),
+        let size = match format.block_code() {
+            Some((bits, _)) => StateFormat::code_bytes(bits, len),
+            None => format.buffer_bytes(len),
         };
         values.resize(size as usize, 0);
         contents.push((Role::Slot(slot), values));
-        if format == StateFormat::Block8 {
-            let mut scales = bytemuck::cast_slice::<u16, u8>(&scales).to_vec();
-            scales.resize(StateFormat::scale_bytes(len) as usize, 0);
+        if format.block_code().is_some() {
+            let mut scales = scales;
+            scales.resize(format.scale_bytes(len) as usize, 0);
             contents.push((Role::Scales(slot), scales));
         }
     }

@@ -34,15 +34,18 @@ pub(crate) struct KernelFormats {
 }
 
 impl KernelFormats {
-    fn has_block8(&self) -> bool {
-        self.slots.contains(&Some(StateFormat::Block8))
+    /// Whether some slot is stored in blocks (8-bit or 4-bit codes with a scale per block).
+    fn has_blocks(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|format| format.is_some_and(|f| f.block_code().is_some()))
     }
 
     /// Elements one invocation updates, and that a window's vector dispatch must cover whole
     /// so that no 16-bit pair, vec4 or 8-bit block is split between two dispatches: a block
     /// with 8-bit state, else 4.
     pub fn quantum(&self) -> u64 {
-        if self.has_block8() {
+        if self.has_blocks() {
             BLOCK
         } else {
             4
@@ -69,8 +72,10 @@ impl KernelFormats {
         if sixteen_bit {
             elements = elements.max(alignment / 2);
         }
-        if self.has_block8() {
-            elements = elements.max(alignment * BLOCK / 2);
+        for (bits, per) in self.slots.iter().flatten().filter_map(|f| f.block_code()) {
+            elements = elements
+                .max(alignment * 8 / bits)
+                .max(alignment * BLOCK / per);
         }
         elements
     }
@@ -127,7 +132,9 @@ pub(crate) fn roles(formats: &KernelFormats) -> Vec<Role> {
     }
     for (slot, format) in formats.slots.iter().enumerate() {
         match format {
-            Some(StateFormat::Block8) => roles.extend([Role::Slot(slot), Role::Scales(slot)]),
+            Some(StateFormat::Block8 | StateFormat::Block4) => {
+                roles.extend([Role::Slot(slot), Role::Scales(slot)])
+            }
             Some(_) => roles.push(Role::Slot(slot)),
             None => {}
         }
@@ -471,12 +478,18 @@ impl Generator<'_> {
                     self.v_of(&lanes)
                 }
             }
-            StateFormat::Block8 => {
+            StateFormat::Block8 | StateFormat::Block4 => {
                 self.declare(role, name, Storage::Codes);
                 let kind = match non_negative {
                     true => "unsigned",
                     false => "signed",
                 };
+                // Bits per code and bytes per scale: 8 and 2 (q8.wgsl), or 4 and 1 (q4.wgsl).
+                let (bits, per) = format.block_code().unwrap_or((8, 2));
+                let codec = if bits == 8 { "q8" } else { "q4" };
+                let scales_per_word = 4 / per;
+                let scale_width = 8 * per;
+                let scale_mask = (1u64 << scale_width) - 1;
                 let items = self.formats.items(self.lanes);
                 // A vector kernel keeps each item's new value in a variable of its own and
                 // unrolls the loops over them: an array indexed by the item would live in
@@ -512,12 +525,26 @@ impl Generator<'_> {
                 .unwrap();
                 writeln!(
                     self.begin,
-                    "    scale_{name} = bitcast<f32>(((atomicLoad(&{name}_scale[block >> 1u]) >> \
-                     ((block & 1u) * 16u)) & 0xffffu) << 16u);"
+                    "    scale_{name} = {codec}_scale_value((atomicLoad(&{name}_scale[block / \
+                     {scales_per_word}u]) >> ((block % {scales_per_word}u) * {scale_width}u)) & \
+                     {scale_mask}u);"
                 )
                 .unwrap();
-                let codes: Vec<String> = (0..width).map(|lane| self.lane("codes", lane)).collect();
-                let store = self.store_small(name, &codes, 4);
+                let store = match (self.vector(), bits) {
+                    // Four 4-bit codes are half a word, which no other invocation writes.
+                    (true, 4) => "            {\n\
+                         \x20               let shift = (i & 1u) * 16u;\n\
+                         \x20               let packed = codes.x | (codes.y << 4u) | (codes.z << 8u) | (codes.w << 12u);\n\
+                         \x20               let kept = {name}[i >> 1u] & ~(0xffffu << shift);\n\
+                         \x20               {name}[i >> 1u] = kept | (packed << shift);\n\
+                         \x20           }\n"
+                        .replace("{name}", name),
+                    _ => {
+                        let codes: Vec<String> =
+                            (0..width).map(|lane| self.lane("codes", lane)).collect();
+                        self.store_small(name, &codes, (32 / bits) as u32)
+                    }
+                };
                 let index = match self.vector() {
                     true => "VU(step.origin + i * 4u) + vec4<u32>(0u, 1u, 2u, 3u)",
                     false => "step.origin + i",
@@ -546,7 +573,7 @@ impl Generator<'_> {
                         "        if guard_live(first + {k} < step.end) {{\n\
                          \x20           let i = first + {k};\n\
                          \x20           let random = q8_random({index}, seed(), {slot}u);\n\
-                         \x20           let codes = q8_{kind}_code({value}, r, random);\n\
+                         \x20           let codes = {codec}_{kind}_code({value}, r, random);\n\
                          {store}\
                          \x20       }}\n"
                     )
@@ -556,20 +583,33 @@ impl Generator<'_> {
                     "    if guard_live(first < step.end) {{\n\
                      \x20       var m = 0.0;\n\
                      {largest}\
-                     \x20       let bits = q8_scale_bits(m);\n\
-                     \x20       let shift = (block & 1u) * 16u;\n\
-                     \x20       atomicAnd(&{name}_scale[block >> 1u], ~(0xffffu << shift));\n\
-                     \x20       atomicOr(&{name}_scale[block >> 1u], bits << shift);\n\
-                     \x20       let r = q8_reciprocal(bitcast<f32>(bits << 16u));\n\
+                     \x20       let bits = {codec}_scale_bits(m);\n\
+                     \x20       let word = block / {scales_per_word}u;\n\
+                     \x20       let shift = (block % {scales_per_word}u) * {scale_width}u;\n\
+                     \x20       atomicAnd(&{name}_scale[word], ~({scale_mask}u << shift));\n\
+                     \x20       atomicOr(&{name}_scale[word], bits << shift);\n\
+                     \x20       let r = q8_reciprocal({codec}_scale_value(bits));\n\
                      {coded}\
                      \x20   }}\n"
                 )
                 .unwrap();
-                let codes = match self.vector() {
-                    true => format!("(VU({name}[i]) >> vec4<u32>(0u, 8u, 16u, 24u)) & VU(0xffu)"),
-                    false => format!("({name}[i >> 2u] >> ((i & 3u) * 8u)) & 0xffu"),
+                let mask = (1u64 << bits) - 1;
+                let codes = match (self.vector(), bits) {
+                    (true, 8) => {
+                        format!("(VU({name}[i]) >> vec4<u32>(0u, 8u, 16u, 24u)) & VU(0xffu)")
+                    }
+                    (true, _) => format!(
+                        "(VU({name}[i >> 1u] >> ((i & 1u) * 16u)) >> vec4<u32>(0u, 4u, 8u, 12u)) & \
+                         VU(0xfu)"
+                    ),
+                    (false, _) => {
+                        let per_word = 32 / bits;
+                        format!(
+                            "({name}[i / {per_word}u] >> ((i % {per_word}u) * {bits}u)) & {mask}u"
+                        )
+                    }
                 };
-                format!("q8_{kind}_value({codes}, scale_{name})")
+                format!("{codec}_{kind}_value({codes}, scale_{name})")
             }
         };
         writeln!(self.out, "fn load_{name}(i: u32) -> V {{ return {load}; }}").unwrap();

@@ -21,10 +21,12 @@ pub const PRELUDE: &str = include_str!("prelude.wgsl");
 /// Source of the 16-bit storage formats' codecs, ahead of the prelude in every rule's kernel.
 pub const CODEC: &str = include_str!("../format/codec.wgsl");
 
-/// Source of the 8-bit block code and the 8-bit master correction, after [`CODEC`] in every
-/// rule's kernel.
+/// Source of the 8-bit and 4-bit block codes and the 8-bit master correction, after
+/// [`CODEC`] in every rule's kernel.
 const Q8: &str = concat!(
     include_str!("../format/q8.wgsl"),
+    "\n",
+    include_str!("../format/q4.wgsl"),
     "\n",
     include_str!("../format/correction.wgsl")
 );

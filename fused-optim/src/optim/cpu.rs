@@ -29,8 +29,8 @@ struct StoredSlot {
     format: StateFormat,
     non_negative: bool,
     values: Vec<u8>,
-    /// The bf16 scale of each 8-bit block.
-    scales: Vec<u16>,
+    /// The scales of a block format's blocks, as its buffer holds them.
+    scales: Vec<u8>,
 }
 
 /// The CPU twin of [`Optimizer`](crate::Optimizer): the same rule, step count, storage formats
@@ -140,8 +140,9 @@ impl<R: UpdateRule> CpuOptimizer<R> {
     }
 
     /// A state by PyTorch name as its GPU buffers hold it: the values' bytes (8-bit codes,
-    /// 16-bit pairs, f32) and, for 8-bit state, each block's bf16 scale.
-    pub fn state_bytes(&self, name: &str) -> Result<(Vec<u8>, Vec<u16>)> {
+    /// 16-bit pairs, f32) and, for block state, its blocks' scales (bf16 for 8-bit codes, an
+    /// exponent byte for 4-bit ones).
+    pub fn state_bytes(&self, name: &str) -> Result<(Vec<u8>, Vec<u8>)> {
         match find_state(&self.rule, name)? {
             StateRef::Slot(slot) => {
                 let stored = self.state[slot].as_ref().expect("a kept slot is stored");
@@ -331,18 +332,12 @@ impl<R: UpdateRule> CpuOptimizer<R> {
 impl StoredSlot {
     /// Element `e`'s value, decoded.
     fn load(&self, e: usize) -> f32 {
-        match self.format {
-            StateFormat::F32 => f32_at(&self.values, e),
-            StateFormat::Bf16 => Dtype::Bf16.value(half_at(&self.values, e)),
-            StateFormat::Block8 => {
-                let scale = q8::scale_value(self.scales[e / BLOCK as usize]);
-                q8::value(self.values[e], scale, self.non_negative)
-            }
-        }
+        self.format
+            .value_at(&self.values, &self.scales, e, self.non_negative)
     }
 
     /// Stores the new values of one block, of the elements from `stream.first`, rounding
-    /// 8-bit codes with `stream`'s random points.
+    /// block codes with `stream`'s random points.
     fn store(&mut self, stream: q8::Stream, values: &[f32]) {
         let start = stream.first as usize;
         match self.format {
@@ -355,12 +350,13 @@ impl StoredSlot {
                     set_half(&mut self.values, start + k, Dtype::Bf16.nearest(value));
                 }
             }
-            StateFormat::Block8 => {
-                let mut codes = Vec::with_capacity(values.len());
-                self.scales[start / BLOCK as usize] =
-                    q8::encode_block(values, self.non_negative, stream, &mut codes);
-                self.values[start..start + codes.len()].copy_from_slice(&codes);
-            }
+            format => format.encode_block(
+                values,
+                self.non_negative,
+                stream,
+                &mut self.values,
+                &mut self.scales,
+            ),
         }
     }
 }

@@ -14,7 +14,7 @@ use crate::checkpoint::{
     QMAP_PREFIX, VERSION_KEY,
 };
 use crate::error::{Error, Result};
-use crate::format::{q8, Dtype, Master, StateFormat, BLOCK};
+use crate::format::{q4, q8, Dtype, Master, StateFormat, BLOCK};
 use crate::gpu::callbacks::Callbacks;
 use crate::gpu::glue::Role;
 use crate::gpu::GpuContext;
@@ -58,6 +58,8 @@ struct Stored {
     suffix: String,
     role: Role,
     dtype: TensorDtype,
+    /// Elements per stored value: 2 for 4-bit codes (two per byte), else 1.
+    packed: u64,
 }
 
 impl Stored {
@@ -69,7 +71,7 @@ impl Stored {
                 offset / BLOCK,
                 (offset + len).div_ceil(BLOCK) - offset / BLOCK,
             ),
-            _ => (offset, len),
+            _ => (offset / self.packed, len.div_ceil(self.packed)),
         };
         let bytes = self.dtype.bytes();
         let start = first as usize * bytes;
@@ -243,71 +245,97 @@ impl<R: UpdateRule> Engine<R> {
     fn stored(&self, group: usize) -> Vec<Stored> {
         let formats = &self.formats[group];
         let mut stored = Vec::new();
-        let mut push = |suffix: String, role, dtype| {
+        let mut push = |suffix: String, role, dtype, packed| {
             stored.push(Stored {
                 suffix,
                 role,
                 dtype,
+                packed,
             })
         };
         match formats.master {
             Master::None => {}
-            Master::F32 => push("master".into(), Role::Master, TensorDtype::F32),
+            Master::F32 => push("master".into(), Role::Master, TensorDtype::F32, 1),
             Master::Bf16Remainder => {
-                push("master_remainder".into(), Role::Master, TensorDtype::U16)
+                push("master_remainder".into(), Role::Master, TensorDtype::U16, 1)
             }
             Master::Bf16Correction => {
-                push("master_correction".into(), Role::Master, TensorDtype::U8)
+                push("master_correction".into(), Role::Master, TensorDtype::U8, 1)
             }
         }
         for (slot, format) in formats.slots.iter().enumerate() {
             let Some(format) = format else { continue };
             let name = R::STATE_SLOTS[slot].to_owned();
-            let dtype = match format {
-                StateFormat::F32 => TensorDtype::F32,
-                StateFormat::Bf16 => TensorDtype::Bf16,
-                StateFormat::Block8 => TensorDtype::U8,
+            let (dtype, packed) = match format {
+                StateFormat::F32 => (TensorDtype::F32, 1),
+                StateFormat::Bf16 => (TensorDtype::Bf16, 1),
+                StateFormat::Block8 => (TensorDtype::U8, 1),
+                StateFormat::Block4 => (TensorDtype::U8, 2),
             };
-            if *format == StateFormat::Block8 {
-                push(
+            // Scales: bf16 for 8-bit codes, an exponent byte for 4-bit ones.
+            match format {
+                StateFormat::Block8 => push(
                     format!("{name}.scale"),
                     Role::Scales(slot),
                     TensorDtype::Bf16,
-                );
+                    1,
+                ),
+                StateFormat::Block4 => push(
+                    format!("{name}.scale"),
+                    Role::Scales(slot),
+                    TensorDtype::U8,
+                    1,
+                ),
+                _ => {}
             }
-            push(name, Role::Slot(slot), dtype);
+            push(name, Role::Slot(slot), dtype, packed);
         }
         stored
     }
 
-    /// The slots some group keeps in 8 bits, each with its map's kind (`signed` or
-    /// `unsigned`).
+    /// The slots some group keeps in blocks, each with its code's kind (`signed` or
+    /// `unsigned`, the rule's, whatever the width).
     fn coded_slots(&self) -> BTreeMap<&'static str, &'static str> {
-        let mut coded = BTreeMap::new();
-        for formats in &self.formats {
-            for (slot, format) in formats.slots.iter().enumerate() {
-                if *format == Some(StateFormat::Block8) {
-                    let kind = match Self::non_negative(slot) {
-                        true => "unsigned",
-                        false => "signed",
-                    };
-                    coded.insert(R::STATE_SLOTS[slot], kind);
-                }
-            }
-        }
-        coded
+        self.block_formats()
+            .into_iter()
+            .map(|(slot, _)| {
+                let kind = match Self::non_negative(slot) {
+                    true => "unsigned",
+                    false => "signed",
+                };
+                (R::STATE_SLOTS[slot], kind)
+            })
+            .collect()
     }
 
-    /// The code tables of the 8-bit slots' kinds (each code's value in a block of scale 1),
-    /// by their tensor names.
-    fn used_tables(&self) -> BTreeMap<String, [f32; 256]> {
-        self.coded_slots()
-            .into_values()
-            .map(|kind| {
-                (
-                    format!("{QMAP_PREFIX}{kind}"),
-                    q8::table(kind == "unsigned"),
-                )
+    /// Every (slot, block format) some group keeps.
+    fn block_formats(&self) -> BTreeSet<(usize, StateFormat)> {
+        self.formats
+            .iter()
+            .flat_map(|formats| formats.slots.iter().enumerate())
+            .filter_map(|(slot, format)| format.map(|f| (slot, f)))
+            .filter(|(_, format)| format.block_code().is_some())
+            .collect()
+    }
+
+    /// The code tables of the block slots' kinds and widths (each code's value in a block of
+    /// scale 1), by their tensor names: `<kind>` for 8-bit codes, `<kind>4` for 4-bit ones.
+    fn used_tables(&self) -> BTreeMap<String, Vec<f32>> {
+        self.block_formats()
+            .into_iter()
+            .map(|(slot, format)| {
+                let non_negative = Self::non_negative(slot);
+                let kind = if non_negative { "unsigned" } else { "signed" };
+                match format {
+                    StateFormat::Block4 => (
+                        format!("{QMAP_PREFIX}{kind}4"),
+                        q4::table(non_negative).to_vec(),
+                    ),
+                    _ => (
+                        format!("{QMAP_PREFIX}{kind}"),
+                        q8::table(non_negative).to_vec(),
+                    ),
+                }
             })
             .collect()
     }
@@ -584,7 +612,7 @@ impl<R: UpdateRule> Engine<R> {
             )));
         }
         for (name, table) in tables {
-            let data = checkpoint.tensor(&name, TensorDtype::F32, &[256])?;
+            let data = checkpoint.tensor(&name, TensorDtype::F32, &[table.len()])?;
             if data != bytemuck::cast_slice::<f32, u8>(&table) {
                 return Err(mismatch(format!(
                     "`{name}` is not this library's 8-bit code table"
@@ -615,7 +643,7 @@ impl<R: UpdateRule> Engine<R> {
                 };
                 check_values(&name, stored.dtype, data, non_negative)?;
                 if matches!(stored.role, Role::Scales(_)) {
-                    check_finite(&name, data)?;
+                    check_finite(&name, stored.dtype, data)?;
                 }
                 let (_, buffer) = contents[tensor.span]
                     .iter_mut()
@@ -811,14 +839,15 @@ fn check_values(name: &str, dtype: TensorDtype, data: &[u8], non_negative: bool)
     Ok(())
 }
 
-/// Refuses bf16 scales that are not finite: the library never writes one, and one would make
-/// its whole block non-finite.
-fn check_finite(name: &str, data: &[u8]) -> Result<()> {
-    let finite = data.chunks_exact(2).all(|b| {
-        Dtype::Bf16
-            .value(u16::from_le_bytes([b[0], b[1]]))
-            .is_finite()
-    });
+/// Refuses block scales that are not finite (bf16, or exponent bytes, 255 being infinite):
+/// the library never writes one, and one would make its whole block non-finite.
+fn check_finite(name: &str, dtype: TensorDtype, data: &[u8]) -> Result<()> {
+    let finite = match dtype {
+        TensorDtype::Bf16 => data
+            .chunks_exact(2)
+            .all(|b| Dtype::Bf16.value(u16::from_le_bytes([b[0], b[1]])).is_finite()),
+        _ => data.iter().all(|&exponent| exponent < 0xff),
+    };
     match finite {
         true => Ok(()),
         false => Err(Error::CorruptCheckpoint {
