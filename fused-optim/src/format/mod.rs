@@ -5,6 +5,7 @@
 //! for 8-bit blocks). This layer is plain data, integer/f32 arithmetic and WGSL text: no GPU
 //! and no particular rule.
 
+pub mod block;
 pub mod codec;
 pub mod correction;
 pub mod q4;
@@ -16,7 +17,7 @@ use std::str::FromStr;
 use crate::error::{Error, Result};
 
 /// Elements in one block of 8-bit state: one bf16 scale per block.
-pub const BLOCK: u64 = q8::BLOCK;
+pub const BLOCK: u64 = block::BLOCK;
 
 /// How a caller's params or grads buffer stores each element. 16-bit formats pack two
 /// elements per `u32`, element `2k` in the low half: a buffer of `len` elements is
@@ -171,6 +172,16 @@ impl StateFormat {
         StateFormat::Block4,
     ];
 
+    /// For a block format, its code and the prefix of its scale's WGSL functions
+    /// (`q8_scale_bits`, ...).
+    pub(crate) fn block(self) -> Option<(block::Code, &'static str)> {
+        match self {
+            StateFormat::Block8 => Some((q8::CODE, "q8")),
+            StateFormat::Block4 => Some((q4::CODE, "q4")),
+            _ => None,
+        }
+    }
+
     /// For a block format, the bits of one code and the bytes of one block's scale.
     pub(crate) fn block_code(self) -> Option<(u64, u64)> {
         match self {
@@ -214,7 +225,7 @@ impl StateFormat {
     /// The buffer contents of `values` in this format: the values, and for block formats the
     /// scale of each block of 32, blocks counted from the first value, each in whole words;
     /// coded for a slot that is never negative where `non_negative`, rounded with the random
-    /// points of slot `slot` at step `step` ([`q8::random`]).
+    /// points of slot `slot` at step `step` ([`block::random`]).
     pub fn encode(
         self,
         values: &[f32],
@@ -232,7 +243,7 @@ impl StateFormat {
                 let mut scales = vec![0u8; self.scale_bytes(len) as usize];
                 for (k, block) in values.chunks(BLOCK as usize).enumerate() {
                     let first = (k as u64 * BLOCK) as u32;
-                    let stream = q8::Stream { first, step, slot };
+                    let stream = block::Stream { first, step, slot };
                     self.encode_block(block, non_negative, stream, &mut codes, &mut scales);
                 }
                 (codes, scales)
@@ -246,7 +257,7 @@ impl StateFormat {
         self,
         values: &[f32],
         non_negative: bool,
-        stream: q8::Stream,
+        stream: block::Stream,
         codes: &mut [u8],
         scales: &mut [u8],
     ) {
@@ -276,11 +287,11 @@ impl StateFormat {
             }
             StateFormat::Block8 => {
                 let bits = u16::from_le_bytes([scales[2 * block], scales[2 * block + 1]]);
-                q8::value(bytes[e], q8::scale_value(bits), non_negative)
+                q8::CODE.value(bytes[e], q8::scale_value(bits), non_negative)
             }
             StateFormat::Block4 => {
                 let code = (bytes[e / 2] >> (4 * (e % 2))) & 0xf;
-                q4::value(code, q4::scale_value(scales[block]), non_negative)
+                q4::CODE.value(code, q4::scale_value(scales[block]), non_negative)
             }
         }
     }

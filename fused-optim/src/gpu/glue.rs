@@ -486,7 +486,12 @@ impl Generator<'_> {
                 };
                 // Bits per code and bytes per scale: 8 and 2 (q8.wgsl), or 4 and 1 (q4.wgsl).
                 let (bits, per) = format.block_code().unwrap_or((8, 2));
-                let codec = if bits == 8 { "q8" } else { "q4" };
+                let (code, codec) = format.block().unwrap_or((crate::format::q8::CODE, "q8"));
+                let step = match non_negative {
+                    true => code.unsigned_step,
+                    false => code.signed_step,
+                };
+                let step = format!("bitcast<f32>({:#010x}u)", step.to_bits());
                 let scales_per_word = 4 / per;
                 let scale_width = 8 * per;
                 let scale_mask = (1u64 << scale_width) - 1;
@@ -565,15 +570,15 @@ impl Generator<'_> {
                 let largest = every(&|value, k| {
                     format!(
                         "        if guard_live(first + {k} < step.end) {{ \
-                         m = max(m, lanes_max(q8_magnitude({value}))); }}\n"
+                         m = max(m, lanes_max(block_magnitude({value}))); }}\n"
                     )
                 });
                 let coded = every(&|value, k| {
                     format!(
                         "        if guard_live(first + {k} < step.end) {{\n\
                          \x20           let i = first + {k};\n\
-                         \x20           let random = q8_random({index}, seed(), {slot}u);\n\
-                         \x20           let codes = {codec}_{kind}_code({value}, r, random);\n\
+                         \x20           let random = block_random({index}, seed(), {slot}u);\n\
+                         \x20           let codes = block_{kind}_code({value}, r, random, {bits}u);\n\
                          {store}\
                          \x20       }}\n"
                     )
@@ -588,7 +593,7 @@ impl Generator<'_> {
                      \x20       let shift = (block % {scales_per_word}u) * {scale_width}u;\n\
                      \x20       atomicAnd(&{name}_scale[word], ~({scale_mask}u << shift));\n\
                      \x20       atomicOr(&{name}_scale[word], bits << shift);\n\
-                     \x20       let r = q8_reciprocal({codec}_scale_value(bits));\n\
+                     \x20       let r = block_reciprocal({codec}_scale_value(bits));\n\
                      {coded}\
                      \x20   }}\n"
                 )
@@ -609,7 +614,7 @@ impl Generator<'_> {
                         )
                     }
                 };
-                format!("{codec}_{kind}_value({codes}, scale_{name})")
+                format!("block_{kind}_value({codes}, scale_{name}, {bits}u, {step})")
             }
         };
         writeln!(self.out, "fn load_{name}(i: u32) -> V {{ return {load}; }}").unwrap();

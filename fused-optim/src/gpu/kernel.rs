@@ -21,9 +21,11 @@ pub const PRELUDE: &str = include_str!("prelude.wgsl");
 /// Source of the 16-bit storage formats' codecs, ahead of the prelude in every rule's kernel.
 pub const CODEC: &str = include_str!("../format/codec.wgsl");
 
-/// Source of the 8-bit and 4-bit block codes and the 8-bit master correction, after
-/// [`CODEC`] in every rule's kernel.
-const Q8: &str = concat!(
+/// Source of the block formats (their shared codes, then the 8-bit and 4-bit scales) and the
+/// 8-bit master correction, after [`CODEC`] in every rule's kernel.
+const COMPACT: &str = concat!(
+    include_str!("../format/block.wgsl"),
+    "\n",
     include_str!("../format/q8.wgsl"),
     "\n",
     include_str!("../format/q4.wgsl"),
@@ -90,7 +92,7 @@ pub(crate) fn kernel_source<R: UpdateRule>(
         true => assemble(R::SHADER, lanes, values),
         false => assemble(
             &format!(
-                "{CODEC}\n{Q8}\n{}\n{PRELUDE}\n{}",
+                "{CODEC}\n{COMPACT}\n{}\n{PRELUDE}\n{}",
                 accessors(&slot_signs::<R>(), formats, lanes),
                 R::SHADER
             ),

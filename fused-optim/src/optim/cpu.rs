@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::format::{
-    codec, correction, q8, Dtype, Master, Precision, Rounding, StateFormat, BLOCK,
+    block, codec, correction, Dtype, Master, Precision, Rounding, StateFormat, BLOCK,
 };
 use crate::guard::GradStep;
 use crate::rule::{
@@ -313,7 +313,7 @@ impl<R: UpdateRule> CpuOptimizer<R> {
             }
             for (index, (slot, fresh)) in self.state.iter_mut().zip(&mut fresh).enumerate() {
                 if let Some(slot) = slot {
-                    let stream = q8::Stream {
+                    let stream = block::Stream {
                         first: start as u32,
                         step: t as u32,
                         slot: index as u32,
@@ -338,7 +338,7 @@ impl StoredSlot {
 
     /// Stores the new values of one block, of the elements from `stream.first`, rounding
     /// block codes with `stream`'s random points.
-    fn store(&mut self, stream: q8::Stream, values: &[f32]) {
+    fn store(&mut self, stream: block::Stream, values: &[f32]) {
         let start = stream.first as usize;
         match self.format {
             StateFormat::F32 => {

@@ -329,12 +329,9 @@ impl<R: UpdateRule> Engine<R> {
                 match format {
                     StateFormat::Block4 => (
                         format!("{QMAP_PREFIX}{kind}4"),
-                        q4::table(non_negative).to_vec(),
+                        q4::CODE.table(non_negative),
                     ),
-                    _ => (
-                        format!("{QMAP_PREFIX}{kind}"),
-                        q8::table(non_negative).to_vec(),
-                    ),
+                    _ => (format!("{QMAP_PREFIX}{kind}"), q8::CODE.table(non_negative)),
                 }
             })
             .collect()
@@ -843,9 +840,11 @@ fn check_values(name: &str, dtype: TensorDtype, data: &[u8], non_negative: bool)
 /// the library never writes one, and one would make its whole block non-finite.
 fn check_finite(name: &str, dtype: TensorDtype, data: &[u8]) -> Result<()> {
     let finite = match dtype {
-        TensorDtype::Bf16 => data
-            .chunks_exact(2)
-            .all(|b| Dtype::Bf16.value(u16::from_le_bytes([b[0], b[1]])).is_finite()),
+        TensorDtype::Bf16 => data.chunks_exact(2).all(|b| {
+            Dtype::Bf16
+                .value(u16::from_le_bytes([b[0], b[1]]))
+                .is_finite()
+        }),
         _ => data.iter().all(|&exponent| exponent < 0xff),
     };
     match finite {
