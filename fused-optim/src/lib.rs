@@ -4,9 +4,10 @@
 //! dispatch, with no readback and no host wait. Every kernel has a CPU twin
 //! ([`CpuOptimizer`]) that performs the same f32 operations, and the tests hold them together.
 //!
-//! Params and grads may be bf16 or f16, with an f32 or a 16-bit-remainder master, and state
-//! f32, bf16 or 8-bit block-wise, per parameter group ([`Precision`]); the rule's arithmetic is
-//! f32 between a load and a store the shared prelude does for every format.
+//! Params and grads may be bf16 or f16, with an f32 master, a 16-bit remainder or an 8-bit
+//! correction, and state f32, bf16, or 8-bit or 4-bit block-wise, per parameter group
+//! ([`Precision`]); the rule's arithmetic is f32 between a load and a store the shared prelude
+//! does for every format.
 //!
 //! The modules are the layers, each depending only on those before it:
 //! - [`format`](mod@format): storage formats, their bytes and the CPU twins of their codecs; no GPU.

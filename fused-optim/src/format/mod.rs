@@ -514,8 +514,9 @@ impl FromStr for Precision {
 
     /// Reads `PARAMS[,key=value...]`: `PARAMS` is `f32`, `bf16` or `f16` (the grads default to
     /// the same), then any of `grads=f32|bf16|f16`, `master=none|f32|remainder|8bit`,
-    /// `rounding=nearest|stochastic`, `state=f32|bf16|8bit`, and `SLOT=f32|bf16|8bit` for one
-    /// state slot by name. E.g. `bf16,master=remainder,state=8bit`.
+    /// `rounding=nearest|stochastic`, `state=f32|bf16|8bit|4bit`, and `SLOT=f32|bf16|8bit|4bit`
+    /// for one state slot by name. E.g. `bf16,master=remainder,state=8bit` or
+    /// `bf16,master=8bit,state=8bit,exp_avg_sq=4bit`.
     fn from_str(text: &str) -> Result<Self> {
         let bad = |reason: String| Error::InvalidPrecision { reason };
         let dtype = |value: &str| match value {
