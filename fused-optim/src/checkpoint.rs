@@ -1,7 +1,7 @@
 //! Checkpoints: an optimizer's state as named host tensors plus string metadata, and its file
 //! form, a safetensors file written crash-safely. Names follow PyTorch's flattened optimizer
 //! state dict (`state.<tensor>.exp_avg`, `state.<tensor>.step`, ...); what PyTorch has no name
-//! for is under `fused_optim.` (the master weights, 8-bit absmax, the grad guard's status).
+//! for is under `fused_optim.` (the code tables of block state, the grad guard's status).
 //! Plain data and files: no GPU. The optimizers make and restore checkpoints
 //! (`Optimizer::checkpoint`, `Optimizer::restore`).
 
@@ -309,10 +309,11 @@ impl Checkpoint {
     }
 
     /// The checkpoint with every compact state in f32, for export to frameworks that know no
-    /// 8-bit or bf16 state: 8-bit codes decoded with their block's absmax and their slot's
-    /// map, bf16 state widened, and each group's precision rewritten to f32 state, so it
-    /// restores into an optimizer built with f32 state. The master, `step` and the rest are
-    /// unchanged. A checkpoint whose codes lack their absmax or map is `CorruptCheckpoint`.
+    /// 8-bit, 4-bit or bf16 state: block codes decoded with their block's scale and their
+    /// slot's code table, bf16 state widened, and each group's precision rewritten to f32
+    /// state, so it restores into an optimizer built with f32 state. The master (a correction
+    /// byte included), `step` and the rest are unchanged. A checkpoint whose codes lack their
+    /// scales or table is `CorruptCheckpoint`.
     pub fn expanded(&self) -> Result<Checkpoint> {
         let mut expanded = self.clone();
         for (name, tensor) in &self.tensors {

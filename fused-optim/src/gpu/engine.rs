@@ -505,7 +505,7 @@ impl<R: UpdateRule> Engine<R> {
         }))
     }
 
-    /// Bytes of GPU memory allocated: the master and state buffers, the quantization maps,
+    /// Bytes of GPU memory allocated: the master and state buffers (block scales included),
     /// the values' uniform, the guard's buffers and the copies kept from the last checkpoint,
     /// each buffer counted once.
     pub fn state_bytes(&self) -> u64 {

@@ -74,8 +74,8 @@ macro_rules! engine_accessors {
             crate::rule::state_names(&self.engine.groups)
         }
 
-        /// Bytes of GPU memory this optimizer allocated: its state buffers (and master
-        /// weights, quantization maps), the grad guard's buffers where it has one, the copies
+        /// Bytes of GPU memory this optimizer allocated: its state buffers (with their block
+        /// scales) and master weights, the grad guard's buffers where it has one, the copies
         /// kept from the last checkpoint, and, on adapters without immediates, one uniform
         /// slot per dispatch for the step's values.
         /// Params and grads are the caller's.
@@ -92,8 +92,8 @@ macro_rules! engine_accessors {
 
         /// The state as a [`Checkpoint`](crate::Checkpoint), named as PyTorch's flattened
         /// optimizer state dict (`state.<tensor>.exp_avg`, `state.<tensor>.step`, ...; see
-        /// the type's doc for the tensor names): every slot in its stored format (8-bit codes
-        /// with their absmax and map), the master, `step`, the grad guard's status, and the
+        /// the type's doc for the tensor names): every slot in its stored format (8-bit or
+        /// 4-bit codes with their block scales and code tables), the master, `step`, the grad guard's status, and the
         /// hyperparameters, formats and tensors in the metadata. Params are the caller's: save
         /// them with the model. Waits for the GPU; [`Self::record_checkpoint`] does not.
         pub fn checkpoint(&self) -> crate::Result<crate::Checkpoint> {
