@@ -172,23 +172,19 @@ impl StateFormat {
         StateFormat::Block4,
     ];
 
-    /// For a block format, its code and the prefix of its scale's WGSL functions
-    /// (`q8_scale_bits`, ...).
-    pub(crate) fn block(self) -> Option<(block::Code, &'static str)> {
+    /// For a block format: its code, the bytes of one block's scale and the prefix of its
+    /// scale's WGSL functions (`q8_scale_bits`, ...).
+    pub(crate) fn block(self) -> Option<(block::Code, u64, &'static str)> {
         match self {
-            StateFormat::Block8 => Some((q8::CODE, "q8")),
-            StateFormat::Block4 => Some((q4::CODE, "q4")),
+            StateFormat::Block8 => Some((q8::CODE, 2, "q8")),
+            StateFormat::Block4 => Some((q4::CODE, 1, "q4")),
             _ => None,
         }
     }
 
     /// For a block format, the bits of one code and the bytes of one block's scale.
     pub(crate) fn block_code(self) -> Option<(u64, u64)> {
-        match self {
-            StateFormat::Block8 => Some((8, 2)),
-            StateFormat::Block4 => Some((4, 1)),
-            _ => None,
-        }
+        self.block().map(|(code, per, _)| (code.bits as u64, per))
     }
 
     /// Bytes the state of `len` elements takes: the values (whole words), and for block

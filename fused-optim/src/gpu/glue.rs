@@ -484,9 +484,9 @@ impl Generator<'_> {
                     true => "unsigned",
                     false => "signed",
                 };
-                // Bits per code and bytes per scale: 8 and 2 (q8.wgsl), or 4 and 1 (q4.wgsl).
-                let (bits, per) = format.block_code().unwrap_or((8, 2));
-                let (code, codec) = format.block().unwrap_or((crate::format::q8::CODE, "q8"));
+                // The code, and the bytes per scale: 2 (q8.wgsl) or 1 (q4.wgsl).
+                let (code, per, codec) = format.block().expect("a block format");
+                let bits = code.bits as u64;
                 let step = match non_negative {
                     true => code.unsigned_step,
                     false => code.signed_step,
