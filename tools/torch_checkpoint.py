@@ -64,6 +64,7 @@ from safetensors.torch import load_file, safe_open, save_file
 
 FORMAT_VERSION = "1"
 PARAM_PREFIX = "fused_optim.param."
+GROUP_PREFIX = "fused_optim.group."
 QMAP_PREFIX = "fused_optim.qmap."
 # The metadata key of the elements per 8-bit block; files without it (older ones) have blocks
 # of 256 with an f32 `.absmax` per block in place of the bf16 `.scale`.
@@ -343,8 +344,35 @@ def state_dict_to_fused(state_dict, params, torch_class, step=None):
     return tensors, metadata
 
 
+def _layout(metadata, tensor, slot, scales):
+    """The code bits and scale shift of the block-coded `state.<tensor>.<slot>`, from its
+    group's layout key (the library's declaration of its format); files written before those
+    keys had bf16 scales with 8-bit codes and exponent bytes with 4-bit ones."""
+    group = metadata[PARAM_PREFIX + tensor].split(":")[0]
+    text = metadata.get(f"{GROUP_PREFIX}{group}.layout.{slot}")
+    if text is None:
+        return (4, 23) if scales.dtype == torch.uint8 else (8, 16)
+    fields = dict(part.split("=", 1) for part in text.split(","))
+    return int(fields["code_bits"]), int(fields["scale_shift"])
+
+
+def _scale_values(scales, shift):
+    """Each block's scale: the f32 whose bits are the scale's (little-endian bytes) shifted
+    left by `shift`."""
+    width = scales.element_size()
+    raw = scales.contiguous().view(torch.uint8).reshape(-1, width).to(torch.int32)
+    bits = sum(raw[:, k] << (8 * k) for k in range(width))
+    return (bits << shift).view(torch.float32)
+
+
+def _is_scale(tensors, name, scale_suffix):
+    """Whether `name` holds the block scales of a tensor of codes (decoded with them)."""
+    codes = tensors.get(name[:-len(scale_suffix)]) if name.endswith(scale_suffix) else None
+    return codes is not None and codes.dtype == torch.uint8
+
+
 def _widened(path):
-    """The checkpoint's tensors with 8-bit codes and bf16 state widened to f32."""
+    """The checkpoint's tensors with block codes and bf16 state widened to f32."""
     tensors = load_file(path)
     with safe_open(path, "pt") as f:
         metadata = f.metadata()
@@ -356,24 +384,28 @@ def _widened(path):
         scales = tensors.get(name + scale_suffix)
         if name.startswith("state.") and tensors[name].dtype == torch.uint8 and scales is not None:
             # Element i is table[code] * scale[i // block], or table[code] itself where that
-            # is NaN or inf (the library's README, "The file"). 8-bit codes have bf16 scales;
-            # 4-bit codes, two per byte (element 2k in the low nibble), have exponent bytes.
+            # is NaN or inf (the library's README, "The file"); codes of `bits` bits sit
+            # little end first in each byte.
             tensor, slot = name[len("state."):].rsplit(".", 1)
             kind = metadata[QMAP_PREFIX + slot]
-            codes = tensors[name].long()
-            if scales.dtype == torch.uint8:
-                elements = int(metadata[PARAM_PREFIX + tensor].split(":")[2])
-                codes = torch.stack([codes & 0xF, codes >> 4], dim=1).flatten()[:elements]
-                table = tensors[QMAP_PREFIX + kind + "4"]
-                scales = (scales.to(torch.int32) << 23).view(torch.float32)
+            if scale_suffix == ".absmax":
+                bits, scales = 8, scales.float()
             else:
-                table = tensors[QMAP_PREFIX + kind]
+                bits, shift = _layout(metadata, tensor, slot, scales)
+                scales = _scale_values(scales, shift)
+            codes = tensors[name].long()
+            if bits < 8:
+                elements = int(metadata[PARAM_PREFIX + tensor].split(":")[2])
+                codes = torch.stack([(codes >> (bits * k)) & ((1 << bits) - 1)
+                                     for k in range(8 // bits)], dim=1).flatten()[:elements]
+            table = tensors[QMAP_PREFIX + kind + ("" if bits == 8 else str(bits))]
             values = table[codes]
             blocks = torch.arange(values.numel()) // block
-            scaled = values * scales.float()[blocks]
+            scaled = values * scales[blocks]
             tensors[name] = torch.where(torch.isfinite(values), scaled, values)
             del tensors[name + scale_suffix]
-        elif name.startswith("state.") and tensors[name].dtype == torch.bfloat16:
+        elif (name.startswith("state.") and tensors[name].dtype in (torch.bfloat16, torch.float16)
+              and not _is_scale(tensors, name, scale_suffix)):
             tensors[name] = tensors[name].float()
     return tensors, metadata
 

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use safetensors::tensor::{Dtype as FileDtype, SafeTensors, TensorView};
 
 use crate::error::{Error, Result};
+use crate::format::block::BlockFormat;
 use crate::format::{Dtype, Precision, StateFormat};
 
 /// The version of the layout this library writes; files of a newer version are refused.
@@ -69,6 +70,56 @@ pub(crate) fn places(metadata: &BTreeMap<String, String>) -> Result<BTreeMap<Str
 /// [`BLOCK_KEY`]), or `table[code]` itself where that is not finite (NaN, +inf).
 pub const QMAP_PREFIX: &str = "fused_optim.qmap.";
 
+/// The metadata key of the layout of group `group`'s block-coded slot `slot`:
+/// `fused_optim.group.<group>.layout.<slot>` = `code_bits=<bits>,scale_shift=<shift>`, so
+/// that other tools unpack codes of `bits` bits (little end first in each byte) and take each
+/// block's scale as the f32 of its bits shifted left by `shift` (16: bf16 scales, 23:
+/// exponent bytes), with no table of formats of their own.
+pub fn layout_key(group: usize, slot: &str) -> String {
+    format!("fused_optim.group.{group}.layout.{slot}")
+}
+
+/// Whether `key` is a [`layout_key`].
+fn is_layout_key(key: &str) -> bool {
+    key.strip_prefix("fused_optim.group.")
+        .and_then(|rest| rest.split_once('.'))
+        .is_some_and(|(_, rest)| rest.starts_with("layout."))
+}
+
+/// The value of a block format's [`layout_key`].
+pub(crate) fn layout_text(format: BlockFormat) -> String {
+    format!(
+        "code_bits={},scale_shift={}",
+        format.code.bits, format.scale_shift
+    )
+}
+
+/// The name of the code table of a block code of `bits` bits for slots of `kind` (`signed` or
+/// `unsigned`): `fused_optim.qmap.<kind>` at 8 bits, `fused_optim.qmap.<kind><bits>` else.
+pub(crate) fn table_name(kind: &str, bits: u32) -> String {
+    match bits {
+        8 => format!("{QMAP_PREFIX}{kind}"),
+        _ => format!("{QMAP_PREFIX}{kind}{bits}"),
+    }
+}
+
+/// The checkpoint dtype of a block format's scales: bf16 for 16-bit scales (they are bf16s),
+/// bytes for exponent bytes.
+pub(crate) fn scale_dtype(format: BlockFormat) -> TensorDtype {
+    match format.scale_shift {
+        16 => TensorDtype::Bf16,
+        _ => TensorDtype::U8,
+    }
+}
+
+/// A code's table entry times its block's scale; a non-finite entry (NaN, +inf) as it is.
+fn scaled(value: f32, scale: f32) -> f32 {
+    match value.is_finite() {
+        true => value * scale,
+        false => value,
+    }
+}
+
 /// The metadata key of the elements per 8-bit block, where a checkpoint has 8-bit state.
 /// Checkpoints written before it had blocks of 256 with an f32 `.absmax` per block.
 pub const BLOCK_KEY: &str = "fused_optim.block";
@@ -100,6 +151,15 @@ impl TensorDtype {
             TensorDtype::Bf16 | TensorDtype::F16 | TensorDtype::U16 => 2,
             TensorDtype::F32 | TensorDtype::U32 => 4,
             TensorDtype::F64 => 8,
+        }
+    }
+
+    /// The tensor dtype of values stored in `dtype`.
+    pub fn of(dtype: Dtype) -> Self {
+        match dtype {
+            Dtype::F32 => TensorDtype::F32,
+            Dtype::Bf16 => TensorDtype::Bf16,
+            Dtype::F16 => TensorDtype::F16,
         }
     }
 
@@ -328,9 +388,13 @@ impl Checkpoint {
                 continue; // decoded with its codes, and removed there
             }
             let values: Vec<f32> = match tensor.dtype {
-                TensorDtype::Bf16 => {
-                    let bits = self.tensor(name, TensorDtype::Bf16, &[tensor.len()])?;
-                    Dtype::Bf16.decode(bits, tensor.len())
+                TensorDtype::Bf16 | TensorDtype::F16 => {
+                    let dtype = match tensor.dtype {
+                        TensorDtype::F16 => Dtype::F16,
+                        _ => Dtype::Bf16,
+                    };
+                    let len = tensor.len();
+                    dtype.decode(self.tensor(name, tensor.dtype, &[len])?, len)
                 }
                 // Block codes have their scales beside them; other bytes (the master
                 // correction) stay as they are.
@@ -351,9 +415,9 @@ impl Checkpoint {
         expanded
             .tensors
             .retain(|name, _| !name.starts_with(QMAP_PREFIX));
-        expanded
-            .metadata
-            .retain(|key, _| !key.starts_with(QMAP_PREFIX) && key != BLOCK_KEY);
+        expanded.metadata.retain(|key, _| {
+            !key.starts_with(QMAP_PREFIX) && key != BLOCK_KEY && !is_layout_key(key)
+        });
         for (key, value) in expanded.metadata.iter_mut() {
             if key.starts_with("fused_optim.group.") && key.ends_with(".precision") {
                 let mut precision: Precision = value.parse()?;
@@ -366,9 +430,10 @@ impl Checkpoint {
     }
 
     /// The f32 values of the block-coded tensor `name` (`state.` + `rest`) of `len` bytes,
-    /// from its slot's code table and its blocks' scales, which are removed from `expanded`:
-    /// 8-bit codes with bf16 scales (or a legacy f32 `.absmax` per 256), or 4-bit codes, two
-    /// per byte, with exponent-byte scales.
+    /// from its slot's code table and its blocks' scales, which are removed from `expanded`.
+    /// The layout is its group's state format for the slot (its precision in the metadata,
+    /// read through the registry); a checkpoint without `fused_optim.block` holds the legacy
+    /// 8-bit blocks of 256 with an f32 `.absmax` each.
     fn decode_codes(
         &self,
         name: &str,
@@ -378,69 +443,61 @@ impl Checkpoint {
     ) -> Result<Vec<f32>> {
         let (tensor, slot) = rest.rsplit_once('.').unwrap_or_default();
         let kind = self.meta(&format!("{QMAP_PREFIX}{slot}"))?;
-        let block = match self.metadata.get(BLOCK_KEY) {
-            Some(block) => block
-                .parse()
-                .ok()
-                .filter(|&b: &usize| b > 0)
-                .ok_or_else(|| corrupt(format!("`{BLOCK_KEY}` = `{block}` is not a block size")))?,
-            None => 256,
-        };
-        let scale_name = format!("{name}.scale");
-        let four_bit = self
-            .tensors
-            .get(&scale_name)
-            .is_some_and(|scales| scales.dtype == TensorDtype::U8);
-        let (codes, table, scales): (Vec<u8>, Vec<f32>, Vec<f32>) = if four_bit {
-            let elements = self
-                .places()?
-                .get(tensor)
-                .map(|place| place.elements as usize)
-                .ok_or_else(|| corrupt(format!("no `{PARAM_PREFIX}{tensor}` for `{name}`")))?;
-            let bytes = self.tensor(name, TensorDtype::U8, &[elements.div_ceil(2)])?;
-            let codes = (0..elements)
-                .map(|i| (bytes[i / 2] >> (4 * (i % 2))) & 0xf)
-                .collect();
-            let table = self.tensor(&format!("{QMAP_PREFIX}{kind}4"), TensorDtype::F32, &[16])?;
-            let scales = self.tensor(&scale_name, TensorDtype::U8, &[elements.div_ceil(block)])?;
-            let scales = scales
-                .iter()
-                .map(|&e| f32::from_bits((e as u32) << 23))
-                .collect();
-            (codes, bytemuck::pod_collect_to_vec(table), scales)
-        } else {
-            let codes = self.tensor(name, TensorDtype::U8, &[len])?.to_vec();
+        let Some(block) = self.metadata.get(BLOCK_KEY) else {
+            let codes = self.tensor(name, TensorDtype::U8, &[len])?;
             let table = self.tensor(&format!("{QMAP_PREFIX}{kind}"), TensorDtype::F32, &[256])?;
-            let scales = match self.metadata.contains_key(BLOCK_KEY) {
-                true => {
-                    let bits =
-                        self.tensor(&scale_name, TensorDtype::Bf16, &[len.div_ceil(block)])?;
-                    Dtype::Bf16.decode(bits, len.div_ceil(block))
-                }
-                false => {
-                    let absmax = self.tensor(
-                        &format!("{name}.absmax"),
-                        TensorDtype::F32,
-                        &[len.div_ceil(256)],
-                    )?;
-                    expanded.tensors.remove(&format!("{name}.absmax"));
-                    bytemuck::pod_collect_to_vec(absmax)
-                }
-            };
-            (codes, bytemuck::pod_collect_to_vec(table), scales)
+            let absmax_name = format!("{name}.absmax");
+            let absmax = self.tensor(&absmax_name, TensorDtype::F32, &[len.div_ceil(256)])?;
+            let (table, absmax): (Vec<f32>, Vec<f32>) = (
+                bytemuck::pod_collect_to_vec(table),
+                bytemuck::pod_collect_to_vec(absmax),
+            );
+            expanded.tensors.remove(&absmax_name);
+            return Ok(codes
+                .iter()
+                .enumerate()
+                .map(|(i, &code)| scaled(table[code as usize], absmax[i / 256]))
+                .collect());
         };
-        expanded.tensors.remove(&scale_name);
-        Ok(codes
-            .iter()
-            .enumerate()
-            .map(|(i, &code)| {
-                let value = table[code as usize];
-                match value.is_finite() {
-                    true => value * scales[i / block],
-                    false => value,
-                }
+        let block: usize = block
+            .parse()
+            .ok()
+            .filter(|&b: &usize| b > 0)
+            .ok_or_else(|| corrupt(format!("`{BLOCK_KEY}` = `{block}` is not a block size")))?;
+        let place = *self
+            .places()?
+            .get(tensor)
+            .ok_or_else(|| corrupt(format!("no `{PARAM_PREFIX}{tensor}` for `{name}`")))?;
+        let precision_key = format!("fused_optim.group.{}.precision", place.group);
+        let precision: Precision = self.meta(&precision_key)?.parse()?;
+        let format = precision.state_format(slot).blocks().ok_or_else(|| {
+            corrupt(format!(
+                "`{name}` is coded, but `{precision_key}` gives `{slot}` no block format"
+            ))
+        })?;
+        let elements = place.elements as usize;
+        let bits = format.code.bits as usize;
+        let codes = self.tensor(name, TensorDtype::U8, &[(elements * bits).div_ceil(8)])?;
+        let table = self.tensor(
+            &table_name(kind, format.code.bits),
+            TensorDtype::F32,
+            &[1 << bits],
+        )?;
+        let table: Vec<f32> = bytemuck::pod_collect_to_vec(table);
+        let scale_name = format!("{name}.scale");
+        let scales = self.tensor(
+            &scale_name,
+            scale_dtype(format),
+            &[elements.div_ceil(block)],
+        )?;
+        let values = (0..elements)
+            .map(|i| {
+                let value = table[format.code_at(codes, i) as usize];
+                scaled(value, format.scale(scales, i / block))
             })
-            .collect())
+            .collect();
+        expanded.tensors.remove(&scale_name);
+        Ok(values)
     }
 
     /// Each tensor's place (group, index in the group, elements), by name, from the metadata.

@@ -14,7 +14,7 @@ mod common;
 
 use fused_optim::{
     visit_rules, CpuOptimizer, Dtype, GpuContext, Optimizer, ParamGroup, ParamSet, Precision,
-    RegisteredRule, RuleVisitor, StepValues, UpdateRule,
+    RegisteredRule, RuleVisitor, StateFormat, StepValues, UpdateRule,
 };
 
 const STEPS: usize = 5;
@@ -90,6 +90,30 @@ fn check<R: UpdateRule>(rule: &R, precision: &Precision) {
                 }
             }
         }
+    }
+}
+
+/// The registry is what the tests walk: every registered state format is some preset's (so
+/// the bit-exact test below runs it in every rule), has a name of its own, and has a row in
+/// the README's table of state formats with its bytes per element.
+#[test]
+fn every_registered_state_format_is_tested_and_documented() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("the README");
+    for (k, &format) in StateFormat::ALL.iter().enumerate() {
+        let name = format.name();
+        assert!(
+            Precision::presets().iter().any(|(_, p)| p.state == format),
+            "no preset has state={name}"
+        );
+        assert!(StateFormat::ALL[..k].iter().all(|f| f.name() != name));
+        let row = readme
+            .lines()
+            .find(|line| line.trim_start().starts_with(&format!("| `{name}` |")))
+            .unwrap_or_else(|| panic!("no README row for `{name}`"));
+        let per_element = format.moved_bytes(1 << 20) as f64 / (1 << 20) as f64;
+        let last = row.trim_end_matches('|').rsplit('|').next().unwrap().trim();
+        assert_eq!(last, per_element.to_string(), "{row}");
     }
 }
 
@@ -287,11 +311,13 @@ fn memory_and_bytes_are_exact_for_every_precision() {
         if counted {
             assert_eq!(optimizer.state_bytes() as isize, allocated, "{name}");
         }
-        let per_slot = match precision.state {
-            fused_optim::StateFormat::F32 => 8 * len,
-            fused_optim::StateFormat::Bf16 => 4 * len,
-            fused_optim::StateFormat::Block8 => 2 * (len + 2 * len.div_ceil(32)),
-            fused_optim::StateFormat::Block4 => 2 * (len.div_ceil(2) + len.div_ceil(32)),
+        // Figures worked out by hand, to check the formats' declarations against.
+        let per_slot = match precision.state.name() {
+            "f32" => 8 * len,
+            "bf16" => 4 * len,
+            "8bit" => 2 * (len + 2 * len.div_ceil(32)),
+            "4bit" => 2 * (len.div_ceil(2) + len.div_ceil(32)),
+            other => panic!("no figures worked out for `{other}`"),
         };
         let weights = len
             * (2 * precision.params.element_bytes()
@@ -442,12 +468,14 @@ fn a_non_finite_value_stays_in_its_element_of_a_block() {
                 .into_iter()
                 .max_by_key(kept)
                 .expect("a rule has a configuration");
-            for precision in [
-                "f32,state=8bit",
-                "bf16,master=remainder,state=8bit",
-                "bf16,master=8bit,state=8bit",
-                "f32,state=4bit",
-            ] {
+            // Every registered block format, and 8-bit state beside each compact master.
+            let blocks = StateFormat::ALL
+                .iter()
+                .filter(|format| format.blocks().is_some())
+                .map(|format| format!("f32,state={}", format.name()));
+            let masters =
+                ["remainder", "8bit"].map(|master| format!("bf16,master={master},state=8bit"));
+            for precision in blocks.chain(masters) {
                 non_finite_stays(&rule, &precision.parse().unwrap());
             }
         }

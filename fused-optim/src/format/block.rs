@@ -211,6 +211,90 @@ fn round(u: f32, top: f32, random: f32) -> f32 {
     }
 }
 
+/// The scale of a block whose largest finite magnitude is `max`, kept as the f32 bits above
+/// bit `shift` (16: a bf16; 23: the exponent byte, a power of two; the sign bit is 0), rounded
+/// up: every finite value of the block is at most the scale, which is at most the largest
+/// finite such value. `block_scale_bits` in block.wgsl.
+pub fn scale_bits(max: f32, shift: u32) -> u32 {
+    ((max.to_bits() + ((1 << shift) - 1)) >> shift).min(f32::MAX.to_bits() >> shift)
+}
+
+/// The value of a scale kept as the f32 bits above bit `shift`.
+pub fn scale_value(raw: u32, shift: u32) -> f32 {
+    f32::from_bits(raw << shift)
+}
+
+/// A block format: its code and its scale's width, all that the GPU glue, the twin and
+/// checkpoints need to know of it. Codes of `code.bits` are packed little-end first in bytes
+/// (two 4-bit codes per byte, element `2k` in the low nibble), scales in whole little-endian
+/// bytes, one per block of [`BLOCK`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockFormat {
+    /// The code of each element.
+    pub code: Code,
+    /// Where each block's scale sits in an f32's bits: 16 for a bf16, 23 for an exponent
+    /// byte (see [`scale_bits`]).
+    pub scale_shift: u32,
+}
+
+impl BlockFormat {
+    /// Bytes of one block's scale.
+    pub fn scale_bytes(&self) -> u64 {
+        (31 - self.scale_shift as u64).div_ceil(8)
+    }
+
+    /// The scale of block `block` of `scales`.
+    pub fn scale(&self, scales: &[u8], block: usize) -> f32 {
+        let per = self.scale_bytes() as usize;
+        let raw = scales[per * block..per * block + per]
+            .iter()
+            .rev()
+            .fold(0u32, |raw, &byte| raw << 8 | byte as u32);
+        scale_value(raw, self.scale_shift)
+    }
+
+    /// Element `e`'s code in `codes`.
+    pub fn code_at(&self, codes: &[u8], e: usize) -> u8 {
+        let bits = self.code.bits as usize;
+        let (byte, shift) = (e * bits / 8, (e * bits) % 8);
+        (codes[byte] >> shift) & ((1u16 << bits) - 1) as u8
+    }
+
+    /// The value of element `e` of the codes and scales of a whole state.
+    pub fn value_at(&self, codes: &[u8], scales: &[u8], e: usize, non_negative: bool) -> f32 {
+        let scale = self.scale(scales, e / BLOCK as usize);
+        self.code.value(self.code_at(codes, e), scale, non_negative)
+    }
+
+    /// Codes the new values of one block, its first element `stream.first`, into the codes
+    /// and scales of the whole state: its scale from its largest finite magnitude, then each
+    /// code rounded with `stream`'s random points.
+    pub fn encode_block(
+        &self,
+        values: &[f32],
+        non_negative: bool,
+        stream: Stream,
+        codes: &mut [u8],
+        scales: &mut [u8],
+    ) {
+        let raw = scale_bits(finite_max(values), self.scale_shift);
+        let per = self.scale_bytes() as usize;
+        let block = stream.first as usize / BLOCK as usize;
+        scales[per * block..per * block + per].copy_from_slice(&raw.to_le_bytes()[..per]);
+        let mut fresh = Vec::with_capacity(values.len());
+        let scale = scale_value(raw, self.scale_shift);
+        self.code
+            .encode(values, scale, non_negative, stream, &mut fresh);
+        let bits = self.code.bits as usize;
+        let mask = ((1u16 << bits) - 1) as u8;
+        for (k, code) in fresh.into_iter().enumerate() {
+            let e = stream.first as usize + k;
+            let (byte, shift) = (e * bits / 8, (e * bits) % 8);
+            codes[byte] = (codes[byte] & !(mask << shift)) | (code << shift);
+        }
+    }
+}
+
 /// Where a block's codes draw their random points: the index of its first element, the step
 /// and the slot (see [`random`]).
 #[derive(Clone, Copy, Debug)]

@@ -1,8 +1,8 @@
-// What a block format is: the scheme the 8-bit and 4-bit state formats share. Its twin is
-// src/format/block.rs, function for function (the scheme is described there); each format's
-// file (q8.wgsl, q4.wgsl) brings its scale's encoding. Over `V` (vec4<f32> or f32) with the
-// host's `VU`, `VI` and `VB` of the same width: a vector invocation codes four elements at
-// once. No table and no workgroup memory.
+// What a block format is: the scheme every block state format shares, at any code width and
+// scale width (each format's declaration, q8.rs or q4.rs, gives them). Its twin is
+// src/format/block.rs, function for function (the scheme is described there). Over `V`
+// (vec4<f32> or f32) with the host's `VU`, `VI` and `VB` of the same width: a vector
+// invocation codes four elements at once. No table and no workgroup memory.
 
 fn block_finite(x: V) -> VB {
     return (bitcast<VU>(x) & VU(0x7fffffffu)) < VU(0x7f800000u);
@@ -71,4 +71,14 @@ fn block_unsigned_value(code: VU, s: f32, bits: u32, step: f32) -> V {
     let value = q * q * s;
     let special = select(VU(0x7f800000u), VU(0x7fc00000u), code == VU(levels + 1u));
     return bitcast<V>(select(bitcast<VU>(value), special, code >= VU(levels)));
+}
+
+// The scale of a block whose largest finite magnitude is `m`, kept as the f32 bits above bit
+// `shift` (16: a bf16; 23: the exponent byte), rounded up, at most the largest finite one.
+fn block_scale_bits(m: f32, shift: u32) -> u32 {
+    return min((bitcast<u32>(m) + ((1u << shift) - 1u)) >> shift, 0x7f7fffffu >> shift);
+}
+
+fn block_scale_value(raw: u32, shift: u32) -> f32 {
+    return bitcast<f32>(raw << shift);
 }

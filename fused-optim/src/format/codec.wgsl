@@ -1,9 +1,8 @@
 // The 16-bit storage formats' codecs, shared by every kernel: conversions between f32 and bf16,
 // f16 and the bf16 remainder master, and the counter-based random bits of stochastic rounding,
 // all in integer arithmetic or exact f32 operations so that every GPU computes the same bits
-// as the CPU twin (codec.rs beside this file, function for function; the 8-bit block code is
-// q8.wgsl with its twin q8.rs). A 16-bit value travels
-// in the low 16 bits of a u32. The accessors that bind these to a kernel's buffers are
+// as the CPU twin (codec.rs beside this file, function for function; the block codes are
+// block.wgsl with its twin block.rs). A 16-bit value travels in the low 16 bits of a u32. The accessors that bind these to a kernel's buffers are
 // generated per format by src/gpu/glue.rs.
 
 fn bf16_value(bits: u32) -> f32 {

@@ -1,9 +1,11 @@
 //! Storage formats: how the params, grads, master weights and each state slot are stored, and
 //! what each costs in bytes. The rules never see a format: the prelude loads every value to
 //! f32 before a rule's `update` and stores it after, through the WGSL codecs beside their
-//! CPU twins here (`codec.wgsl` with [`codec`] for the 16-bit formats, `q8.wgsl` with [`q8`]
-//! for 8-bit blocks). This layer is plain data, integer/f32 arithmetic and WGSL text: no GPU
-//! and no particular rule.
+//! CPU twins here (`codec.wgsl` with [`codec`] for the 16-bit formats, `block.wgsl` with
+//! [`block`] for block codes, `correction.wgsl` with [`correction`] for the 8-bit master).
+//! A state format is a name and a [`Layout`], listed in [`StateFormat::ALL`]; everything
+//! else reads its layout. This layer is plain data, integer/f32 arithmetic and WGSL text: no
+//! GPU and no particular rule.
 
 pub mod block;
 pub mod codec;
@@ -144,78 +146,107 @@ pub enum Rounding {
     Stochastic,
 }
 
-/// How one state slot (`exp_avg`, ...) is stored.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum StateFormat {
-    /// 4 bytes per element.
-    #[default]
-    F32,
+/// How a state format lays out its elements: all that the GPU glue, the engine's buffers, the
+/// CPU twin and checkpoints need to know of it, so that none of them names a format.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Layout {
+    /// One value per element in a [`Dtype`]: f32, or a 16-bit float two per word (element
+    /// `2k` in the low half), rounded to nearest, ties to even (`codec.wgsl`, [`codec`]).
+    Elements(Dtype),
+    /// Blocks of [`BLOCK`] elements, a code per element and a scale per block
+    /// ([`block::BlockFormat`], `block.wgsl`).
+    Blocks(block::BlockFormat),
+}
+
+/// How one state slot (`exp_avg`, ...) is stored: a name and a [`Layout`]. Each format is
+/// declared once, in a module of its own for block formats ([`q8::FORMAT`], [`q4::FORMAT`]),
+/// and listed once in [`StateFormat::ALL`], the registry that the parser, the engine, the
+/// twin, checkpoints, the benchmark and the tests read. Formats compare by name.
+#[derive(Clone, Copy, Debug)]
+pub struct StateFormat {
+    name: &'static str,
+    layout: Layout,
+}
+
+impl StateFormat {
+    /// 4 bytes per element: the default.
+    pub const F32: StateFormat = StateFormat::new("f32", Layout::Elements(Dtype::F32));
     /// 2 bytes per element, rounded to nearest, ties to even.
-    Bf16,
+    pub const BF16: StateFormat = StateFormat::new("bf16", Layout::Elements(Dtype::Bf16));
     /// Blocks of 32 elements, one bf16 scale per block and one byte per element, coded in
     /// closed form ([`q8`]): square-root companding for slots that can be negative, a
     /// zero-free fourth-root companding for those that cannot; non-finite values keep codes
     /// of their own. 1 + 2/32 bytes per element.
-    Block8,
+    pub const BLOCK8: StateFormat = q8::FORMAT;
     /// Blocks of 32 elements, one scale byte (a power of two) per block and two codes per
     /// byte, the 8-bit code's scheme at 4 bits ([`q4`]). 0.5 + 1/32 bytes per element.
-    Block4,
-}
+    pub const BLOCK4: StateFormat = q4::FORMAT;
 
-impl StateFormat {
-    /// Every state format: the registry that `Precision`'s parser, the error messages and the
-    /// tests iterate.
-    pub const ALL: [StateFormat; 4] = [
-        StateFormat::F32,
-        StateFormat::Bf16,
-        StateFormat::Block8,
-        StateFormat::Block4,
-    ];
+    /// Every state format, in the order of their cost in bytes: the registry. A new format is
+    /// a declaration and a line here.
+    pub const ALL: &'static [StateFormat] = &[Self::F32, Self::BF16, Self::BLOCK8, Self::BLOCK4];
 
-    /// For a block format: its code, the bytes of one block's scale and the prefix of its
-    /// scale's WGSL functions (`q8_scale_bits`, ...).
-    pub(crate) fn block(self) -> Option<(block::Code, u64, &'static str)> {
-        match self {
-            StateFormat::Block8 => Some((q8::CODE, 2, "q8")),
-            StateFormat::Block4 => Some((q4::CODE, 1, "q4")),
-            _ => None,
+    /// A format named `name` (what `Precision`'s short form calls it) laid out as `layout`.
+    pub const fn new(name: &'static str, layout: Layout) -> Self {
+        Self { name, layout }
+    }
+
+    /// The name `Precision`'s short form gives it (`state=8bit`).
+    pub fn name(self) -> &'static str {
+        self.name
+    }
+
+    /// How its elements are laid out.
+    pub fn layout(self) -> Layout {
+        self.layout
+    }
+
+    /// The registered format named `name`.
+    pub fn named(name: &str) -> Option<StateFormat> {
+        Self::ALL.iter().copied().find(|format| format.name == name)
+    }
+
+    /// For a block format, its code and scale.
+    pub fn blocks(self) -> Option<block::BlockFormat> {
+        match self.layout {
+            Layout::Blocks(format) => Some(format),
+            Layout::Elements(_) => None,
         }
     }
 
-    /// For a block format, the bits of one code and the bytes of one block's scale.
-    pub(crate) fn block_code(self) -> Option<(u64, u64)> {
-        self.block().map(|(code, per, _)| (code.bits as u64, per))
+    /// Bits per element of its values or codes (scales aside).
+    pub fn bits(self) -> u64 {
+        match self.layout {
+            Layout::Elements(dtype) => 8 * dtype.element_bytes(),
+            Layout::Blocks(format) => format.code.bits as u64,
+        }
     }
 
     /// Bytes the state of `len` elements takes: the values (whole words), and for block
     /// formats the scales (whole words).
     pub fn buffer_bytes(self, len: u64) -> u64 {
-        match (self, self.block_code()) {
-            (_, Some((bits, _))) => Self::code_bytes(bits, len) + self.scale_bytes(len),
-            (StateFormat::Bf16, _) => Dtype::Bf16.buffer_bytes(len),
-            _ => len.saturating_mul(4),
-        }
+        self.value_bytes(len) + self.scale_bytes(len)
     }
 
-    /// Bytes of `len` codes of `bits` each, in whole words.
-    pub(crate) fn code_bytes(bits: u64, len: u64) -> u64 {
-        (len * bits).div_ceil(32) * 4
+    /// Bytes of the values or codes of `len` elements, in whole words.
+    pub fn value_bytes(self, len: u64) -> u64 {
+        len.saturating_mul(self.bits()).div_ceil(32) * 4
     }
 
     /// Bytes of the scales of a block state of `len` elements (whole words); 0 for others.
-    pub(crate) fn scale_bytes(self, len: u64) -> u64 {
-        self.block_code()
-            .map_or(0, |(_, per)| (len.div_ceil(BLOCK) * per).div_ceil(4) * 4)
+    pub fn scale_bytes(self, len: u64) -> u64 {
+        self.blocks().map_or(0, |f| {
+            (len.div_ceil(BLOCK) * f.scale_bytes()).div_ceil(4) * 4
+        })
     }
 
-    /// Bytes one step moves to read or to write the state of `len` elements: 4 or 2 per
-    /// element, or for block formats their codes and the scale of each block touched.
+    /// Bytes one step moves to read or to write the state of `len` elements: its values or
+    /// codes, and the scale of each block touched.
     pub fn moved_bytes(self, len: u64) -> u64 {
-        match (self, self.block_code()) {
-            (_, Some((bits, per))) => (len * bits).div_ceil(8) + per * len.div_ceil(BLOCK),
-            (StateFormat::Bf16, _) => 2 * len,
-            _ => 4 * len,
-        }
+        let scales = self
+            .blocks()
+            .map_or(0, |f| f.scale_bytes() * len.div_ceil(BLOCK));
+        (len * self.bits()).div_ceil(8) + scales
     }
 
     /// The buffer contents of `values` in this format: the values, and for block formats the
@@ -230,26 +261,19 @@ impl StateFormat {
         step: u32,
     ) -> (Vec<u8>, Vec<u8>) {
         let len = values.len() as u64;
-        match self {
-            StateFormat::F32 => (bytemuck::cast_slice(values).to_vec(), Vec::new()),
-            StateFormat::Bf16 => (Dtype::Bf16.encode(values), Vec::new()),
-            StateFormat::Block8 | StateFormat::Block4 => {
-                let bits = self.block_code().map_or(8, |(bits, _)| bits);
-                let mut codes = vec![0u8; Self::code_bytes(bits, len) as usize];
-                let mut scales = vec![0u8; self.scale_bytes(len) as usize];
-                for (k, block) in values.chunks(BLOCK as usize).enumerate() {
-                    let first = (k as u64 * BLOCK) as u32;
-                    let stream = block::Stream { first, step, slot };
-                    self.encode_block(block, non_negative, stream, &mut codes, &mut scales);
-                }
-                (codes, scales)
-            }
+        let mut codes = vec![0u8; self.value_bytes(len) as usize];
+        let mut scales = vec![0u8; self.scale_bytes(len) as usize];
+        for (k, block) in values.chunks(BLOCK as usize).enumerate() {
+            let first = (k as u64 * BLOCK) as u32;
+            let stream = block::Stream { first, step, slot };
+            self.store(block, non_negative, stream, &mut codes, &mut scales);
         }
+        (codes, scales)
     }
 
-    /// Codes the new values of one block (block formats only), its first element
-    /// `stream.first`, into the codes and scales of the whole state.
-    pub(crate) fn encode_block(
+    /// Stores the new values of the elements from `stream.first` (a whole block, or a
+    /// block's tail, for block formats) into the values and scales of the whole state.
+    pub(crate) fn store(
         self,
         values: &[f32],
         non_negative: bool,
@@ -258,37 +282,33 @@ impl StateFormat {
         scales: &mut [u8],
     ) {
         let start = stream.first as usize;
-        let block = start / BLOCK as usize;
-        let mut fresh = Vec::with_capacity(values.len());
-        if self == StateFormat::Block4 {
-            scales[block] = q4::encode_block(values, non_negative, stream, &mut fresh);
-            for (k, code) in fresh.into_iter().enumerate() {
-                let (byte, shift) = ((start + k) / 2, 4 * ((start + k) % 2));
-                codes[byte] = (codes[byte] & !(0xf << shift)) | (code << shift);
+        match self.layout {
+            Layout::Elements(Dtype::F32) => {
+                let bytes: &[u8] = bytemuck::cast_slice(values);
+                codes[4 * start..4 * start + bytes.len()].copy_from_slice(bytes);
             }
-        } else {
-            let bits = q8::encode_block(values, non_negative, stream, &mut fresh);
-            scales[2 * block..2 * block + 2].copy_from_slice(&bits.to_le_bytes());
-            codes[start..start + fresh.len()].copy_from_slice(&fresh);
+            Layout::Elements(dtype) => {
+                for (k, &value) in values.iter().enumerate() {
+                    let e = 2 * (start + k);
+                    codes[e..e + 2].copy_from_slice(&dtype.nearest(value).to_le_bytes());
+                }
+            }
+            Layout::Blocks(format) => {
+                format.encode_block(values, non_negative, stream, codes, scales)
+            }
         }
     }
 
     /// The value of element `e` of a state stored as `bytes` (and `scales`) in this format.
     pub(crate) fn value_at(self, bytes: &[u8], scales: &[u8], e: usize, non_negative: bool) -> f32 {
-        let block = e / BLOCK as usize;
-        match self {
-            StateFormat::F32 => f32::from_le_bytes(bytes[4 * e..4 * e + 4].try_into().unwrap()),
-            StateFormat::Bf16 => {
-                codec::bf16_value(u16::from_le_bytes([bytes[2 * e], bytes[2 * e + 1]]))
+        match self.layout {
+            Layout::Elements(Dtype::F32) => {
+                f32::from_le_bytes(bytes[4 * e..4 * e + 4].try_into().expect("4 bytes"))
             }
-            StateFormat::Block8 => {
-                let bits = u16::from_le_bytes([scales[2 * block], scales[2 * block + 1]]);
-                q8::CODE.value(bytes[e], q8::scale_value(bits), non_negative)
+            Layout::Elements(dtype) => {
+                dtype.value(u16::from_le_bytes([bytes[2 * e], bytes[2 * e + 1]]))
             }
-            StateFormat::Block4 => {
-                let code = (bytes[e / 2] >> (4 * (e % 2))) & 0xf;
-                q4::CODE.value(code, q4::scale_value(scales[block]), non_negative)
-            }
+            Layout::Blocks(format) => format.value_at(bytes, scales, e, non_negative),
         }
     }
 
@@ -298,15 +318,37 @@ impl StateFormat {
             .map(|e| self.value_at(bytes, scales, e, non_negative))
             .collect()
     }
+}
 
-    /// The name `Precision`'s short form gives it (`state=8bit`).
-    pub fn name(self) -> &'static str {
-        match self {
-            StateFormat::F32 => "f32",
-            StateFormat::Bf16 => "bf16",
-            StateFormat::Block8 => "8bit",
-            StateFormat::Block4 => "4bit",
-        }
+impl Default for StateFormat {
+    fn default() -> Self {
+        Self::F32
+    }
+}
+
+impl PartialEq for StateFormat {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for StateFormat {}
+
+impl std::hash::Hash for StateFormat {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state)
+    }
+}
+
+impl PartialOrd for StateFormat {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for StateFormat {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.name.cmp(other.name)
     }
 }
 
@@ -353,7 +395,7 @@ impl Precision {
             params: Dtype::Bf16,
             grads: Dtype::Bf16,
             master: Master::Bf16Remainder,
-            state: StateFormat::Block8,
+            state: StateFormat::BLOCK8,
             ..Self::default()
         }
     }
@@ -522,16 +564,13 @@ impl FromStr for Precision {
             _ => Err(bad(format!("`{value}` is not a format: f32, bf16 or f16"))),
         };
         let state = |value: &str| {
-            StateFormat::ALL
-                .into_iter()
-                .find(|format| format.name() == value)
-                .ok_or_else(|| {
-                    let names: Vec<&str> = StateFormat::ALL.iter().map(|f| f.name()).collect();
-                    bad(format!(
-                        "`{value}` is not a state format: {}",
-                        names.join(", ")
-                    ))
-                })
+            StateFormat::named(value).ok_or_else(|| {
+                let names: Vec<&str> = StateFormat::ALL.iter().map(|f| f.name()).collect();
+                bad(format!(
+                    "`{value}` is not a state format: {}",
+                    names.join(", ")
+                ))
+            })
         };
         let mut parts = text.split(',').map(str::trim);
         let params = dtype(parts.next().unwrap_or_default())?;

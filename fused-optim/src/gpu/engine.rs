@@ -113,14 +113,7 @@ fn storage_of(role: Role, formats: &KernelFormats, dtypes: (Dtype, Dtype)) -> St
             Master::Bf16Correction => Storage::Codes(8),
             _ => Storage::F32,
         },
-        Role::Slot(slot) => {
-            let format = formats.slots[slot].unwrap_or_default();
-            match (format, format.block_code()) {
-                (_, Some((bits, _))) => Storage::Codes(bits),
-                (StateFormat::Bf16, _) => Storage::Half,
-                _ => Storage::F32,
-            }
-        }
+        Role::Slot(slot) => Storage::Codes(formats.slots[slot].unwrap_or_default().bits()),
         Role::Scales(slot) => {
             let format = formats.slots[slot].unwrap_or_default();
             Storage::Scales(format)
@@ -133,7 +126,7 @@ fn storage_of(role: Role, formats: &KernelFormats, dtypes: (Dtype, Dtype)) -> St
 enum Storage {
     F32,
     Half,
-    /// Codes of this many bits.
+    /// Values or codes of this many bits.
     Codes(u64),
     /// The scales of a block format's blocks.
     Scales(StateFormat),
@@ -146,9 +139,9 @@ impl Storage {
         let (offset, size) = match self {
             Storage::F32 => (first * 4, count * 4),
             Storage::Half => (first * 2, count.div_ceil(2) * 4),
-            Storage::Codes(bits) => (first * bits / 8, StateFormat::code_bytes(bits, count)),
+            Storage::Codes(bits) => (first * bits / 8, (count * bits).div_ceil(32) * 4),
             Storage::Scales(format) => {
-                let per = format.block_code().map_or(0, |(_, per)| per);
+                let per = format.blocks().map_or(0, |f| f.scale_bytes());
                 (first / BLOCK * per, format.scale_bytes(count))
             }
             Storage::Whole => return (0, None),
@@ -1003,13 +996,9 @@ pub(crate) fn initial_contents<R: UpdateRule>(
                 format.encode(&vec![initial; len as usize], non_negative, slot as u32, 0)
             }
         };
-        let size = match format.block_code() {
-            Some((bits, _)) => StateFormat::code_bytes(bits, len),
-            None => format.buffer_bytes(len),
-        };
-        values.resize(size as usize, 0);
+        values.resize(format.value_bytes(len) as usize, 0);
         contents.push((Role::Slot(slot), values));
-        if format.block_code().is_some() {
+        if format.blocks().is_some() {
             let mut scales = scales;
             scales.resize(format.scale_bytes(len) as usize, 0);
             contents.push((Role::Scales(slot), scales));

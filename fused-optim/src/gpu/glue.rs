@@ -4,7 +4,8 @@
 //! and its element-wise slots after the rule's `update`, and `begin_items`/`end_items` around
 //! an invocation's items, which read and write the block-wise slots. Generated here, between
 //! the host's declarations and the prelude, so that a rule's WGSL never names a format and
-//! each format's codec is written once (src/format/codec.wgsl and q8.wgsl).
+//! each format's codec is written once (src/format/codec.wgsl and block.wgsl). The glue reads
+//! a state format's `Layout` (a dtype, or a block code's width and scale), never its name.
 //!
 //! Items: a vector kernel's item holds elements `4i..4i+3` of its binding, a scalar one
 //! element `i`. Each invocation updates `ITEMS` consecutive items: one vec4, or a tail's up
@@ -17,7 +18,7 @@
 use std::fmt::Write;
 
 use super::plan::Lanes;
-use crate::format::{Dtype, Master, Rounding, StateFormat, BLOCK};
+use crate::format::{Dtype, Layout, Master, Rounding, StateFormat, BLOCK};
 
 /// The formats one kernel is built for: its group's params, grads, master and rounding, and
 /// the format of each state slot (`None` where the group does not keep the slot).
@@ -38,7 +39,7 @@ impl KernelFormats {
     fn has_blocks(&self) -> bool {
         self.slots
             .iter()
-            .any(|format| format.is_some_and(|f| f.block_code().is_some()))
+            .any(|format| format.is_some_and(|f| f.blocks().is_some()))
     }
 
     /// Elements one invocation updates, and that a window's vector dispatch must cover whole
@@ -68,14 +69,14 @@ impl KernelFormats {
         let sixteen_bit = self.params.is_16_bit()
             || self.grads.is_16_bit()
             || self.master == Master::Bf16Remainder
-            || self.slots.contains(&Some(StateFormat::Bf16));
+            || self.slots.iter().flatten().any(|f| f.bits() == 16);
         if sixteen_bit {
             elements = elements.max(alignment / 2);
         }
-        for (bits, per) in self.slots.iter().flatten().filter_map(|f| f.block_code()) {
+        for format in self.slots.iter().flatten().filter_map(|f| f.blocks()) {
             elements = elements
-                .max(alignment * 8 / bits)
-                .max(alignment * BLOCK / per);
+                .max(alignment * 8 / format.code.bits as u64)
+                .max(alignment * BLOCK / format.scale_bytes());
         }
         elements
     }
@@ -132,7 +133,7 @@ pub(crate) fn roles(formats: &KernelFormats) -> Vec<Role> {
     }
     for (slot, format) in formats.slots.iter().enumerate() {
         match format {
-            Some(StateFormat::Block8 | StateFormat::Block4) => {
+            Some(format) if format.blocks().is_some() => {
                 roles.extend([Role::Slot(slot), Role::Scales(slot)])
             }
             Some(_) => roles.push(Role::Slot(slot)),
@@ -191,6 +192,15 @@ impl Generator<'_> {
         match dtype {
             Dtype::F16 => format!("f16_value({bits})"),
             _ => format!("bf16_value({bits})"),
+        }
+    }
+
+    /// A WGSL expression for the 16-bit bits of f32 `x` (an expression) in `dtype`, rounded
+    /// to nearest, ties to even.
+    fn nearest(dtype: Dtype, x: &str) -> String {
+        match dtype {
+            Dtype::F16 => format!("f16_round({x}, 0u, false)"),
+            _ => format!("bf16_nearest({x})"),
         }
     }
 
@@ -291,8 +301,7 @@ impl Generator<'_> {
                             "bf16_stochastic({x}, random_bits({}, seed()))",
                             g.element_index(lane)
                         ),
-                        (_, _, Dtype::F16) => format!("f16_round({x}, 0u, false)"),
-                        _ => format!("bf16_nearest({x})"),
+                        _ => Self::nearest(dtype, &x),
                     }
                 };
                 let bits: Vec<String> = (0..width).map(|lane| encode(self, lane)).collect();
@@ -451,41 +460,41 @@ impl Generator<'_> {
         let role = Role::Slot(slot);
         let width = if self.vector() { 4 } else { 1 };
         let next = format!("next_{name}");
-        let load = match format {
-            StateFormat::F32 | StateFormat::Bf16 => {
+        let load = match format.layout() {
+            Layout::Elements(dtype) => {
                 writeln!(
                     self.out,
                     "var<private> {next}: V;\n\
                      fn store_{name}(i: u32, v: V) {{ {next} = v; }}"
                 )
                 .unwrap();
-                if format == StateFormat::F32 {
+                if dtype == Dtype::F32 {
                     self.declare(role, name, Storage::F32);
                     writeln!(self.finish, "    {name}[i] = {next};").unwrap();
                     format!("{name}[i]")
                 } else {
-                    self.declare(role, name, Storage::Half(Dtype::Bf16));
+                    self.declare(role, name, Storage::Half(dtype));
                     let bits: Vec<String> = (0..width)
-                        .map(|lane| format!("bf16_nearest({})", self.lane(&next, lane)))
+                        .map(|lane| Self::nearest(dtype, &self.lane(&next, lane)))
                         .collect();
                     let store = self.store_small(name, &bits, 2);
                     self.finish.push_str(&store);
                     let lanes: Vec<String> = self
                         .halves(name)
                         .iter()
-                        .map(|h| Self::decode(Dtype::Bf16, h))
+                        .map(|h| Self::decode(dtype, h))
                         .collect();
                     self.v_of(&lanes)
                 }
             }
-            StateFormat::Block8 | StateFormat::Block4 => {
+            Layout::Blocks(block) => {
                 self.declare(role, name, Storage::Codes);
                 let kind = match non_negative {
                     true => "unsigned",
                     false => "signed",
                 };
-                // The code, and the bytes per scale: 2 (q8.wgsl) or 1 (q4.wgsl).
-                let (code, per, codec) = format.block().expect("a block format");
+                let (code, shift) = (block.code, block.scale_shift);
+                let per = block.scale_bytes();
                 let bits = code.bits as u64;
                 let step = match non_negative {
                     true => code.unsigned_step,
@@ -530,21 +539,28 @@ impl Generator<'_> {
                 .unwrap();
                 writeln!(
                     self.begin,
-                    "    scale_{name} = {codec}_scale_value((atomicLoad(&{name}_scale[block / \
+                    "    scale_{name} = block_scale_value((atomicLoad(&{name}_scale[block / \
                      {scales_per_word}u]) >> ((block % {scales_per_word}u) * {scale_width}u)) & \
-                     {scale_mask}u);"
+                     {scale_mask}u, {shift}u);"
                 )
                 .unwrap();
-                let store = match (self.vector(), bits) {
-                    // Four 4-bit codes are half a word, which no other invocation writes.
-                    (true, 4) => "            {\n\
-                         \x20               let shift = (i & 1u) * 16u;\n\
-                         \x20               let packed = codes.x | (codes.y << 4u) | (codes.z << 8u) | (codes.w << 12u);\n\
-                         \x20               let kept = {name}[i >> 1u] & ~(0xffffu << shift);\n\
-                         \x20               {name}[i >> 1u] = kept | (packed << shift);\n\
-                         \x20           }\n"
-                        .replace("{name}", name),
-                    _ => {
+                // A vector item's four codes are a whole word at 8 bits; narrower, they are
+                // part of a word (half at 4 bits) that no other invocation writes.
+                let items_per_word = 8 / bits;
+                let item_bits = 4 * bits;
+                let store = match self.vector() && items_per_word > 1 {
+                    true => format!(
+                        "            {{\n\
+                         \x20               let shift = (i % {items_per_word}u) * {item_bits}u;\n\
+                         \x20               let packed = codes.x | (codes.y << {bits}u) | (codes.z << {}u) | (codes.w << {}u);\n\
+                         \x20               let kept = {name}[i / {items_per_word}u] & ~({:#x}u << shift);\n\
+                         \x20               {name}[i / {items_per_word}u] = kept | (packed << shift);\n\
+                         \x20           }}\n",
+                        2 * bits,
+                        3 * bits,
+                        (1u64 << item_bits) - 1
+                    ),
+                    false => {
                         let codes: Vec<String> =
                             (0..width).map(|lane| self.lane("codes", lane)).collect();
                         self.store_small(name, &codes, (32 / bits) as u32)
@@ -588,24 +604,23 @@ impl Generator<'_> {
                     "    if guard_live(first < step.end) {{\n\
                      \x20       var m = 0.0;\n\
                      {largest}\
-                     \x20       let bits = {codec}_scale_bits(m);\n\
+                     \x20       let bits = block_scale_bits(m, {shift}u);\n\
                      \x20       let word = block / {scales_per_word}u;\n\
                      \x20       let shift = (block % {scales_per_word}u) * {scale_width}u;\n\
                      \x20       atomicAnd(&{name}_scale[word], ~({scale_mask}u << shift));\n\
                      \x20       atomicOr(&{name}_scale[word], bits << shift);\n\
-                     \x20       let r = block_reciprocal({codec}_scale_value(bits));\n\
+                     \x20       let r = block_reciprocal(block_scale_value(bits, {shift}u));\n\
                      {coded}\
                      \x20   }}\n"
                 )
                 .unwrap();
                 let mask = (1u64 << bits) - 1;
-                let codes = match (self.vector(), bits) {
-                    (true, 8) => {
-                        format!("(VU({name}[i]) >> vec4<u32>(0u, 8u, 16u, 24u)) & VU(0xffu)")
-                    }
+                let lanes = format!("vec4<u32>(0u, {bits}u, {}u, {}u)", 2 * bits, 3 * bits);
+                let codes = match (self.vector(), items_per_word) {
+                    (true, 1) => format!("(VU({name}[i]) >> {lanes}) & VU({mask}u)"),
                     (true, _) => format!(
-                        "(VU({name}[i >> 1u] >> ((i & 1u) * 16u)) >> vec4<u32>(0u, 4u, 8u, 12u)) & \
-                         VU(0xfu)"
+                        "(VU({name}[i / {items_per_word}u] >> ((i % {items_per_word}u) * \
+                         {item_bits}u)) >> {lanes}) & VU({mask}u)"
                     ),
                     (false, _) => {
                         let per_word = 32 / bits;

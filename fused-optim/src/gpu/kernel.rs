@@ -21,14 +21,10 @@ pub const PRELUDE: &str = include_str!("prelude.wgsl");
 /// Source of the 16-bit storage formats' codecs, ahead of the prelude in every rule's kernel.
 pub const CODEC: &str = include_str!("../format/codec.wgsl");
 
-/// Source of the block formats (their shared codes, then the 8-bit and 4-bit scales) and the
-/// 8-bit master correction, after [`CODEC`] in every rule's kernel.
+/// Source of the block formats (every width and scale: the formats are parameters of it) and
+/// the 8-bit master correction, after [`CODEC`] in every rule's kernel.
 const COMPACT: &str = concat!(
     include_str!("../format/block.wgsl"),
-    "\n",
-    include_str!("../format/q8.wgsl"),
-    "\n",
-    include_str!("../format/q4.wgsl"),
     "\n",
     include_str!("../format/correction.wgsl")
 );

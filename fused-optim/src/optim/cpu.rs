@@ -339,25 +339,13 @@ impl StoredSlot {
     /// Stores the new values of one block, of the elements from `stream.first`, rounding
     /// block codes with `stream`'s random points.
     fn store(&mut self, stream: block::Stream, values: &[f32]) {
-        let start = stream.first as usize;
-        match self.format {
-            StateFormat::F32 => {
-                let bytes: &[u8] = bytemuck::cast_slice(values);
-                self.values[4 * start..4 * start + bytes.len()].copy_from_slice(bytes);
-            }
-            StateFormat::Bf16 => {
-                for (k, &value) in values.iter().enumerate() {
-                    set_half(&mut self.values, start + k, Dtype::Bf16.nearest(value));
-                }
-            }
-            format => format.encode_block(
-                values,
-                self.non_negative,
-                stream,
-                &mut self.values,
-                &mut self.scales,
-            ),
-        }
+        self.format.store(
+            values,
+            self.non_negative,
+            stream,
+            &mut self.values,
+            &mut self.scales,
+        )
     }
 }
 

@@ -10,11 +10,12 @@ use std::sync::{Arc, Mutex};
 use super::submissions::{encoder_id, Ahead, Work};
 use super::{initial_contents, Engine, HostHistory};
 use crate::checkpoint::{
-    places, Checkpoint, HostTensor, TensorDtype, BLOCK_KEY, FORMAT_VERSION, PARAM_PREFIX,
-    QMAP_PREFIX, VERSION_KEY,
+    layout_key, layout_text, places, scale_dtype, table_name, Checkpoint, HostTensor, TensorDtype,
+    BLOCK_KEY, FORMAT_VERSION, PARAM_PREFIX, QMAP_PREFIX, VERSION_KEY,
 };
 use crate::error::{Error, Result};
-use crate::format::{q4, q8, Dtype, Master, StateFormat, BLOCK};
+use crate::format::block::BlockFormat;
+use crate::format::{Dtype, Layout, Master, StateFormat, BLOCK};
 use crate::gpu::callbacks::Callbacks;
 use crate::gpu::glue::Role;
 use crate::gpu::GpuContext;
@@ -266,29 +267,19 @@ impl<R: UpdateRule> Engine<R> {
         for (slot, format) in formats.slots.iter().enumerate() {
             let Some(format) = format else { continue };
             let name = R::STATE_SLOTS[slot].to_owned();
-            let (dtype, packed) = match format {
-                StateFormat::F32 => (TensorDtype::F32, 1),
-                StateFormat::Bf16 => (TensorDtype::Bf16, 1),
-                StateFormat::Block8 => (TensorDtype::U8, 1),
-                StateFormat::Block4 => (TensorDtype::U8, 2),
-            };
-            // Scales: bf16 for 8-bit codes, an exponent byte for 4-bit ones.
-            match format {
-                StateFormat::Block8 => push(
-                    format!("{name}.scale"),
-                    Role::Scales(slot),
-                    TensorDtype::Bf16,
-                    1,
-                ),
-                StateFormat::Block4 => push(
-                    format!("{name}.scale"),
-                    Role::Scales(slot),
-                    TensorDtype::U8,
-                    1,
-                ),
-                _ => {}
+            match format.layout() {
+                Layout::Elements(dtype) => push(name, Role::Slot(slot), TensorDtype::of(dtype), 1),
+                Layout::Blocks(block) => {
+                    push(
+                        format!("{name}.scale"),
+                        Role::Scales(slot),
+                        scale_dtype(block),
+                        1,
+                    );
+                    let packed = 8 / block.code.bits as u64;
+                    push(name, Role::Slot(slot), TensorDtype::U8, packed);
+                }
             }
-            push(name, Role::Slot(slot), dtype, packed);
         }
         stored
     }
@@ -314,25 +305,21 @@ impl<R: UpdateRule> Engine<R> {
             .iter()
             .flat_map(|formats| formats.slots.iter().enumerate())
             .filter_map(|(slot, format)| format.map(|f| (slot, f)))
-            .filter(|(_, format)| format.block_code().is_some())
+            .filter(|(_, format)| format.blocks().is_some())
             .collect()
     }
 
     /// The code tables of the block slots' kinds and widths (each code's value in a block of
-    /// scale 1), by their tensor names: `<kind>` for 8-bit codes, `<kind>4` for 4-bit ones.
+    /// scale 1), by their tensor names: `<kind>` for 8-bit codes, `<kind><bits>` for others
+    /// (the block scheme's code is its width's).
     fn used_tables(&self) -> BTreeMap<String, Vec<f32>> {
         self.block_formats()
             .into_iter()
-            .map(|(slot, format)| {
+            .filter_map(|(slot, format)| Some((slot, format.blocks()?.code)))
+            .map(|(slot, code)| {
                 let non_negative = Self::non_negative(slot);
                 let kind = if non_negative { "unsigned" } else { "signed" };
-                match format {
-                    StateFormat::Block4 => (
-                        format!("{QMAP_PREFIX}{kind}4"),
-                        q4::CODE.table(non_negative),
-                    ),
-                    _ => (format!("{QMAP_PREFIX}{kind}"), q8::CODE.table(non_negative)),
-                }
+                (table_name(kind, code.bits), code.table(non_negative))
             })
             .collect()
     }
@@ -371,6 +358,11 @@ impl<R: UpdateRule> Engine<R> {
                     format!("param_groups.{g}.{name}"),
                     hyperparameter_text(value),
                 );
+            }
+            for (slot, format) in R::STATE_SLOTS.iter().zip(&self.formats[g].slots) {
+                if let Some(block) = format.and_then(|f| f.blocks()) {
+                    metadata.insert(layout_key(g, slot), layout_text(block));
+                }
             }
         }
         let mut index = vec![0usize; self.groups.len()];
@@ -639,8 +631,9 @@ impl<R: UpdateRule> Engine<R> {
                     _ => matches!(stored.role, Role::Scales(_)),
                 };
                 check_values(&name, stored.dtype, data, non_negative)?;
-                if matches!(stored.role, Role::Scales(_)) {
-                    check_finite(&name, stored.dtype, data)?;
+                if let Role::Scales(slot) = stored.role {
+                    let format = self.formats[group].slots[slot].and_then(|f| f.blocks());
+                    check_finite(&name, format.expect("scales are a block format's"), data)?;
                 }
                 let (_, buffer) = contents[tensor.span]
                     .iter_mut()
@@ -836,18 +829,11 @@ fn check_values(name: &str, dtype: TensorDtype, data: &[u8], non_negative: bool)
     Ok(())
 }
 
-/// Refuses block scales that are not finite (bf16, or exponent bytes, 255 being infinite):
-/// the library never writes one, and one would make its whole block non-finite.
-fn check_finite(name: &str, dtype: TensorDtype, data: &[u8]) -> Result<()> {
-    let finite = match dtype {
-        TensorDtype::Bf16 => data.chunks_exact(2).all(|b| {
-            Dtype::Bf16
-                .value(u16::from_le_bytes([b[0], b[1]]))
-                .is_finite()
-        }),
-        _ => data.iter().all(|&exponent| exponent < 0xff),
-    };
-    match finite {
+/// Refuses block scales that are not finite (a bf16 inf or NaN, an exponent byte of 255): the
+/// library never writes one, and one would make its whole block non-finite.
+fn check_finite(name: &str, format: BlockFormat, data: &[u8]) -> Result<()> {
+    let blocks = data.len() / format.scale_bytes() as usize;
+    match (0..blocks).all(|block| format.scale(data, block).is_finite()) {
         true => Ok(()),
         false => Err(Error::CorruptCheckpoint {
             reason: format!("tensor `{name}` holds a scale that is not finite"),
