@@ -236,127 +236,137 @@ impl GradStep {
     }
 }
 
-/// Elements one reduction workgroup takes: 256 invocations, each summing 16 runs of 16
-/// elements into one partial (invocation `l` takes elements `l + 256 * (16 * r + k)` of the
-/// chunk into run `r`).
+/// Elements one reduction workgroup takes: 256 invocations, each merging 16 runs of 16
+/// consecutive elements into one partial (invocation `l` takes elements
+/// `16 * (l + 256 * r) + k` of the chunk, k in 0..16, as run `r`).
 pub const REDUCTION_CHUNK: usize = 65536;
 
-/// Additions per run, and runs per partial.
+/// Elements per run; runs per partial.
 const RUN: usize = 16;
 
-/// Thresholds of the three sums of squares (Blue's scaled norm): elements above `BIG` are
-/// scaled by 2^-80 before squaring, those below `SMALL` by 2^80, so that no square of a
-/// finite f32 overflows or vanishes. Powers of two, so scaling is exact.
-const BIG: f32 = 4294967296.0; // 2^32
-const SMALL: f32 = 9.094947e-13; // 2^-40
-const DOWN: f32 = 8.271806e-25; // 2^-80
-const UP: f32 = 1.2089258e24; // 2^80
-
-/// One workgroup's (or one invocation's) partial: the three scaled sums of squares, the
-/// largest finite magnitude and bit flags (1: an inf was seen, 2: a NaN).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+/// A sum of squares that no finite grads overflow or flush, `sum * 4^(exponent - 127)`, with
+/// the largest finite magnitude and the largest magnitude's bit pattern (`worst`: 0x7f800000
+/// for an inf, above for a NaN). A run of 16 grads is scaled by a power of two from its own
+/// largest magnitude, so each square is below 16; merging two partials scales the one of the
+/// smaller exponent down by a power of two. guard.wgsl's `Partial`, operation for operation.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Partial {
-    big: f32,
-    medium: f32,
-    small: f32,
+    sum: f32,
+    exponent: u32,
     max: f32,
-    flags: u32,
+    worst: u32,
 }
 
-impl Partial {
-    /// The partial of one grad: `x`, unscaled, flags it where it is inf or NaN (before value
-    /// clipping, as `unscale_` checks before `clip_grad_value_`); `u`, also value-clipped,
-    /// enters the norm.
-    fn of(x: f32, u: f32) -> Self {
-        if !x.is_finite() {
-            return Self {
-                flags: if x.is_nan() { 2 } else { 1 },
-                ..Self::default()
-            };
-        }
-        let a = u.abs();
-        let scaled = |x: f32| x * x;
+impl Default for Partial {
+    fn default() -> Self {
         Self {
-            big: if a > BIG { scaled(a * DOWN) } else { 0.0 },
-            medium: if (SMALL..=BIG).contains(&a) {
-                a * a
-            } else {
-                0.0
-            },
-            small: if a < SMALL { scaled(a * UP) } else { 0.0 },
-            max: a,
-            flags: 0,
+            sum: 0.0,
+            exponent: 1,
+            max: 0.0,
+            worst: 0,
         }
     }
 }
 
-/// `partials` summed in order, field by field, as guard.wgsl's `accumulate` does.
-fn sum_in_order(partials: impl IntoIterator<Item = Partial>) -> Partial {
+/// `sum * 4^(own - to)` for `own <= to`: exact, or 0 where it is below 2^-120 of the sum it
+/// joins.
+fn shrink(sum: f32, own: u32, to: u32) -> f32 {
+    let d = to - own;
+    match d <= 60 {
+        true => sum * f32::from_bits((127 - 2 * d) << 23),
+        false => 0.0,
+    }
+}
+
+impl Partial {
+    /// The two merged: guard.wgsl's `merge`.
+    fn merge(self, q: Partial) -> Partial {
+        let exponent = self.exponent.max(q.exponent);
+        Partial {
+            sum: shrink(self.sum, self.exponent, exponent) + shrink(q.sum, q.exponent, exponent),
+            exponent,
+            max: self.max.max(q.max),
+            worst: self.worst.max(q.worst),
+        }
+    }
+
+    /// The partial of a run of 16 grads (`x` unscaled, 0 past the end), as guard.wgsl's
+    /// `run_partial` forms it from four vectors of four consecutive ones: flags from `x`, the
+    /// norm from `x` value-clipped to `bound`.
+    fn of_run(x: &[f32; RUN], bound: f32) -> Self {
+        let bits = x.map(|x| x.to_bits() & 0x7fff_ffff);
+        let a: [f32; RUN] = std::array::from_fn(|k| match bits[k] < 0x7f80_0000 {
+            true => x[k].max(-bound).min(bound).abs(),
+            false => 0.0,
+        });
+        // Vector `v` holds elements 4v..4v+4; lane `c` of the four vectors is a column.
+        let m4: [f32; 4] =
+            std::array::from_fn(|c| (a[c].max(a[4 + c])).max(a[8 + c].max(a[12 + c])));
+        let m = m4[0].max(m4[1]).max(m4[2].max(m4[3]));
+        let e = (m.to_bits() >> 23).clamp(1, 253);
+        let s = f32::from_bits((254 - e) << 23);
+        let y = a.map(|a| a * s);
+        let t: [f32; 4] = std::array::from_fn(|c| {
+            y[c] * y[c] + y[4 + c] * y[4 + c] + y[8 + c] * y[8 + c] + y[12 + c] * y[12 + c]
+        });
+        Partial {
+            sum: (t[0] + t[1]) + (t[2] + t[3]),
+            exponent: e,
+            max: m,
+            worst: bits.into_iter().max().unwrap_or(0),
+        }
+    }
+
+    /// Whether a grad was inf or NaN.
+    fn found_inf(&self) -> bool {
+        self.worst >= 0x7f80_0000
+    }
+}
+
+/// `partials` merged in order.
+fn merge_in_order(partials: impl IntoIterator<Item = Partial>) -> Partial {
     partials
         .into_iter()
-        .fold(Partial::default(), |sum, p| Partial {
-            big: sum.big + p.big,
-            medium: sum.medium + p.medium,
-            small: sum.small + p.small,
-            max: sum.max.max(p.max),
-            flags: sum.flags | p.flags,
-        })
-}
-
-/// guard.wgsl's `fold` of the combining workgroup's 256 sums: sixteen runs of sixteen, then
-/// the sixteen run totals.
-fn fold(lanes: &[Partial]) -> Partial {
-    sum_in_order(
-        lanes
-            .chunks(RUN)
-            .map(|run| sum_in_order(run.iter().copied())),
-    )
-}
-
-/// `values` (every 256th partial, or grad, of a lane) summed in runs of 16, then the runs.
-fn in_runs(values: impl Iterator<Item = Partial>, runs: usize) -> Partial {
-    let values: Vec<Partial> = values.collect();
-    let mut chunks = values.chunks(RUN);
-    sum_in_order((0..runs).map(|_| sum_in_order(chunks.next().unwrap_or(&[]).iter().copied())))
+        .fold(Partial::default(), Partial::merge)
 }
 
 /// The 256 partials of one chunk of up to 65536 grads, as one reduction workgroup forms them.
 fn chunk_partials(chunk: &[f32], step: GradStep) -> impl Iterator<Item = Partial> + '_ {
     (0..256).map(move |l| {
-        let grads = chunk.iter().skip(l).step_by(256);
-        in_runs(
-            grads.map(|&g| Partial::of(g * step.inv_scale, step.unscaled(g))),
-            RUN,
-        )
+        merge_in_order((0..RUN).map(|r| {
+            let first = RUN * (l + 256 * r);
+            let run: [f32; RUN] =
+                std::array::from_fn(|k| chunk.get(first + k).map_or(0.0, |&g| g * step.inv_scale));
+            Partial::of_run(&run, step.clip_value)
+        }))
     })
 }
 
-/// The combine of every partial, as guard.wgsl's `finalize` does: invocation `l` of 256 sums
-/// partials `l`, `l + 256`, ... in runs of 16, then the workgroup's fold.
+/// The merge of every partial, as guard.wgsl's `finalize` does: invocation `l` of 256 merges
+/// partials `l`, `l + 256`, ... in order, then sixteen merge sixteen each, then the first
+/// merges those sixteen.
 fn combine(partials: &[Partial]) -> Partial {
     let lanes: Vec<Partial> = (0..256)
-        .map(|l| {
-            let mine = partials.iter().skip(l).step_by(256).copied();
-            let runs = partials.len().saturating_sub(l).div_ceil(256).div_ceil(RUN);
-            in_runs(mine, runs)
-        })
+        .map(|l| merge_in_order(partials.iter().skip(l).step_by(256).copied()))
         .collect();
-    fold(&lanes)
+    merge_in_order(
+        lanes
+            .chunks(RUN)
+            .map(|run| merge_in_order(run.iter().copied())),
+    )
 }
 
 /// The total norm from the combined partial (NaN or inf where a grad was).
 fn total_norm(total: Partial, norm_type: NormType) -> f32 {
-    if total.flags & 2 != 0 {
+    if total.worst > 0x7f80_0000 {
         return f32::NAN;
     }
-    if total.flags & 1 != 0 {
+    if total.worst == 0x7f80_0000 {
         return f32::INFINITY;
     }
     match norm_type {
         NormType::Inf => total.max,
-        NormType::L2 if total.big > 0.0 => (total.big + (total.medium * DOWN) * DOWN).sqrt() * UP,
-        NormType::L2 if total.medium > 0.0 => (total.medium + (total.small * DOWN) * DOWN).sqrt(),
-        NormType::L2 => total.small.sqrt() * DOWN,
+        NormType::L2 => total.sum.sqrt() * f32::from_bits(total.exponent << 23),
     }
 }
 
@@ -426,7 +436,7 @@ impl CpuGuard {
             },
             None => 1.0,
         };
-        let found_inf = total.flags != 0;
+        let found_inf = total.found_inf();
         let skip = found_inf && self.guard.skips();
         let status = &mut self.status;
         status.found_inf = found_inf as u32;

@@ -108,6 +108,8 @@ pub(crate) struct DeviceGuard {
     finalize: wgpu::ComputePipeline,
     finalize_group: wgpu::BindGroup,
     reduce_groups: Vec<Option<wgpu::BindGroup>>,
+    /// Bound as the whole vectors of a window of fewer than four grads, which reads none.
+    spare_vector: wgpu::Buffer,
     /// Statuses mapped back, filled in by the readbacks' callbacks.
     learnt: Arc<Mutex<Learnt>>,
     /// `(step, applied)`: after step `step` the device had applied `applied` steps, the
@@ -145,11 +147,15 @@ fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
     }
 }
 
-/// The WGSL reading element `e` of grads stored as `dtype`.
+/// The WGSL reading grads stored as `dtype`: `grad4(v)`, elements `4v..4v + 4` from the
+/// binding of the window's whole vectors (one load of 16 or 8 bytes), and `grad_at(e)`,
+/// element `e` from the binding of all of them.
 fn grad_accessor(dtype: Dtype) -> String {
     match dtype {
-        Dtype::F32 => "@group(0) @binding(1) var<storage, read> grads: array<f32>;\n\
-                       fn grad_at(e: u32) -> f32 { return grads[e]; }"
+        Dtype::F32 => "@group(0) @binding(1) var<storage, read> grads: array<vec4<f32>>;\n\
+                       @group(0) @binding(6) var<storage, read> grads_all: array<f32>;\n\
+                       fn grad4(v: u32) -> vec4<f32> { return grads[v]; }\n\
+                       fn grad_at(e: u32) -> f32 { return grads_all[e]; }"
             .to_owned(),
         half => {
             let decode = match half {
@@ -157,8 +163,14 @@ fn grad_accessor(dtype: Dtype) -> String {
                 _ => "bf16_value",
             };
             format!(
-                "@group(0) @binding(1) var<storage, read> grads: array<u32>;\n\
-                 fn grad_at(e: u32) -> f32 {{ return {decode}((grads[e >> 1u] >> ((e & 1u) * 16u)) & 0xffffu); }}"
+                "@group(0) @binding(1) var<storage, read> grads: array<vec2<u32>>;\n\
+                 @group(0) @binding(6) var<storage, read> grads_all: array<u32>;\n\
+                 fn grad4(v: u32) -> vec4<f32> {{\n\
+                 \x20   let w = grads[v];\n\
+                 \x20   return vec4<f32>({decode}(w.x & 0xffffu), {decode}(w.x >> 16u), \
+                 {decode}(w.y & 0xffffu), {decode}(w.y >> 16u));\n\
+                 }}\n\
+                 fn grad_at(e: u32) -> f32 {{ return {decode}((grads_all[e >> 1u] >> ((e & 1u) * 16u)) & 0xffffu); }}"
             )
         }
     }
@@ -224,7 +236,13 @@ impl DeviceGuard {
         let partials = buffer(
             device,
             "fused-optim grad partials",
-            partial_count as u64 * 32,
+            partial_count as u64 * 16,
+            wgpu::BufferUsages::STORAGE,
+        );
+        let spare_vector = buffer(
+            device,
+            "fused-optim grad guard spare vector",
+            16,
             wgpu::BufferUsages::STORAGE,
         );
         let values = Self::values_buffer(device, HEADER_BYTES * 4);
@@ -260,6 +278,7 @@ impl DeviceGuard {
                 storage_entry(2, false),
                 storage_entry(3, true),
                 storage_entry(4, false),
+                storage_entry(6, true),
             ],
         });
         let finalize_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
@@ -331,6 +350,7 @@ impl DeviceGuard {
             resolved_stride,
             scalar_bytes,
             reduce_groups: (0..reduce_windows.len()).map(|_| None).collect(),
+            spare_vector,
             reduce_windows,
             window_uniform,
             window_stride,
@@ -383,6 +403,7 @@ impl DeviceGuard {
             &self.window_uniform,
             &self.resolved,
             &self.uniform,
+            &self.spare_vector,
         ]
         .iter()
         .map(|buffer| buffer.size())
@@ -554,6 +575,17 @@ impl DeviceGuard {
                 Dtype::F32 => (first * 4, count * 4),
                 _ => (first * 2, count.div_ceil(2) * 4),
             };
+            // The whole vectors; a window of fewer than four elements reads none of them, and
+            // binds the guard's own vector in their place.
+            let vectors = count / 4 * 4 * dtypes[target].element_bytes();
+            let whole = match vectors {
+                0 => self.spare_vector.as_entire_buffer_binding(),
+                _ => wgpu::BufferBinding {
+                    buffer: grads[target],
+                    offset,
+                    size: wgpu::BufferSize::new(vectors),
+                },
+            };
             let entries = [
                 (
                     0,
@@ -563,17 +595,18 @@ impl DeviceGuard {
                         size: wgpu::BufferSize::new(16),
                     },
                 ),
+                (1, whole),
+                (2, self.status.as_entire_buffer_binding()),
+                (3, self.values.as_entire_buffer_binding()),
+                (4, self.partials.as_entire_buffer_binding()),
                 (
-                    1,
+                    6,
                     wgpu::BufferBinding {
                         buffer: grads[target],
                         offset,
                         size: wgpu::BufferSize::new(size),
                     },
                 ),
-                (2, self.status.as_entire_buffer_binding()),
-                (3, self.values.as_entire_buffer_binding()),
-                (4, self.partials.as_entire_buffer_binding()),
             ];
             let entries: Vec<wgpu::BindGroupEntry> = entries
                 .into_iter()

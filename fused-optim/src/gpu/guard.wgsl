@@ -1,14 +1,17 @@
 // The grad guard's two kernels (src/guard.rs says what a guard does; `CpuGuard` there is their
 // CPU twin, performing these f32 operations in this order):
 // - `reduce`, one dispatch per window of the grads: each invocation sums 256 elements into
-//   one partial (three scaled sums of squares, the largest magnitude, inf/NaN flags) in runs
-//   of 16 additions, so that rounding stays within a few dozen ulp of the exact sum;
-// - `finalize`, one workgroup: combines every partial in a fixed order, writes the step's
+//   one partial, a scaled sum of squares (`Partial` below), the largest magnitude and the
+//   largest bit pattern of a magnitude (inf and NaN), in runs of 16 elements, each run scaled
+//   by a power of two from its own largest magnitude;
+// - `finalize`, one workgroup: merges every partial in a fixed order, writes the step's
 //   found-inf, total norm, clipping coefficient and skip flag into the status, and advances
 //   the scaler and the step count. The update kernels of the step then read the status
 //   (src/gpu/glue.rs: `guard_grad`, `guard_live`, `scalars`).
-// Declared by the host ahead of this file: the codecs (codec.wgsl) and `fn grad_at(e: u32) ->
-// f32`, element `e` of the bound grads in their format (src/gpu/guard.rs).
+// Declared by the host ahead of this file: the codecs (codec.wgsl), `fn grad4(v: u32) ->
+// vec4<f32>`, the window's grads `4v..4v + 4`, read as one vector from the binding of its
+// whole vectors, and `fn grad_at(e: u32) -> f32`, grad `e`, read alone from the binding of all
+// of them (src/gpu/guard.rs).
 
 override WORKGROUP_SIZE: u32 = 256u;
 
@@ -57,22 +60,16 @@ const SCALER: u32 = 1u;
 const CLIP_NORM: u32 = 2u;
 const NORM_INF: u32 = 4u;
 
+// A sum of squares that no finite grads overflow or flush: `sum * 4^(exponent - 127)`,
+// with the largest finite magnitude `max` and the largest magnitude's bits `worst` (an inf
+// is 0x7f800000, a NaN above). Merging two takes the larger exponent and scales the other
+// sum down by a power of two, exactly; `Partial` in src/guard.rs.
 struct Partial {
-    big: f32,
-    medium: f32,
-    small: f32,
+    sum: f32,
+    exponent: u32,
     max: f32,
-    flags: u32,
-    pad0: u32,
-    pad1: u32,
-    pad2: u32,
+    worst: u32,
 }
-
-// Blue's thresholds and scales, powers of two (src/guard.rs).
-const BIG: f32 = 4294967296.0;
-const SMALL: f32 = 9.094947e-13;
-const DOWN: f32 = 8.271806e-25;
-const UP: f32 = 1.2089258e24;
 
 // Where this dispatch's window starts among the partials, and its elements.
 struct ReduceWindow {
@@ -100,45 +97,59 @@ fn is_finite(x: f32) -> bool {
     return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
 }
 
-// The partial of grad `g` added to `sum`, without branches: flags from the unscaled value,
-// the norm from the value-clipped one; a non-finite value adds only its flag.
-fn accumulate_grad(sum: ptr<function, Partial>, g: f32, inv_scale: f32, bound: f32) {
-    let x = g * inv_scale;
-    let finite = is_finite(x);
-    let a = select(0.0, abs(max(min(x, bound), -bound)), finite);
-    let big = a * DOWN;
-    let small = a * UP;
-    (*sum).big = (*sum).big + select(0.0, big * big, a > BIG);
-    (*sum).medium = (*sum).medium + select(0.0, a * a, a >= SMALL && a <= BIG);
-    (*sum).small = (*sum).small + select(0.0, small * small, a < SMALL);
-    (*sum).max = max((*sum).max, a);
-    (*sum).flags = (*sum).flags | select(select(1u, 2u, is_nan(x)), 0u, finite);
-}
-
-// Sums of the three fields in order, the largest magnitude and the flags, as `sum_in_order`
-// in src/guard.rs. Plain sums: compensated (Kahan) sums are what a driver's algebraic
-// optimizer removes (Mesa turns `(s + y) - s - y` into 0), so they would not stay the twin's.
 fn empty() -> Partial {
-    return Partial(0.0, 0.0, 0.0, 0.0, 0u, 0u, 0u, 0u);
+    return Partial(0.0, 1u, 0.0, 0u);
 }
 
-fn accumulate(sum: ptr<function, Partial>, p: Partial) {
-    (*sum).big = (*sum).big + p.big;
-    (*sum).medium = (*sum).medium + p.medium;
-    (*sum).small = (*sum).small + p.small;
-    (*sum).max = max((*sum).max, p.max);
-    (*sum).flags = (*sum).flags | p.flags;
+// `sum * 4^(own - to)` for `own <= to`: exact, or 0 where it is below 2^-120 of the sum it
+// joins, far below an f32's precision.
+fn shrink(sum: f32, own: u32, to: u32) -> f32 {
+    let d = to - own;
+    return select(0.0, sum * bitcast<f32>((127u - 2u * d) << 23u), d <= 60u);
 }
 
-// Folds `finalize`'s 256 sums, each invocation's in `scratch[local]`, into one, which
-// invocation 0 returns: sixteen invocations each sum sixteen in order, then the first sums
-// those sixteen.
+fn merge(p: Partial, q: Partial) -> Partial {
+    let exponent = max(p.exponent, q.exponent);
+    let sum = shrink(p.sum, p.exponent, exponent) + shrink(q.sum, q.exponent, exponent);
+    return Partial(sum, exponent, max(p.max, q.max), max(p.worst, q.worst));
+}
+
+// The partial of a run of 16 grads, four per vector: flags from the unscaled values `x`, the
+// norm from the value-clipped ones within `bound`. The run's squares are scaled by 4^(127 - e),
+// e the exponent field of its largest magnitude (within 1..=253), so each is below 16.
+fn run_partial(x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>, bound: f32) -> Partial {
+    let b0 = bitcast<vec4<u32>>(x0) & vec4<u32>(0x7fffffffu);
+    let b1 = bitcast<vec4<u32>>(x1) & vec4<u32>(0x7fffffffu);
+    let b2 = bitcast<vec4<u32>>(x2) & vec4<u32>(0x7fffffffu);
+    let b3 = bitcast<vec4<u32>>(x3) & vec4<u32>(0x7fffffffu);
+    let inf = vec4<u32>(0x7f800000u);
+    let a0 = select(vec4<f32>(0.0), abs(clamp(x0, vec4<f32>(-bound), vec4<f32>(bound))), b0 < inf);
+    let a1 = select(vec4<f32>(0.0), abs(clamp(x1, vec4<f32>(-bound), vec4<f32>(bound))), b1 < inf);
+    let a2 = select(vec4<f32>(0.0), abs(clamp(x2, vec4<f32>(-bound), vec4<f32>(bound))), b2 < inf);
+    let a3 = select(vec4<f32>(0.0), abs(clamp(x3, vec4<f32>(-bound), vec4<f32>(bound))), b3 < inf);
+    let w = max(max(b0, b1), max(b2, b3));
+    let m4 = max(max(a0, a1), max(a2, a3));
+    let m = max(max(m4.x, m4.y), max(m4.z, m4.w));
+    let e = clamp(bitcast<u32>(m) >> 23u, 1u, 253u);
+    let s = vec4<f32>(bitcast<f32>((254u - e) << 23u));
+    let y0 = a0 * s;
+    let y1 = a1 * s;
+    let y2 = a2 * s;
+    let y3 = a3 * s;
+    let t = y0 * y0 + y1 * y1 + y2 * y2 + y3 * y3;
+    let sum = (t.x + t.y) + (t.z + t.w);
+    return Partial(sum, e, m, max(max(w.x, w.y), max(w.z, w.w)));
+}
+
+// Folds `finalize`'s 256 partials, each invocation's in `scratch[local]`, into one, which
+// invocation 0 returns: sixteen invocations each merge sixteen in order, then the first
+// merges those sixteen.
 fn fold(local: u32) -> Partial {
     workgroupBarrier();
     if local < 16u {
         var sum = empty();
         for (var k = 0u; k < 16u; k++) {
-            accumulate(&sum, scratch[local * 16u + k]);
+            sum = merge(sum, scratch[local * 16u + k]);
         }
         folded[local] = sum;
     }
@@ -146,19 +157,31 @@ fn fold(local: u32) -> Partial {
     var sum = empty();
     if local == 0u {
         for (var k = 0u; k < 16u; k++) {
-            accumulate(&sum, folded[k]);
+            sum = merge(sum, folded[k]);
         }
     }
     return sum;
 }
 
 // How `reduce` walks its window (src/guard.rs, REDUCTION_CHUNK): workgroup `c` takes chunk
-// `c` of 65536 elements, invocation `l` of it sums elements `l + 256 * (16 * r + k)` for
-// k in 0..16 into run `r`, and its 16 runs into its partial, with no workgroup memory and no
-// barrier (a CPU adapter pays for those with a coroutine per invocation).
+// `c` of 65536 elements, invocation `l` of it takes the 16 consecutive elements from
+// `16 * (l + 256 * r)` as run `r` (four vector loads), and merges its 16 runs into its
+// partial, with no workgroup memory and no barrier (a CPU adapter pays for those with a
+// coroutine per invocation). Neighbouring invocations read neighbouring runs.
 const LANES: u32 = 256u;
 const RUN: u32 = 16u;
 const CHUNK: u32 = 65536u;
+
+// The grads `e..e + 4` times `inv_scale`, one by one; 0 past `len`.
+fn four(e: u32, len: u32, inv_scale: f32) -> vec4<f32> {
+    let x = vec4<f32>(
+        grad_at(min(e, len - 1u)),
+        grad_at(min(e + 1u, len - 1u)),
+        grad_at(min(e + 2u, len - 1u)),
+        grad_at(min(e + 3u, len - 1u)),
+    ) * inv_scale;
+    return select(vec4<f32>(0.0), x, vec4<u32>(e) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(len));
+}
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn reduce(
@@ -175,58 +198,43 @@ fn reduce(
     let len = reduce_window.len;
     var sum = empty();
     for (var r = 0u; r < RUN; r++) {
-        var run = empty();
-        let start = chunk * CHUNK + r * RUN * LANES + local;
-        if start + (RUN - 1u) * LANES < len {
-            for (var k = 0u; k < RUN; k++) {
-                accumulate_grad(&run, grad_at(start + k * LANES), inv_scale, bound);
-            }
-        } else {
-            for (var k = 0u; k < RUN; k++) {
-                if start + k * LANES < len {
-                    accumulate_grad(&run, grad_at(start + k * LANES), inv_scale, bound);
-                }
-            }
+        let first = RUN * (chunk * (CHUNK / RUN) + local + r * LANES);
+        if first + (RUN - 1u) < len {
+            let v = first / 4u;
+            sum = merge(sum, run_partial(grad4(v) * inv_scale, grad4(v + 1u) * inv_scale,
+                grad4(v + 2u) * inv_scale, grad4(v + 3u) * inv_scale, bound));
+        } else if first < len {
+            // The run the window ends in; runs past it would add nothing.
+            sum = merge(sum, run_partial(four(first, len, inv_scale),
+                four(first + 4u, len, inv_scale), four(first + 8u, len, inv_scale),
+                four(first + 12u, len, inv_scale), bound));
         }
-        accumulate(&sum, run);
     }
     partials[reduce_window.partial_base + chunk * LANES + local] = sum;
 }
 
 fn total_norm(total: Partial, inf_norm: bool) -> f32 {
-    if (total.flags & 2u) != 0u {
+    if total.worst > 0x7f800000u {
         return bitcast<f32>(0x7fc00000u);
     }
-    if (total.flags & 1u) != 0u {
+    if total.worst == 0x7f800000u {
         return bitcast<f32>(0x7f800000u);
     }
     if inf_norm {
         return total.max;
     }
-    if total.big > 0.0 {
-        return sqrt(total.big + (total.medium * DOWN) * DOWN) * UP;
-    }
-    if total.medium > 0.0 {
-        return sqrt(total.medium + (total.small * DOWN) * DOWN);
-    }
-    return sqrt(total.small) * DOWN;
+    return sqrt(total.sum) * bitcast<f32>(total.exponent << 23u);
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn finalize(@builtin(local_invocation_index) local: u32) {
-    // Invocation `l` sums partials `l`, `l + 256`, ... in runs of 16, then the workgroup folds.
+    // Invocation `l` merges partials `l`, `l + 256`, ... in order, then the workgroup folds.
     let header = values.header;
     // Read before invocation 0 advances it, two barriers below.
     let t = status.applied + 1u;
     var sum = empty();
-    for (var p = local; p < header.partials; p += RUN * LANES) {
-        var run = empty();
-        for (var k = 0u; k < RUN; k++) {
-            if p + k * LANES < header.partials {
-                accumulate(&run, partials[p + k * LANES]);
-            }
-        }
-        accumulate(&sum, run);
+    for (var p = local; p < header.partials; p += LANES) {
+        sum = merge(sum, partials[p]);
     }
     scratch[local] = sum;
     let combined = fold(local);
@@ -250,7 +258,7 @@ fn finalize(@builtin(local_invocation_index) local: u32) {
         let unclamped = header.max_norm / (norm + 1e-6);
         coef = select(min(unclamped, 1.0), unclamped, is_nan(unclamped));
     }
-    let found_inf = combined.flags != 0u;
+    let found_inf = combined.worst >= 0x7f800000u;
     let scaler = (header.flags & SCALER) != 0u;
     let skip = found_inf && scaler;
     status.found_inf = u32(found_inf);
