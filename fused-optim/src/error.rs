@@ -323,6 +323,47 @@ pub enum Error {
         name: String,
     },
 
+    #[error(
+        "invalid shard {start}..{end} of a layout of {len} elements: {reason}; \
+         ParamLayout::shards gives valid ones"
+    )]
+    /// A shard range that is empty, past the layout, or not on a shard boundary.
+    InvalidShard {
+        /// The range's first element.
+        start: u64,
+        /// The range's end.
+        end: u64,
+        /// Elements of the packed layout.
+        len: u64,
+        /// What is wrong.
+        reason: String,
+    },
+
+    #[error("{operation} is not available on a shard ({start}..{end}) yet: {instead}")]
+    /// An operation a sharded optimizer cannot do yet: it would see only its shard where the
+    /// result depends on every shard.
+    ShardUnsupported {
+        /// What was asked.
+        operation: &'static str,
+        /// The shard's range.
+        start: u64,
+        /// The shard's end.
+        end: u64,
+        /// What to do instead.
+        instead: &'static str,
+    },
+
+    #[error("tensor `{name}` lies partly outside this shard ({start}..{end})")]
+    /// A per-tensor read of a tensor the shard holds only part of.
+    TensorOutsideShard {
+        /// The tensor's name.
+        name: String,
+        /// The shard's range.
+        start: u64,
+        /// The shard's end.
+        end: u64,
+    },
+
     #[error("there is no parameter group {group}")]
     /// A parameter group index past the last group.
     UnknownGroup {

@@ -441,3 +441,140 @@ fn stepping_errors_are_typed_and_change_nothing() {
     assert_eq!(foreach.step_count(), 0);
     assert_eq!(gpu.download(&a).unwrap(), values[..4]);
 }
+
+/// The groups the shard tests cut: bf16 params and grads, the decayed weights with the 8-bit
+/// master correction, 8-bit `exp_avg` and 4-bit `exp_avg_sq`, the rest pure bf16 with
+/// stochastic rounding and 8-bit state: every random stream a step draws from.
+fn sharded_groups() -> Vec<ParamGroup<Adam>> {
+    let names = |decay: bool| {
+        TENSORS
+            .iter()
+            .filter(move |(name, _)| is_decayed(name) == decay)
+            .map(|(name, _)| *name)
+    };
+    let precision = |text: &str| text.parse::<fused_optim::Precision>().unwrap();
+    vec![
+        ParamGroup::new(
+            Adam {
+                weight_decay: 0.01,
+                ..Adam::default()
+            },
+            names(true),
+        )
+        .with_precision(precision("bf16,master=8bit,state=8bit,exp_avg_sq=4bit")),
+        ParamGroup::new(Adam::default(), names(false))
+            .with_precision(precision("bf16,rounding=stochastic,state=8bit")),
+    ]
+}
+
+/// Shards of a set, each stepping the same packed buffers, update them bit for bit as the
+/// whole set does, for 2 and 3 shards cutting tensors and groups mid-way; their state
+/// together is the whole set's, plus at most a block and a word per buffer at each edge.
+#[test]
+fn shards_step_their_ranges_as_the_whole_set_does_bit_for_bit() {
+    let gpu = common::gpu();
+    let bf16 = fused_optim::Dtype::Bf16;
+    for n in [2, 3] {
+        let mut whole = ParamSet::new(gpu, &TENSORS, sharded_groups()).unwrap();
+        let layout = whole.layout().clone();
+        let len = layout.len() as usize;
+        let shards = layout.shards(n).unwrap();
+        assert_eq!(shards.len(), n);
+        assert_eq!((shards[0].start, shards[n - 1].end), (0, layout.len()));
+        let mut sets: Vec<ParamSet<Adam>> = shards
+            .iter()
+            .map(|range| ParamSet::shard(gpu, &TENSORS, sharded_groups(), range.clone()).unwrap())
+            .collect();
+        let initial = bf16.encode(&common::random_nonzero(len, 7));
+        let whole_params = gpu.upload_bytes("params", &initial).unwrap();
+        let shard_params = gpu.upload_bytes("params", &initial).unwrap();
+        let grads = gpu
+            .upload_bytes("grads", &bf16.encode(&vec![0.0; len]))
+            .unwrap();
+        for step in 0..STEPS {
+            let values = common::random_nonzero(len, 70 + step as u64);
+            gpu.queue().write_buffer(&grads, 0, &bf16.encode(&values));
+            whole.step(&whole_params, &grads).unwrap();
+            for set in &mut sets {
+                set.step(&shard_params, &grads).unwrap();
+            }
+        }
+        let want = gpu.download_bytes(&whole_params).unwrap();
+        let got = gpu.download_bytes(&shard_params).unwrap();
+        let differ = want.iter().zip(&got).filter(|(w, g)| w != g).count();
+        assert_eq!(differ, 0, "{n} shards: bytes of the params differ");
+        // A tensor wholly inside a shard has the whole set's state, bit for bit.
+        for (name, _) in TENSORS {
+            let slot = layout.tensor(name).unwrap();
+            let holder = sets.iter().find(|set| {
+                let range = set.range();
+                slot.offset >= range.start && slot.offset + slot.len <= range.end
+            });
+            if let Some(set) = holder {
+                for state in ["exp_avg", "exp_avg_sq"] {
+                    let want = whole.read_state(state, name).unwrap();
+                    let got = set.read_state(state, name).unwrap();
+                    assert!(
+                        want.iter()
+                            .zip(&got)
+                            .all(|(w, g)| w.to_bits() == g.to_bits()),
+                        "{n} shards: {name} {state}"
+                    );
+                }
+            }
+        }
+        let together: u64 = sets.iter().map(|set| set.state_bytes()).sum();
+        // Per edge and group cut: master, two slots' codes and scales, each up to a block of
+        // 32 elements (4 bytes each at most) and a word of rounding.
+        let edges = 2 * (n as u64 - 1);
+        assert!(
+            together >= whole.state_bytes() && together <= whole.state_bytes() + edges * 5 * 132,
+            "{n} shards: {together} bytes against {}",
+            whole.state_bytes()
+        );
+    }
+}
+
+/// What a shard cannot do yet, and ranges that are not shards, are typed errors.
+#[test]
+fn shard_errors_are_typed() {
+    let gpu = common::gpu();
+    let set = ParamSet::new(gpu, &TENSORS, sharded_groups()).unwrap();
+    let layout = set.layout().clone();
+    for range in [0..100, 100..layout.len(), 0..0, 0..layout.len() + 256] {
+        let error = ParamSet::shard(gpu, &TENSORS, sharded_groups(), range.clone())
+            .err()
+            .unwrap();
+        assert!(
+            matches!(error, Error::InvalidShard { .. }),
+            "{range:?}: {error}"
+        );
+    }
+    assert!(matches!(layout.shards(0), Err(Error::InvalidShard { .. })));
+    assert!(matches!(
+        layout.shards(layout.len() as usize),
+        Err(Error::InvalidShard { .. })
+    ));
+    let ranges = layout.shards(2).unwrap();
+    let mut shard = ParamSet::shard(gpu, &TENSORS, sharded_groups(), ranges[0].clone()).unwrap();
+    let refused = |result: fused_optim::Result<()>| {
+        assert!(
+            matches!(result, Err(Error::ShardUnsupported { .. })),
+            "{result:?}"
+        )
+    };
+    refused(shard.set_grad_guard(fused_optim::GradGuard::default()));
+    refused(shard.checkpoint().map(drop));
+    let checkpoint = set.checkpoint().unwrap();
+    refused(shard.restore(&checkpoint));
+    // embed.weight (2011 elements from 0) is cut by the edge of the first of 2 shards.
+    let cut = layout
+        .tensors()
+        .iter()
+        .find(|slot| slot.offset < ranges[0].end && slot.offset + slot.len > ranges[0].end)
+        .expect("a tensor across the edge");
+    assert!(matches!(
+        shard.read_state("exp_avg", &cut.name),
+        Err(Error::TensorOutsideShard { .. })
+    ));
+}

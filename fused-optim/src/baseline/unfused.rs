@@ -163,6 +163,7 @@ impl<R: UpdateRule> UnfusedChain<R> {
             group: 0,
             start: 0,
             end: len,
+            first: 0,
         };
         let state = context.scoped("allocating the unfused chain's state", || {
             R::STATE_SLOTS

@@ -61,6 +61,8 @@ pub(crate) struct Engine<R: UpdateRule> {
     checkpoint_copies: std::sync::Arc<std::sync::Mutex<Vec<wgpu::Buffer>>>,
     /// The steps and checkpoints recorded into callers' encoders not yet seen submitted.
     submissions: Submissions,
+    /// For a shard of a packed layout, its range: what needs every shard is refused.
+    pub shard: Option<std::ops::Range<u64>>,
 }
 
 /// A guard and the host state of each group after each step count the device may hold.
@@ -292,6 +294,7 @@ impl<R: UpdateRule> Engine<R> {
             guard: None,
             checkpoint_copies: Default::default(),
             submissions: Submissions::default(),
+            shard: None,
         })
     }
 
@@ -300,6 +303,10 @@ impl<R: UpdateRule> Engine<R> {
     /// one changes the settings and keeps the counts, and the scale while the scaler stays on
     /// (see [`GradGuard::restarted_scale`]). On error nothing changed.
     pub fn set_guard(&mut self, guard: GradGuard) -> Result<()> {
+        self.whole(
+            "a grad guard",
+            "clip and check the grads before the shards step",
+        )?;
         guard.validate()?;
         if let Some(guarded) = &self.guard {
             let restarted = guarded.device.settings.restarted_scale(&guard);
@@ -417,6 +424,19 @@ impl<R: UpdateRule> Engine<R> {
     /// The spans, in the order the optimizer gave them.
     pub fn spans(&self) -> &[Span] {
         &self.spans
+    }
+
+    /// Refuses `operation` on a shard, which would see only its own part of what it needs.
+    pub fn whole(&self, operation: &'static str, instead: &'static str) -> Result<()> {
+        match &self.shard {
+            Some(shard) => Err(Error::ShardUnsupported {
+                operation,
+                start: shard.start,
+                end: shard.end,
+                instead,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// The buffer span `span` keeps for `role` (a slot's values, or the master), if any.
@@ -852,7 +872,7 @@ impl<R: UpdateRule> Engine<R> {
             let values = DispatchValues {
                 begin: d.begin,
                 end: d.end,
-                origin: window.offset,
+                origin: self.spans[window.span].first + window.offset,
                 step: t,
                 group: window.group,
             };

@@ -13,6 +13,10 @@ pub(crate) struct Span {
     pub group: usize,
     pub start: u64,
     pub end: u64,
+    /// The index of element `start` in its run (its group's run of a packed layout): where
+    /// the counter-based random streams of stochastic rounding start, so that a shard of a
+    /// run rounds each element as the whole run would.
+    pub first: u64,
 }
 
 /// One window of span `span`. The span's state buffers are bound from its element `offset`
@@ -164,6 +168,7 @@ mod tests {
 
     fn span(start: u64, end: u64) -> Span {
         Span {
+            first: 0,
             target: 0,
             group: 0,
             start,

@@ -189,6 +189,62 @@ impl ParamLayout {
         self.groups[group].clone()
     }
 
+    /// Elements of each of `n` shards ([`Self::shards`]): `len() / n` rounded up to a
+    /// multiple of [`TENSOR_ALIGNMENT`]. A collective that wants equal blocks (MPI's
+    /// `reduce_scatter_block`) works on buffers of `n * shard_len(n)` elements, zero past
+    /// `len()`.
+    pub fn shard_len(&self, n: usize) -> u64 {
+        round_up(self.len.div_ceil(n.max(1) as u64), TENSOR_ALIGNMENT)
+    }
+
+    /// The packed elements cut into `n` contiguous shards, as a data-parallel job gives each
+    /// of its `n` ranks one (ZeRO's flat partition): shard `k` is
+    /// `k * shard_len(n)..(k + 1) * shard_len(n)`, the last ending at `len()`. Shards cut
+    /// tensors and groups wherever the sizes fall, on multiples of [`TENSOR_ALIGNMENT`] (so
+    /// on block boundaries of every format). More shards than such pieces is an error.
+    pub fn shards(&self, n: usize) -> Result<Vec<Range<u64>>> {
+        let size = self.shard_len(n);
+        let shards: Vec<Range<u64>> = (0..n as u64)
+            .map(|k| (k * size).min(self.len)..((k + 1) * size).min(self.len))
+            .collect();
+        let empty = match n {
+            0 => Some(0..0),
+            _ => shards.iter().find(|shard| shard.is_empty()).cloned(),
+        };
+        match empty {
+            Some(empty) => Err(Error::InvalidShard {
+                start: empty.start,
+                end: empty.end,
+                len: self.len,
+                reason: format!(
+                    "{n} shards of whole {TENSOR_ALIGNMENT}-element pieces leave one empty"
+                ),
+            }),
+            None => Ok(shards),
+        }
+    }
+
+    /// `range` if it is a shard of this layout: non-empty, within it, and starting and ending
+    /// on multiples of [`TENSOR_ALIGNMENT`] (or at its end).
+    pub(crate) fn check_shard(&self, range: Range<u64>) -> Result<Range<u64>> {
+        let bad = |reason: &str| Error::InvalidShard {
+            start: range.start,
+            end: range.end,
+            len: self.len,
+            reason: reason.into(),
+        };
+        if range.start >= range.end || range.end > self.len {
+            return Err(bad("it must be non-empty and within the layout"));
+        }
+        let aligned = |at: u64| at.is_multiple_of(TENSOR_ALIGNMENT);
+        if !aligned(range.start) || !(aligned(range.end) || range.end == self.len) {
+            return Err(bad(&format!(
+                "its ends must be multiples of {TENSOR_ALIGNMENT} elements (or the layout's end)"
+            )));
+        }
+        Ok(range)
+    }
+
     /// One tensor's values in a packed host copy of a buffer (`len()` elements).
     pub fn view<'a>(&self, packed: &'a [f32], name: &str) -> Result<&'a [f32]> {
         self.check_packed(packed.len())?;

@@ -40,6 +40,7 @@ impl<R: UpdateRule> Optimizer<R> {
             group: 0,
             start: 0,
             end: len,
+            first: 0,
         };
         let engine = Engine::new(context, vec![rule], vec![precision], vec![len], &[span])?;
         Ok(Self { engine, len })

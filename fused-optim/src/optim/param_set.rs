@@ -3,6 +3,8 @@
 //! list). Both share the engine of [`Optimizer`](crate::Optimizer).
 
 use super::engine_accessors;
+use std::ops::Range;
+
 use super::layout::ParamLayout;
 use crate::error::{Error, Result};
 use crate::format::Precision;
@@ -43,9 +45,17 @@ impl<R> ParamGroup<R> {
 /// A fused optimizer over a parameter set: many named tensors packed into one params and one
 /// grads buffer (see [`ParamLayout`]), in parameter groups with their own hyperparameters.
 /// A step is one dispatch per group and binding window, however many tensors there are.
+///
+/// [`ParamSet::shard`] builds one over a contiguous range of the packed elements only, as a
+/// data-parallel rank of DeepSpeed's ZeRO or FSDP keeps: its master and state cover the range
+/// alone, and a step updates the range alone, element for element as the whole set would.
 pub struct ParamSet<R: UpdateRule> {
     engine: Engine<R>,
     layout: ParamLayout,
+    /// The packed elements it steps: the whole layout, or a shard of it.
+    range: Range<u64>,
+    /// Each group's span, where the range holds part of the group.
+    spans: Vec<Option<usize>>,
 }
 
 impl<R: UpdateRule> ParamSet<R> {
@@ -57,31 +67,78 @@ impl<R: UpdateRule> ParamSet<R> {
         tensors: &[(T, usize)],
         groups: Vec<ParamGroup<R>>,
     ) -> Result<Self> {
+        Self::build(context, tensors, groups, None)
+    }
+
+    /// [`ParamSet::new`] over the packed elements `range` only: one of
+    /// [`ParamLayout::shards`], or any range whose ends are multiples of
+    /// [`TENSOR_ALIGNMENT`](crate::TENSOR_ALIGNMENT) (or the layout's end). It cuts tensors
+    /// anywhere; each tensor and group keeps its settings (its group's precision and rule)
+    /// whichever shards hold its elements, and a step rounds each element as the whole set
+    /// would (stochastic rounding's streams follow the element's place in its group). Steps
+    /// take the same packed `params` and `grads` buffers as the whole set's and touch the
+    /// range's elements only. A grad guard and checkpoints are refused
+    /// ([`Error::ShardUnsupported`]): each needs every shard.
+    pub fn shard<T: AsRef<str>>(
+        context: &GpuContext,
+        tensors: &[(T, usize)],
+        groups: Vec<ParamGroup<R>>,
+        range: Range<u64>,
+    ) -> Result<Self> {
+        Self::build(context, tensors, groups, Some(range))
+    }
+
+    fn build<T: AsRef<str>>(
+        context: &GpuContext,
+        tensors: &[(T, usize)],
+        groups: Vec<ParamGroup<R>>,
+        shard: Option<Range<u64>>,
+    ) -> Result<Self> {
         let names: Vec<Vec<&str>> = groups
             .iter()
             .map(|group| group.tensors.iter().map(String::as_str).collect())
             .collect();
         let layout = ParamLayout::new(tensors, &names)?;
-        let spans: Vec<Span> = (0..layout.group_count())
-            .map(|group| {
-                let range = layout.group_range(group);
-                Span {
+        let range = match &shard {
+            Some(range) => layout.check_shard(range.clone())?,
+            None => 0..layout.len(),
+        };
+        let mut spans = Vec::new();
+        let mut span_of = vec![None; layout.group_count()];
+        for (group, span) in span_of.iter_mut().enumerate() {
+            let run = layout.group_range(group);
+            let (start, end) = (run.start.max(range.start), run.end.min(range.end));
+            if start < end {
+                *span = Some(spans.len());
+                spans.push(Span {
                     target: 0,
                     group,
-                    start: range.start,
-                    end: range.end,
-                }
-            })
-            .collect();
+                    start,
+                    end,
+                    first: start - run.start,
+                });
+            }
+        }
         let precisions = groups.iter().map(|group| group.precision.clone()).collect();
         let rules = groups.into_iter().map(|group| group.rule).collect();
-        let engine = Engine::new(context, rules, precisions, vec![layout.len()], &spans)?;
-        Ok(Self { engine, layout })
+        let mut engine = Engine::new(context, rules, precisions, vec![layout.len()], &spans)?;
+        engine.shard = shard.map(|_| range.clone());
+        Ok(Self {
+            engine,
+            layout,
+            range,
+            spans: span_of,
+        })
     }
 
     /// Where each tensor lives in the packed buffers.
     pub fn layout(&self) -> &ParamLayout {
         &self.layout
+    }
+
+    /// The packed elements it steps: `0..layout().len()`, or its shard.
+    pub fn range(&self) -> Range<u64> {
+        self.range.clone()
     }
 
     /// Checkpoints name each tensor by its name in the layout (`state.fc1.weight.exp_avg`),
@@ -91,14 +148,29 @@ impl<R: UpdateRule> ParamSet<R> {
         self.layout
             .tensors()
             .iter()
-            .map(|slot| NamedTensor {
-                name: slot.name.clone(),
-                // One span per group.
-                span: slot.group,
-                offset: slot.offset - spans[slot.group].start,
-                len: slot.len,
+            .filter_map(|slot| {
+                let span = self.spans[slot.group]?;
+                Some(NamedTensor {
+                    name: slot.name.clone(),
+                    span,
+                    offset: slot.offset - spans[span].start,
+                    len: slot.len,
+                })
             })
             .collect()
+    }
+
+    /// Group `group`'s span, where this set holds part of the group.
+    fn span(&self, group: usize) -> Result<usize> {
+        match self.spans.get(group) {
+            None => Err(Error::UnknownGroup { group }),
+            Some(span) => span.ok_or(Error::ShardUnsupported {
+                operation: "reading a group outside the shard",
+                start: self.range.start,
+                end: self.range.end,
+                instead: "read it from the shard that holds it",
+            }),
+        }
     }
 
     engine_accessors!();
@@ -134,8 +206,8 @@ impl<R: UpdateRule> ParamSet<R> {
     }
 
     /// The GPU buffer of a state of group `group`, in its storage format, laid out like the
-    /// group's run of the params: its element `k` is the params' element
-    /// `layout().group_range(group).start + k`.
+    /// group's run of the params within [`Self::range`]: its element `k` is the params'
+    /// element `max(layout().group_range(group).start, range().start) + k`.
     pub fn state_buffer(&self, name: &str, group: usize) -> Result<&wgpu::Buffer> {
         let rule = self
             .engine
@@ -145,7 +217,7 @@ impl<R: UpdateRule> ParamSet<R> {
         match find_state(rule, name)? {
             StateRef::Slot(slot) => Ok(self
                 .engine
-                .owned_buffer(group, Role::Slot(slot))
+                .owned_buffer(self.span(group)?, Role::Slot(slot))
                 .expect("a kept slot has a buffer")),
             StateRef::Step | StateRef::Host(_) => Err(Error::UnknownState {
                 name: name.to_owned(),
@@ -155,14 +227,24 @@ impl<R: UpdateRule> ParamSet<R> {
     }
 
     /// Reads one tensor's state back by PyTorch name, decoded to f32; `step` reads as one
-    /// element. Fails for a state the tensor's group does not keep. Waits for the GPU.
+    /// element. Fails for a state the tensor's group does not keep, and on a shard for a
+    /// tensor it holds only part of. Waits for the GPU.
     pub fn read_state(&self, name: &str, tensor: &str) -> Result<Vec<f32>> {
         let slot = self.layout.tensor(tensor)?;
         match find_state(&self.engine.groups[slot.group], name)? {
             StateRef::Slot(index) => {
-                // One span per group, from the group's first element.
-                let values = self.engine.read_slot(slot.group, index)?;
-                let start = (slot.offset - self.engine.spans()[slot.group].start) as usize;
+                let inside =
+                    slot.offset >= self.range.start && slot.offset + slot.len <= self.range.end;
+                if !inside {
+                    return Err(Error::TensorOutsideShard {
+                        name: tensor.to_owned(),
+                        start: self.range.start,
+                        end: self.range.end,
+                    });
+                }
+                let span = self.span(slot.group)?;
+                let values = self.engine.read_slot(span, index)?;
+                let start = (slot.offset - self.engine.spans()[span].start) as usize;
                 Ok(values[start..start + slot.len as usize].to_vec())
             }
             StateRef::Host(index) => Ok(vec![self.engine.applied()?.1[slot.group][index] as f32]),
@@ -222,6 +304,7 @@ impl<R: UpdateRule> ForeachOptimizer<R> {
                 group: 0,
                 start: 0,
                 end: len,
+                first: 0,
             })
             .collect();
         let engine = Engine::new(context, vec![rule], vec![precision], lens, &spans)?;

@@ -393,6 +393,10 @@ impl<R: UpdateRule> Engine<R> {
         encoder: &mut wgpu::CommandEncoder,
         tensors: &[NamedTensor],
     ) -> Result<PendingCheckpoint> {
+        self.whole(
+            "a checkpoint",
+            "checkpoint the optimizer of the whole layout",
+        )?;
         // Steps in `encoder` precede the copies; every other must be submitted already.
         let within = Ahead::Recorded(encoder_id(encoder));
         let operation = "recording a checkpoint into another encoder";
@@ -511,6 +515,10 @@ impl<R: UpdateRule> Engine<R> {
     /// the rule's host state (NAdam's `mu_product`), the grad guard's status, and metadata.
     /// Waits for the GPU.
     pub fn checkpoint(&self, tensors: &[NamedTensor]) -> Result<Checkpoint> {
+        self.whole(
+            "a checkpoint",
+            "checkpoint the optimizer of the whole layout",
+        )?;
         // The copies go in a submission of their own: every step must be ahead of it.
         self.submissions
             .check(&self.context, Ahead::Read, "taking a checkpoint")?;
@@ -529,6 +537,10 @@ impl<R: UpdateRule> Engine<R> {
     /// tensors (a layout's alignment) are given their initial state. Everything is checked
     /// first; on error nothing changed.
     pub fn restore(&mut self, checkpoint: &Checkpoint, tensors: &[NamedTensor]) -> Result<()> {
+        self.whole(
+            "restoring a checkpoint",
+            "restore the optimizer of the whole layout",
+        )?;
         let mismatch = |reason: String| Error::CheckpointMismatch { reason };
         let corrupt = |reason: String| Error::CorruptCheckpoint { reason };
         // The state is written ahead of the next submission: a step or a checkpoint's copies
