@@ -244,18 +244,31 @@ pub const REDUCTION_CHUNK: usize = 65536;
 /// Elements per run; runs per partial.
 const RUN: usize = 16;
 
-/// A sum of squares that no finite grads overflow or flush, `sum * 4^(exponent - 127)`, with
-/// the largest finite magnitude and the largest magnitude's bit pattern (`worst`: 0x7f800000
-/// for an inf, above for a NaN). A run of 16 grads is scaled by a power of two from its own
-/// largest magnitude, so each square is below 16; merging two partials scales the one of the
-/// smaller exponent down by a power of two. guard.wgsl's `Partial`, operation for operation.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) struct Partial {
-    sum: f32,
-    exponent: u32,
-    max: f32,
-    worst: u32,
+/// What a grad guard's reduction knows of some grads (guard.wgsl's `Partial`, operation for
+/// operation; 16 bytes, as the device stores it): a sum of squares that no finite grads
+/// overflow or flush, `sum * 4^(exponent - 127)`, the largest finite magnitude and the largest
+/// magnitude's bit pattern (`worst`: 0x7f800000 for an inf, above for a NaN). A run of 16
+/// grads is scaled by a power of two from its own largest magnitude, so each square is below
+/// 16; merging two partials scales the one of the smaller exponent down by a power of two,
+/// exactly, so any number of partials combine without overflow.
+///
+/// A shard's half of a split guard writes one
+/// ([`ParamSet::record_grad_partial`](crate::ParamSet::record_grad_partial)); the caller
+/// gathers every shard's, in rank order, for the step's other half.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct GradPartial {
+    /// The scaled sum of squares of the value-clipped, unscaled grads.
+    pub sum: f32,
+    /// The f32 exponent field of the scale: the sum of squares is `sum * 4^(exponent - 127)`.
+    pub exponent: u32,
+    /// The largest finite magnitude (the inf norm).
+    pub max: f32,
+    /// The largest magnitude's bits: 0x7f800000 and above where a grad was inf or NaN.
+    pub worst: u32,
 }
+
+type Partial = GradPartial;
 
 impl Default for Partial {
     fn default() -> Self {
@@ -318,7 +331,7 @@ impl Partial {
     }
 
     /// Whether a grad was inf or NaN.
-    fn found_inf(&self) -> bool {
+    pub fn found_inf(&self) -> bool {
         self.worst >= 0x7f80_0000
     }
 }
@@ -413,20 +426,51 @@ impl CpuGuard {
     /// of its tensors, padding included), as f32 (16-bit grads decoded, which is exact), and
     /// advances the scaler as the device does. Returns how the step's update takes the grads.
     pub fn check(&mut self, runs: &[&[f32]]) -> GradStep {
-        let inv_scale = 1.0 / self.status.scale;
-        let probe = GradStep {
+        let total = combine(&self.chunk_partials(runs));
+        self.finish(total)
+    }
+
+    /// A shard's half of a split guard: the merged partial of its grads, `runs` as
+    /// [`CpuGuard::check`] takes them (a shard's parts of its groups), under the current
+    /// scale. Changes nothing.
+    pub fn partial(&self, runs: &[&[f32]]) -> GradPartial {
+        combine(&self.chunk_partials(runs))
+    }
+
+    /// The other half: the step's check from every shard's partial in rank order, advancing
+    /// the scaler as [`CpuGuard::check`] does.
+    pub fn check_partials(&mut self, partials: &[GradPartial]) -> GradStep {
+        let total = combine(partials);
+        self.finish(total)
+    }
+
+    /// How the current step takes the grads before the check decides skip and clipping.
+    fn probe(&self) -> GradStep {
+        GradStep {
             skip: false,
-            inv_scale,
+            inv_scale: 1.0 / self.status.scale,
             clip_value: self.guard.value_bound(),
             clip_coef: 1.0,
-        };
+        }
+    }
+
+    /// The partials of every chunk of `runs`, as the reduction's workgroups write them.
+    fn chunk_partials(&self, runs: &[&[f32]]) -> Vec<Partial> {
+        let probe = self.probe();
         let mut partials = Vec::new();
         for run in runs {
             for chunk in run.chunks(REDUCTION_CHUNK) {
                 partials.extend(chunk_partials(chunk, probe));
             }
         }
-        let total = combine(&partials);
+        partials
+    }
+
+    /// The finalize: the norm, clipping and skip from the merged partial `total`, and the
+    /// scaler advanced.
+    fn finish(&mut self, total: Partial) -> GradStep {
+        let probe = self.probe();
+        let inv_scale = probe.inv_scale;
         let norm_type = self.guard.clip_norm.map_or(NormType::L2, |c| c.norm_type);
         let norm = total_norm(total, norm_type);
         let clip_coef = match self.guard.clip_norm {

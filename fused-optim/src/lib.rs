@@ -55,7 +55,9 @@ pub use gpu::{
     GpuContext, Lanes, PendingCheckpoint, StepValues, CODEC, DUMP_KERNELS, MAX_STEP_VALUES_BYTES,
     PRELUDE, WORKGROUP_SIZE,
 };
-pub use guard::{ClipGradNorm, CpuGuard, GradGuard, GradScaler, GradStatus, GradStep, NormType};
+pub use guard::{
+    ClipGradNorm, CpuGuard, GradGuard, GradPartial, GradScaler, GradStatus, GradStep, NormType,
+};
 pub use optim::{
     CpuOptimizer, ForeachOptimizer, Optimizer, ParamGroup, ParamLayout, ParamSet, TensorSlot,
     TENSOR_ALIGNMENT,

@@ -9,8 +9,8 @@ mod common;
 
 use fused_optim::{
     visit_rules, Adam, ClipGradNorm, CpuGuard, CpuOptimizer, Dtype, Error, ForeachOptimizer,
-    GpuContext, GradGuard, GradScaler, GradStatus, NormType, Optimizer, ParamGroup, ParamSet,
-    Precision, RegisteredRule, RuleVisitor, Sgd, UpdateRule,
+    GpuContext, GradGuard, GradPartial, GradScaler, GradStatus, NormType, Optimizer, ParamGroup,
+    ParamSet, Precision, RegisteredRule, RuleVisitor, Sgd, UpdateRule,
 };
 
 fn bits(values: &[f32]) -> Vec<u32> {
@@ -828,4 +828,106 @@ fn a_scaler_switched_with_a_step_unsubmitted_is_refused() {
     optimizer.set_grad_guard(GradGuard::default()).unwrap();
     let status = optimizer.read_grad_status().unwrap().unwrap();
     assert_eq!((status.scale, status.applied), (1.0, 1));
+}
+
+/// Two shards of a set under a split guard: each records its partial into one buffer (what
+/// an all-gather would assemble), then each steps with both. Every shard's status is the
+/// twin's (its partial per shard, then `check_partials`), bit for bit, through clipping,
+/// growth and an inf in the second shard that skips both; the params are the twin's. A shard
+/// stepping under a guard with its own grads alone is refused.
+#[test]
+fn shards_under_a_split_guard_agree_and_match_the_twin_bit_for_bit() {
+    let gpu = common::gpu();
+    let tensors: Vec<(String, usize)> = (0..40)
+        .map(|k| (format!("t{k}"), 1 + (k * 397) % 5000))
+        .collect();
+    let names: Vec<String> = tensors.iter().map(|(name, _)| name.clone()).collect();
+    let precision: Precision = "bf16,master=remainder,state=8bit".parse().unwrap();
+    let guard = GradGuard {
+        scaler: Some(scaler(1024.0, 2)),
+        clip_value: None,
+        clip_norm: Some(ClipGradNorm {
+            max_norm: 1.0,
+            norm_type: NormType::L2,
+        }),
+    };
+    let groups =
+        || vec![ParamGroup::new(Adam::default(), names.clone()).with_precision(precision.clone())];
+    let layout = ParamSet::new(gpu, &tensors, groups())
+        .unwrap()
+        .layout()
+        .clone();
+    let len = layout.len() as usize;
+    let ranges = layout.shards(2).unwrap();
+    let mut shards: Vec<ParamSet<Adam>> = ranges
+        .iter()
+        .map(|range| {
+            ParamSet::shard(gpu, &tensors, groups(), range.clone())
+                .unwrap()
+                .with_grad_guard(guard)
+                .unwrap()
+        })
+        .collect();
+    let mut cpu = CpuOptimizer::with_precision(Adam::default(), precision.clone(), len).unwrap();
+    let mut twin = CpuGuard::new(guard).unwrap();
+    let mut params_cpu = precision.params.encode(&common::random_nonzero(len, 11));
+    let params = gpu.upload_bytes("params", &params_cpu).unwrap();
+    let zeros = precision.grads.encode(&vec![0.0; len]);
+    let grads = gpu.upload_bytes("grads", &zeros).unwrap();
+    let gathered = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("gathered partials"),
+        size: 2 * std::mem::size_of::<GradPartial>() as u64,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    assert!(matches!(
+        shards[0].step(&params, &grads),
+        Err(Error::ShardUnsupported { .. })
+    ));
+    for step in 0..6u64 {
+        let scale = twin.status().scale;
+        let mut values: Vec<f32> = common::random_nonzero(len, 20 + step)
+            .iter()
+            .map(|v| v * scale)
+            .collect();
+        if step == 3 {
+            values[len - 5] = f32::INFINITY;
+        }
+        let grads_cpu = precision.grads.encode(&values);
+        gpu.queue().write_buffer(&grads, 0, &grads_cpu);
+        let decoded = precision.grads.decode(&grads_cpu, len);
+        let partials: Vec<GradPartial> = ranges
+            .iter()
+            .map(|r| twin.partial(&[&decoded[r.start as usize..r.end as usize]]))
+            .collect();
+        let grad_step = twin.check_partials(&partials);
+        cpu.step_guarded(&mut params_cpu, &grads_cpu, &grad_step)
+            .unwrap();
+        let mut encoder = gpu.device().create_command_encoder(&Default::default());
+        for (rank, shard) in shards.iter_mut().enumerate() {
+            let offset = (rank * std::mem::size_of::<GradPartial>()) as u64;
+            shard
+                .record_grad_partial(&mut encoder, (&params, &grads), &gathered, offset)
+                .unwrap();
+        }
+        for shard in &mut shards {
+            shard
+                .record_step_with_partials(&mut encoder, (&params, &grads), &gathered, 2)
+                .unwrap();
+        }
+        gpu.queue().submit([encoder.finish()]);
+        for (rank, shard) in shards.iter().enumerate() {
+            let status = shard.read_grad_status().unwrap().unwrap();
+            assert_eq!(
+                status_bits(&status),
+                status_bits(&twin.status()),
+                "shard {rank} after step {step}: {status:?} against {:?}",
+                twin.status()
+            );
+        }
+    }
+    assert_eq!(twin.status().skipped, 1);
+    let got = gpu.download_bytes(&params).unwrap();
+    let differ = got.iter().zip(&params_cpu).filter(|(g, w)| g != w).count();
+    assert_eq!(differ, 0, "bytes of the params differ from the twin's");
 }

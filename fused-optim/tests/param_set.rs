@@ -535,7 +535,8 @@ fn shards_step_their_ranges_as_the_whole_set_does_bit_for_bit() {
     }
 }
 
-/// What a shard cannot do yet, and ranges that are not shards, are typed errors.
+/// What a shard cannot do yet (checkpoints, a guarded step over its own grads alone), and
+/// ranges that are not shards, are typed errors.
 #[test]
 fn shard_errors_are_typed() {
     let gpu = common::gpu();
@@ -563,7 +564,6 @@ fn shard_errors_are_typed() {
             "{result:?}"
         )
     };
-    refused(shard.set_grad_guard(fused_optim::GradGuard::default()));
     refused(shard.checkpoint().map(drop));
     let checkpoint = set.checkpoint().unwrap();
     refused(shard.restore(&checkpoint));
@@ -577,4 +577,12 @@ fn shard_errors_are_typed() {
         shard.read_state("exp_avg", &cut.name),
         Err(Error::TensorOutsideShard { .. })
     ));
+    // Under a guard, a shard steps only with every shard's partials.
+    let bytes = fused_optim::Dtype::Bf16.encode(&vec![0.0; layout.len() as usize]);
+    let params = gpu.upload_bytes("params", &bytes).unwrap();
+    let grads = gpu.upload_bytes("grads", &bytes).unwrap();
+    shard
+        .set_grad_guard(fused_optim::GradGuard::default())
+        .unwrap();
+    refused(shard.step(&params, &grads));
 }

@@ -11,7 +11,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::format::Precision;
-use crate::gpu::{state_buffer, Engine, GpuContext, Span};
+use crate::gpu::{state_buffer, Engine, GpuContext, Reduction, Span};
 use crate::rule::program::{Elementwise, Op, Operand, Program};
 use crate::rule::{find_state, try_set_lr, Hyperparameter, StateRef, UpdateRule};
 
@@ -347,7 +347,8 @@ impl<R: UpdateRule> UnfusedChain<R> {
                 .get_mut(&key)
                 .expect("an engine for every operation");
             engine.groups[0].scalar = op.scalar;
-            engine.record(&mut encoder, &[(resolve(key.1), resolve(key.2))], writes)?;
+            let pair = (resolve(key.1), resolve(key.2));
+            engine.record(&mut encoder, &[pair], writes, Reduction::Own)?;
         }
         let context = self.context.clone();
         context.scoped("submitting an unfused step", || {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::context::GpuContext;
 use super::glue::{roles, KernelFormats, Role};
-use super::guard::DeviceGuard;
+use super::guard::{DeviceGuard, Staged, Then};
 use super::kernel::{
     dispatch_grid, step_values, values_size, DispatchValues, Kernel, KernelKey, ValueSlots,
 };
@@ -24,7 +24,7 @@ mod submissions;
 
 pub(crate) use checkpoint::NamedTensor;
 pub use checkpoint::PendingCheckpoint;
-use submissions::{Ahead, Submissions, Work};
+use submissions::{encoder_id, Ahead, Submissions, Work};
 
 /// Fused steps over `targets` caller buffer pairs, each element updated by its group's rule,
 /// in its group's storage formats.
@@ -63,6 +63,37 @@ pub(crate) struct Engine<R: UpdateRule> {
     submissions: Submissions,
     /// For a shard of a packed layout, its range: what needs every shard is refused.
     pub shard: Option<std::ops::Range<u64>>,
+}
+
+/// Where a guarded step's check of the grads comes from.
+#[derive(Clone, Copy)]
+pub(crate) enum Reduction<'a> {
+    /// The guard's own reduction over the step's grads.
+    Own,
+    /// A split guard's second half: the caller's buffer of every shard's partial, in rank
+    /// order, and how many there are.
+    Gathered(&'a wgpu::Buffer, u32),
+}
+
+/// Refuses a buffer of gathered partials the finalize cannot bind or read `count` from.
+fn check_gathered(gathered: &wgpu::Buffer, count: u32) -> Result<()> {
+    if !gathered.usage().contains(wgpu::BufferUsages::STORAGE) {
+        return Err(Error::MissingUsage {
+            buffer: "gathered partials".into(),
+            usage: "STORAGE",
+        });
+    }
+    let bytes = count as u64 * std::mem::size_of::<crate::GradPartial>() as u64;
+    if count == 0 || gathered.size() < bytes {
+        return Err(Error::InvalidGuard {
+            reason: format!(
+                "{count} gathered partials need a buffer of {bytes} bytes (16 each, at least \
+                 one); this one has {}",
+                gathered.size()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// A guard and the host state of each group after each step count the device may hold.
@@ -303,10 +334,6 @@ impl<R: UpdateRule> Engine<R> {
     /// one changes the settings and keeps the counts, and the scale while the scaler stays on
     /// (see [`GradGuard::restarted_scale`]). On error nothing changed.
     pub fn set_guard(&mut self, guard: GradGuard) -> Result<()> {
-        self.whole(
-            "a grad guard",
-            "clip and check the grads before the shards step",
-        )?;
         guard.validate()?;
         if let Some(guarded) = &self.guard {
             let restarted = guarded.device.settings.restarted_scale(&guard);
@@ -572,12 +599,13 @@ impl<R: UpdateRule> Engine<R> {
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
         pairs: &[(&wgpu::Buffer, &wgpu::Buffer)],
+        reduction: Reduction,
     ) -> Result<()> {
         if let Some(step) = self.submissions.dropped() {
             return Err(Error::DroppedStep { step });
         }
         let marker = self.submissions.marker(&self.context)?;
-        self.host = self.record(encoder, pairs, None)?;
+        self.host = self.record(encoder, pairs, None, reduction)?;
         self.steps += 1;
         self.submissions
             .record(encoder, marker, Work::Step(self.steps));
@@ -590,6 +618,7 @@ impl<R: UpdateRule> Engine<R> {
         &mut self,
         pairs: &[(&wgpu::Buffer, &wgpu::Buffer)],
         timestamps: Option<wgpu::ComputePassTimestampWrites>,
+        reduction: Reduction,
     ) -> Result<()> {
         // Submitted now, the step would run ahead of one recorded earlier.
         let operation = "stepping with a submission of its own";
@@ -597,7 +626,7 @@ impl<R: UpdateRule> Engine<R> {
             .check(&self.context, Ahead::Write, operation)?;
         let context = self.context.clone();
         let mut encoder = context.device().create_command_encoder(&Default::default());
-        let host = self.record(&mut encoder, pairs, timestamps)?;
+        let host = self.record(&mut encoder, pairs, timestamps, reduction)?;
         context.scoped("submitting an optimizer step", || {
             context.queue().submit([encoder.finish()]);
         })?;
@@ -775,20 +804,9 @@ impl<R: UpdateRule> Engine<R> {
         })
     }
 
-    /// Checks and binds the buffers, stages step `steps + 1`'s values and records the
-    /// dispatches as one compute pass, with `timestamps` written around it, without counting
-    /// the step: returns each group's host state advanced to that step, for the caller to keep
-    /// once the step is certain. Everything that can fail happens before the pass is recorded:
-    /// wgpu reports errors inside a pass only when the encoder finishes, outside our scopes.
-    pub fn record(
-        &mut self,
-        encoder: &mut wgpu::CommandEncoder,
-        pairs: &[(&wgpu::Buffer, &wgpu::Buffer)],
-        timestamps: Option<wgpu::ComputePassTimestampWrites>,
-    ) -> Result<Vec<Vec<f64>>> {
-        // A lost device silently drops the work, and cached bind groups mean no wgpu call of
-        // ours would notice.
-        self.context.ensure_alive()?;
+    /// The targets whose (params, grads) pair differs from the one bound, each new pair
+    /// checked; one pair per target.
+    fn stale_targets(&self, pairs: &[(&wgpu::Buffer, &wgpu::Buffer)]) -> Result<Vec<usize>> {
         if pairs.len() != self.lens.len() {
             return Err(Error::PairCount {
                 expected: self.lens.len(),
@@ -804,63 +822,192 @@ impl<R: UpdateRule> Engine<R> {
         if !stale.is_empty() {
             self.check_pairs(pairs)?;
         }
+        Ok(stale)
+    }
+
+    /// Binds the guard's reduction (if any) to the grads of `pairs` where `stale` or unbound.
+    fn bind_reduction(
+        &mut self,
+        pairs: &[(&wgpu::Buffer, &wgpu::Buffer)],
+        stale: &[usize],
+    ) -> Result<()> {
+        let Some(guarded) = &mut self.guard else {
+            return Ok(());
+        };
+        if !stale.is_empty() || guarded.device.needs_binding() {
+            let grads: Vec<&wgpu::Buffer> = pairs.iter().map(|pair| pair.1).collect();
+            let dtypes = grads_formats(&self.dtypes);
+            self.context
+                .scoped("binding the grad guard's reduction", || {
+                    guarded.device.bind(&grads, &dtypes, stale)
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Prepares step `steps + 1`'s guard values: each group's scalars for every step count
+    /// the device may hold; with `gathered`, for a finalize over that many gathered partials.
+    fn stage_guard(&mut self, gathered: Option<u32>) -> Result<Staged> {
+        if self.steps >= u32::MAX as u64 {
+            return Err(Error::InvalidGuard {
+                reason: "the device counts a guarded optimizer's steps in 32 bits, and this \
+                         would be step 2^32"
+                    .to_owned(),
+            });
+        }
+        let guarded = self.guard.as_mut().expect("a guard to stage");
+        let (lo, rows) = guarded.device.candidates(self.steps);
+        // Every group's host state after each count the device may hold, and one more:
+        // the scalars of step `count + 1` take the state advanced to it.
+        let history = &mut guarded.history;
+        while history.base < lo && history.states.len() > 1 {
+            history.states.pop_front();
+            history.base += 1;
+        }
+        while history.base + (history.states.len() as u64) <= lo + rows {
+            let applied = history.base + history.states.len() as u64;
+            let mut next = history.states.back().expect("never empty").clone();
+            for (rule, host) in self.groups.iter().zip(&mut next) {
+                rule.advance_host_state(applied, host);
+            }
+            history.states.push_back(next);
+        }
+        let mut scalars = Vec::new();
+        for count in lo..lo + rows {
+            let states = history.after(count + 1).expect("staged above");
+            for (rule, state) in self.groups.iter().zip(states) {
+                scalars.extend_from_slice(bytemuck::bytes_of(&rule.scalars(count + 1, state)));
+            }
+        }
+        guarded
+            .device
+            .stage((lo, rows), self.groups.len(), &scalars, gathered)
+    }
+
+    /// A split guard's first half, for a shard: records the reduction of the grads of
+    /// `pairs` under the current scale and settings, merged into one partial, and its copy
+    /// into `out` at byte `offset` (16 bytes, a [`GradPartial`](crate::GradPartial)). Counts
+    /// no step and changes no state. The caller gathers every shard's partial, in rank order,
+    /// into one buffer for [`Reduction::Gathered`].
+    pub fn record_grad_partial(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        pairs: &[(&wgpu::Buffer, &wgpu::Buffer)],
+        (out, offset): (&wgpu::Buffer, u64),
+    ) -> Result<()> {
+        self.context.ensure_alive()?;
+        if self.guard.is_none() {
+            return Err(Error::InvalidGuard {
+                reason: "a grad partial needs a grad guard: set one first".into(),
+            });
+        }
+        let size = std::mem::size_of::<crate::GradPartial>() as u64;
+        if !out.usage().contains(wgpu::BufferUsages::COPY_DST) {
+            return Err(Error::MissingUsage {
+                buffer: "partial".into(),
+                usage: "COPY_DST",
+            });
+        }
+        if !offset.is_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT) || offset + size > out.size() {
+            return Err(Error::InvalidGuard {
+                reason: format!(
+                    "a partial is {size} bytes at a multiple of 4: offset {offset} in a buffer \
+                     of {} bytes",
+                    out.size()
+                ),
+            });
+        }
+        // Steps in `encoder` precede the reduction, which reads the scale they leave.
+        let within = Ahead::Recorded(encoder_id(encoder));
+        self.submissions.check(
+            &self.context,
+            within,
+            "recording a grad partial into another encoder",
+        )?;
+        let stale = self.stale_targets(pairs)?;
+        let staged = self.stage_guard(None)?;
+        if !stale.is_empty() {
+            self.bind(pairs, &stale)?;
+        }
+        self.bind_reduction(pairs, &stale)?;
+        let guarded = self.guard.as_mut().expect("checked above");
+        guarded.device.record_stage(encoder, staged);
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("fused-optim grad partial"),
+            timestamp_writes: None,
+        });
+        let grads = grads_formats(&self.dtypes);
+        let wide = self.workgroups_per_dimension;
+        guarded
+            .device
+            .record_reduction(&mut pass, &grads, wide, Then::Combine);
+        drop(pass);
+        guarded.device.record_partial_copy(encoder, out, offset);
+        Ok(())
+    }
+
+    /// Checks and binds the buffers, stages step `steps + 1`'s values and records the
+    /// dispatches as one compute pass, with `timestamps` written around it, without counting
+    /// the step: returns each group's host state advanced to that step, for the caller to keep
+    /// once the step is certain. Everything that can fail happens before the pass is recorded:
+    /// wgpu reports errors inside a pass only when the encoder finishes, outside our scopes.
+    pub fn record(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        pairs: &[(&wgpu::Buffer, &wgpu::Buffer)],
+        timestamps: Option<wgpu::ComputePassTimestampWrites>,
+        reduction: Reduction,
+    ) -> Result<Vec<Vec<f64>>> {
+        // A lost device silently drops the work, and cached bind groups mean no wgpu call of
+        // ours would notice.
+        self.context.ensure_alive()?;
+        match (&self.guard, reduction) {
+            (Some(_), Reduction::Own) if self.shard.is_some() => {
+                self.whole(
+                    "a guarded step over the shard's grads alone",
+                    "record_grad_partial, gather every shard's partial, then \
+                     record_step_with_partials",
+                )?;
+            }
+            (None, Reduction::Gathered(..)) => {
+                return Err(Error::InvalidGuard {
+                    reason: "a step with gathered partials needs a grad guard".into(),
+                })
+            }
+            (_, Reduction::Gathered(gathered, count)) => check_gathered(gathered, count)?,
+            _ => {}
+        }
+        let stale = self.stale_targets(pairs)?;
         let t = self.steps + 1;
         let mut host = self.host.clone();
         for (rule, host) in self.groups.iter().zip(&mut host) {
             rule.advance_host_state(t, host);
         }
         let (mut readback, mut staged) = (None, None);
-        if let Some(guarded) = &mut self.guard {
-            if t > u32::MAX as u64 {
-                return Err(Error::InvalidGuard {
-                    reason: "the device counts a guarded optimizer's steps in 32 bits, and this \
-                             would be step 2^32"
-                        .to_owned(),
-                });
-            }
-            let (lo, rows) = guarded.device.candidates(self.steps);
-            // Every group's host state after each count the device may hold, and one more:
-            // the scalars of step `count + 1` take the state advanced to it.
-            let history = &mut guarded.history;
-            while history.base < lo && history.states.len() > 1 {
-                history.states.pop_front();
-                history.base += 1;
-            }
-            while history.base + (history.states.len() as u64) <= lo + rows {
-                let applied = history.base + history.states.len() as u64;
-                let mut next = history.states.back().expect("never empty").clone();
-                for (rule, host) in self.groups.iter().zip(&mut next) {
-                    rule.advance_host_state(applied, host);
-                }
-                history.states.push_back(next);
-            }
-            let mut scalars = Vec::new();
-            for count in lo..lo + rows {
-                let states = history.after(count + 1).expect("staged above");
-                for (rule, state) in self.groups.iter().zip(states) {
-                    scalars.extend_from_slice(bytemuck::bytes_of(&rule.scalars(count + 1, state)));
-                }
-            }
-            staged = Some(
-                guarded
+        if self.guard.is_some() {
+            let gathered = match reduction {
+                Reduction::Own => None,
+                Reduction::Gathered(_, count) => Some(count),
+            };
+            staged = Some(self.stage_guard(gathered)?);
+            readback = Some(
+                self.guard
+                    .as_ref()
+                    .expect("checked above")
                     .device
-                    .stage(lo, rows, self.groups.len(), &scalars)?,
+                    .readback_slot()?,
             );
-            readback = Some(guarded.device.readback_slot()?);
         }
         if !stale.is_empty() {
             self.bind(pairs, &stale)?;
         }
-        if let Some(guarded) = &mut self.guard {
-            if !stale.is_empty() || guarded.device.needs_binding() {
-                let grads: Vec<&wgpu::Buffer> = pairs.iter().map(|pair| pair.1).collect();
-                let dtypes = grads_formats(&self.dtypes);
-                self.context
-                    .scoped("binding the grad guard's reduction", || {
-                        guarded.device.bind(&grads, &dtypes, &stale)
-                    })?;
-            }
+        if let (Some(guarded), Reduction::Gathered(gathered, _)) = (&mut self.guard, reduction) {
+            self.context
+                .scoped("binding the gathered grad partials", || {
+                    guarded.device.bind_gathered(gathered)
+                })?;
         }
+        self.bind_reduction(pairs, &stale)?;
         let scalars: Vec<R::Scalars> = self
             .groups
             .iter()
@@ -898,10 +1045,16 @@ impl<R: UpdateRule> Engine<R> {
                         }
                     }),
                 });
-                let grads = grads_formats(&self.dtypes);
-                guarded
-                    .device
-                    .record_reduction(&mut pass, &grads, self.workgroups_per_dimension);
+                match reduction {
+                    Reduction::Own => {
+                        let grads = grads_formats(&self.dtypes);
+                        let wide = self.workgroups_per_dimension;
+                        guarded
+                            .device
+                            .record_reduction(&mut pass, &grads, wide, Then::Finalize);
+                    }
+                    Reduction::Gathered(..) => guarded.device.record_gathered_finalize(&mut pass),
+                }
                 drop(pass);
                 guarded.device.record_resolved_copy(encoder);
                 timestamps.map(|t| wgpu::ComputePassTimestampWrites {

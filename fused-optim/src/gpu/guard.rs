@@ -20,7 +20,7 @@ use super::kernel::{dispatch_grid, dump, CODEC, WORKGROUP_SIZE};
 use super::plan::{windows, Grain, Span, Window};
 use crate::error::{Error, Result};
 use crate::format::Dtype;
-use crate::guard::{GradGuard, GradStatus, NormType, REDUCTION_CHUNK};
+use crate::guard::{GradGuard, GradPartial, GradStatus, NormType, REDUCTION_CHUNK};
 
 const SOURCE: &str = include_str!("guard.wgsl");
 
@@ -81,6 +81,15 @@ struct ReduceKernel {
     pipeline: wgpu::ComputePipeline,
 }
 
+/// What takes the reduction's partials.
+#[derive(Clone, Copy)]
+pub(crate) enum Then {
+    /// The finalize: the step's norm, skip and scale.
+    Finalize,
+    /// A split guard's first half: the partials merged into the shard's one.
+    Combine,
+}
+
 /// A guard's device side, owned by the engine.
 pub(crate) struct DeviceGuard {
     context: GpuContext,
@@ -107,6 +116,12 @@ pub(crate) struct DeviceGuard {
     reduce_layout: wgpu::BindGroupLayout,
     finalize: wgpu::ComputePipeline,
     finalize_group: wgpu::BindGroup,
+    /// A shard's half of a split guard: merges its partials into `shard_partial`.
+    combine: wgpu::ComputePipeline,
+    combine_group: wgpu::BindGroup,
+    shard_partial: wgpu::Buffer,
+    /// The finalize bound to the caller's buffer of every shard's partial, and that buffer.
+    gathered: Option<(wgpu::Buffer, wgpu::BindGroup)>,
     reduce_groups: Vec<Option<wgpu::BindGroup>>,
     /// Bound as the whole vectors of a window of fewer than four grads, which reads none.
     spare_vector: wgpu::Buffer,
@@ -290,6 +305,14 @@ impl DeviceGuard {
                 storage_entry(5, false),
             ],
         });
+        let combine_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("fused-optim combine"),
+            entries: &[
+                storage_entry(3, true),
+                storage_entry(4, false),
+                storage_entry(7, false),
+            ],
+        });
         let pipeline = |layout: &wgpu::BindGroupLayout, source: String, entry: &str| {
             dump(&format!("grad-guard-{entry}"), &source);
             let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -338,6 +361,23 @@ impl DeviceGuard {
         );
         let finalize_group =
             Self::finalize_group(device, &finalize, [&status, &values, &partials, &resolved]);
+        let combine = pipeline(
+            &combine_layout,
+            format!("{}\n{SOURCE}", grad_accessor(Dtype::F32)),
+            "combine",
+        );
+        let shard_partial = buffer(
+            device,
+            "fused-optim shard grad partial",
+            std::mem::size_of::<GradPartial>() as u64,
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        );
+        let combine_group = Self::group(
+            device,
+            &combine,
+            "fused-optim combine",
+            &[(3, &values), (4, &partials), (7, &shard_partial)],
+        );
         Self {
             context: context.clone(),
             settings,
@@ -358,6 +398,10 @@ impl DeviceGuard {
             reduce_layout,
             finalize,
             finalize_group,
+            combine,
+            combine_group,
+            shard_partial,
+            gathered: None,
             learnt: Arc::default(),
             known: (steps, steps as u32),
             pending: VecDeque::new(),
@@ -379,17 +423,28 @@ impl DeviceGuard {
         finalize: &wgpu::ComputePipeline,
         buffers: [&wgpu::Buffer; 4],
     ) -> wgpu::BindGroup {
+        let [status, values, partials, resolved] = buffers;
+        let entries = [(2, status), (3, values), (4, partials), (5, resolved)];
+        Self::group(device, finalize, "fused-optim finalize", &entries)
+    }
+
+    /// A bind group of `pipeline` over whole buffers, by binding.
+    fn group(
+        device: &wgpu::Device,
+        pipeline: &wgpu::ComputePipeline,
+        label: &str,
+        buffers: &[(u32, &wgpu::Buffer)],
+    ) -> wgpu::BindGroup {
         let entries: Vec<wgpu::BindGroupEntry> = buffers
-            .into_iter()
-            .zip(2..)
-            .map(|(buffer, binding)| wgpu::BindGroupEntry {
+            .iter()
+            .map(|&(binding, buffer)| wgpu::BindGroupEntry {
                 binding,
                 resource: buffer.as_entire_binding(),
             })
             .collect();
         device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("fused-optim finalize"),
-            layout: &finalize.get_bind_group_layout(0),
+            label: Some(label),
+            layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
         })
     }
@@ -404,6 +459,7 @@ impl DeviceGuard {
             &self.resolved,
             &self.uniform,
             &self.spare_vector,
+            &self.shard_partial,
         ]
         .iter()
         .map(|buffer| buffer.size())
@@ -491,7 +547,15 @@ impl DeviceGuard {
     /// `groups` groups) in a staging buffer, growing the values buffer where they need more
     /// room (the reduction and the finalize are bound to it again). Records nothing:
     /// [`DeviceGuard::record_stage`] copies them once nothing else can fail.
-    pub fn stage(&mut self, lo: u64, rows: u64, groups: usize, scalars: &[u8]) -> Result<Staged> {
+    /// With `gathered`, the finalize merges that many partials of the caller's (every shard's)
+    /// rather than the reduction's.
+    pub fn stage(
+        &mut self,
+        (lo, rows): (u64, u64),
+        groups: usize,
+        scalars: &[u8],
+        gathered: Option<u32>,
+    ) -> Result<Staged> {
         let settings = &self.settings;
         let scaler = settings.scaler.filter(|s| s.enabled);
         let clip = settings.clip_norm;
@@ -502,7 +566,7 @@ impl DeviceGuard {
             lo: lo as u32,
             rows: rows as u32,
             groups: groups as u32,
-            partials: self.partial_count,
+            partials: gathered.unwrap_or(self.partial_count),
             flags,
             max_norm: clip.map_or(0.0, |c| c.max_norm),
             clip_value: settings.value_bound(),
@@ -541,9 +605,16 @@ impl DeviceGuard {
                 &self.finalize,
                 [&self.status, &values, &self.partials, &self.resolved],
             );
+            self.combine_group = Self::group(
+                &device,
+                &self.combine,
+                "fused-optim combine",
+                &[(3, &values), (4, &self.partials), (7, &self.shard_partial)],
+            );
             self.reduce_groups
                 .iter_mut()
                 .for_each(|group| *group = None);
+            self.gathered = None;
             self.values = values;
         }
         Ok(Staged { staging, size })
@@ -630,8 +701,59 @@ impl DeviceGuard {
         encoder.copy_buffer_to_buffer(&self.resolved, 0, &self.uniform, 0, self.uniform.size());
     }
 
-    /// Records the reduction and the finalize into `pass`.
+    /// Records the reduction into `pass`, then what takes its partials.
     pub fn record_reduction(
+        &self,
+        pass: &mut wgpu::ComputePass,
+        dtypes: &[Dtype],
+        workgroups_per_dimension: u32,
+        then: Then,
+    ) {
+        self.record_reduce(pass, dtypes, workgroups_per_dimension);
+        let (pipeline, group) = match then {
+            Then::Finalize => (&self.finalize, &self.finalize_group),
+            Then::Combine => (&self.combine, &self.combine_group),
+        };
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, group, &[]);
+        pass.dispatch_workgroups(1, 1, 1);
+    }
+
+    /// After a reduction's pass with [`Then::Combine`]: copies the shard's partial into
+    /// `out` at byte `offset`.
+    pub fn record_partial_copy(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        out: &wgpu::Buffer,
+        offset: u64,
+    ) {
+        let size = self.shard_partial.size();
+        encoder.copy_buffer_to_buffer(&self.shard_partial, 0, out, offset, size);
+    }
+
+    /// Binds the finalize to `gathered`, the caller's buffer of every shard's partial.
+    pub fn bind_gathered(&mut self, gathered: &wgpu::Buffer) {
+        if matches!(&self.gathered, Some((bound, _)) if bound == gathered) {
+            return;
+        }
+        let group = Self::finalize_group(
+            self.context.device(),
+            &self.finalize,
+            [&self.status, &self.values, gathered, &self.resolved],
+        );
+        self.gathered = Some((gathered.clone(), group));
+    }
+
+    /// Records the finalize over the gathered partials (a split guard's second half).
+    pub fn record_gathered_finalize(&self, pass: &mut wgpu::ComputePass) {
+        let (_, group) = self.gathered.as_ref().expect("bound before recording");
+        pass.set_pipeline(&self.finalize);
+        pass.set_bind_group(0, group, &[]);
+        pass.dispatch_workgroups(1, 1, 1);
+    }
+
+    /// Records the reduction's dispatches, one per window of the grads.
+    fn record_reduce(
         &self,
         pass: &mut wgpu::ComputePass,
         dtypes: &[Dtype],
@@ -653,9 +775,6 @@ impl DeviceGuard {
             );
             pass.dispatch_workgroups(x, y, 1);
         }
-        pass.set_pipeline(&self.finalize);
-        pass.set_bind_group(0, &self.finalize_group, &[]);
-        pass.dispatch_workgroups(1, 1, 1);
     }
 
     /// A readback buffer for [`DeviceGuard::record_readback`], taken before anything is

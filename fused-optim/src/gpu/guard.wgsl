@@ -86,6 +86,9 @@ struct ReduceWindow {
 // `resolved_stride * (g + 1)` group g's scalars for the step's count.
 @group(0) @binding(5) var<storage, read_write> resolved: array<u32>;
 
+// Where `combine` writes a shard's partial, for the caller's collective (src/gpu/guard.rs).
+@group(0) @binding(7) var<storage, read_write> shard_partial: array<Partial>;
+
 var<workgroup> scratch: array<Partial, 256>;
 var<workgroup> folded: array<Partial, 16>;
 
@@ -226,18 +229,34 @@ fn total_norm(total: Partial, inf_norm: bool) -> f32 {
     return sqrt(total.sum) * bitcast<f32>(total.exponent << 23u);
 }
 
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn finalize(@builtin(local_invocation_index) local: u32) {
-    // Invocation `l` merges partials `l`, `l + 256`, ... in order, then the workgroup folds.
-    let header = values.header;
-    // Read before invocation 0 advances it, two barriers below.
-    let t = status.applied + 1u;
+// The first `count` partials merged, which invocation 0 returns: invocation `l` merges
+// partials `l`, `l + 256`, ... in order, then the workgroup folds.
+fn merge_all(local: u32, count: u32) -> Partial {
     var sum = empty();
-    for (var p = local; p < header.partials; p += LANES) {
+    for (var p = local; p < count; p += LANES) {
         sum = merge(sum, partials[p]);
     }
     scratch[local] = sum;
-    let combined = fold(local);
+    return fold(local);
+}
+
+// A shard's half of a split guard: its partials merged into one, which the caller's
+// collective gathers from every shard in rank order for `finalize`.
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn combine(@builtin(local_invocation_index) local: u32) {
+    let total = merge_all(local, values.header.partials);
+    if local == 0u {
+        shard_partial[0] = total;
+    }
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn finalize(@builtin(local_invocation_index) local: u32) {
+    let header = values.header;
+    // Read before invocation 0 advances it, two barriers below.
+    let t = status.applied + 1u;
+    // The reduction's partials, or every shard's, gathered by the caller.
+    let combined = merge_all(local, header.partials);
     // Every group's row of the step count the device holds, whether or not the step runs.
     let words = header.groups * header.scalar_words;
     // The host stages a row for every count the device may hold (DeviceGuard::candidates),

@@ -16,7 +16,7 @@ pub use context::{
 #[cfg(feature = "baselines")]
 pub(crate) use engine::state_buffer;
 pub use engine::PendingCheckpoint;
-pub(crate) use engine::{Engine, NamedTensor};
+pub(crate) use engine::{Engine, NamedTensor, Reduction};
 pub(crate) use glue::Role;
 pub use kernel::{
     dispatch_grid, shader_forms, shader_source, StepValues, CODEC, DUMP_KERNELS, PRELUDE,

@@ -3,7 +3,7 @@
 use super::engine_accessors;
 use crate::error::{Error, Result};
 use crate::format::Precision;
-use crate::gpu::{Engine, GpuContext, NamedTensor, Role, Span};
+use crate::gpu::{Engine, GpuContext, NamedTensor, Reduction, Role, Span};
 use crate::rule::{find_state, kept_states, try_set_lr, StateRef, UpdateRule};
 
 /// A fused optimizer over one tensor of `len` elements on the GPU.
@@ -140,12 +140,13 @@ impl<R: UpdateRule> Optimizer<R> {
         params: &wgpu::Buffer,
         grads: &wgpu::Buffer,
     ) -> Result<()> {
-        self.engine.record_step(encoder, &[(params, grads)])
+        self.engine
+            .record_step(encoder, &[(params, grads)], Reduction::Own)
     }
 
     /// Records and submits one step. Returns once it is queued; it does not wait for the GPU.
     pub fn step(&mut self, params: &wgpu::Buffer, grads: &wgpu::Buffer) -> Result<()> {
-        self.engine.step(&[(params, grads)], None)
+        self.engine.step(&[(params, grads)], None, Reduction::Own)
     }
 
     /// [`Optimizer::step`] with GPU timestamps written at the start and end of its compute
@@ -156,6 +157,7 @@ impl<R: UpdateRule> Optimizer<R> {
         grads: &wgpu::Buffer,
         timestamps: Option<wgpu::ComputePassTimestampWrites>,
     ) -> Result<()> {
-        self.engine.step(&[(params, grads)], timestamps)
+        self.engine
+            .step(&[(params, grads)], timestamps, Reduction::Own)
     }
 }

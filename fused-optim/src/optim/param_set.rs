@@ -8,7 +8,7 @@ use std::ops::Range;
 use super::layout::ParamLayout;
 use crate::error::{Error, Result};
 use crate::format::Precision;
-use crate::gpu::{Engine, GpuContext, NamedTensor, Role, Span};
+use crate::gpu::{Engine, GpuContext, NamedTensor, Reduction, Role, Span};
 use crate::rule::{find_state, try_set_lr, StateRef, UpdateRule};
 
 /// Tensors that share hyperparameters, like one entry of PyTorch's `param_groups`: its own
@@ -262,12 +262,46 @@ impl<R: UpdateRule> ParamSet<R> {
         params: &wgpu::Buffer,
         grads: &wgpu::Buffer,
     ) -> Result<()> {
-        self.engine.record_step(encoder, &[(params, grads)])
+        self.engine
+            .record_step(encoder, &[(params, grads)], Reduction::Own)
     }
 
     /// Records and submits one step; returns once it is queued.
     pub fn step(&mut self, params: &wgpu::Buffer, grads: &wgpu::Buffer) -> Result<()> {
-        self.engine.step(&[(params, grads)], None)
+        self.engine.step(&[(params, grads)], None, Reduction::Own)
+    }
+
+    /// A split grad guard's first half, for a shard under a guard: records the reduction of
+    /// the shard's grads (its range of `grads`) under the current loss scale and settings,
+    /// merged into one [`GradPartial`](crate::GradPartial), and its copy into `out` at byte
+    /// `offset` (16 bytes; `out` needs `COPY_DST`). Counts no step and changes no state. Gather
+    /// every shard's partial in rank order (an all-gather of 16 bytes per rank) into one
+    /// `STORAGE` buffer for [`Self::record_step_with_partials`]: every rank then finds the
+    /// same norm, skip and scale, bit for bit.
+    pub fn record_grad_partial(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        (params, grads): (&wgpu::Buffer, &wgpu::Buffer),
+        out: &wgpu::Buffer,
+        offset: u64,
+    ) -> Result<()> {
+        self.engine
+            .record_grad_partial(encoder, &[(params, grads)], (out, offset))
+    }
+
+    /// A split grad guard's second half: records one step whose guard merges the `count`
+    /// partials in `gathered` (every shard's, in rank order, from
+    /// [`Self::record_grad_partial`]) rather than reducing this shard's grads alone.
+    pub fn record_step_with_partials(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        (params, grads): (&wgpu::Buffer, &wgpu::Buffer),
+        gathered: &wgpu::Buffer,
+        count: u32,
+    ) -> Result<()> {
+        let reduction = Reduction::Gathered(gathered, count);
+        self.engine
+            .record_step(encoder, &[(params, grads)], reduction)
     }
 }
 
@@ -365,11 +399,11 @@ impl<R: UpdateRule> ForeachOptimizer<R> {
         encoder: &mut wgpu::CommandEncoder,
         pairs: &[(&wgpu::Buffer, &wgpu::Buffer)],
     ) -> Result<()> {
-        self.engine.record_step(encoder, pairs)
+        self.engine.record_step(encoder, pairs, Reduction::Own)
     }
 
     /// Records and submits one step; returns once it is queued.
     pub fn step(&mut self, pairs: &[(&wgpu::Buffer, &wgpu::Buffer)]) -> Result<()> {
-        self.engine.step(pairs, None)
+        self.engine.step(pairs, None, Reduction::Own)
     }
 }
