@@ -120,6 +120,15 @@ fn scaled(value: f32, scale: f32) -> f32 {
     }
 }
 
+/// The metadata key of the range of the packed layout a shard's checkpoint holds:
+/// `start:end:len`. Its tensors' state then covers only their parts in the range, each from
+/// element `skip` of the tensor: `fused_optim.piece.<tensor>` = `skip:len`.
+/// [`Checkpoint::merge`] joins every shard's checkpoint into the whole set's.
+pub const SHARD_KEY: &str = "fused_optim.shard";
+
+/// The prefix of the metadata keys of a shard checkpoint's parts of tensors.
+pub const PIECE_PREFIX: &str = "fused_optim.piece.";
+
 /// The metadata key of the elements per 8-bit block, where a checkpoint has 8-bit state.
 /// Checkpoints written before it had blocks of 256 with an f32 `.absmax` per block.
 pub const BLOCK_KEY: &str = "fused_optim.block";
@@ -498,6 +507,150 @@ impl Checkpoint {
             .collect();
         expanded.tensors.remove(&scale_name);
         Ok(values)
+    }
+
+    /// Joins the checkpoints of every shard of a parameter set (each from
+    /// [`ParamSet::shard`](crate::ParamSet::shard), in any order) into the checkpoint the whole
+    /// set would have written: each tensor's parts concatenated in order (shards are cut on
+    /// whole blocks and pairs, so codes, scales and masters join byte for byte). A single
+    /// optimizer of the whole set restores it, the converter reads it, and shards of any other
+    /// count restore their parts from it. The shards must cover the layout exactly, once,
+    /// and agree on everything else (rule, steps, hyperparameters, formats, the guard's
+    /// status, per-tensor scalars such as `step`); otherwise `CheckpointMismatch`, naming
+    /// what differs.
+    pub fn merge(shards: &[Checkpoint]) -> Result<Checkpoint> {
+        let mismatch = |reason: String| Error::CheckpointMismatch { reason };
+        let mut ranges = Vec::with_capacity(shards.len());
+        for shard in shards {
+            let text = shard.meta(SHARD_KEY)?;
+            let numbers: Vec<u64> = text.split(':').filter_map(|n| n.parse().ok()).collect();
+            let [start, end, len] = numbers[..] else {
+                return Err(corrupt(format!(
+                    "`{SHARD_KEY}` = `{text}` is not start:end:len"
+                )));
+            };
+            ranges.push((start, end, len, shard));
+        }
+        ranges.sort_by_key(|&(start, ..)| start);
+        let mut next = 0;
+        for &(start, end, len, _) in &ranges {
+            if start != next || end <= start || len != ranges[0].2 {
+                return Err(mismatch(format!(
+                    "the shards do not cover a layout of {} elements once, in order: one \
+                     holds {start}..{end} of {len} where {next} comes next",
+                    ranges[0].2
+                )));
+            }
+            next = end;
+        }
+        if ranges.is_empty() || next != ranges[0].2 {
+            return Err(mismatch(format!(
+                "the shards end at {next} of {} elements",
+                ranges.first().map_or(0, |r| r.2)
+            )));
+        }
+        let mut merged = Checkpoint::default();
+        for (_, _, _, shard) in &ranges {
+            for (key, value) in &shard.metadata {
+                if key == SHARD_KEY || key.starts_with(PIECE_PREFIX) {
+                    continue;
+                }
+                match merged.metadata.insert(key.clone(), value.clone()) {
+                    Some(other) if &other != value => {
+                        return Err(mismatch(format!(
+                            "the shards differ at `{key}`: `{other}` and `{value}`"
+                        )))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let places = merged.places()?;
+        // Each tensor's parts: (skip, len, the tensor's name in the shard).
+        let mut parts: BTreeMap<String, Vec<(u64, u64, &Checkpoint)>> = BTreeMap::new();
+        for (_, _, _, shard) in &ranges {
+            for (key, value) in &shard.metadata {
+                let Some(tensor) = key.strip_prefix(PIECE_PREFIX) else {
+                    continue;
+                };
+                let (skip, len) = value
+                    .split_once(':')
+                    .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+                    .ok_or_else(|| corrupt(format!("`{key}` = `{value}` is not skip:len")))?;
+                parts
+                    .entry(tensor.to_owned())
+                    .or_default()
+                    .push((skip, len, *shard));
+            }
+        }
+        for (tensor, place) in &places {
+            let mut pieces = parts.remove(tensor).unwrap_or_default();
+            pieces.sort_by_key(|&(skip, ..)| skip);
+            let mut at = 0;
+            for &(skip, len, _) in &pieces {
+                if skip != at {
+                    return Err(mismatch(format!(
+                        "the shards hold `{tensor}` from {skip}, where {at} comes next"
+                    )));
+                }
+                at += len;
+            }
+            if at != place.elements {
+                return Err(mismatch(format!(
+                    "the shards hold {at} of `{tensor}`'s {} elements",
+                    place.elements
+                )));
+            }
+            let prefix = format!("state.{tensor}.");
+            for (_, _, shard) in &pieces {
+                for (name, part) in &shard.tensors {
+                    // `state.a.b.exp_avg` is tensor `a.b`'s, not tensor `a`'s.
+                    let owned = name.strip_prefix(&prefix).is_some_and(|suffix| {
+                        let first = suffix.split('.').next().unwrap_or_default();
+                        !places.contains_key(&format!("{tensor}.{first}"))
+                    });
+                    if !owned {
+                        continue;
+                    }
+                    match merged.tensors.get_mut(name) {
+                        None => {
+                            merged.tensors.insert(name.clone(), part.clone());
+                        }
+                        // Scalars (`step`, host state) are each part's whole value.
+                        Some(whole) if part.shape.is_empty() => {
+                            if whole.data != part.data || whole.dtype != part.dtype {
+                                return Err(mismatch(format!("the shards differ at `{name}`")));
+                            }
+                        }
+                        Some(whole) if whole.dtype == part.dtype => {
+                            whole.data.extend_from_slice(&part.data);
+                            whole.shape = vec![whole.data.len() / whole.dtype.bytes()];
+                        }
+                        Some(_) => {
+                            return Err(mismatch(format!("the shards store `{name}` differently")))
+                        }
+                    }
+                }
+            }
+        }
+        // What is not per tensor (code tables, the guard's status) is the same in every shard.
+        for (_, _, _, shard) in &ranges {
+            for (name, tensor) in &shard.tensors {
+                if name.starts_with("state.") {
+                    continue;
+                }
+                match merged.tensors.get(name) {
+                    None => {
+                        merged.tensors.insert(name.clone(), tensor.clone());
+                    }
+                    Some(other) if other.data != tensor.data => {
+                        return Err(mismatch(format!("the shards differ at `{name}`")))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        Ok(merged)
     }
 
     /// Each tensor's place (group, index in the group, elements), by name, from the metadata.

@@ -339,9 +339,9 @@ pub enum Error {
         reason: String,
     },
 
-    #[error("{operation} is not available on a shard ({start}..{end}) yet: {instead}")]
-    /// An operation a sharded optimizer cannot do yet: it would see only its shard where the
-    /// result depends on every shard.
+    #[error("{operation} is not available on a shard ({start}..{end}): {instead}")]
+    /// An operation a shard cannot do alone: it would see only its part where the result
+    /// depends on every shard's.
     ShardUnsupported {
         /// What was asked.
         operation: &'static str,

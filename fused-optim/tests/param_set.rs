@@ -535,8 +535,8 @@ fn shards_step_their_ranges_as_the_whole_set_does_bit_for_bit() {
     }
 }
 
-/// What a shard cannot do yet (checkpoints, a guarded step over its own grads alone), and
-/// ranges that are not shards, are typed errors.
+/// What a shard cannot do (a guarded step over its own grads alone, a read of a tensor it
+/// holds part of), and ranges that are not shards, are typed errors.
 #[test]
 fn shard_errors_are_typed() {
     let gpu = common::gpu();
@@ -564,9 +564,6 @@ fn shard_errors_are_typed() {
             "{result:?}"
         )
     };
-    refused(shard.checkpoint().map(drop));
-    let checkpoint = set.checkpoint().unwrap();
-    refused(shard.restore(&checkpoint));
     // embed.weight (2011 elements from 0) is cut by the edge of the first of 2 shards.
     let cut = layout
         .tensors()
@@ -585,4 +582,89 @@ fn shard_errors_are_typed() {
         .set_grad_guard(fused_optim::GradGuard::default())
         .unwrap();
     refused(shard.step(&params, &grads));
+}
+
+/// Every shard's checkpoint merges into the one the whole set writes, tensors and metadata
+/// bit for bit, in any order; shards of another count restore their parts of it (the split)
+/// and step on as the whole set restored from it does. A shard's own checkpoint restores
+/// nowhere but through a merge, and shards that do not cover the layout do not merge.
+#[test]
+fn shard_checkpoints_merge_into_the_whole_sets_and_split_for_any_count() {
+    let gpu = common::gpu();
+    let bf16 = fused_optim::Dtype::Bf16;
+    let mut whole = ParamSet::new(gpu, &TENSORS, sharded_groups()).unwrap();
+    let layout = whole.layout().clone();
+    let len = layout.len() as usize;
+    let shard_sets = |n: usize| -> Vec<ParamSet<Adam>> {
+        layout
+            .shards(n)
+            .unwrap()
+            .into_iter()
+            .map(|range| ParamSet::shard(gpu, &TENSORS, sharded_groups(), range).unwrap())
+            .collect()
+    };
+    let mut sets = shard_sets(2);
+    let initial = bf16.encode(&common::random_nonzero(len, 9));
+    let whole_params = gpu.upload_bytes("params", &initial).unwrap();
+    let shard_params = gpu.upload_bytes("params", &initial).unwrap();
+    let grads = gpu
+        .upload_bytes("grads", &bf16.encode(&vec![0.0; len]))
+        .unwrap();
+    let step_all = |whole: &mut ParamSet<Adam>, sets: &mut Vec<ParamSet<Adam>>, seed: u64| {
+        let values = common::random_nonzero(len, seed);
+        gpu.queue().write_buffer(&grads, 0, &bf16.encode(&values));
+        whole.step(&whole_params, &grads).unwrap();
+        for set in sets.iter_mut() {
+            set.step(&shard_params, &grads).unwrap();
+        }
+    };
+    for step in 0..3 {
+        step_all(&mut whole, &mut sets, 90 + step);
+    }
+    let parts: Vec<fused_optim::Checkpoint> = sets
+        .iter()
+        .rev()
+        .map(|set| set.checkpoint().unwrap())
+        .collect();
+    let merged = fused_optim::Checkpoint::merge(&parts).unwrap();
+    let want = whole.checkpoint().unwrap();
+    assert_eq!(merged.metadata, want.metadata);
+    assert_eq!(
+        merged.tensors.keys().collect::<Vec<_>>(),
+        want.tensors.keys().collect::<Vec<_>>()
+    );
+    for (name, tensor) in &want.tensors {
+        let got = &merged.tensors[name];
+        assert!(
+            (got.dtype, &got.shape, &got.data) == (tensor.dtype, &tensor.shape, &tensor.data),
+            "`{name}` differs"
+        );
+    }
+    // The split: three shards restore their parts; all step on as the whole set does.
+    let mut sets = shard_sets(3);
+    for set in &mut sets {
+        set.restore(&merged).unwrap();
+    }
+    let mut whole = ParamSet::new(gpu, &TENSORS, sharded_groups()).unwrap();
+    whole.restore(&merged).unwrap();
+    for step in 0..2 {
+        step_all(&mut whole, &mut sets, 95 + step);
+    }
+    let (want, got) = (
+        gpu.download_bytes(&whole_params).unwrap(),
+        gpu.download_bytes(&shard_params).unwrap(),
+    );
+    assert!(want == got, "params after the split differ");
+    let parts: Vec<fused_optim::Checkpoint> =
+        sets.iter().map(|set| set.checkpoint().unwrap()).collect();
+    let merged = fused_optim::Checkpoint::merge(&parts).unwrap();
+    assert!(merged.tensors == whole.checkpoint().unwrap().tensors);
+    let mismatch = |result: fused_optim::Result<()>| {
+        assert!(
+            matches!(result, Err(Error::CheckpointMismatch { .. })),
+            "{result:?}"
+        )
+    };
+    mismatch(sets[0].restore(&parts[0]));
+    mismatch(fused_optim::Checkpoint::merge(&parts[1..]).map(drop));
 }

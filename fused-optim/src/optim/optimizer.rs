@@ -106,12 +106,7 @@ impl<R: UpdateRule> Optimizer<R> {
 
     /// The tensor checkpoints name `0`, as PyTorch's state dict names a single parameter.
     fn named_tensors(&self) -> Vec<NamedTensor> {
-        vec![NamedTensor {
-            name: "0".to_owned(),
-            span: 0,
-            offset: 0,
-            len: self.len,
-        }]
+        vec![NamedTensor::whole("0".to_owned(), 0, 0, 0, self.len)]
     }
 
     /// The f32 master weights (reconstructed exactly from the bf16 params and the remainder,

@@ -77,8 +77,12 @@ impl<R: UpdateRule> ParamSet<R> {
     /// whichever shards hold its elements, and a step rounds each element as the whole set
     /// would (stochastic rounding's streams follow the element's place in its group). Steps
     /// take the same packed `params` and `grads` buffers as the whole set's and touch the
-    /// range's elements only. A grad guard and checkpoints are refused
-    /// ([`Error::ShardUnsupported`]): each needs every shard.
+    /// range's elements only. Under a grad guard, every shard's grads decide the step: use
+    /// [`Self::record_grad_partial`] and [`Self::record_step_with_partials`] (a step over the
+    /// shard's grads alone is [`Error::ShardUnsupported`]). Its checkpoint holds its parts of
+    /// the tensors; [`Checkpoint::merge`](crate::Checkpoint::merge) joins every shard's into
+    /// the whole set's, and a shard restores its parts from a whole set's checkpoint, so a
+    /// run resumes with any number of shards.
     pub fn shard<T: AsRef<str>>(
         context: &GpuContext,
         tensors: &[(T, usize)],
@@ -143,21 +147,30 @@ impl<R: UpdateRule> ParamSet<R> {
 
     /// Checkpoints name each tensor by its name in the layout (`state.fc1.weight.exp_avg`),
     /// as PyTorch's state dict would with the model's parameter names.
+    /// On a shard, each tensor it holds part of names that part.
     fn named_tensors(&self) -> Vec<NamedTensor> {
         let spans = self.engine.spans();
-        self.layout
-            .tensors()
-            .iter()
-            .filter_map(|slot| {
-                let span = self.spans[slot.group]?;
-                Some(NamedTensor {
-                    name: slot.name.clone(),
-                    span,
-                    offset: slot.offset - spans[span].start,
-                    len: slot.len,
-                })
-            })
-            .collect()
+        let mut index = vec![0; self.layout.group_count()];
+        let mut named = Vec::new();
+        for slot in self.layout.tensors() {
+            let in_group = index[slot.group];
+            index[slot.group] += 1;
+            let start = slot.offset.max(self.range.start);
+            let end = (slot.offset + slot.len).min(self.range.end);
+            let Some(span) = self.spans[slot.group].filter(|_| start < end) else {
+                continue;
+            };
+            named.push(NamedTensor {
+                name: slot.name.clone(),
+                span,
+                offset: start - spans[span].start,
+                len: end - start,
+                index: in_group,
+                skip: start - slot.offset,
+                elements: slot.len,
+            });
+        }
+        named
     }
 
     /// Group `group`'s span, where this set holds part of the group.
@@ -381,12 +394,7 @@ impl<R: UpdateRule> ForeachOptimizer<R> {
             .spans()
             .iter()
             .enumerate()
-            .map(|(span, s)| NamedTensor {
-                name: span.to_string(),
-                span,
-                offset: 0,
-                len: s.end - s.start,
-            })
+            .map(|(span, s)| NamedTensor::whole(span.to_string(), span, span, 0, s.end - s.start))
             .collect()
     }
 

@@ -11,7 +11,7 @@ use super::submissions::{encoder_id, Ahead, Work};
 use super::{initial_contents, Engine, HostHistory};
 use crate::checkpoint::{
     layout_key, layout_text, places, scale_dtype, table_name, Checkpoint, HostTensor, TensorDtype,
-    BLOCK_KEY, FORMAT_VERSION, PARAM_PREFIX, QMAP_PREFIX, VERSION_KEY,
+    BLOCK_KEY, FORMAT_VERSION, PARAM_PREFIX, PIECE_PREFIX, QMAP_PREFIX, SHARD_KEY, VERSION_KEY,
 };
 use crate::error::{Error, Result};
 use crate::format::block::BlockFormat;
@@ -46,12 +46,33 @@ fn parse_hyperparameter(text: &str, like: Hyperparameter) -> Option<Hyperparamet
 }
 
 /// A tensor a checkpoint names: `len` elements from element `offset` of span `span`'s
-/// buffers (a multiple of the 8-bit block, as every layout aligns its tensors).
+/// buffers (a multiple of the 8-bit block, as every layout aligns its tensors). On a shard,
+/// the part of the tensor the shard holds: from element `skip` of the tensor's `elements`
+/// (a multiple of the layout's alignment, so of every block and pair).
 pub(crate) struct NamedTensor {
     pub name: String,
     pub span: usize,
     pub offset: u64,
     pub len: u64,
+    /// The tensor's index among its group's tensors.
+    pub index: usize,
+    pub skip: u64,
+    pub elements: u64,
+}
+
+impl NamedTensor {
+    /// The whole of tensor `name`, the `index`th of its group.
+    pub fn whole(name: String, index: usize, span: usize, offset: u64, len: u64) -> Self {
+        Self {
+            name,
+            span,
+            offset,
+            len,
+            index,
+            skip: 0,
+            elements: len,
+        }
+    }
 }
 
 /// One per-element state a group keeps, as a checkpoint stores it: `state.<tensor>.<suffix>`.
@@ -365,14 +386,22 @@ impl<R: UpdateRule> Engine<R> {
                 }
             }
         }
-        let mut index = vec![0usize; self.groups.len()];
         for tensor in tensors {
             let group = self.spans[tensor.span].group;
             metadata.insert(
                 format!("{PARAM_PREFIX}{}", tensor.name),
-                format!("{group}:{}:{}", index[group], tensor.len),
+                format!("{group}:{}:{}", tensor.index, tensor.elements),
             );
-            index[group] += 1;
+        }
+        if let Some(shard) = &self.shard {
+            let text = format!("{}:{}:{}", shard.start, shard.end, self.lens[0]);
+            metadata.insert(SHARD_KEY.to_owned(), text);
+            for tensor in tensors {
+                metadata.insert(
+                    format!("{PIECE_PREFIX}{}", tensor.name),
+                    format!("{}:{}", tensor.skip, tensor.len),
+                );
+            }
         }
         let coded = self.coded_slots();
         if !coded.is_empty() {
@@ -393,10 +422,6 @@ impl<R: UpdateRule> Engine<R> {
         encoder: &mut wgpu::CommandEncoder,
         tensors: &[NamedTensor],
     ) -> Result<PendingCheckpoint> {
-        self.whole(
-            "a checkpoint",
-            "checkpoint the optimizer of the whole layout",
-        )?;
         // Steps in `encoder` precede the copies; every other must be submitted already.
         let within = Ahead::Recorded(encoder_id(encoder));
         let operation = "recording a checkpoint into another encoder";
@@ -515,10 +540,6 @@ impl<R: UpdateRule> Engine<R> {
     /// the rule's host state (NAdam's `mu_product`), the grad guard's status, and metadata.
     /// Waits for the GPU.
     pub fn checkpoint(&self, tensors: &[NamedTensor]) -> Result<Checkpoint> {
-        self.whole(
-            "a checkpoint",
-            "checkpoint the optimizer of the whole layout",
-        )?;
         // The copies go in a submission of their own: every step must be ahead of it.
         self.submissions
             .check(&self.context, Ahead::Read, "taking a checkpoint")?;
@@ -537,11 +558,13 @@ impl<R: UpdateRule> Engine<R> {
     /// tensors (a layout's alignment) are given their initial state. Everything is checked
     /// first; on error nothing changed.
     pub fn restore(&mut self, checkpoint: &Checkpoint, tensors: &[NamedTensor]) -> Result<()> {
-        self.whole(
-            "restoring a checkpoint",
-            "restore the optimizer of the whole layout",
-        )?;
         let mismatch = |reason: String| Error::CheckpointMismatch { reason };
+        if let Some(range) = checkpoint.metadata.get(SHARD_KEY) {
+            return Err(mismatch(format!(
+                "it is the checkpoint of the shard {range} (start:end:len) alone; join every \
+                 shard's with Checkpoint::merge and restore that"
+            )));
+        }
         let corrupt = |reason: String| Error::CorruptCheckpoint { reason };
         // The state is written ahead of the next submission: a step or a checkpoint's copies
         // still to be submitted would run on the restored state. Dropped steps never ran.
@@ -561,7 +584,7 @@ impl<R: UpdateRule> Engine<R> {
                 ours["fused_optim.rule"]
             )));
         }
-        check_tensors(checkpoint, &ours)?;
+        check_tensors(checkpoint, &ours, self.shard.is_some())?;
         let count = |key: &str| -> Result<u64> {
             let text = checkpoint.meta(key)?;
             text.parse()
@@ -636,8 +659,11 @@ impl<R: UpdateRule> Engine<R> {
             let group = self.spans[tensor.span].group;
             for stored in self.stored(group) {
                 let name = format!("state.{}.{}", tensor.name, stored.suffix);
-                let (bytes, count) = stored.range(tensor.offset, tensor.len);
-                let data = checkpoint.tensor(&name, stored.dtype, &[count])?;
+                let (bytes, _) = stored.range(tensor.offset, tensor.len);
+                // The whole tensor's state, of which a shard takes its part.
+                let (_, count) = stored.range(0, tensor.elements);
+                let whole = checkpoint.tensor(&name, stored.dtype, &[count])?;
+                let data = &whole[stored.range(tensor.skip, tensor.len).0];
                 let non_negative = match stored.role {
                     Role::Slot(slot) => Self::non_negative(slot),
                     _ => matches!(stored.role, Role::Scales(_)),
@@ -730,11 +756,12 @@ impl<R: UpdateRule> Engine<R> {
                 ))
             }
         };
-        if let Some(extra) = checkpoint
+        // A shard takes its parts of a whole set's checkpoint and leaves the rest.
+        let extra = checkpoint
             .tensors
             .keys()
-            .find(|name| !expected.contains(*name))
-        {
+            .find(|name| !expected.contains(*name) && self.shard.is_none());
+        if let Some(extra) = extra {
             return Err(mismatch(format!(
                 "tensor `{extra}` is not state this optimizer keeps"
             )));
@@ -784,9 +811,14 @@ fn scaler_state(status: &GradStatus) -> (String, String) {
     )
 }
 
-/// Checks that the checkpoint's tensors are `ours`' in group and elements: tensors are matched
-/// by name, so their order within a group may differ.
-fn check_tensors(checkpoint: &Checkpoint, ours: &BTreeMap<String, String>) -> Result<()> {
+/// Checks that the checkpoint has every tensor of `ours`, in the same group with the same
+/// elements, and (unless `shard`, which holds only some) no other. Tensors are matched by
+/// name, so their order within a group may differ.
+fn check_tensors(
+    checkpoint: &Checkpoint,
+    ours: &BTreeMap<String, String>,
+    shard: bool,
+) -> Result<()> {
     let mismatch = |reason: String| Error::CheckpointMismatch { reason };
     let (theirs, ours) = (checkpoint.places()?, places(ours)?);
     for (name, place) in &ours {
@@ -806,7 +838,10 @@ fn check_tensors(checkpoint: &Checkpoint, ours: &BTreeMap<String, String>) -> Re
             Some(_) => {}
         }
     }
-    if let Some(name) = theirs.keys().find(|name| !ours.contains_key(*name)) {
+    if let Some(name) = theirs
+        .keys()
+        .find(|name| !ours.contains_key(*name) && !shard)
+    {
         return Err(mismatch(format!(
             "it holds tensor `{name}`, which this optimizer does not have"
         )));
