@@ -103,6 +103,10 @@ struct BenchOptions {
     /// Steps of the CPU twin per row (it runs on one core; 0 skips it).
     #[arg(long, default_value_t = 1)]
     cpu_steps: u32,
+    /// Also time the step of the first of this many shards of each row's parameters
+    /// (`ParamSet::shard`, no guard): the `shard ms` and `x whole` columns.
+    #[arg(long, default_value_t = 1)]
+    shards: usize,
     /// Also write the report as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -244,6 +248,7 @@ fn bench(choice: &AdapterChoice, options: &BenchOptions) -> Result<(), Box<dyn s
         warmup: options.warmup,
         steps: options.steps,
         cpu_steps: options.cpu_steps,
+        shards: options.shards,
     };
     let setup = Setup::new(&gpu, options.warmup, options.steps, options.cpu_steps);
     println!("{}", setup.header());

@@ -10,8 +10,8 @@ use wgpu::util::DeviceExt;
 use fused_optim::baseline::{Roofline, UnfusedChain};
 use fused_optim::{
     bytes_per_step, kept_states, visit_rules, Adam, ClipGradNorm, CpuOptimizer, Error, GpuContext,
-    GradGuard, GradScaler, NormType, Optimizer, ParamGroup, Precision, RegisteredRule, Result,
-    RuleVisitor, UpdateRule,
+    GradGuard, GradScaler, NormType, Optimizer, ParamGroup, ParamSet, Precision, RegisteredRule,
+    Result, RuleVisitor, UpdateRule,
 };
 
 /// Small non-zero values every bench buffer starts from.
@@ -97,6 +97,8 @@ pub struct Repetitions {
     pub steps: u32,
     /// Timed CPU twin steps (0 skips the twin).
     pub cpu_steps: u32,
+    /// Also time the first of this many shards of the parameters (below 2: none).
+    pub shards: usize,
 }
 
 /// What a time was measured with.
@@ -296,6 +298,36 @@ fn time_fused<R: UpdateRule>(
     Ok((stats, bytes, dispatches, stored))
 }
 
+/// Times the step of the first of `shards` shards of a one-tensor set of `len` parameters
+/// stored as `precision`, rotating buffer sets.
+fn time_shard<R: UpdateRule>(
+    gpu: &GpuContext,
+    rule: &R,
+    precision: &Precision,
+    (len, shards): (usize, usize),
+    repetitions: Repetitions,
+) -> Result<Stats> {
+    let tensors = [("params", len)];
+    let shard = || {
+        let group =
+            || vec![ParamGroup::new(rule.clone(), ["params"]).with_precision(precision.clone())];
+        let layout = ParamSet::new(gpu, &tensors, group())?.layout().clone();
+        ParamSet::shard(gpu, &tensors, group(), layout.shards(shards)?[0].clone())
+    };
+    let first = shard()?;
+    let len = first.layout().len() as usize;
+    let sets = rotation(first.bytes_per_step());
+    let buffers = buffer_sets(gpu, len, sets, precision)?;
+    let mut sets_of = vec![first];
+    for _ in 1..sets {
+        sets_of.push(shard()?);
+    }
+    time_kernel(gpu, repetitions, sets, |set, timestamps| {
+        let (params, grads) = &buffers[set];
+        sets_of[set].step_timed(params, grads, timestamps)
+    })
+}
+
 /// Times the unfused chain of `rule` the same way.
 fn time_unfused<R: UpdateRule>(
     gpu: &GpuContext,
@@ -396,11 +428,21 @@ pub struct Measurement {
     pub unfused_bytes_per_step: u64,
     /// The CPU twin's median step (NaN when skipped).
     pub cpu_ms: f64,
+    /// How many shards the parameters were cut into for `shard` (0: not measured).
+    pub shards: usize,
+    /// The step of the first shard alone (a `ParamSet::shard` of a one-tensor set), in the
+    /// same precision under no guard.
+    pub shard: Stats,
     /// `copy_buffer_to_buffer` bandwidth measured at this size, in GB/s.
     pub copy_gb_per_s: f64,
 }
 
 impl Measurement {
+    /// The first shard's median step over the whole step's (NaN when not measured).
+    pub fn shard_ratio(&self) -> f64 {
+        self.shard.median_ms / self.fused.median_ms
+    }
+
     /// Bytes the rule must move per step over the fused median, in GB/s (10^9 bytes).
     pub fn gigabytes_per_second(&self) -> f64 {
         self.bytes_per_step as f64 / self.fused.median_ms / 1e6
@@ -523,6 +565,12 @@ pub fn measure<R: UpdateRule>(
             _ if !f32_only => f64::NAN,
             0 => f64::NAN,
             steps => time_cpu(&rule, len, steps)?,
+        },
+        shards: repetitions.shards,
+        shard: match repetitions.shards {
+            0 | 1 => Stats::of(Vec::new()),
+            _ if guard.settings.is_some() => Stats::of(Vec::new()),
+            shards => time_shard(gpu, &rule, precision, (len, shards), repetitions)?,
         },
         copy_gb_per_s,
     })

@@ -88,7 +88,7 @@ pub struct Report {
 }
 
 /// Column titles and widths of the table (the rule's column is left-aligned).
-const COLUMNS: [(&str, usize); 19] = [
+const COLUMNS: [(&str, usize); 21] = [
     ("rule", 26),
     ("params", 8),
     ("B/p moved", 10),
@@ -108,6 +108,8 @@ const COLUMNS: [(&str, usize); 19] = [
     ("unfused MB", 11),
     ("vs unfused", 11),
     ("vs cpu", 8),
+    ("shard ms", 10),
+    ("x whole", 9),
 ];
 
 /// The table's name of a row: the rule, its precision unless f32, and its grad guard if any.
@@ -145,7 +147,7 @@ pub fn table(rows: &[Measurement]) -> String {
     out.push('\n');
     for m in rows {
         out += &format!(
-            "{:<name_width$}{:>8}{:>10.2}{:>11.2}{:>9.1}{:>10.3}{:>7.0}%{:>8.2}{:>6.0}%{:>13.3}{:>10.2}x{:>10.3}{:>8.2}x{:>9.3}{:>7.2}x{}{}{}{}\n",
+            "{:<name_width$}{:>8}{:>10.2}{:>11.2}{:>9.1}{:>10.3}{:>7.0}%{:>8.2}{:>6.0}%{:>13.3}{:>10.2}x{:>10.3}{:>8.2}x{:>9.3}{:>7.2}x{}{}{}{}{}{}\n",
             label(m),
             size_label(m.params),
             m.bytes_per_step as f64 / m.params as f64,
@@ -173,6 +175,8 @@ pub fn table(rows: &[Measurement]) -> String {
             ),
             cell(m.unfused_speedup(), 1, "x", 11),
             cell(m.cpu_speedup(), 1, "x", 8),
+            cell(m.shard.median_ms, 3, "", 10),
+            cell(m.shard_ratio(), 2, "x", 9),
         );
     }
     out
@@ -233,6 +237,9 @@ struct CsvRow<'a> {
     unfused_speedup: f64,
     cpu_ms: f64,
     cpu_speedup: f64,
+    shards: usize,
+    shard_median_ms: f64,
+    shard_ratio: f64,
 }
 
 pub fn write_json(report: &Report, path: &Path) -> std::io::Result<()> {
@@ -269,6 +276,9 @@ pub fn write_csv(report: &Report, path: &Path) -> std::io::Result<()> {
                 unfused_speedup: m.unfused_speedup(),
                 cpu_ms: m.cpu_ms,
                 cpu_speedup: m.cpu_speedup(),
+                shards: m.shards,
+                shard_median_ms: m.shard.median_ms,
+                shard_ratio: m.shard_ratio(),
             })
             .map_err(std::io::Error::other)?;
     }

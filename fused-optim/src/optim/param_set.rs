@@ -284,6 +284,18 @@ impl<R: UpdateRule> ParamSet<R> {
         self.engine.step(&[(params, grads)], None, Reduction::Own)
     }
 
+    /// [`Self::step`] with GPU timestamps written at the start and end of its compute pass
+    /// (`wgpu::Features::TIMESTAMP_QUERY`), for profiling: the benchmark times steps so.
+    pub fn step_timed(
+        &mut self,
+        params: &wgpu::Buffer,
+        grads: &wgpu::Buffer,
+        timestamps: Option<wgpu::ComputePassTimestampWrites>,
+    ) -> Result<()> {
+        self.engine
+            .step(&[(params, grads)], timestamps, Reduction::Own)
+    }
+
     /// A split grad guard's first half, for a shard under a guard: records the reduction of
     /// the shard's grads (its range of `grads`) under the current loss scale and settings,
     /// merged into one [`GradPartial`](crate::GradPartial), and its copy into `out` at byte
