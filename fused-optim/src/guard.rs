@@ -150,15 +150,14 @@ impl GradGuard {
     }
 }
 
-/// The guard's state on the device, as the device keeps it (`GuardStatus` in guard.wgsl):
-/// the scaler's state, and what the last step found. Read it with an optimizer's
-/// `grad_status` (the newest one already on the host, no wait) or `read_grad_status` (waits).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+/// The guard's state: the scaler's state, and what the last step found. Read it with an
+/// optimizer's `grad_status` (the newest one already on the host, no wait),
+/// `read_grad_status` (waits) or `loss_scale` (the newest scale, no wait).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct GradStatus {
-    /// The loss scale for the next backward pass (1 without an enabled scaler). It is the
-    /// first f32 of the optimizer's `grad_status_buffer`, for the caller's backward pass to
-    /// multiply the loss by, without a readback.
+    /// The loss scale for the next backward pass (1 without an enabled scaler). It is also
+    /// the first f32 of the optimizer's `grad_status_buffer`, for the caller's backward pass
+    /// to multiply the loss by, without a readback.
     pub scale: f32,
     /// Clean steps in a row since the scale last changed.
     pub growth_tracker: u32,
@@ -166,8 +165,8 @@ pub struct GradStatus {
     pub applied: u32,
     /// Steps skipped for an inf or NaN grad.
     pub skipped: u32,
-    /// Whether the last step found an inf or NaN grad (1) or not (0).
-    pub found_inf: u32,
+    /// Whether the last step found an inf or NaN grad.
+    pub found_inf: bool,
     /// The last step's total norm of the unscaled grads (inf or NaN where one is).
     pub total_norm: f32,
     /// The last step's `1 / scale`.
@@ -176,9 +175,60 @@ pub struct GradStatus {
     pub clip_coef: f32,
     /// The last step's number, `applied + 1` before it ran: what its bias corrections used.
     pub t: u32,
-    /// Whether the last step was skipped (1) or applied (0).
-    pub skip: u32,
-    _pad: [u32; 2],
+    /// Whether the last step was skipped.
+    pub skip: bool,
+}
+
+/// [`GradStatus`] as the device keeps it (`GuardStatus` in guard.wgsl), flags as words.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub(crate) struct StatusWords {
+    pub(crate) scale: f32,
+    pub(crate) growth_tracker: u32,
+    pub(crate) applied: u32,
+    pub(crate) skipped: u32,
+    pub(crate) found_inf: u32,
+    pub(crate) total_norm: f32,
+    pub(crate) inv_scale: f32,
+    pub(crate) clip_coef: f32,
+    pub(crate) t: u32,
+    pub(crate) skip: u32,
+    pub(crate) pad: [u32; 2],
+}
+
+impl From<StatusWords> for GradStatus {
+    fn from(words: StatusWords) -> Self {
+        Self {
+            scale: words.scale,
+            growth_tracker: words.growth_tracker,
+            applied: words.applied,
+            skipped: words.skipped,
+            found_inf: words.found_inf != 0,
+            total_norm: words.total_norm,
+            inv_scale: words.inv_scale,
+            clip_coef: words.clip_coef,
+            t: words.t,
+            skip: words.skip != 0,
+        }
+    }
+}
+
+impl From<GradStatus> for StatusWords {
+    fn from(status: GradStatus) -> Self {
+        Self {
+            scale: status.scale,
+            growth_tracker: status.growth_tracker,
+            applied: status.applied,
+            skipped: status.skipped,
+            found_inf: status.found_inf as u32,
+            total_norm: status.total_norm,
+            inv_scale: status.inv_scale,
+            clip_coef: status.clip_coef,
+            t: status.t,
+            skip: status.skip as u32,
+            pad: [0; 2],
+        }
+    }
 }
 
 impl GradStatus {
@@ -483,12 +533,12 @@ impl CpuGuard {
         let found_inf = total.found_inf();
         let skip = found_inf && self.guard.skips();
         let status = &mut self.status;
-        status.found_inf = found_inf as u32;
+        status.found_inf = found_inf;
         status.total_norm = norm;
         status.inv_scale = inv_scale;
         status.clip_coef = clip_coef;
         status.t = status.applied + 1;
-        status.skip = skip as u32;
+        status.skip = skip;
         if let Some(scaler) = self.guard.scaler.filter(|s| s.enabled) {
             if found_inf {
                 status.scale *= scaler.backoff_factor;

@@ -47,6 +47,10 @@ mod optim;
 pub mod rule;
 mod rules;
 
+/// The wgpu this library is built on, for naming its buffers, devices and encoders without
+/// depending on a second copy.
+pub use wgpu;
+
 pub use checkpoint::{Checkpoint, HostTensor, TensorDtype, TensorPlace};
 pub use error::{Error, Result};
 pub use format::{Dtype, Master, Precision, Rounding, StateFormat};

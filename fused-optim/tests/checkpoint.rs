@@ -35,7 +35,7 @@ fn snapshot<R: UpdateRule>(
         all.push(bits(optimizer.read_state(name).unwrap()));
     }
     if let Some(status) = optimizer.read_grad_status().unwrap() {
-        all.push(bytemuck::cast_slice(bytemuck::bytes_of(&status)).to_vec());
+        all.push(common::status_bits(&status));
     }
     all
 }

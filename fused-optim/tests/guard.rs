@@ -9,17 +9,12 @@ mod common;
 
 use fused_optim::{
     visit_rules, Adam, ClipGradNorm, CpuGuard, CpuOptimizer, Dtype, Error, ForeachOptimizer,
-    GpuContext, GradGuard, GradPartial, GradScaler, GradStatus, NormType, Optimizer, ParamGroup,
-    ParamSet, Precision, RegisteredRule, RuleVisitor, Sgd, UpdateRule,
+    GpuContext, GradGuard, GradPartial, GradScaler, NormType, Optimizer, ParamGroup, ParamSet,
+    Precision, RegisteredRule, RuleVisitor, Sgd, UpdateRule,
 };
 
 fn bits(values: &[f32]) -> Vec<u32> {
     values.iter().map(|v| v.to_bits()).collect()
-}
-
-/// The status with f32 fields as bits, so NaN norms compare.
-fn status_bits(status: &GradStatus) -> Vec<u32> {
-    bytemuck::cast_slice(bytemuck::bytes_of(status)).to_vec()
 }
 
 fn scaler(init_scale: f32, growth_interval: u32) -> GradScaler {
@@ -85,8 +80,8 @@ impl<R: UpdateRule> Twins<'_, R> {
         let status = optimizer.read_grad_status().unwrap().unwrap();
         let twin = self.guard.status();
         assert_eq!(
-            status_bits(&status),
-            status_bits(&twin),
+            common::status_bits(&status),
+            common::status_bits(&twin),
             "{what}: status after step {}: {status:?} against {twin:?}",
             optimizer.step_count()
         );
@@ -243,7 +238,7 @@ fn an_inf_in_the_last_tensor_skips_the_step_for_every_tensor() {
         let status = foreach.read_grad_status().unwrap().unwrap();
         assert_eq!(
             (status.applied, status.skipped, status.found_inf),
-            (1, skipped, 1)
+            (1, skipped, true)
         );
         assert_eq!(foreach.read_state("step", 0).unwrap(), vec![1.0]);
     }
@@ -305,6 +300,39 @@ fn an_inf_in_a_parameter_set_skips_every_group() {
     assert!(gpu.download_bytes(&params).unwrap() == before);
     let status = set.read_grad_status().unwrap().unwrap();
     assert_eq!((status.applied, status.skipped), (1, 1));
+}
+
+/// `loss_scale` follows the scaler without a wait of its own: the initial scale before any
+/// step, the device's once a step's status is back, the written one after a switch, and the
+/// restored one after a restore.
+#[test]
+fn the_loss_scale_is_readable_without_waiting() {
+    let gpu = common::gpu();
+    let guard = |enabled| GradGuard {
+        scaler: Some(GradScaler {
+            enabled,
+            ..scaler(1024.0, 1)
+        }),
+        ..GradGuard::default()
+    };
+    let (params, grads) = common::params_and_grads(gpu, 33);
+    let mut adam = Optimizer::new(gpu, Adam::default(), 33).unwrap();
+    assert_eq!(adam.loss_scale(), None);
+    adam.set_grad_guard(guard(true)).unwrap();
+    assert_eq!(adam.loss_scale(), Some(1024.0));
+    adam.step(&params, &grads).unwrap();
+    let status = adam.read_grad_status().unwrap().unwrap();
+    assert_eq!(
+        (status.scale, status.found_inf, status.skip),
+        (2048.0, false, false)
+    );
+    assert_eq!(adam.loss_scale(), Some(2048.0));
+    let checkpoint = adam.checkpoint().unwrap();
+    adam.set_grad_guard(guard(false)).unwrap();
+    assert_eq!(adam.loss_scale(), Some(1.0));
+    adam.set_grad_guard(guard(true)).unwrap();
+    adam.restore(&checkpoint).unwrap();
+    assert_eq!(adam.loss_scale(), Some(2048.0));
 }
 
 /// GradScaler as torch/amp/grad_scaler.py and `_amp_update_scale_` define it (an f32 scale
@@ -459,7 +487,10 @@ fn two_hundred_steps_in_one_encoder_skip_where_the_infs_are() {
         );
     }
     let status = optimizer.read_grad_status().unwrap().unwrap();
-    assert_eq!(status_bits(&status), status_bits(&twin.status()));
+    assert_eq!(
+        common::status_bits(&status),
+        common::status_bits(&twin.status())
+    );
     assert_eq!((status.applied, status.skipped), (192, 8));
     assert_eq!(optimizer.read_state("step").unwrap(), vec![192.0]);
 }
@@ -919,8 +950,8 @@ fn shards_under_a_split_guard_agree_and_match_the_twin_bit_for_bit() {
         for (rank, shard) in shards.iter().enumerate() {
             let status = shard.read_grad_status().unwrap().unwrap();
             assert_eq!(
-                status_bits(&status),
-                status_bits(&twin.status()),
+                common::status_bits(&status),
+                common::status_bits(&twin.status()),
                 "shard {rank} after step {step}: {status:?} against {:?}",
                 twin.status()
             );

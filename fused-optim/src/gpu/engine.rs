@@ -335,7 +335,7 @@ impl<R: UpdateRule> Engine<R> {
     /// (see [`GradGuard::restarted_scale`]). On error nothing changed.
     pub fn set_guard(&mut self, guard: GradGuard) -> Result<()> {
         guard.validate()?;
-        if let Some(guarded) = &self.guard {
+        if let Some(guarded) = &mut self.guard {
             let restarted = guarded.device.settings.restarted_scale(&guard);
             if let Some(scale) = restarted {
                 // The new scale is written ahead of the next submission: every recorded step
@@ -343,9 +343,9 @@ impl<R: UpdateRule> Engine<R> {
                 let operation = "switching the loss scaler on or off";
                 self.submissions
                     .check(&self.context, Ahead::Write, operation)?;
-                guarded.device.restart_scale(scale);
+                guarded.device.restart_scale(self.steps, scale);
             }
-            self.guard.as_mut().expect("checked above").device.settings = guard;
+            guarded.device.settings = guard;
             return Ok(());
         }
         if R::OWN_ENTRY_POINT {
@@ -407,6 +407,11 @@ impl<R: UpdateRule> Engine<R> {
     /// The newest guard status the host has without waiting, and the step it followed.
     pub fn newest_guard_status(&self) -> Option<(u64, GradStatus)> {
         self.guard.as_ref().and_then(|g| g.device.newest())
+    }
+
+    /// The loss scale for the next backward pass as far as the host knows, without waiting.
+    pub fn loss_scale(&self) -> Option<f32> {
+        self.guard.as_ref().map(|g| g.device.scale())
     }
 
     /// The guard's status once every submitted step has run. Waits for the GPU.

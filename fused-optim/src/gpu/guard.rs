@@ -20,12 +20,12 @@ use super::kernel::{dispatch_grid, dump, CODEC, WORKGROUP_SIZE};
 use super::plan::{windows, Grain, Span, Window};
 use crate::error::{Error, Result};
 use crate::format::Dtype;
-use crate::guard::{GradGuard, GradPartial, GradStatus, NormType, REDUCTION_CHUNK};
+use crate::guard::{GradGuard, GradPartial, GradStatus, NormType, StatusWords, REDUCTION_CHUNK};
 
 const SOURCE: &str = include_str!("guard.wgsl");
 
 /// Bytes of the status: `GradStatus`.
-const STATUS_BYTES: u64 = std::mem::size_of::<GradStatus>() as u64;
+const STATUS_BYTES: u64 = std::mem::size_of::<StatusWords>() as u64;
 
 /// The head of a step's guard values (`GuardHeader` in guard.wgsl); the rows of the rule's
 /// scalars follow it.
@@ -132,6 +132,9 @@ pub(crate) struct DeviceGuard {
     /// whether it could be skipped.
     known: (u64, u32),
     pending: VecDeque<bool>,
+    /// `(step, scale)`: the host wrote the loss scale `scale` after step `step` was recorded
+    /// (at the start, a switch of the scaler, a restore).
+    written_scale: (u64, f32),
 }
 
 /// Creates a buffer of `size` bytes with `usage`.
@@ -241,9 +244,10 @@ impl DeviceGuard {
             contents: &slots,
             usage: wgpu::BufferUsages::UNIFORM,
         });
+        let initial = GradStatus::initial(&settings, steps as u32);
         let status = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("fused-optim grad status"),
-            contents: bytemuck::bytes_of(&GradStatus::initial(&settings, steps as u32)),
+            contents: bytemuck::bytes_of(&StatusWords::from(initial)),
             usage: wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_SRC
                 | wgpu::BufferUsages::COPY_DST,
@@ -405,6 +409,7 @@ impl DeviceGuard {
             learnt: Arc::default(),
             known: (steps, steps as u32),
             pending: VecDeque::new(),
+            written_scale: (steps, initial.scale),
         }
     }
 
@@ -498,18 +503,20 @@ impl DeviceGuard {
     }
 
     /// Forgets what was learnt: after a restore, the device had applied `applied` steps
-    /// after step `steps`.
-    pub fn restart(&mut self, steps: u64, applied: u32) {
+    /// after step `steps`, and holds the loss scale `scale`.
+    pub fn restart(&mut self, steps: u64, applied: u32, scale: f32) {
         self.known = (steps, applied);
+        self.written_scale = (steps, scale);
         self.pending.clear();
         self.learnt.lock().unwrap().newest = None;
     }
 
     /// Sets the loss scale to `scale` and the growth tracker to 0 (a scaler switched on or
-    /// off), ahead of the next submission's commands.
-    pub fn restart_scale(&self, scale: f32) {
+    /// off) after step `steps`, ahead of the next submission's commands.
+    pub fn restart_scale(&mut self, steps: u64, scale: f32) {
+        self.written_scale = (steps, scale);
         let words = [scale.to_bits(), 0];
-        const _: () = assert!(std::mem::offset_of!(GradStatus, growth_tracker) == 4);
+        const _: () = assert!(std::mem::offset_of!(StatusWords, growth_tracker) == 4);
         self.context
             .queue()
             .write_buffer(&self.status, 0, bytemuck::cast_slice(&words));
@@ -522,10 +529,19 @@ impl DeviceGuard {
         self.learnt.lock().unwrap().newest
     }
 
+    /// The loss scale of the newest status the host has learnt, or the one it wrote since.
+    pub fn scale(&self) -> f32 {
+        let (written_after, written) = self.written_scale;
+        match self.newest() {
+            Some((step, status)) if step > written_after => status.scale,
+            _ => written,
+        }
+    }
+
     /// The status now, once every submitted step has run. Waits for the GPU.
     pub fn read_status(&self) -> Result<GradStatus> {
         let bytes = self.context.download_bytes(&self.status)?;
-        Ok(bytemuck::pod_read_unaligned(&bytes))
+        Ok(bytemuck::pod_read_unaligned::<StatusWords>(&bytes).into())
     }
 
     /// The step counts the device may hold before step `steps + 1`: `(lo, rows)` for counts
@@ -810,7 +826,7 @@ impl DeviceGuard {
                 return;
             }
             let status: Option<GradStatus> = match mapped.slice(..).get_mapped_range() {
-                Ok(view) => Some(bytemuck::pod_read_unaligned(&view)),
+                Ok(view) => Some(bytemuck::pod_read_unaligned::<StatusWords>(&view).into()),
                 Err(_) => None,
             };
             mapped.unmap();

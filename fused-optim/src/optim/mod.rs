@@ -55,6 +55,14 @@ macro_rules! engine_accessors {
             self.engine.newest_guard_status()
         }
 
+        /// The loss scale for the next backward pass as of the newest status the host has
+        /// ([`Self::grad_status`]: no wait, lagging the device by the steps in flight), or the
+        /// scale the guard started with before any guarded step completed; `None` without a
+        /// guard. [`Self::grad_status_buffer`] holds the current one on the device.
+        pub fn loss_scale(&self) -> Option<f32> {
+            self.engine.loss_scale()
+        }
+
         /// The grad guard's status once every submitted step has run (`None` without a
         /// guard). Waits for the GPU: for tests and logs, not the training loop.
         pub fn read_grad_status(&self) -> crate::Result<Option<crate::GradStatus>> {

@@ -126,3 +126,26 @@ pub fn assert_encoder_still_clean(gpu: &GpuContext, encoder: wgpu::CommandEncode
         "the failed step left work in the encoder: {submitted:?}"
     );
 }
+
+/// The status with f32 fields as bits, so NaN norms compare.
+pub fn status_bits(status: &fused_optim::GradStatus) -> Vec<u32> {
+    let floats = [
+        status.scale,
+        status.total_norm,
+        status.inv_scale,
+        status.clip_coef,
+    ];
+    let words = [
+        status.growth_tracker,
+        status.applied,
+        status.skipped,
+        status.t,
+    ];
+    let flags = [status.found_inf as u32, status.skip as u32];
+    floats
+        .iter()
+        .map(|f| f.to_bits())
+        .chain(words)
+        .chain(flags)
+        .collect()
+}

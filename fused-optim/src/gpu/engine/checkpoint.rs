@@ -19,7 +19,7 @@ use crate::format::{Dtype, Layout, Master, StateFormat, BLOCK};
 use crate::gpu::callbacks::Callbacks;
 use crate::gpu::glue::Role;
 use crate::gpu::GpuContext;
-use crate::guard::GradStatus;
+use crate::guard::{GradStatus, StatusWords};
 use crate::rule::{Hyperparameter, UpdateRule};
 
 /// The text of a hyperparameter in checkpoint metadata: exact for any f64 (Rust's shortest
@@ -217,7 +217,8 @@ impl PendingCheckpoint {
                 scaling,
                 ..
             } => {
-                let status: GradStatus = bytemuck::pod_read_unaligned(&status_bytes);
+                let status =
+                    GradStatus::from(bytemuck::pod_read_unaligned::<StatusWords>(&status_bytes));
                 tensors.insert(
                     "fused_optim.grad_status".to_owned(),
                     HostTensor::vector(TensorDtype::U32, status_bytes),
@@ -716,10 +717,10 @@ impl<R: UpdateRule> Engine<R> {
                          {ours}; set a guard with the checkpoint's scaler before restoring"
                     )));
                 }
-                let words = std::mem::size_of::<GradStatus>() / 4;
+                let words = std::mem::size_of::<StatusWords>() / 4;
                 let data =
                     checkpoint.tensor("fused_optim.grad_status", TensorDtype::U32, &[words])?;
-                let status: GradStatus = bytemuck::pod_read_unaligned(data);
+                let status = GradStatus::from(bytemuck::pod_read_unaligned::<StatusWords>(data));
                 let scale = status.scale;
                 let (scale_text, tracker_text) = scaler_state(&status);
                 for (key, want) in [("scale", scale_text), ("_growth_tracker", tracker_text)] {
@@ -786,8 +787,9 @@ impl<R: UpdateRule> Engine<R> {
             }
         }
         if let (Some(guarded), Some(status)) = (&mut self.guard, status) {
-            queue.write_buffer(guarded.device.status(), 0, bytemuck::bytes_of(&status));
-            guarded.device.restart(steps, applied as u32);
+            let words = StatusWords::from(status);
+            queue.write_buffer(guarded.device.status(), 0, bytemuck::bytes_of(&words));
+            guarded.device.restart(steps, applied as u32, status.scale);
             guarded.history = HostHistory::new(host.clone(), applied);
         }
         self.groups = groups;
