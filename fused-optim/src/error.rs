@@ -303,6 +303,18 @@ pub enum Error {
         name: String,
     },
 
+    #[error(
+        "a param_groups entry names parameter {index}, but {count} parameter names were given; \
+         pass every parameter's name in PyTorch's order (model.named_parameters())"
+    )]
+    /// A PyTorch `param_groups` entry naming a parameter index past the names given.
+    ParamIndex {
+        /// The index named.
+        index: u64,
+        /// How many names were given.
+        count: usize,
+    },
+
     #[error("tensor `{name}` is in parameter groups {first} and {second}; each tensor belongs to exactly one")]
     /// A tensor named by two parameter groups.
     TensorInTwoGroups {

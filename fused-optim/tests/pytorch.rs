@@ -1,13 +1,14 @@
 //! The CPU twins and the GPU kernels against real `torch.optim` (single-tensor CPU path):
 //! every registered rule and flag combination PyTorch has, the rule found by its registry key
-//! and built from PyTorch's option names, three steps with the lr changed before each,
+//! and built from the `param_groups` entry PyTorch held, three steps with the lr changed before each,
 //! params and every state compared by name. The golden values come from
 //! tests/pytorch_reference.py; unlike tests/twin.rs, nothing here shares code with the kernels.
 
 mod common;
 
 use fused_optim::{
-    visit_rules, CpuOptimizer, Hyperparameter, Optimizer, RegisteredRule, RuleVisitor, UpdateRule,
+    visit_rules, Adam, AdamW, CpuOptimizer, Error, GpuContext, Hyperparameter, Optimizer, ParamSet,
+    RegisteredRule, RuleVisitor, Sgd, UpdateRule,
 };
 use serde_json::Value;
 
@@ -74,10 +75,14 @@ fn check<R: UpdateRule>(rule: R, case: &Value) -> f64 {
     worst
 }
 
-/// The rule a case describes: the registered rule whose key is the case's `rule`, with
-/// PyTorch's defaults, the case's options set by name and the case's first lr.
+/// The rule a case describes: the registered rule whose key is the case's `rule`, built from
+/// the `param_groups` entry PyTorch's optimizer held (every key it keeps, `foreach`, `fused`,
+/// `capturable`, `differentiable` and `params` included), as a porter hands it over; the
+/// same as PyTorch's defaults with the case's options set by name.
 fn rule_of<R: RegisteredRule>(case: &Value) -> R {
-    let mut rule = R::default();
+    let rule =
+        R::from_param_group(&case["param_group"]).unwrap_or_else(|e| panic!("{}: {e}", R::KEY));
+    let mut by_name = R::default();
     let options = case["options"].as_object().expect("options");
     let lr = case["learning_rates"][0].as_f64().unwrap();
     let values = options.iter().map(|(name, value)| {
@@ -93,10 +98,9 @@ fn rule_of<R: RegisteredRule>(case: &Value) -> R {
         (name.as_str(), value)
     });
     for (name, value) in values.chain([("lr", Hyperparameter::Float(lr))]) {
-        rule.set_hyperparameter(name, value)
-            .unwrap_or_else(|e| panic!("{}: {e}", R::KEY));
+        by_name.set_hyperparameter(name, value).unwrap();
     }
-    rule.validate().unwrap();
+    assert_eq!(rule.hyperparameters(), by_name.hyperparameters());
     rule
 }
 
@@ -138,5 +142,125 @@ fn every_rule_matches_pytorch() {
         cases.len(),
         reference["torch"],
         run.worst
+    );
+}
+
+/// `AdamW` takes `torch.optim.AdamW`'s groups, runs as Adam with decoupled weight decay,
+/// and refuses Adam's (an L2 penalty), as it refuses switching decoupling off.
+#[test]
+fn adamw_is_torch_adamw() {
+    let reference: Value =
+        serde_json::from_str(include_str!("data/pytorch_reference.json")).unwrap();
+    let adam_cases = reference["cases"].as_array().unwrap().iter();
+    let mut decoupled = 0;
+    for case in adam_cases.filter(|case| case["rule"] == "adam") {
+        let group = &case["param_group"];
+        let adam = Adam::from_param_group(group).unwrap();
+        match AdamW::from_param_group(group) {
+            Ok(adamw) => {
+                assert!(adam.decoupled_weight_decay);
+                assert_eq!(Adam::from(adamw), adam);
+                decoupled += 1;
+            }
+            Err(error) => {
+                assert!(!adam.decoupled_weight_decay);
+                assert!(matches!(
+                    error,
+                    Error::InvalidConfig {
+                        field: "decoupled_weight_decay",
+                        ..
+                    }
+                ));
+            }
+        }
+    }
+    assert_eq!(decoupled, 4);
+    assert_eq!(AdamW::default().weight_decay, 0.01);
+    assert_eq!(Adam::from(AdamW::default()), Adam::adamw());
+    let mut adamw = AdamW::default();
+    let off = adamw.set_hyperparameter("decoupled_weight_decay", Hyperparameter::Bool(false));
+    assert!(off.is_err());
+    assert_eq!(adamw, AdamW::default());
+}
+
+/// A param group as JSON: implementation choices are flags or null and change nothing;
+/// anything else wrong is an error naming it.
+#[test]
+fn param_groups_are_checked() {
+    let group = |extra: Value| {
+        let mut group = serde_json::json!({
+            "lr": 0.01, "momentum": 0.9, "dampening": 0.0, "weight_decay": 0.0,
+            "nesterov": true, "maximize": false, "foreach": null, "differentiable": false,
+            "fused": null, "params": [1, 0], "initial_lr": 0.1,
+        });
+        group
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        group
+    };
+    let sgd = Sgd::from_param_group(&group(serde_json::json!({}))).unwrap();
+    assert_eq!((sgd.lr, sgd.momentum, sgd.nesterov), (0.01, 0.9, true));
+    for choice in ["foreach", "fused", "capturable", "differentiable"] {
+        let on = Sgd::from_param_group(&group(serde_json::json!({ choice: true }))).unwrap();
+        assert_eq!(on, sgd);
+        let text = Sgd::from_param_group(&group(serde_json::json!({ choice: "yes" })));
+        assert!(
+            matches!(text, Err(Error::HyperparameterKind { .. })),
+            "{choice}"
+        );
+    }
+    let cases = [
+        (
+            serde_json::json!({"amsgrad": false}),
+            "UnknownHyperparameter",
+        ),
+        (serde_json::json!({"lr": "0.1"}), "HyperparameterKind"),
+        (serde_json::json!({"lr": null}), "HyperparameterKind"),
+        (
+            serde_json::json!({"momentum": [0.9, 0.9]}),
+            "HyperparameterKind",
+        ),
+        (serde_json::json!({"lr": -1.0}), "InvalidConfig"),
+    ];
+    for (extra, want) in cases {
+        let error = Sgd::from_param_group(&group(extra.clone())).unwrap_err();
+        assert!(format!("{error:?}").starts_with(want), "{extra}: {error:?}");
+    }
+    let names = ["w", "b"];
+    let made =
+        fused_optim::ParamGroup::<Sgd>::from_param_group(&group(serde_json::json!({})), &names);
+    assert_eq!(made.unwrap().tensors, ["b", "w"]);
+    let past = fused_optim::ParamGroup::<Sgd>::from_param_group(
+        &group(serde_json::json!({"params": [2]})),
+        &names,
+    );
+    assert!(matches!(
+        past,
+        Err(Error::ParamIndex { index: 2, count: 2 })
+    ));
+}
+
+/// A parameter set from a PyTorch optimizer's `param_groups`: each entry a group of the
+/// tensors its indices name, with its own hyperparameters.
+#[test]
+fn a_parameter_set_is_built_from_param_groups() {
+    let gpu = GpuContext::new().unwrap();
+    let groups = serde_json::json!([
+        {"lr": 0.001, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01, "amsgrad": false,
+         "maximize": false, "foreach": null, "capturable": false, "differentiable": false,
+         "fused": null, "decoupled_weight_decay": true, "params": [0, 2]},
+        {"lr": 0.001, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0, "amsgrad": false,
+         "maximize": false, "foreach": null, "capturable": false, "differentiable": false,
+         "fused": null, "decoupled_weight_decay": true, "params": [1]},
+    ]);
+    let tensors = [("fc.weight", 96), ("fc.bias", 3), ("head.weight", 33)];
+    let set = ParamSet::<AdamW>::from_param_groups(&gpu, &tensors, &groups).unwrap();
+    let decay = |g: usize| set.groups()[g].weight_decay;
+    assert_eq!((decay(0), decay(1)), (0.01, 0.0));
+    let group = |name: &str| set.layout().tensor(name).unwrap().group;
+    assert_eq!(
+        (group("fc.weight"), group("fc.bias"), group("head.weight")),
+        (0, 1, 0)
     );
 }

@@ -69,6 +69,9 @@ def case(rule, optimizer_class, options, learning_rates=LEARNING_RATES):
     grads = [nonzero(LEN) for _ in learning_rates]
     tensor = torch.tensor(params, requires_grad=True)
     optimizer = optimizer_class([tensor], lr=learning_rates[0], foreach=False, **options)
+    # The group as a porter hands it over: every key PyTorch keeps, implementation choices
+    # (foreach, fused, capturable, differentiable) included.
+    param_group = dict(optimizer.state_dict()["param_groups"][0])
     for lr, grad in zip(learning_rates, grads):
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -85,6 +88,7 @@ def case(rule, optimizer_class, options, learning_rates=LEARNING_RATES):
     return {
         "rule": rule,
         "options": options,
+        "param_group": param_group,
         "learning_rates": learning_rates,
         "params": params.tolist(),
         "grads": [g.tolist() for g in grads],

@@ -42,6 +42,41 @@ impl<R> ParamGroup<R> {
     }
 }
 
+impl<R: UpdateRule + Default> ParamGroup<R> {
+    /// One entry of a PyTorch optimizer's `state_dict()["param_groups"]`, as JSON, as a group:
+    /// its rule as [`UpdateRule::from_param_group`] builds it, and its tensors the entry's
+    /// `params` indices named by `names`, every parameter's name in the optimizer's order
+    /// (`[n for n, _ in model.named_parameters()]` for `torch.optim.X(model.parameters())`).
+    pub fn from_param_group(group: &serde_json::Value, names: &[impl AsRef<str>]) -> Result<Self> {
+        let rule = R::from_param_group(group)?;
+        let indices = group
+            .get("params")
+            .and_then(|p| p.as_array())
+            .ok_or_else(|| Error::HyperparameterKind {
+                name: "params".to_owned(),
+                expected: "a list of parameter indices",
+                got: "something else",
+            })?;
+        let tensors = indices
+            .iter()
+            .map(|index| {
+                let index = index.as_u64().ok_or_else(|| Error::HyperparameterKind {
+                    name: "params".to_owned(),
+                    expected: "a list of parameter indices",
+                    got: "a list holding something else",
+                })?;
+                let name = usize::try_from(index).ok().and_then(|i| names.get(i));
+                name.map(|n| n.as_ref().to_owned())
+                    .ok_or(Error::ParamIndex {
+                        index,
+                        count: names.len(),
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self::new(rule, tensors))
+    }
+}
+
 /// A fused optimizer over a parameter set: many named tensors packed into one params and one
 /// grads buffer (see [`ParamLayout`]), in parameter groups with their own hyperparameters.
 /// A step is one dispatch per group and binding window, however many tensors there are.
@@ -68,6 +103,32 @@ impl<R: UpdateRule> ParamSet<R> {
         groups: Vec<ParamGroup<R>>,
     ) -> Result<Self> {
         Self::build(context, tensors, groups, None)
+    }
+
+    /// A parameter set as a PyTorch optimizer over `tensors` (name, element count, in the
+    /// optimizer's parameter order) with `param_groups`, its `state_dict()["param_groups"]`
+    /// as JSON: each entry a group (see [`ParamGroup::from_param_group`]), in f32.
+    pub fn from_param_groups<T: AsRef<str>>(
+        context: &GpuContext,
+        tensors: &[(T, usize)],
+        param_groups: &serde_json::Value,
+    ) -> Result<Self>
+    where
+        R: Default,
+    {
+        let entries = param_groups
+            .as_array()
+            .ok_or_else(|| Error::HyperparameterKind {
+                name: "param_groups".to_owned(),
+                expected: "a list of groups",
+                got: "something else",
+            })?;
+        let names: Vec<&str> = tensors.iter().map(|(name, _)| name.as_ref()).collect();
+        let groups = entries
+            .iter()
+            .map(|group| ParamGroup::from_param_group(group, &names))
+            .collect::<Result<Vec<_>>>()?;
+        Self::new(context, tensors, groups)
     }
 
     /// [`ParamSet::new`] over the packed elements `range` only: one of

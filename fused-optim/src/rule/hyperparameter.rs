@@ -3,6 +3,7 @@
 //! rule's type.
 
 use crate::error::{Error, Result};
+use crate::rule::UpdateRule;
 
 /// One hyperparameter's value: a number (`lr`, `eps`, ...), a flag (`amsgrad`, ...) or a pair
 /// (`betas`).
@@ -94,6 +95,95 @@ pub fn assign<T: HyperparameterField>(
     Ok(())
 }
 
+/// `torch.optim`'s options that choose how a step runs (foreach or fused loops, CUDA-graph
+/// capture, autograd through the step) and not what it computes. Every `param_groups` entry
+/// holds them, so a rule accepts each as a flag (or, from JSON, `null`) and ignores it.
+pub const IMPLEMENTATION_CHOICES: &[&str] = &["foreach", "fused", "capturable", "differentiable"];
+
+/// `Some` for one of the [`IMPLEMENTATION_CHOICES`]: accepted as a flag, refused otherwise.
+pub fn implementation_choice(name: &str, value: Hyperparameter) -> Option<Result<()>> {
+    IMPLEMENTATION_CHOICES.contains(&name).then(|| match value {
+        Hyperparameter::Bool(_) => Ok(()),
+        other => Err(Error::HyperparameterKind {
+            name: name.to_owned(),
+            expected: "a flag",
+            got: other.kind(),
+        }),
+    })
+}
+
+/// Keys of a PyTorch `param_groups` entry that are not hyperparameters: the group's
+/// parameter indices, and the base lr an `LRScheduler` records.
+const NOT_HYPERPARAMETERS: &[&str] = &["params", "initial_lr"];
+
+/// The rule a PyTorch `param_groups` entry describes (see
+/// [`UpdateRule::from_param_group`](crate::UpdateRule::from_param_group)).
+pub(crate) fn from_param_group<R: UpdateRule + Default>(group: &serde_json::Value) -> Result<R> {
+    use serde_json::Value;
+    let entries = group.as_object().ok_or_else(|| Error::HyperparameterKind {
+        name: "param_groups entry".to_owned(),
+        expected: "an object of hyperparameters by name",
+        got: json_kind(group),
+    })?;
+    let mut rule = R::default();
+    for (name, value) in entries {
+        if NOT_HYPERPARAMETERS.contains(&name.as_str()) {
+            continue;
+        }
+        let value = match value {
+            Value::Bool(on) => Hyperparameter::Bool(*on),
+            Value::Number(x) => Hyperparameter::Float(x.as_f64().unwrap_or(f64::NAN)),
+            Value::Array(pair) => match (pair.first().and_then(Value::as_f64), pair.get(1)) {
+                (Some(first), Some(second)) if pair.len() == 2 && second.is_number() => {
+                    Hyperparameter::Pair(first, second.as_f64().unwrap_or(f64::NAN))
+                }
+                _ => return Err(kind_error(name, &rule, value)),
+            },
+            Value::Null if IMPLEMENTATION_CHOICES.contains(&name.as_str()) => continue,
+            _ => return Err(kind_error(name, &rule, value)),
+        };
+        rule.set_hyperparameter(name, value)?;
+    }
+    rule.validate()?;
+    Ok(rule)
+}
+
+/// The JSON value's kind, for error messages.
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a flag",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list other than a pair of numbers",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The error for `value`, of no kind a hyperparameter takes, given for `name`: the kind the
+/// rule's hyperparameter of that name takes, or that it has none of that name.
+fn kind_error<R: UpdateRule>(name: &str, rule: &R, value: &serde_json::Value) -> Error {
+    match rule.hyperparameters().into_iter().find(|(n, _)| *n == name) {
+        Some((_, like)) => Error::HyperparameterKind {
+            name: name.to_owned(),
+            expected: like.kind(),
+            got: json_kind(value),
+        },
+        None => {
+            let mut probe = rule.clone();
+            probe
+                .set_hyperparameter(name, Hyperparameter::Bool(false))
+                .err()
+                .unwrap_or(Error::HyperparameterKind {
+                    name: name.to_owned(),
+                    expected: "a flag",
+                    got: json_kind(value),
+                })
+        }
+    }
+}
+
 /// Implements [`UpdateRule::hyperparameters`](crate::UpdateRule::hyperparameters) and
 /// [`UpdateRule::set_hyperparameter`](crate::UpdateRule::set_hyperparameter) inside an
 /// `impl UpdateRule` block from the rule's field names, which are PyTorch's.
@@ -108,6 +198,9 @@ macro_rules! hyperparameters {
             name: &str,
             value: $crate::rule::Hyperparameter,
         ) -> $crate::Result<()> {
+            if let Some(outcome) = $crate::rule::hyperparameter::implementation_choice(name, value) {
+                return outcome;
+            }
             match name {
                 $(stringify!($field) => {
                     $crate::rule::hyperparameter::assign(&mut self.$field, name, value)

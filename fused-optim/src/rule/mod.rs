@@ -60,6 +60,21 @@ pub trait UpdateRule: Clone + std::fmt::Debug + Send + Sync + 'static {
     /// [`UpdateRule::validate`]); an unknown name or a value of the wrong kind is an error.
     fn set_hyperparameter(&mut self, name: &str, value: Hyperparameter) -> Result<()>;
 
+    /// The rule one entry of a PyTorch optimizer's `state_dict()["param_groups"]` describes,
+    /// as JSON (`json.dumps(optimizer.state_dict()["param_groups"][g])`): PyTorch's defaults,
+    /// then every hyperparameter by name (numbers, flags, `betas` as a list of two), then
+    /// validated. `foreach`, `fused`, `capturable` and `differentiable` choose how PyTorch
+    /// runs a step, not what it computes, and are accepted as flags or `null` and ignored, as
+    /// are `params` (see [`ParamGroup::from_param_group`](crate::ParamGroup::from_param_group))
+    /// and a scheduler's `initial_lr`. An unknown name, a value of the wrong kind or an
+    /// invalid value is an error naming it.
+    fn from_param_group(group: &serde_json::Value) -> Result<Self>
+    where
+        Self: Default,
+    {
+        hyperparameter::from_param_group(group)
+    }
+
     /// The learning rate (0 for a rule without one).
     fn lr(&self) -> f64 {
         self.hyperparameters()

@@ -1,4 +1,5 @@
-//! Adam and AdamW, as `torch.optim.Adam` and `torch.optim.AdamW`.
+//! Adam and AdamW, as `torch.optim.Adam` and `torch.optim.AdamW` ([`Adam`] with
+//! `decoupled_weight_decay`, or [`AdamW`] under its own name and defaults).
 //!
 //! With gradient `g`, parameter `p`, state `exp_avg` (`m`), `exp_avg_sq` (`v`),
 //! `max_exp_avg_sq` (`v_max`, amsgrad only) and step `t`, each step computes
@@ -16,10 +17,10 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::rule::check::{non_negative, positive, unit_interval};
 use crate::rule::program::{Operand, Program};
-use crate::rule::{hyperparameters, RegisteredRule, UpdateRule};
+use crate::rule::{hyperparameters, Hyperparameter, RegisteredRule, UpdateRule};
 
 /// Hyperparameters of Adam, with PyTorch's names and defaults. [`Adam::adamw`] gives AdamW's.
 #[derive(Clone, Debug, PartialEq)]
@@ -55,13 +56,141 @@ impl Default for Adam {
 }
 
 impl Adam {
-    /// `torch.optim.AdamW`'s defaults: Adam with decoupled weight decay 1e-2.
+    /// `torch.optim.AdamW`'s defaults: Adam with decoupled weight decay 1e-2
+    /// (`AdamW::default().into()`).
     pub fn adamw() -> Self {
+        AdamW::default().into()
+    }
+}
+
+/// `torch.optim.AdamW` under its own name and defaults (`weight_decay` 1e-2): Adam with
+/// decoupled weight decay, the same kernel, state and checkpoints (a checkpoint of either
+/// restores into the other). Its `decoupled_weight_decay` hyperparameter is always true, as
+/// in AdamW's `param_groups`; setting it false is refused (that is [`Adam`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdamW {
+    /// Learning rate.
+    pub lr: f64,
+    /// Coefficients of the running averages of the gradient and of its square.
+    pub betas: (f64, f64),
+    /// Term added to the denominator for numerical stability.
+    pub eps: f64,
+    /// Decoupled weight decay: the parameter is multiplied by `1 - lr * weight_decay`.
+    pub weight_decay: f64,
+    /// Use the maximum of all second moments so far (AMSGrad).
+    pub amsgrad: bool,
+    /// Maximize the objective instead of minimizing it (the gradient is negated).
+    pub maximize: bool,
+}
+
+impl Default for AdamW {
+    fn default() -> Self {
+        let adam = Adam::default();
         Self {
+            lr: adam.lr,
+            betas: adam.betas,
+            eps: adam.eps,
             weight_decay: 1e-2,
-            decoupled_weight_decay: true,
-            ..Self::default()
+            amsgrad: adam.amsgrad,
+            maximize: adam.maximize,
         }
+    }
+}
+
+impl From<AdamW> for Adam {
+    fn from(w: AdamW) -> Self {
+        Adam {
+            lr: w.lr,
+            betas: w.betas,
+            eps: w.eps,
+            weight_decay: w.weight_decay,
+            decoupled_weight_decay: true,
+            amsgrad: w.amsgrad,
+            maximize: w.maximize,
+        }
+    }
+}
+
+impl TryFrom<Adam> for AdamW {
+    type Error = Error;
+
+    /// Adam with decoupled weight decay as AdamW; refused for Adam's L2 penalty.
+    fn try_from(adam: Adam) -> Result<Self> {
+        if !adam.decoupled_weight_decay {
+            return Err(Error::InvalidConfig {
+                field: "decoupled_weight_decay",
+                value: 0.0,
+                reason: "AdamW always decouples weight decay; use Adam for an L2 penalty",
+            });
+        }
+        Ok(Self {
+            lr: adam.lr,
+            betas: adam.betas,
+            eps: adam.eps,
+            weight_decay: adam.weight_decay,
+            amsgrad: adam.amsgrad,
+            maximize: adam.maximize,
+        })
+    }
+}
+
+impl AdamW {
+    /// The same configuration as [`Adam`], whose rule it runs.
+    fn adam(&self) -> Adam {
+        self.clone().into()
+    }
+}
+
+/// AdamW is Adam's rule under another name: every item is Adam's.
+impl UpdateRule for AdamW {
+    type Scalars = AdamScalars;
+    const SHADER: &'static str = Adam::SHADER;
+    const STATE_SLOTS: &'static [&'static str] = Adam::STATE_SLOTS;
+    const NON_NEGATIVE: &'static [&'static str] = Adam::NON_NEGATIVE;
+    const COUNTS_STEPS: bool = Adam::COUNTS_STEPS;
+    const CHECKPOINT_NAME: &'static str = Adam::CHECKPOINT_NAME;
+
+    fn name(&self) -> &'static str {
+        self.adam().name()
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.adam().validate()
+    }
+
+    fn hyperparameters(&self) -> Vec<(&'static str, Hyperparameter)> {
+        self.adam().hyperparameters()
+    }
+
+    fn set_hyperparameter(&mut self, name: &str, value: Hyperparameter) -> Result<()> {
+        let mut adam = self.adam();
+        adam.set_hyperparameter(name, value)?;
+        *self = adam.try_into()?;
+        Ok(())
+    }
+
+    fn keeps_state(&self, name: &str) -> bool {
+        self.adam().keeps_state(name)
+    }
+
+    fn l2_weight_decay(&self) -> f64 {
+        0.0
+    }
+
+    fn flags(&self) -> Vec<(&'static str, bool)> {
+        self.adam().flags()
+    }
+
+    fn scalars(&self, t: u64, host: &[f64]) -> AdamScalars {
+        self.adam().scalars(t, host)
+    }
+
+    fn twin_update(&self, s: &AdamScalars, p: f32, g: f32, state: &mut [f32]) -> f32 {
+        self.adam().twin_update(s, p, g, state)
+    }
+
+    fn unfused(&self, t: u64, host: &[f64], program: &mut Program) {
+        self.adam().unfused(t, host, program)
     }
 }
 
