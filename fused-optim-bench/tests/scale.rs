@@ -45,8 +45,8 @@ fn adam_past_the_binding_limit_matches_twin() {
     for state in ["exp_avg", "exp_avg_sq"] {
         common::assert_twin_close(
             state,
-            &optimizer.read_state(state).unwrap(),
-            &cpu.state(state).unwrap(),
+            &optimizer.read_state(state, 0).unwrap(),
+            &cpu.read_state(state, 0).unwrap(),
         );
     }
 }
@@ -124,7 +124,7 @@ fn gpt2_small_parameter_set_matches_twins() {
                 }
                 let what = format!("{} {state}", slot.name);
                 let range = slot.range().start - start..slot.range().end - start;
-                common::assert_twin_close(&what, &got[range], &twin.state(state).unwrap());
+                common::assert_twin_close(&what, &got[range], &twin.read_state(state, 0).unwrap());
             }
         }
     }

@@ -31,7 +31,7 @@
 //! let mut adam = Optimizer::new(&gpu, Adam { lr: 1e-3, ..Adam::default() }, 1000)?;
 //! adam.step(&params, &grads)?; // or record_step(&mut encoder, ...) inside your own encoder
 //! adam.set_lr(5e-4)?;          // only the per-step values change
-//! let exp_avg = adam.read_state("exp_avg")?;
+//! let exp_avg = adam.read_state("exp_avg", 0)?;
 //! # Ok(()) }
 //! ```
 #![warn(missing_docs)]
@@ -63,8 +63,8 @@ pub use guard::{
     ClipGradNorm, CpuGuard, GradGuard, GradPartial, GradScaler, GradStatus, GradStep, NormType,
 };
 pub use optim::{
-    CpuOptimizer, ForeachOptimizer, Optimizer, ParamGroup, ParamLayout, ParamSet, TensorSlot,
-    TENSOR_ALIGNMENT,
+    CpuOptimizer, ForeachOptimizer, Optimizer, ParamGroup, ParamLayout, ParamSet, TensorRef,
+    TensorSlot, TENSOR_ALIGNMENT,
 };
 pub use rule::{
     bytes_per_step, kept_states, Hyperparameter, LrSchedule, RegisteredRule, UpdateRule,

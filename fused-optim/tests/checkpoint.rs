@@ -32,7 +32,7 @@ fn snapshot<R: UpdateRule>(
     )];
     all.extend(optimizer.read_master(params).unwrap().map(bits));
     for name in optimizer.state_names() {
-        all.push(bits(optimizer.read_state(name).unwrap()));
+        all.push(bits(optimizer.read_state(name, 0).unwrap()));
     }
     if let Some(status) = optimizer.read_grad_status().unwrap() {
         all.push(common::status_bits(&status));
@@ -349,8 +349,8 @@ fn eight_bit_state_expands_to_f32_and_restores_into_an_f32_state_optimizer() {
     wide.restore(&expanded).unwrap();
     for name in ["exp_avg", "exp_avg_sq", "step"] {
         let (want, got) = (
-            compact.read_state(name).unwrap(),
-            wide.read_state(name).unwrap(),
+            compact.read_state(name, 0).unwrap(),
+            wide.read_state(name, 0).unwrap(),
         );
         assert!(want == got, "{name} differs after expanding");
     }
@@ -569,8 +569,8 @@ fn nothing_runs_ahead_of_a_recorded_step_still_unsubmitted() {
     assert!(unsubmitted(
         adam.record_checkpoint(&mut other).err().unwrap()
     ));
-    assert!(unsubmitted(adam.read_state("step").unwrap_err()));
-    assert!(unsubmitted(adam.read_state("exp_avg").unwrap_err()));
+    assert!(unsubmitted(adam.read_state("step", 0).unwrap_err()));
+    assert!(unsubmitted(adam.read_state("exp_avg", 0).unwrap_err()));
     assert!(unsubmitted(adam.step(&params, &grads).unwrap_err()));
     assert!(unsubmitted(adam.restore(&saved).unwrap_err()));
     assert_eq!(adam.step_count(), 2);
@@ -579,7 +579,7 @@ fn nothing_runs_ahead_of_a_recorded_step_still_unsubmitted() {
     let after = adam.checkpoint().unwrap();
     assert!(within.wait().unwrap() == after);
     assert_eq!(after.meta("fused_optim.steps").unwrap(), "2");
-    assert_eq!(adam.read_state("step").unwrap(), [2.0]);
+    assert_eq!(adam.read_state("step", 0).unwrap(), [2.0]);
 
     assert!(two_steps_submitted(gpu) == after);
 }
@@ -602,7 +602,7 @@ fn nothing_overwrites_the_state_ahead_of_a_recorded_checkpoint() {
     assert!(unsubmitted(adam.step(&params, &grads).unwrap_err()));
     assert!(unsubmitted(adam.restore(&saved).unwrap_err()));
     assert!(adam.checkpoint().unwrap() == saved);
-    assert_eq!(adam.read_state("step").unwrap(), [1.0]);
+    assert_eq!(adam.read_state("step", 0).unwrap(), [1.0]);
     gpu.queue().submit([encoder.finish()]);
     adam.step(&params, &grads).unwrap();
     assert!(pending.wait().unwrap() == saved);
@@ -673,7 +673,7 @@ fn state_overflowed_to_inf_saves_loads_and_resumes() {
     let params = gpu.upload("params", &initial).unwrap();
     let mut first = Optimizer::new(gpu, Adam::default(), LEN).unwrap();
     run(&mut first, &params, 2);
-    assert_eq!(first.read_state("exp_avg_sq").unwrap()[7], f32::INFINITY);
+    assert_eq!(first.read_state("exp_avg_sq", 0).unwrap()[7], f32::INFINITY);
     assert!(gpu.download(&params).unwrap().iter().all(|p| p.is_finite()));
     let dir = scratch();
     let path = dir.path().join("overflowed.safetensors");
@@ -734,14 +734,14 @@ fn sgd_resumed_mid_schedule_continues_its_schedule() {
 /// Asserts `restore` fails with an error `matches` accepts and leaves `adam` as it was.
 fn refused(adam: &mut Optimizer<Adam>, checkpoint: &Checkpoint, matches: fn(&Error) -> bool) {
     let before = (
-        adam.read_state("exp_avg").unwrap(),
+        adam.read_state("exp_avg", 0).unwrap(),
         adam.step_count(),
         adam.lr(),
     );
     let error = adam.restore(checkpoint).unwrap_err();
     assert!(matches(&error), "unexpected {error}");
     let after = (
-        adam.read_state("exp_avg").unwrap(),
+        adam.read_state("exp_avg", 0).unwrap(),
         adam.step_count(),
         adam.lr(),
     );

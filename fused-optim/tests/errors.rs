@@ -26,7 +26,7 @@ fn stepped(gpu: &GpuContext) -> Stepped {
     optimizer.step(&params, &grads).unwrap();
     Stepped {
         params_then: gpu.download(&params).unwrap(),
-        exp_avg_then: optimizer.read_state("exp_avg").unwrap(),
+        exp_avg_then: optimizer.read_state("exp_avg", 0).unwrap(),
         optimizer,
         params,
         grads,
@@ -42,7 +42,7 @@ impl Stepped {
             "params moved"
         );
         assert_eq!(
-            self.optimizer.read_state("exp_avg").unwrap(),
+            self.optimizer.read_state("exp_avg", 0).unwrap(),
             self.exp_avg_then,
             "state moved"
         );
@@ -355,13 +355,13 @@ fn a_lost_device_is_reported() {
 fn unknown_state_lists_what_is_kept() {
     let gpu = common::gpu();
     let s = stepped(gpu);
-    let error = s.optimizer.read_state("max_exp_avg_sq").unwrap_err();
+    let error = s.optimizer.read_state("max_exp_avg_sq", 0).unwrap_err();
     assert!(matches!(error, Error::UnknownState { .. }), "{error:?}");
     assert!(
         error.to_string().contains("exp_avg, exp_avg_sq, step"),
         "{error}"
     );
-    assert_eq!(s.optimizer.read_state("step").unwrap(), [1.0]);
+    assert_eq!(s.optimizer.read_state("step", 0).unwrap(), [1.0]);
 }
 
 #[test]

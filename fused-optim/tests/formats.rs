@@ -78,8 +78,8 @@ fn check<R: UpdateRule>(rule: &R, precision: &Precision) {
                 "{what}: master weights differ"
             );
             for name in optimizer.state_names() {
-                let got = bits(&optimizer.read_state(name).unwrap());
-                let want = bits(&cpu.state(name).unwrap());
+                let got = bits(&optimizer.read_state(name, 0).unwrap());
+                let want = bits(&cpu.read_state(name, 0).unwrap());
                 if let Some((first, count)) = differences(&got, &want) {
                     panic!(
                         "{what}: {count} values of {name} differ, the first at {first}: {:e} \
@@ -191,7 +191,7 @@ fn groups_keep_their_own_master_and_state_formats() {
             }
             let start = tensor.offset as usize - range.start;
             for name in ["exp_avg", "exp_avg_sq"] {
-                let want = &twin.state(name).unwrap()[start..start + tensor.len as usize];
+                let want = &twin.read_state(name, 0).unwrap()[start..start + tensor.len as usize];
                 let got = set.read_state(name, &tensor.name).unwrap();
                 assert_eq!(bits(&got), bits(want), "{name} of {}", tensor.name);
             }
@@ -254,8 +254,8 @@ fn eight_bit_state_stays_close_to_f32_over_1000_adam_steps() {
         }
         if step % 10 == 9 {
             for (worst, name) in worst.iter_mut().zip(["exp_avg", "exp_avg_sq"]) {
-                let want = runs[0].1.state(name).unwrap();
-                let got = runs[1].1.state(name).unwrap();
+                let want = runs[0].1.read_state(name, 0).unwrap();
+                let got = runs[1].1.read_state(name, 0).unwrap();
                 *worst = worst.max(relative_distance(&got, &want));
             }
         }
@@ -526,8 +526,8 @@ fn non_finite_stays<R: UpdateRule>(rule: &R, precision: &Precision) {
     for name in optimizer.state_names() {
         if name != "step" {
             same(
-                &optimizer.read_state(name).unwrap(),
-                &cpu.state(name).unwrap(),
+                &optimizer.read_state(name, 0).unwrap(),
+                &cpu.read_state(name, 0).unwrap(),
                 name,
             );
         }

@@ -144,8 +144,8 @@ fn check<R: UpdateRule>(
     );
     for name in optimizer.state_names() {
         let (got, want) = (
-            optimizer.read_state(name).unwrap(),
-            cpu.state(name).unwrap(),
+            optimizer.read_state(name, 0).unwrap(),
+            cpu.read_state(name, 0).unwrap(),
         );
         let differ = (0..got.len()).filter(|&i| got[i].to_bits() != want[i].to_bits());
         assert_eq!(differ.count(), 0, "{what}: elements of state {name} differ");
@@ -481,8 +481,8 @@ fn two_hundred_steps_in_one_encoder_skip_where_the_infs_are() {
     assert_eq!(bits(&gpu.download(&params).unwrap()), bits(&params_cpu));
     for name in ["exp_avg", "exp_avg_sq"] {
         assert_eq!(
-            bits(&optimizer.read_state(name).unwrap()),
-            bits(&cpu.state(name).unwrap()),
+            bits(&optimizer.read_state(name, 0).unwrap()),
+            bits(&cpu.read_state(name, 0).unwrap()),
             "{name}"
         );
     }
@@ -492,7 +492,7 @@ fn two_hundred_steps_in_one_encoder_skip_where_the_infs_are() {
         common::status_bits(&twin.status())
     );
     assert_eq!((status.applied, status.skipped), (192, 8));
-    assert_eq!(optimizer.read_state("step").unwrap(), vec![192.0]);
+    assert_eq!(optimizer.read_state("step", 0).unwrap(), vec![192.0]);
 }
 
 /// clip_grad_norm_ worked by hand on SGD with lr 1 from zero params, so the params become
@@ -701,7 +701,7 @@ fn a_failed_guarded_step_changes_nothing() {
     optimizer.step(&params, &grads).unwrap();
     let before = (
         gpu.download_bytes(&params).unwrap(),
-        optimizer.read_state("exp_avg").unwrap(),
+        optimizer.read_state("exp_avg", 0).unwrap(),
         optimizer.read_grad_status().unwrap().unwrap(),
     );
     let broken = gpu
@@ -716,7 +716,7 @@ fn a_failed_guarded_step_changes_nothing() {
     common::assert_encoder_still_clean(gpu, encoder);
     let after = (
         gpu.download_bytes(&params).unwrap(),
-        optimizer.read_state("exp_avg").unwrap(),
+        optimizer.read_state("exp_avg", 0).unwrap(),
         optimizer.read_grad_status().unwrap().unwrap(),
     );
     assert!(after == before);
@@ -812,10 +812,10 @@ fn every_guard_transition_matches_its_twin_bit_for_bit() {
             "[{precision}]"
         );
         for name in optimizer.state_names() {
-            let got = optimizer.read_state(name).unwrap();
+            let got = optimizer.read_state(name, 0).unwrap();
             assert_eq!(
                 bits(&got),
-                bits(&cpu.state(name).unwrap()),
+                bits(&cpu.read_state(name, 0).unwrap()),
                 "[{precision}] {name}"
             );
         }

@@ -94,7 +94,7 @@ fn check_groups<R: UpdateRule>(decayed: R, rest: R) {
                 compared.push((
                     state,
                     set.read_state(state, &slot.name).unwrap(),
-                    twin.state(state).unwrap(),
+                    twin.read_state(state, 0).unwrap(),
                 ));
             }
             for (state, got, want) in compared {
@@ -264,7 +264,7 @@ fn foreach_matches_twins_and_creates_nothing_after_the_first_step() {
         for state in ["exp_avg", "exp_avg_sq"] {
             let error = common::worst_relative_error(
                 &optimizer.read_state(state, index).unwrap(),
-                &twin.state(state).unwrap(),
+                &twin.read_state(state, 0).unwrap(),
             );
             assert!(
                 error <= TOLERANCE,

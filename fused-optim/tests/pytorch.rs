@@ -57,8 +57,8 @@ fn check<R: UpdateRule>(rule: R, case: &Value) -> f64 {
         compared.push((
             name.as_str(),
             common::floats(want),
-            cpu.state(name).unwrap(),
-            optimizer.read_state(name).unwrap(),
+            cpu.read_state(name, 0).unwrap(),
+            optimizer.read_state(name, 0).unwrap(),
         ));
     }
     let mut worst: f64 = 0.0;

@@ -43,8 +43,8 @@ fn check_optimizer<R: UpdateRule>(gpu: &GpuContext, rule: R, what: &str) {
     common::assert_twin_close(&label, &gpu.download(&params).unwrap(), &params_cpu);
     for name in optimizer.state_names() {
         let (got, want) = (
-            optimizer.read_state(name).unwrap(),
-            twin.state(name).unwrap(),
+            optimizer.read_state(name, 0).unwrap(),
+            twin.read_state(name, 0).unwrap(),
         );
         common::assert_twin_close(&format!("{label} {name}"), &got, &want);
     }
@@ -140,7 +140,7 @@ fn a_parameter_set_records_200_steps_before_one_submit() {
                 common::assert_twin_close(
                     &format!("{label} {state}"),
                     &set.read_state(state, &slot.name).unwrap(),
-                    &twin.state(state).unwrap(),
+                    &twin.read_state(state, 0).unwrap(),
                 );
             }
         }
@@ -192,7 +192,7 @@ fn a_foreach_list_records_200_steps_into_several_encoders_before_one_submit() {
                 common::assert_twin_close(
                     &format!("{label} {state}"),
                     &optimizer.read_state(state, index).unwrap(),
-                    &twin.state(state).unwrap(),
+                    &twin.read_state(state, 0).unwrap(),
                 );
             }
         }

@@ -46,10 +46,10 @@ fn roofline_touches_every_element_of_every_buffer() {
             "grads, {states} states"
         );
         for name in optimizer.state_names() {
-            let want = twin.state(name).unwrap();
+            let want = twin.read_state(name, 0).unwrap();
             assert!(want.iter().all(|&v| v != 0.0), "{name} was not written");
             assert_eq!(
-                optimizer.read_state(name).unwrap(),
+                optimizer.read_state(name, 0).unwrap(),
                 want,
                 "{name}, {states} states"
             );

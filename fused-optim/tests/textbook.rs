@@ -123,11 +123,15 @@ fn lion_follows_the_papers_formula_in_f64() {
     let want: Vec<f32> = theta.iter().map(|&x| x as f32).collect();
     let momentum: Vec<f32> = m.iter().map(|&x| x as f32).collect();
     for (who, got, exp_avg) in [
-        ("cpu twin", params_cpu, twin.state("exp_avg").unwrap()),
+        (
+            "cpu twin",
+            params_cpu,
+            twin.read_state("exp_avg", 0).unwrap(),
+        ),
         (
             "gpu",
             gpu.download(&params).unwrap(),
-            optimizer.read_state("exp_avg").unwrap(),
+            optimizer.read_state("exp_avg", 0).unwrap(),
         ),
     ] {
         for (what, got, want) in [("params", got, &want), ("exp_avg", exp_avg, &momentum)] {

@@ -78,8 +78,8 @@ fn check_rule<R: UpdateRule>(rule: R) {
             for name in optimizer.state_names() {
                 compared.push((
                     name,
-                    optimizer.read_state(name).unwrap(),
-                    cpu.state(name).unwrap(),
+                    optimizer.read_state(name, 0).unwrap(),
+                    cpu.read_state(name, 0).unwrap(),
                 ));
             }
             if let Some(chain) = &unfused {
@@ -92,7 +92,7 @@ fn check_rule<R: UpdateRule>(rule: R) {
                     compared.push((
                         name,
                         chain.read_state(name).unwrap(),
-                        cpu.state(name).unwrap(),
+                        cpu.read_state(name, 0).unwrap(),
                     ));
                 }
             }
@@ -161,8 +161,8 @@ fn folded_grid_updates_every_element() {
     let error = common::worst_relative_error(&gpu.download(&params).unwrap(), &params_cpu);
     assert!(error <= TOLERANCE, "folded grid: params off by {error:e}");
     let error = common::worst_relative_error(
-        &optimizer.read_state("exp_avg_sq").unwrap(),
-        &cpu.state("exp_avg_sq").unwrap(),
+        &optimizer.read_state("exp_avg_sq", 0).unwrap(),
+        &cpu.read_state("exp_avg_sq", 0).unwrap(),
     );
     assert!(
         error <= TOLERANCE,

@@ -1,6 +1,7 @@
 //! [`CpuOptimizer`]: the CPU twin of [`Optimizer`](super::Optimizer), the same rule, step
 //! count and state on host slices, performing the shader's f32 operations in its order.
 
+use super::TensorRef;
 use crate::error::{Error, Result};
 use crate::format::{
     block, codec, correction, Dtype, Master, Precision, Rounding, StateFormat, BLOCK,
@@ -122,8 +123,10 @@ impl<R: UpdateRule> CpuOptimizer<R> {
         try_set_lr(&mut self.rule, lr)
     }
 
-    /// A state by PyTorch name, decoded to f32; `step` reads as one element.
-    pub fn state(&self, name: &str) -> Result<Vec<f32>> {
+    /// A state of its one tensor (`0`, or `"0"`), by PyTorch name, decoded to f32; `step`
+    /// reads as one element: the twin of [`Optimizer::read_state`](crate::Optimizer::read_state).
+    pub fn read_state<'a>(&self, name: &str, tensor: impl Into<TensorRef<'a>>) -> Result<Vec<f32>> {
+        tensor.into().numbered(1)?;
         Ok(match find_state(&self.rule, name)? {
             StateRef::Slot(slot) => {
                 let stored = self.state[slot].as_ref().expect("a kept slot is stored");

@@ -13,6 +13,54 @@ pub use layout::{ParamLayout, TensorSlot, TENSOR_ALIGNMENT};
 pub use optimizer::Optimizer;
 pub use param_set::{ForeachOptimizer, ParamGroup, ParamSet};
 
+/// Which tensor of an optimizer a state is read from: by the name its checkpoints use (a
+/// parameter set's tensor names; `"0"`, `"1"`, ... for an optimizer's single tensor and a
+/// foreach list's, as PyTorch's state dict numbers parameters) or by index (layout order).
+/// `read_state(name, "fc.bias")`, `read_state(name, 0)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TensorRef<'a> {
+    /// By name.
+    Name(&'a str),
+    /// By index.
+    Index(usize),
+}
+
+impl<'a> From<&'a str> for TensorRef<'a> {
+    fn from(name: &'a str) -> Self {
+        TensorRef::Name(name)
+    }
+}
+
+impl<'a> From<&'a String> for TensorRef<'a> {
+    fn from(name: &'a String) -> Self {
+        TensorRef::Name(name)
+    }
+}
+
+impl From<usize> for TensorRef<'_> {
+    fn from(index: usize) -> Self {
+        TensorRef::Index(index)
+    }
+}
+
+impl TensorRef<'_> {
+    /// The index of the tensor among `count` numbered ones (named by their index).
+    pub(crate) fn numbered(self, count: usize) -> crate::Result<usize> {
+        let index = match self {
+            TensorRef::Index(index) => Some(index),
+            TensorRef::Name(name) => name.parse().ok(),
+        };
+        index
+            .filter(|&i| i < count)
+            .ok_or_else(|| crate::Error::UnknownTensor {
+                name: match self {
+                    TensorRef::Name(name) => format!("{name} (this optimizer's are 0..{count})"),
+                    TensorRef::Index(i) => format!("#{i} (this optimizer has {count})"),
+                },
+            })
+    }
+}
+
 /// The accessors every optimizer kind forwards to its `engine` field, written once.
 macro_rules! engine_accessors {
     () => {

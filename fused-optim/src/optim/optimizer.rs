@@ -1,6 +1,6 @@
 //! [`Optimizer`]: the fused step over one caller-owned GPU buffer pair, in place.
 
-use super::engine_accessors;
+use super::{engine_accessors, TensorRef};
 use crate::error::{Error, Result};
 use crate::format::Precision;
 use crate::gpu::{Engine, GpuContext, NamedTensor, Reduction, Role, Span};
@@ -94,9 +94,11 @@ impl<R: UpdateRule> Optimizer<R> {
         }
     }
 
-    /// Reads a state back to the host by PyTorch name, decoded to f32 whatever its format;
-    /// `step` reads as one element. Waits for the GPU.
-    pub fn read_state(&self, name: &str) -> Result<Vec<f32>> {
+    /// Reads a state of its one tensor (`0`, or `"0"` as checkpoints name it) back to the
+    /// host by PyTorch name, decoded to f32 whatever its format; `step` reads as one element.
+    /// Waits for the GPU.
+    pub fn read_state<'a>(&self, name: &str, tensor: impl Into<TensorRef<'a>>) -> Result<Vec<f32>> {
+        tensor.into().numbered(1)?;
         match find_state(self.rule(), name)? {
             StateRef::Slot(slot) => self.engine.read_slot(0, slot),
             StateRef::Host(index) => Ok(vec![self.engine.applied()?.1[0][index] as f32]),

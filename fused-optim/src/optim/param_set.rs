@@ -6,6 +6,7 @@ use super::engine_accessors;
 use std::ops::Range;
 
 use super::layout::ParamLayout;
+use super::TensorRef;
 use crate::error::{Error, Result};
 use crate::format::Precision;
 use crate::gpu::{Engine, GpuContext, NamedTensor, Reduction, Role, Span};
@@ -300,11 +301,23 @@ impl<R: UpdateRule> ParamSet<R> {
         }
     }
 
-    /// Reads one tensor's state back by PyTorch name, decoded to f32; `step` reads as one
-    /// element. Fails for a state the tensor's group does not keep, and on a shard for a
-    /// tensor it holds only part of. Waits for the GPU.
-    pub fn read_state(&self, name: &str, tensor: &str) -> Result<Vec<f32>> {
-        let slot = self.layout.tensor(tensor)?;
+    /// Reads one tensor's state (by name, or by index in layout order) back by PyTorch name,
+    /// decoded to f32; `step` reads as one element. Fails for a state the tensor's group does
+    /// not keep, and on a shard for a tensor it holds only part of. Waits for the GPU.
+    pub fn read_state<'a>(&self, name: &str, tensor: impl Into<TensorRef<'a>>) -> Result<Vec<f32>> {
+        let slot = match tensor.into() {
+            TensorRef::Name(name) => self.layout.tensor(name)?,
+            TensorRef::Index(index) => {
+                let count = self.layout.tensors().len();
+                self.layout
+                    .tensors()
+                    .get(index)
+                    .ok_or_else(|| Error::UnknownTensor {
+                        name: format!("#{index} (this set has {count})"),
+                    })?
+            }
+        };
+        let tensor = slot.name.as_str();
         match find_state(&self.engine.groups[slot.group], name)? {
             StateRef::Slot(index) => {
                 let inside =
@@ -443,18 +456,12 @@ impl<R: UpdateRule> ForeachOptimizer<R> {
         try_set_lr(&mut self.engine.groups[0], lr)
     }
 
-    /// Reads the state of the `index`th tensor back by PyTorch name. Waits for the GPU.
-    pub fn read_state(&self, name: &str, index: usize) -> Result<Vec<f32>> {
+    /// Reads the state of a tensor (by index, or by its checkpoint name, the index as text)
+    /// back by PyTorch name. Waits for the GPU.
+    pub fn read_state<'a>(&self, name: &str, tensor: impl Into<TensorRef<'a>>) -> Result<Vec<f32>> {
+        let index = tensor.into().numbered(self.engine.targets())?;
         match find_state(self.rule(), name)? {
-            StateRef::Slot(slot) => {
-                let targets = self.engine.targets();
-                if index >= targets {
-                    return Err(Error::UnknownTensor {
-                        name: format!("#{index} (this optimizer has {targets})"),
-                    });
-                }
-                self.engine.read_slot(index, slot)
-            }
+            StateRef::Slot(slot) => self.engine.read_slot(index, slot),
             StateRef::Host(slot) => Ok(vec![self.engine.applied()?.1[0][slot] as f32]),
             StateRef::Step => Ok(vec![self.engine.applied()?.0 as f32]),
         }
