@@ -11,10 +11,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use fused_optim::checkpoint::{FORMAT_VERSION, VERSION_KEY};
+use fused_optim::tooling::{visit_rules, RegisteredRule, RuleVisitor};
 use fused_optim::{
-    visit_rules, Checkpoint, CpuOptimizer, Dtype, GpuContext, GradGuard, GradStatus, HostTensor,
-    LrSchedule, ParamGroup, ParamLayout, ParamSet, PendingCheckpoint, Precision, RegisteredRule,
-    RuleVisitor, TensorDtype, TensorSlot, UpdateRule,
+    Checkpoint, CpuOptimizer, Dtype, GpuContext, GradGuard, GradStatus, HostTensor, LrSchedule,
+    ParamGroup, ParamLayout, ParamSet, PendingCheckpoint, Precision, TensorDtype, TensorSlot,
+    UpdateRule,
 };
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -947,7 +948,9 @@ impl Stored {
         let device = gpu.device();
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("mlp conversions"),
-            source: wgpu::ShaderSource::Wgsl(format!("{}\n{CONVERT}", fused_optim::CODEC).into()),
+            source: wgpu::ShaderSource::Wgsl(
+                format!("{}\n{CONVERT}", fused_optim::tooling::CODEC).into(),
+            ),
         });
         let words = initial.len().div_ceil(2) as u32;
         let conversion = |entry: &str, dtype: Dtype, src: &wgpu::Buffer, dst: &wgpu::Buffer| {

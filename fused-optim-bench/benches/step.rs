@@ -6,10 +6,8 @@
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use fused_optim::baseline::{Roofline, UnfusedChain};
-use fused_optim::{
-    visit_rules, Adam, DispatchLimits, GpuContext, Optimizer, ParamSet, RegisteredRule,
-    RuleVisitor, UpdateRule,
-};
+use fused_optim::tooling::{visit_rules, RegisteredRule, RuleVisitor};
+use fused_optim::{Adam, DispatchLimits, GpuContext, Optimizer, ParamSet, UpdateRule};
 use fused_optim_bench::measure::{gpt2_groups, gpt2_tensors, pattern, time_steps};
 
 const SIZES: [(usize, &str); 2] = [(1 << 20, "1M"), (16 << 20, "16M")];

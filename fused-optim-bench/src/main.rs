@@ -225,7 +225,7 @@ fn info(choice: &AdapterChoice) -> fused_optim::Result<()> {
         .features()
         .contains(wgpu::Features::TIMESTAMP_QUERY);
     println!("  timestamp queries                   {timestamps:>14}");
-    let values = match gpu.step_values_for(fused_optim::MAX_STEP_VALUES_BYTES) {
+    let values = match gpu.step_values_for(fused_optim::tooling::MAX_STEP_VALUES_BYTES) {
         StepValues::Immediates => format!(
             "immediates (max {} B)",
             gpu.device().limits().max_immediate_size

@@ -8,10 +8,10 @@ use serde::Serialize;
 use wgpu::util::DeviceExt;
 
 use fused_optim::baseline::{Roofline, UnfusedChain};
+use fused_optim::tooling::{bytes_per_step, kept_states, visit_rules, RegisteredRule, RuleVisitor};
 use fused_optim::{
-    bytes_per_step, kept_states, visit_rules, Adam, ClipGradNorm, CpuOptimizer, Error, GpuContext,
-    GradGuard, GradScaler, NormType, Optimizer, ParamGroup, ParamSet, Precision, RegisteredRule,
-    Result, RuleVisitor, UpdateRule,
+    Adam, ClipGradNorm, CpuOptimizer, Error, GpuContext, GradGuard, GradScaler, NormType,
+    Optimizer, ParamGroup, ParamSet, Precision, Result, UpdateRule,
 };
 
 /// Small non-zero values every bench buffer starts from.
@@ -724,7 +724,7 @@ pub fn measure_hand_written(
             })
             .collect()
     };
-    let (x, y) = fused_optim::dispatch_grid(
+    let (x, y) = fused_optim::tooling::dispatch_grid(
         len as u64 / 4,
         gpu.dispatch_limits().workgroups_per_dimension,
     );

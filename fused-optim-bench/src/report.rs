@@ -7,7 +7,8 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use crate::measure::{Clock, HandWritten, Measurement};
-use fused_optim::{GpuContext, MAX_STEP_VALUES_BYTES};
+use fused_optim::tooling::MAX_STEP_VALUES_BYTES;
+use fused_optim::GpuContext;
 
 /// The adapter and the settings a run used: the first lines of every output.
 #[derive(Clone, Debug, Serialize)]

@@ -1,8 +1,10 @@
 //! One error type for the whole crate: each variant says what went wrong and what to do.
 
 /// Everything fused-optim can fail with. No operation that returns an error has changed
-/// params, state or the step count.
+/// params, state or the step count. Non-exhaustive: a later version may add variants, so a
+/// `match` needs a `_` arm.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     #[error(
         "no GPU adapter found ({detail}). fused-optim needs a Vulkan, Metal or DX12 driver; on \

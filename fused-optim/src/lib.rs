@@ -15,11 +15,14 @@
 //! - [`guard`]: the grad guard's settings, status and CPU twin; no GPU.
 //! - [`rule`]: what an update rule is (trait, hyperparameters, twin, unfused program); no GPU.
 //! - `rules`: the optimizers, one file and one shader each, and the registry
-//!   ([`visit_rules`]); re-exported here.
+//!   ([`tooling::visit_rules`]); their configuration types re-exported here.
 //! - `gpu`: the host layer (context, kernels, plan, engine); knows no particular rule.
 //! - `optim`: what users hold ([`Optimizer`], [`ParamSet`], [`ForeachOptimizer`],
 //!   [`CpuOptimizer`]).
 //! - `baseline` (feature `baselines`): the benchmark's roofline and unfused chain.
+//!
+//! The root exports what a trainer needs; [`tooling`] what tools need (kernel sources and
+//! shapes, the rule registry, per-step scalars).
 //!
 //! ```no_run
 //! use fused_optim::{Adam, GpuContext, Optimizer};
@@ -55,9 +58,7 @@ pub use checkpoint::{Checkpoint, HostTensor, TensorDtype, TensorPlace};
 pub use error::{Error, Result};
 pub use format::{Dtype, Master, Precision, Rounding, StateFormat};
 pub use gpu::{
-    dispatch_grid, enumerate_adapters, shader_forms, shader_source, AdapterChoice, DispatchLimits,
-    GpuContext, Lanes, PendingCheckpoint, StepValues, CODEC, DUMP_KERNELS, MAX_STEP_VALUES_BYTES,
-    PRELUDE, WORKGROUP_SIZE,
+    enumerate_adapters, AdapterChoice, DispatchLimits, GpuContext, PendingCheckpoint, StepValues,
 };
 pub use guard::{
     ClipGradNorm, CpuGuard, GradGuard, GradPartial, GradScaler, GradStatus, GradStep, NormType,
@@ -66,10 +67,21 @@ pub use optim::{
     CpuOptimizer, ForeachOptimizer, Optimizer, ParamGroup, ParamLayout, ParamSet, TensorRef,
     TensorSlot, TENSOR_ALIGNMENT,
 };
-pub use rule::{
-    bytes_per_step, kept_states, Hyperparameter, LrSchedule, RegisteredRule, UpdateRule,
-};
-pub use rules::*;
+pub use rule::{Hyperparameter, LrSchedule, UpdateRule};
+pub use rules::optimizers::*;
+
+/// For tool authors, not for training: the kernels' WGSL and dispatch shapes, the registry
+/// of rules (to cover every rule without naming one, as the tests, the benchmark and the
+/// example do), each rule's per-step scalars, and byte counts. What these say may change
+/// with the kernels.
+pub mod tooling {
+    pub use crate::gpu::{
+        dispatch_grid, shader_forms, shader_source, Lanes, CODEC, DUMP_KERNELS,
+        MAX_STEP_VALUES_BYTES, PRELUDE, WORKGROUP_SIZE,
+    };
+    pub use crate::rule::{bytes_per_step, kept_states, RegisteredRule};
+    pub use crate::rules::*;
+}
 
 /// The README's examples, compiled and run as doc tests.
 #[doc = include_str!("../../README.md")]

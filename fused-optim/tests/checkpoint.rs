@@ -5,10 +5,10 @@ mod common;
 
 use std::io::Write;
 
+use fused_optim::tooling::{visit_rules, RegisteredRule, RuleVisitor};
 use fused_optim::{
-    visit_rules, Adam, Checkpoint, Error, ForeachOptimizer, GpuContext, GradGuard, GradScaler,
-    Optimizer, ParamGroup, ParamSet, Precision, RegisteredRule, RuleVisitor, Sgd, TensorDtype,
-    UpdateRule,
+    Adam, Checkpoint, Error, ForeachOptimizer, GpuContext, GradGuard, GradScaler, Optimizer,
+    ParamGroup, ParamSet, Precision, Sgd, TensorDtype, UpdateRule,
 };
 use rand::{Rng, SeedableRng};
 

@@ -84,7 +84,7 @@ fn gpu_codecs_match_the_twin_on_every_bit_pattern_class() {
     let gpu = common::gpu();
     let device = gpu.device();
     let input = patterns();
-    let source = format!("{}\n{KERNEL}", fused_optim::CODEC);
+    let source = format!("{}\n{KERNEL}", fused_optim::tooling::CODEC);
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some("codecs"),
         source: wgpu::ShaderSource::Wgsl(source.into()),

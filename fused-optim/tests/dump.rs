@@ -2,7 +2,8 @@
 //! and each file is WGSL that naga parses and validates. A binary of its own, since the
 //! variable is process-wide.
 
-use fused_optim::{Adam, Dtype, GpuContext, GradGuard, Optimizer, Precision, DUMP_KERNELS};
+use fused_optim::tooling::DUMP_KERNELS;
+use fused_optim::{Adam, Dtype, GpuContext, GradGuard, Optimizer, Precision};
 
 #[test]
 fn every_compiled_kernel_is_written_out_for_reading() {

@@ -12,9 +12,10 @@
 
 mod common;
 
+use fused_optim::tooling::{visit_rules, RegisteredRule, RuleVisitor};
 use fused_optim::{
-    visit_rules, CpuOptimizer, Dtype, GpuContext, Optimizer, ParamGroup, ParamSet, Precision,
-    RegisteredRule, RuleVisitor, StateFormat, StepValues, UpdateRule,
+    CpuOptimizer, Dtype, GpuContext, Optimizer, ParamGroup, ParamSet, Precision, StateFormat,
+    StepValues, UpdateRule,
 };
 
 const STEPS: usize = 5;

@@ -7,10 +7,11 @@
 
 mod common;
 
+use fused_optim::tooling::{visit_rules, RegisteredRule, RuleVisitor};
 use fused_optim::{
-    visit_rules, Adam, ClipGradNorm, CpuGuard, CpuOptimizer, Dtype, Error, ForeachOptimizer,
-    GpuContext, GradGuard, GradPartial, GradScaler, NormType, Optimizer, ParamGroup, ParamSet,
-    Precision, RegisteredRule, RuleVisitor, Sgd, UpdateRule,
+    Adam, ClipGradNorm, CpuGuard, CpuOptimizer, Dtype, Error, ForeachOptimizer, GpuContext,
+    GradGuard, GradPartial, GradScaler, NormType, Optimizer, ParamGroup, ParamSet, Precision, Sgd,
+    UpdateRule,
 };
 
 fn bits(values: &[f32]) -> Vec<u32> {

@@ -6,9 +6,10 @@
 
 mod common;
 
+use fused_optim::tooling::{visit_rules, RegisteredRule, RuleVisitor};
 use fused_optim::{
-    visit_rules, Adam, AdamW, CpuOptimizer, Error, GpuContext, Hyperparameter, Optimizer, ParamSet,
-    RegisteredRule, RuleVisitor, Sgd, UpdateRule,
+    Adam, AdamW, CpuOptimizer, Error, GpuContext, Hyperparameter, Optimizer, ParamSet, Sgd,
+    UpdateRule,
 };
 use serde_json::Value;
 

@@ -7,9 +7,10 @@
 
 mod common;
 
+use fused_optim::tooling::{visit_rules, RegisteredRule, RuleVisitor};
 use fused_optim::{
-    visit_rules, Adam, CpuOptimizer, ForeachOptimizer, GpuContext, Hyperparameter, Optimizer,
-    ParamGroup, ParamSet, RegisteredRule, RmsProp, RuleVisitor, UpdateRule,
+    Adam, CpuOptimizer, ForeachOptimizer, GpuContext, Hyperparameter, Optimizer, ParamGroup,
+    ParamSet, RmsProp, UpdateRule,
 };
 
 const STEPS: usize = 200;

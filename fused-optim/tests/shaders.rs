@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use fused_optim::baseline::{Roofline, RooflineScalars};
-use fused_optim::{
-    shader_source, visit_rules, Lanes, Precision, RegisteredRule, RuleVisitor, StepValues,
-    UpdateRule, MAX_STEP_VALUES_BYTES,
+use fused_optim::tooling::{
+    shader_source, visit_rules, Lanes, RegisteredRule, RuleVisitor, MAX_STEP_VALUES_BYTES,
 };
+use fused_optim::{Precision, StepValues, UpdateRule};
 use naga::back::pipeline_constants::process_overrides;
 use naga::back::{glsl, hlsl, msl, spv, PipelineConstants};
 use naga::proc::{BoundsCheckPolicies, BoundsCheckPolicy};
@@ -127,7 +127,7 @@ fn every_rules_values_fit_the_immediates_the_context_checks_for() {
 
 #[test]
 fn every_shader_translates_to_every_backend_for_every_flag_combination() {
-    let sources = fused_optim::shader_sources()
+    let sources = fused_optim::tooling::shader_sources()
         .into_iter()
         .chain(fused_optim::baseline::shader_sources());
     for (file, source) in sources {
@@ -148,7 +148,7 @@ fn every_shader_translates_to_every_backend_for_every_flag_combination() {
             let mut constants = PipelineConstants::default();
             constants.insert(
                 "WORKGROUP_SIZE".to_owned(),
-                f64::from(fused_optim::WORKGROUP_SIZE),
+                f64::from(fused_optim::tooling::WORKGROUP_SIZE),
             );
             let mut label = format!("{file} with");
             for (bit, flag) in flags.iter().enumerate() {
@@ -325,7 +325,10 @@ fn write_hlsl(module: &Module, info: &ModuleInfo, label: &str) {
     for name in reflection.entry_point_names {
         name.unwrap_or_else(|e| panic!("{label}: HLSL entry point: {e:?}"));
     }
-    let numthreads = format!("[numthreads({}, 1, 1)]", fused_optim::WORKGROUP_SIZE);
+    let numthreads = format!(
+        "[numthreads({}, 1, 1)]",
+        fused_optim::tooling::WORKGROUP_SIZE
+    );
     assert!(
         source.contains(&numthreads),
         "{label}: HLSL lacks {numthreads}:\n{source}"
@@ -365,7 +368,7 @@ fn write_glsl(module: &Module, info: &ModuleInfo, label: &str) {
         glsl::Writer::new(&mut source, module, info, &options, &pipeline, policies)
             .and_then(|mut writer| writer.write())
             .unwrap_or_else(|e| panic!("{label}: GLSL {version}: {e:?}"));
-        let local_size = format!("local_size_x = {}", fused_optim::WORKGROUP_SIZE);
+        let local_size = format!("local_size_x = {}", fused_optim::tooling::WORKGROUP_SIZE);
         assert!(
             source.contains(&local_size) && source.contains("void main()"),
             "{label}: GLSL {version} lacks {local_size} or main:\n{source}"

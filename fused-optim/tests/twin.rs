@@ -9,10 +9,8 @@
 mod common;
 
 use fused_optim::baseline::UnfusedChain;
-use fused_optim::{
-    visit_rules, Adam, CpuOptimizer, GpuContext, Optimizer, RegisteredRule, RuleVisitor,
-    StepValues, UpdateRule,
-};
+use fused_optim::tooling::{visit_rules, RegisteredRule, RuleVisitor};
+use fused_optim::{Adam, CpuOptimizer, GpuContext, Optimizer, StepValues, UpdateRule};
 
 const SIZES: [usize; 9] = [1, 3, 4, 5, 255, 257, 1025, 100_003, 4_194_307];
 
@@ -143,9 +141,9 @@ fn every_rule_matches_its_twin() {
 #[test]
 fn folded_grid_updates_every_element() {
     let gpu = common::gpu();
-    let len = 65_535 * fused_optim::WORKGROUP_SIZE as usize + 3;
+    let len = 65_535 * fused_optim::tooling::WORKGROUP_SIZE as usize + 3;
     let max_per_dim = gpu.limits().max_compute_workgroups_per_dimension;
-    let (_, rows) = fused_optim::dispatch_grid(len as u64, max_per_dim);
+    let (_, rows) = fused_optim::tooling::dispatch_grid(len as u64, max_per_dim);
     assert!(rows > 1 || max_per_dim > 65_535, "expected a folded grid");
     let rule = Adam::adamw();
     let mut params_cpu = common::random_nonzero(len, 7);

@@ -17,13 +17,20 @@ pub trait RuleVisitor {
     fn visit<R: RegisteredRule>(&mut self);
 }
 
-/// Declares each rule's module, re-exports its items, and lists its type for [`visit_rules`].
+/// Declares each rule's module, re-exports its items (here, for [`crate::tooling`]), lists
+/// its types in `optimizers` (re-exported at the crate's root) and its first type, the
+/// registered one, for [`visit_rules`].
 macro_rules! registry {
-    ($($module:ident :: $rule:ident),* $(,)?) => {
+    ($($module:ident :: { $rule:ident $(, $more:ident)* }),* $(,)?) => {
         $(
             mod $module;
             pub use $module::*;
         )*
+
+        /// The optimizers' configuration types, as the crate's root exports them.
+        pub mod optimizers {
+            $(pub use super::$module::{$rule $(, $more)*};)*
+        }
 
         /// Calls `visitor.visit::<R>()` for every registered rule `R`, in registry order.
         pub fn visit_rules(visitor: &mut impl RuleVisitor) {
@@ -33,15 +40,15 @@ macro_rules! registry {
 }
 
 registry! {
-    sgd::Sgd,
-    adam::Adam,
-    rmsprop::RmsProp,
-    adagrad::Adagrad,
-    nadam::NAdam,
-    radam::RAdam,
-    adamax::Adamax,
-    adadelta::Adadelta,
-    lion::Lion,
+    sgd::{Sgd},
+    adam::{Adam, AdamW},
+    rmsprop::{RmsProp},
+    adagrad::{Adagrad},
+    nadam::{NAdam},
+    radam::{RAdam},
+    adamax::{Adamax},
+    adadelta::{Adadelta},
+    lion::{Lion},
 }
 
 /// Every registered rule's full WGSL (prelude and rule) in each form the host builds: vector
