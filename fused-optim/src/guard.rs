@@ -446,10 +446,15 @@ pub struct CpuGuard {
 impl CpuGuard {
     /// The twin of an optimizer's `with_grad_guard(guard)`.
     pub fn new(guard: GradGuard) -> Result<Self> {
+        Self::after(guard, 0)
+    }
+
+    /// [`CpuGuard::new`] for an optimizer that has applied `applied` steps unguarded.
+    pub(crate) fn after(guard: GradGuard, applied: u32) -> Result<Self> {
         guard.validate()?;
         Ok(Self {
             guard,
-            status: GradStatus::initial(&guard, 0),
+            status: GradStatus::initial(&guard, applied),
         })
     }
 

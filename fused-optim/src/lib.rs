@@ -64,8 +64,8 @@ pub use guard::{
     ClipGradNorm, CpuGuard, GradGuard, GradPartial, GradScaler, GradStatus, GradStep, NormType,
 };
 pub use optim::{
-    CpuOptimizer, ForeachOptimizer, Optimizer, ParamGroup, ParamLayout, ParamSet, TensorRef,
-    TensorSlot, TENSOR_ALIGNMENT,
+    CpuOptimizer, ForeachOptimizer, Optimizer, PackedBuffers, ParamGroup, ParamLayout, ParamSet,
+    TensorRef, TensorSlot, TENSOR_ALIGNMENT,
 };
 pub use rule::{Hyperparameter, LrSchedule, UpdateRule};
 pub use rules::optimizers::*;

@@ -668,3 +668,97 @@ fn shard_checkpoints_merge_into_the_whole_sets_and_split_for_any_count() {
     mismatch(sets[0].restore(&parts[0]));
     mismatch(fused_optim::Checkpoint::merge(&parts[1..]).map(drop));
 }
+
+/// `from_tensors` packs separate buffers (bf16 params and grads: 16-bit slots) into the
+/// layout's slots, and the set steps them as one built by hand over the same packed data;
+/// buffers it cannot copy or that disagree are typed errors.
+#[test]
+fn separate_buffers_are_packed_for_the_caller() {
+    let gpu = common::gpu();
+    let groups = || {
+        vec![
+            ParamGroup::new(Adam::adamw(), ["w", "v"])
+                .with_precision("bf16,master=f32".parse().unwrap()),
+            ParamGroup::new(Adam::default(), ["b"])
+                .with_precision("bf16,master=f32".parse().unwrap()),
+        ]
+    };
+    let sizes = [("w", 1026), ("b", 2), ("v", 34)];
+    let data: Vec<(Vec<f32>, Vec<f32>)> = sizes
+        .iter()
+        .enumerate()
+        .map(|(k, &(_, len))| {
+            let params = common::random_nonzero(len, 10 + k as u64);
+            (params, common::random_nonzero(len, 20 + k as u64))
+        })
+        .collect();
+    let bf16 = fused_optim::Dtype::Bf16;
+    let buffers: Vec<(wgpu::Buffer, wgpu::Buffer)> = data
+        .iter()
+        .map(|(p, g)| {
+            (
+                gpu.upload_bytes("params", &bf16.encode(p)).unwrap(),
+                gpu.upload_bytes("grads", &bf16.encode(g)).unwrap(),
+            )
+        })
+        .collect();
+    let tensors: Vec<(&str, &wgpu::Buffer, &wgpu::Buffer)> = sizes
+        .iter()
+        .zip(&buffers)
+        .map(|(&(name, _), (p, g))| (name, p, g))
+        .collect();
+    let (mut set, packed) = ParamSet::from_tensors(gpu, &tensors, groups()).unwrap();
+    // The same set built by hand, its packed buffers filled through the layout's ranges.
+    let mut by_hand = ParamSet::new(gpu, &sizes, groups()).unwrap();
+    let len = by_hand.layout().len() as usize;
+    let (mut params, mut grads) = (vec![0.0; len], vec![0.0; len]);
+    for ((name, _), (p, g)) in sizes.iter().zip(&data) {
+        let range = by_hand.layout().tensor(name).unwrap().range();
+        params[range.clone()].copy_from_slice(p);
+        grads[range].copy_from_slice(g);
+    }
+    let hand_params = gpu.upload_bytes("params", &bf16.encode(&params)).unwrap();
+    let hand_grads = gpu.upload_bytes("grads", &bf16.encode(&grads)).unwrap();
+    assert_eq!(
+        gpu.download_bytes(&packed.params).unwrap(),
+        gpu.download_bytes(&hand_params).unwrap()
+    );
+    assert_eq!(
+        gpu.download_bytes(&packed.grads).unwrap(),
+        gpu.download_bytes(&hand_grads).unwrap()
+    );
+    for _ in 0..STEPS {
+        set.step(&packed.params, &packed.grads).unwrap();
+        by_hand.step(&hand_params, &hand_grads).unwrap();
+    }
+    assert_eq!(
+        gpu.download_bytes(&packed.params).unwrap(),
+        gpu.download_bytes(&hand_params).unwrap()
+    );
+
+    let short = gpu.upload("grads", &[0.5; 4]).unwrap();
+    let mismatched = [("w", &buffers[0].0, &short)];
+    let error = ParamSet::from_tensors(gpu, &mismatched, groups())
+        .err()
+        .unwrap();
+    assert!(matches!(error, Error::LengthMismatch { .. }), "{error}");
+    let uncopyable = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 8,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let error = ParamSet::from_tensors(gpu, &[("b", &uncopyable, &buffers[1].1)], groups())
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            error,
+            Error::MissingUsage {
+                usage: "COPY_SRC",
+                ..
+            }
+        ),
+        "{error}"
+    );
+}

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::format::{
     block, codec, correction, Dtype, Master, Precision, Rounding, StateFormat, BLOCK,
 };
-use crate::guard::GradStep;
+use crate::guard::{CpuGuard, GradGuard, GradStatus, GradStep};
 use crate::rule::{
     find_state, slot_signs, state_names, try_set_lr, twin_element, StateRef, UpdateRule,
 };
@@ -49,6 +49,8 @@ pub struct CpuOptimizer<R: UpdateRule> {
     master: Vec<u32>,
     /// One per `R::STATE_SLOTS`, `None` for slots this configuration does not keep.
     state: Vec<Option<StoredSlot>>,
+    /// The grad guard's twin, where its steps are guarded.
+    guard: Option<CpuGuard>,
 }
 
 impl<R: UpdateRule> CpuOptimizer<R> {
@@ -95,7 +97,38 @@ impl<R: UpdateRule> CpuOptimizer<R> {
             steps: 0,
             master,
             state,
+            guard: None,
         })
+    }
+
+    /// Puts every later step under `guard`: the twin of
+    /// [`Optimizer::with_grad_guard`](crate::Optimizer::with_grad_guard). Each step then
+    /// checks its grads with a [`CpuGuard`] first and takes them as it says.
+    pub fn with_grad_guard(mut self, guard: GradGuard) -> Result<Self> {
+        self.set_grad_guard(guard)?;
+        Ok(self)
+    }
+
+    /// [`Self::with_grad_guard`] in place, keeping the scaler's state as the GPU optimizer
+    /// does; on error nothing changed.
+    pub fn set_grad_guard(&mut self, guard: GradGuard) -> Result<()> {
+        match &mut self.guard {
+            Some(twin) => twin.set_guard(guard),
+            None => {
+                self.guard = Some(CpuGuard::after(guard, self.steps as u32)?);
+                Ok(())
+            }
+        }
+    }
+
+    /// The grad guard's status after the last step (`None` without a guard).
+    pub fn grad_status(&self) -> Option<GradStatus> {
+        self.guard.as_ref().map(CpuGuard::status)
+    }
+
+    /// The loss scale for the next backward pass (`None` without a guard).
+    pub fn loss_scale(&self) -> Option<f32> {
+        self.grad_status().map(|status| status.scale)
     }
 
     /// The rule and its hyperparameters.
@@ -204,19 +237,41 @@ impl<R: UpdateRule> CpuOptimizer<R> {
     /// precision's formats (what [`Dtype::encode`](crate::Dtype::encode) makes), element by
     /// element in the kernel's order of operations: the prelude's loads, the rule's `update`,
     /// the stores, and for 8-bit state the block's scale once its 32 new values are known.
+    /// Under a grad guard ([`Self::with_grad_guard`]) the grads are checked first and a
+    /// skipped step changes nothing but the guard's status.
     pub fn step_bytes(&mut self, params: &mut [u8], grads: &[u8]) -> Result<()> {
-        self.step_guarded(params, grads, &GradStep::PLAIN)
+        self.check_sizes(params, grads)?;
+        let step = match &mut self.guard {
+            Some(twin) => twin.check(&[&self.precision.grads.decode(grads, self.len)]),
+            None => GradStep::PLAIN,
+        };
+        self.apply(params, grads, &step);
+        Ok(())
     }
 
     /// [`CpuOptimizer::step_bytes`] under a grad guard: the twin of a guarded optimizer's
     /// step, given the [`GradStep`] its [`CpuGuard`](crate::CpuGuard) returned for this step's
     /// grads. A skipped step changes nothing, not even the step count.
+    /// Use it where one [`CpuGuard`] checks the grads of many tensors (a foreach list, a
+    /// parameter set's groups); a twin with its own guard refuses it.
     pub fn step_guarded(
         &mut self,
         params: &mut [u8],
         grads: &[u8],
         guard: &GradStep,
     ) -> Result<()> {
+        if self.guard.is_some() {
+            return Err(Error::InvalidGuard {
+                reason: "this twin checks its grads with its own guard; call step_bytes".into(),
+            });
+        }
+        self.check_sizes(params, grads)?;
+        self.apply(params, grads, guard);
+        Ok(())
+    }
+
+    /// Params and grads of the precision's formats and this twin's length, or the error.
+    fn check_sizes(&self, params: &[u8], grads: &[u8]) -> Result<()> {
         let len = self.len as u64;
         for (bytes, dtype, which) in [
             (params.len() as u64, self.precision.params, "params"),
@@ -240,8 +295,13 @@ impl<R: UpdateRule> CpuOptimizer<R> {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// One step over params and grads of the checked sizes, taking the grads as `guard` says.
+    fn apply(&mut self, params: &mut [u8], grads: &[u8], guard: &GradStep) {
         if guard.skip {
-            return Ok(());
+            return;
         }
         let guarded = *guard != GradStep::PLAIN;
         let t = self.steps + 1;
@@ -328,7 +388,6 @@ impl<R: UpdateRule> CpuOptimizer<R> {
         }
         self.host = host;
         self.steps = t;
-        Ok(())
     }
 }
 

@@ -11,7 +11,7 @@ mod param_set;
 pub use cpu::CpuOptimizer;
 pub use layout::{ParamLayout, TensorSlot, TENSOR_ALIGNMENT};
 pub use optimizer::Optimizer;
-pub use param_set::{ForeachOptimizer, ParamGroup, ParamSet};
+pub use param_set::{ForeachOptimizer, PackedBuffers, ParamGroup, ParamSet};
 
 /// Which tensor of an optimizer a state is read from: by the name its checkpoints use (a
 /// parameter set's tensor names; `"0"`, `"1"`, ... for an optimizer's single tensor and a

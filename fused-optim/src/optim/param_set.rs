@@ -8,7 +8,7 @@ use std::ops::Range;
 use super::layout::ParamLayout;
 use super::TensorRef;
 use crate::error::{Error, Result};
-use crate::format::Precision;
+use crate::format::{Dtype, Precision};
 use crate::gpu::{Engine, GpuContext, NamedTensor, Reduction, Role, Span};
 use crate::rule::{find_state, try_set_lr, StateRef, UpdateRule};
 
@@ -78,6 +78,17 @@ impl<R: UpdateRule + Default> ParamGroup<R> {
     }
 }
 
+/// The packed params and grads buffers [`ParamSet::from_tensors`] makes (`STORAGE |
+/// COPY_SRC | COPY_DST`): bind each tensor's slice with
+/// [`TensorSlot::binding_as`](crate::TensorSlot::binding_as), and step them with the set.
+#[derive(Debug)]
+pub struct PackedBuffers {
+    /// Every tensor's params, at its slot of the layout.
+    pub params: wgpu::Buffer,
+    /// Every tensor's grads, at its slot of the layout.
+    pub grads: wgpu::Buffer,
+}
+
 /// A fused optimizer over a parameter set: many named tensors packed into one params and one
 /// grads buffer (see [`ParamLayout`]), in parameter groups with their own hyperparameters.
 /// A step is one dispatch per group and binding window, however many tensors there are.
@@ -104,6 +115,71 @@ impl<R: UpdateRule> ParamSet<R> {
         groups: Vec<ParamGroup<R>>,
     ) -> Result<Self> {
         Self::build(context, tensors, groups, None)
+    }
+
+    /// Packs separate tensors for the caller: `tensors` are (name, params, grads) buffers, a
+    /// tensor's elements being its params buffer's bytes over the groups' params format's
+    /// element size (4 for f32, 2 for 16-bit), its grads buffer the same elements in the
+    /// grads format. Builds the set as [`ParamSet::new`] does and packed buffers of its
+    /// layout, and copies every tensor's params and grads into them (submitted before this
+    /// returns, so the caller's buffers may be dropped or rebound to the packed ones'
+    /// slices). Source buffers need `COPY_SRC`; on error nothing was copied.
+    pub fn from_tensors(
+        context: &GpuContext,
+        tensors: &[(&str, &wgpu::Buffer, &wgpu::Buffer)],
+        groups: Vec<ParamGroup<R>>,
+    ) -> Result<(Self, PackedBuffers)> {
+        let precision = groups
+            .first()
+            .map(|g| g.precision.clone())
+            .unwrap_or_default();
+        let (params_dtype, grads_dtype) = (precision.params, precision.grads);
+        let mut lens = Vec::with_capacity(tensors.len());
+        for &(name, params, grads) in tensors {
+            for (buffer, which) in [(params, "params"), (grads, "grads")] {
+                if !buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
+                    return Err(Error::MissingUsage {
+                        buffer: format!("{which} of {name}"),
+                        usage: "COPY_SRC",
+                    });
+                }
+                if buffer.size() % 4 != 0 {
+                    return Err(Error::NotF32Sized {
+                        buffer: format!("{which} of {name}"),
+                        bytes: buffer.size(),
+                    });
+                }
+            }
+            let len = params.size() / params_dtype.element_bytes();
+            if grads.size() != grads_dtype.buffer_bytes(len) {
+                return Err(Error::LengthMismatch {
+                    tensor: name.to_owned(),
+                    params: len,
+                    grads: grads.size() / grads_dtype.element_bytes(),
+                });
+            }
+            lens.push((name, len as usize));
+        }
+        let set = Self::new(context, &lens, groups)?;
+        // Whole u32 words in either format.
+        let words = |dtype: Dtype| dtype.buffer_bytes(set.layout.len()) / 4;
+        let buffers = PackedBuffers {
+            params: context.zeros("fused-optim packed params", words(params_dtype))?,
+            grads: context.zeros("fused-optim packed grads", words(grads_dtype))?,
+        };
+        let mut encoder = context.device().create_command_encoder(&Default::default());
+        for &(name, params, grads) in tensors {
+            let slot = set.layout.tensor(name)?;
+            for (source, target, dtype) in [
+                (params, &buffers.params, params_dtype),
+                (grads, &buffers.grads, grads_dtype),
+            ] {
+                let offset = slot.offset * dtype.element_bytes();
+                encoder.copy_buffer_to_buffer(source, 0, target, offset, source.size());
+            }
+        }
+        context.queue().submit([encoder.finish()]);
+        Ok((set, buffers))
     }
 
     /// A parameter set as a PyTorch optimizer over `tensors` (name, element count, in the
