@@ -216,6 +216,7 @@ fn param_groups_are_checked() {
             serde_json::json!({"amsgrad": false}),
             "UnknownHyperparameter",
         ),
+        (serde_json::json!({"rho": "0.9"}), "UnknownHyperparameter"),
         (serde_json::json!({"lr": "0.1"}), "HyperparameterKind"),
         (serde_json::json!({"lr": null}), "HyperparameterKind"),
         (

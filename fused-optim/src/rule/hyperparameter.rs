@@ -162,25 +162,25 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
 }
 
 /// The error for `value`, of no kind a hyperparameter takes, given for `name`: the kind the
-/// rule's hyperparameter of that name takes, or that it has none of that name.
+/// rule's hyperparameter (or implementation choice) of that name takes, or that the rule
+/// has none of that name.
 fn kind_error<R: UpdateRule>(name: &str, rule: &R, value: &serde_json::Value) -> Error {
-    match rule.hyperparameters().into_iter().find(|(n, _)| *n == name) {
-        Some((_, like)) => Error::HyperparameterKind {
-            name: name.to_owned(),
-            expected: like.kind(),
-            got: json_kind(value),
-        },
+    let known = rule.hyperparameters();
+    let expected = match known.iter().find(|(n, _)| *n == name) {
+        Some((_, like)) => like.kind(),
+        None if IMPLEMENTATION_CHOICES.contains(&name) => "a flag",
         None => {
-            let mut probe = rule.clone();
-            probe
-                .set_hyperparameter(name, Hyperparameter::Bool(false))
-                .err()
-                .unwrap_or(Error::HyperparameterKind {
-                    name: name.to_owned(),
-                    expected: "a flag",
-                    got: json_kind(value),
-                })
+            return Error::UnknownHyperparameter {
+                name: name.to_owned(),
+                rule: rule.name(),
+                available: known.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
+            }
         }
+    };
+    Error::HyperparameterKind {
+        name: name.to_owned(),
+        expected,
+        got: json_kind(value),
     }
 }
 
