@@ -57,70 +57,65 @@ checkpoint made under a loss scaler also gives `torch.amp.GradScaler` its state
 """
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 
-FORMAT_VERSION = "1"
-PARAM_PREFIX = "fused_optim.param."
-GROUP_PREFIX = "fused_optim.group."
-QMAP_PREFIX = "fused_optim.qmap."
+# What fused-optim declares about its rules (fused-optim/rule-schema.json, written from the
+# library's rule declarations and held to them by its tests): each checkpoint rule's state, and
+# each torch.optim class's rule, hyperparameters with PyTorch's defaults, and the values the
+# class always has.
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "fused-optim" / "rule-schema.json"
+SCHEMA_VERSION = 1
+
+
+def _load_schema(path=SCHEMA_PATH):
+    with open(path) as f:
+        schema = json.load(f)
+    if schema.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"{path} has schema version {schema.get('schema_version')}, this "
+                         f"converter reads {SCHEMA_VERSION}")
+    return schema
+
+
+def _value(value):
+    """A schema value as torch.optim holds it (a pair as a tuple)."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+_SCHEMA = _load_schema()
+# The checkpoint's metadata keys.
+_KEYS = _SCHEMA["checkpoint"]
+FORMAT_VERSION = str(_KEYS["format_version"])
+VERSION_KEY = _KEYS["version_key"]
+PARAM_PREFIX = _KEYS["param_prefix"]
+GROUP_PREFIX = _KEYS["group_prefix"]
+QMAP_PREFIX = _KEYS["qmap_prefix"]
 # The metadata key of the elements per 8-bit block; files without it (older ones) have blocks
 # of 256 with an f32 `.absmax` per block in place of the bf16 `.scale`.
-BLOCK_KEY = "fused_optim.block"
+BLOCK_KEY = _KEYS["block_key"]
 LEGACY_BLOCK = 256
 
 # fused-optim's rule for each torch.optim class, with the values that class always has (a
 # group with another value is another class's; `eps_inside_sqrt` is fused-optim's own).
-RULES = {
-    "Adam": ("Adam", {}),
-    "AdamW": ("Adam", {"decoupled_weight_decay": True}),
-    "SGD": ("SGD", {}),
-    "RMSprop": ("RMSprop", {"eps_inside_sqrt": False}),
-    "Adagrad": ("Adagrad", {}),
-    "NAdam": ("NAdam", {}),
-    "RAdam": ("RAdam", {}),
-    "Adamax": ("Adamax", {}),
-    "Adadelta": ("Adadelta", {}),
-}
+RULES = {cls: (entry["rule"], {key: _value(v) for key, v in entry["always"].items()})
+         for cls, entry in _SCHEMA["torch_classes"].items()}
 # Each class's hyperparameters the rule keeps, with PyTorch's documented defaults: these fill
 # in the keys a state dict of an older PyTorch lacks.
-_ADAM = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
-         "decoupled_weight_decay": False, "amsgrad": False, "maximize": False}
-HYPERPARAMETERS = {
-    "Adam": _ADAM,
-    "AdamW": {**_ADAM, "weight_decay": 1e-2, "decoupled_weight_decay": True},
-    "SGD": {"lr": 1e-3, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0,
-            "nesterov": False, "maximize": False},
-    "RMSprop": {"lr": 1e-2, "alpha": 0.99, "eps": 1e-8, "weight_decay": 0.0, "momentum": 0.0,
-                "centered": False, "maximize": False},
-    "Adagrad": {"lr": 1e-2, "lr_decay": 0.0, "weight_decay": 0.0,
-                "initial_accumulator_value": 0.0, "eps": 1e-10, "maximize": False},
-    "NAdam": {"lr": 2e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
-              "momentum_decay": 4e-3, "decoupled_weight_decay": False, "maximize": False},
-    "RAdam": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
-              "decoupled_weight_decay": False, "maximize": False},
-    "Adamax": {"lr": 2e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
-               "maximize": False},
-    "Adadelta": {"lr": 1.0, "rho": 0.9, "eps": 1e-6, "weight_decay": 0.0, "maximize": False},
-}
+HYPERPARAMETERS = {cls: {key: _value(h["default"]) for key, h in entry["hyperparameters"].items()}
+                   for cls, entry in _SCHEMA["torch_classes"].items()}
 KNOWN_HYPERPARAMETERS = {key for keys in HYPERPARAMETERS.values() for key in keys}
-# Each rule's state per parameter, with the flag a slot needs (None: always kept). PyTorch
-# creates a slot at the first step exactly where its flag is on.
-SLOTS = {
-    "Adam": {"step": None, "exp_avg": None, "exp_avg_sq": None, "max_exp_avg_sq": "amsgrad"},
-    "SGD": {"momentum_buffer": "momentum"},
-    "RMSprop": {"step": None, "square_avg": None, "momentum_buffer": "momentum",
-                "grad_avg": "centered"},
-    "Adagrad": {"step": None, "sum": None},
-    "NAdam": {"step": None, "mu_product": None, "exp_avg": None, "exp_avg_sq": None},
-    "RAdam": {"step": None, "exp_avg": None, "exp_avg_sq": None},
-    "Adamax": {"step": None, "exp_avg": None, "exp_inf": None},
-    "Adadelta": {"step": None, "square_avg": None, "acc_delta": None},
-}
+# Each rule's state per parameter, with the hyperparameter a slot needs on (None: always
+# kept). PyTorch creates a slot at the first step exactly where its flag is on.
+SLOTS = {rule: {**({"step": None} if entry["counts_steps"] else {}),
+                **{key: None for key in entry["host_state"]},
+                **{slot: entry["kept_with"].get(slot) for slot in entry["state_slots"]}}
+         for rule, entry in _SCHEMA["rules"].items()}
 # Per-step values every element shares, kept as scalars (fused-optim stores them as f64).
-HOST_STATE = {"NAdam": ["mu_product"]}
+HOST_STATE = {rule: entry["host_state"] for rule, entry in _SCHEMA["rules"].items()}
 PARAMS_HINT = ("pass params_in_order(optimizer, model) (the model's named_parameters in the "
                "optimizer's order), not model.state_dict()")
 
@@ -146,6 +141,13 @@ def _warn(message):
     print(f"torch_checkpoint: warning: {message}", file=sys.stderr)
 
 
+def _not_in_torch(rule):
+    """fused-optim's own hyperparameters of `rule` that its torch classes lack, with the value
+    that is PyTorch's behaviour (RMSprop's eps_inside_sqrt=False)."""
+    return {key: value for cls, (ours, always) in RULES.items() if ours == rule
+            for key, value in always.items() if key not in HYPERPARAMETERS[cls]}
+
+
 def _fitting(groups, slots=(), rule=None):
     """The classes that have every hyperparameter the groups hold, with the values the class
     always has, and whose rule (`rule`, where given) keeps the state `slots`: all of them, and
@@ -168,9 +170,10 @@ def _fits(group, slots):
 
 
 def _on(flag, on=True):
-    """A flag's setting in words (momentum is a number, the others booleans)."""
-    if flag == "momentum":
-        return "momentum > 0" if on else "momentum = 0"
+    """A slot's hyperparameter setting in words: a number is on above 0 (momentum), a flag
+    when true."""
+    if any(type(defaults.get(flag)) is float for defaults in HYPERPARAMETERS.values()):
+        return f"{flag} > 0" if on else f"{flag} = 0"
     return f"{flag}={on}"
 
 
@@ -287,7 +290,7 @@ def state_dict_to_fused(state_dict, params, torch_class, step=None):
     listed = _param_names(state_dict)
     if listed is not None:
         _check_order(listed, names)
-    tensors, metadata = {}, {"fused_optim.format_version": FORMAT_VERSION,
+    tensors, metadata = {}, {VERSION_KEY: FORMAT_VERSION,
                              "fused_optim.rule": rule}
     steps = set()
     for g, group in enumerate(groups):
@@ -418,11 +421,9 @@ def fused_to_state_dict(path, params):
     _check_params(params)
     tensors, metadata = _widened(path)
     rule = metadata["fused_optim.rule"]
-    if rule not in SLOTS:
+    if rule not in {ours for ours, _ in RULES.values()}:
         raise ValueError(f"{rule} has no torch.optim class")
-    if rule == "RMSprop" and any(
-            value == "true" for key, value in metadata.items() if key.endswith(".eps_inside_sqrt")):
-        raise ValueError("RMSprop with eps inside the square root has no torch.optim form")
+    own = _not_in_torch(rule)
     places = {}
     for key, value in metadata.items():
         if key.startswith(PARAM_PREFIX):
@@ -443,7 +444,11 @@ def fused_to_state_dict(path, params):
         prefix = f"param_groups.{g}."
         group = {key[len(prefix):]: _parse(value) for key, value in metadata.items()
                  if key.startswith(prefix)}
-        group.pop("eps_inside_sqrt", None)
+        for key, torch_value in own.items():
+            value = group.pop(key, torch_value)
+            if value != torch_value:
+                raise ValueError(f"{rule} with {key}={value} has no torch.optim form (PyTorch's "
+                                 f"behaviour is {key}={torch_value})")
         group["params"] = [i for i, name in enumerate(names) if places[name][0] == g]
         if real_names:
             group["param_names"] = [names[i] for i in group["params"]]

@@ -29,8 +29,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use fused_optim::{
-    Adam, Checkpoint, ClipGradNorm, GpuContext, GradGuard, GradPartial, NormType, ParamGroup,
-    ParamSet,
+    Adam, Checkpoint, ClipGradNorm, GpuContext, GradGuard, GradPartial, ParamGroup, ParamSet,
 };
 use mpi::collective::SystemOperation;
 use mpi::topology::SimpleCommunicator;
@@ -197,14 +196,7 @@ fn run(world: &SimpleCommunicator, args: &Args) -> Result<Vec<f64>, Box<dyn std:
     let len = layout.len() as usize;
     let shard_len = layout.shard_len(ranks) as usize;
     let range = layout.shards(ranks)?[rank].clone();
-    let guard = GradGuard {
-        scaler: None,
-        clip_value: None,
-        clip_norm: Some(ClipGradNorm {
-            max_norm: args.max_norm,
-            norm_type: NormType::L2,
-        }),
-    };
+    let guard = GradGuard::new().with_clip_norm(ClipGradNorm::new(args.max_norm));
     let mut set =
         ParamSet::shard(&gpu, &tensors, groups(args.lr), range.clone())?.with_grad_guard(guard)?;
     let offset = |name: &str| layout.tensor(name).map(|slot| slot.offset as usize);

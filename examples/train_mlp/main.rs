@@ -125,14 +125,10 @@ fn train(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         "dynamic" => Some(fused_optim::GradScaler::default()),
         other => return Err(format!("unknown --loss-scale `{other}`: none or dynamic").into()),
     };
-    let guard = (scaler.is_some() || args.clip_norm.is_some()).then_some(fused_optim::GradGuard {
-        scaler,
-        clip_value: None,
-        clip_norm: args.clip_norm.map(|max_norm| fused_optim::ClipGradNorm {
-            max_norm,
-            norm_type: fused_optim::NormType::L2,
-        }),
-    });
+    let mut guard = fused_optim::GradGuard::new();
+    guard.scaler = scaler;
+    guard.clip_norm = args.clip_norm.map(fused_optim::ClipGradNorm::new);
+    let guard = (scaler.is_some() || args.clip_norm.is_some()).then_some(guard);
     let config = mlp::Config {
         hidden,
         batch: args.batch,

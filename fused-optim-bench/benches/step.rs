@@ -6,7 +6,7 @@
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use fused_optim::baseline::{Roofline, UnfusedChain};
-use fused_optim::tooling::{visit_rules, RegisteredRule, RuleVisitor};
+use fused_optim::tooling::{visit_rules, RegisteredRule, RuleVisitor, Unfused};
 use fused_optim::{Adam, DispatchLimits, GpuContext, Optimizer, ParamSet, UpdateRule};
 use fused_optim_bench::measure::{gpt2_groups, gpt2_tensors, pattern, time_steps};
 
@@ -40,7 +40,7 @@ fn bench_optimizer<R: UpdateRule>(
 }
 
 /// `rule` beside the roofline moving the same bytes and its unfused chain.
-fn bench_rule<R: UpdateRule>(
+fn bench_rule<R: Unfused>(
     group: &mut BenchmarkGroup<WallTime>,
     gpu: &GpuContext,
     rule: R,

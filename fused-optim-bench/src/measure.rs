@@ -8,10 +8,12 @@ use serde::Serialize;
 use wgpu::util::DeviceExt;
 
 use fused_optim::baseline::{Roofline, UnfusedChain};
-use fused_optim::tooling::{bytes_per_step, kept_states, visit_rules, RegisteredRule, RuleVisitor};
+use fused_optim::tooling::{
+    bytes_per_step, kept_states, visit_rules, Declared, RegisteredRule, RuleVisitor, Unfused,
+};
 use fused_optim::{
-    Adam, ClipGradNorm, CpuOptimizer, Error, GpuContext, GradGuard, GradScaler, NormType,
-    Optimizer, ParamGroup, ParamSet, Precision, Result, UpdateRule,
+    Adam, ClipGradNorm, CpuOptimizer, Error, GpuContext, GradGuard, GradScaler, Optimizer,
+    ParamGroup, ParamSet, Precision, Result, UpdateRule,
 };
 
 /// Small non-zero values every bench buffer starts from.
@@ -329,7 +331,7 @@ fn time_shard<R: UpdateRule>(
 }
 
 /// Times the unfused chain of `rule` the same way.
-fn time_unfused<R: UpdateRule>(
+fn time_unfused<R: Unfused>(
     gpu: &GpuContext,
     rule: &R,
     len: usize,
@@ -495,7 +497,7 @@ impl Measurement {
 /// bytes through the same codecs and reduction, no update arithmetic), and for f32 without a
 /// guard the unfused chain (each after a warm-up, rotating buffers where they would fit in a
 /// cache) and the CPU twin. `copy_gb_per_s` is the copy bandwidth measured at this size.
-pub fn measure<R: UpdateRule>(
+pub fn measure<R: Unfused>(
     gpu: &GpuContext,
     rule: R,
     len: usize,
@@ -640,12 +642,13 @@ pub fn measure_hand_written(
     len: usize,
     repetitions: Repetitions,
 ) -> Result<HandWritten> {
-    fused_optim::rule::check::require(
-        len.is_multiple_of(4),
-        "len",
-        len as f64,
-        "the hand-written kernels take whole vec4s",
-    )?;
+    if !len.is_multiple_of(4) {
+        return Err(Error::InvalidConfig {
+            field: "len",
+            value: len as f64,
+            reason: "the hand-written kernels take whole vec4s",
+        });
+    }
     // One dispatch binding whole buffers, with no windows: the simple kernel a user writes.
     let (bytes, limit) = (len as u64 * 4, gpu.limits().max_storage_buffer_binding_size);
     if bytes > limit {
@@ -763,16 +766,13 @@ impl Guard {
     /// The `--guard` names: `none`; `scale`, GradScaler's defaults; `clip`, clip_grad_norm_ to
     /// 1.0; `scale+clip`, both.
     pub fn parse(name: &str) -> std::result::Result<Guard, String> {
-        let scaler = Some(GradScaler::default());
-        let clip_norm = Some(ClipGradNorm {
-            max_norm: 1.0,
-            norm_type: NormType::L2,
-        });
-        let (name, scaler, clip_norm) = match name {
+        let scale = GradGuard::new().with_scaler(GradScaler::default());
+        let clip = ClipGradNorm::new(1.0);
+        let (name, settings) = match name {
             "none" => return Ok(Guard::NONE),
-            "scale" => ("scale", scaler, None),
-            "clip" => ("clip", None, clip_norm),
-            "scale+clip" => ("scale+clip", scaler, clip_norm),
+            "scale" => ("scale", scale),
+            "clip" => ("clip", GradGuard::new().with_clip_norm(clip)),
+            "scale+clip" => ("scale+clip", scale.with_clip_norm(clip)),
             other => {
                 return Err(format!(
                     "unknown --guard `{other}`: none, scale, clip or scale+clip"
@@ -781,11 +781,7 @@ impl Guard {
         };
         Ok(Guard {
             name,
-            settings: Some(GradGuard {
-                scaler,
-                clip_value: None,
-                clip_norm,
-            }),
+            settings: Some(settings),
         })
     }
 

@@ -26,6 +26,10 @@ pub const VERSION_KEY: &str = "fused_optim.format_version";
 /// `<group>:<index in the group>:<elements>`.
 pub const PARAM_PREFIX: &str = "fused_optim.param.";
 
+/// The prefix of each parameter group's metadata keys: `fused_optim.group.<group>.precision`
+/// and the [`layout_key`]s.
+pub const GROUP_PREFIX: &str = "fused_optim.group.";
+
 /// Where one tensor of an optimizer's state sits, as `fused_optim.param.<name>` says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TensorPlace {
@@ -76,12 +80,12 @@ pub const QMAP_PREFIX: &str = "fused_optim.qmap.";
 /// block's scale as the f32 of its bits shifted left by `shift` (16: bf16 scales, 23:
 /// exponent bytes), with no table of formats of their own.
 pub fn layout_key(group: usize, slot: &str) -> String {
-    format!("fused_optim.group.{group}.layout.{slot}")
+    format!("{GROUP_PREFIX}{group}.layout.{slot}")
 }
 
 /// Whether `key` is a [`layout_key`].
 fn is_layout_key(key: &str) -> bool {
-    key.strip_prefix("fused_optim.group.")
+    key.strip_prefix(GROUP_PREFIX)
         .and_then(|rest| rest.split_once('.'))
         .is_some_and(|(_, rest)| rest.starts_with("layout."))
 }
@@ -428,7 +432,7 @@ impl Checkpoint {
             !key.starts_with(QMAP_PREFIX) && key != BLOCK_KEY && !is_layout_key(key)
         });
         for (key, value) in expanded.metadata.iter_mut() {
-            if key.starts_with("fused_optim.group.") && key.ends_with(".precision") {
+            if key.starts_with(GROUP_PREFIX) && key.ends_with(".precision") {
                 let mut precision: Precision = value.parse()?;
                 precision.state = StateFormat::F32;
                 precision.state_overrides.clear();
@@ -477,7 +481,7 @@ impl Checkpoint {
             .places()?
             .get(tensor)
             .ok_or_else(|| corrupt(format!("no `{PARAM_PREFIX}{tensor}` for `{name}`")))?;
-        let precision_key = format!("fused_optim.group.{}.precision", place.group);
+        let precision_key = format!("{GROUP_PREFIX}{}.precision", place.group);
         let precision: Precision = self.meta(&precision_key)?.parse()?;
         let format = precision.state_format(slot).blocks().ok_or_else(|| {
             corrupt(format!(

@@ -210,7 +210,7 @@ pub enum Error {
     },
 
     #[error(
-        "the {buffer} buffer is {got} bytes, but {len} elements stored as {format:?} take \
+        "the {buffer} buffer is {got} bytes, but {len} elements stored as {format} take \
          {expected} bytes (16-bit formats pack two elements per u32 word: ceil(len / 2) * 4 \
          bytes); pass a buffer in the format its group declares, of that size"
     )]
@@ -218,8 +218,8 @@ pub enum Error {
     FormatSize {
         /// Which buffer: `params`, `grads`, or `params[3]` in a list of pairs.
         buffer: String,
-        /// The format its group declares.
-        format: crate::format::Dtype,
+        /// The format its group declares (`bf16`, `f16`: [`Dtype::name`](crate::Dtype::name)).
+        format: &'static str,
         /// The elements it must hold.
         len: u64,
         /// The bytes those take.
@@ -230,7 +230,7 @@ pub enum Error {
 
     #[error(
         "parameter groups {first} and {second} share the {buffer} buffer but declare different \
-         formats for it ({first_format:?} and {second_format:?}); a buffer has one format"
+         formats for it ({first_format} and {second_format}); a buffer has one format"
     )]
     /// Two parameter groups of one packed buffer declare different formats for it.
     FormatMismatch {
@@ -238,12 +238,12 @@ pub enum Error {
         buffer: &'static str,
         /// The first group.
         first: usize,
-        /// Its format.
-        first_format: crate::format::Dtype,
+        /// Its format (`f32`, `bf16`, `f16`).
+        first_format: &'static str,
         /// The group that disagrees.
         second: usize,
         /// Its format.
-        second_format: crate::format::Dtype,
+        second_format: &'static str,
     },
 
     #[error("an optimizer needs at least one element to update")]

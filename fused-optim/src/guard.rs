@@ -24,7 +24,18 @@ use crate::error::{Error, Result};
 /// `init_scale`, is multiplied by `backoff_factor` after a step with an inf or NaN grad
 /// (which is skipped), and by `growth_factor` after `growth_interval` clean steps in a row.
 /// Disabled, the scale stays 1 and no step is skipped.
+///
+/// Built from the defaults, changing what differs:
+///
+/// ```
+/// use fused_optim::GradScaler;
+///
+/// let scaler = GradScaler::default().with_init_scale(1024.0).with_growth_interval(100);
+/// assert_eq!((scaler.init_scale, scaler.growth_interval), (1024.0, 100));
+/// assert_eq!(scaler.growth_factor, 2.0);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct GradScaler {
     /// The first loss scale (2^16).
     pub init_scale: f32,
@@ -39,7 +50,17 @@ pub struct GradScaler {
 }
 
 impl Default for GradScaler {
+    /// `torch.amp.GradScaler()`: see [`GradScaler::new`].
     fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GradScaler {
+    /// `torch.amp.GradScaler()`'s defaults: `init_scale` 2^16, `growth_factor` 2,
+    /// `backoff_factor` 0.5, `growth_interval` 2000, enabled. The same as `default()`.
+    #[must_use]
+    pub const fn new() -> Self {
         Self {
             init_scale: 65536.0,
             growth_factor: 2.0,
@@ -47,6 +68,42 @@ impl Default for GradScaler {
             growth_interval: 2000,
             enabled: true,
         }
+    }
+
+    /// `init_scale`: the first loss scale.
+    #[must_use]
+    pub const fn with_init_scale(mut self, init_scale: f32) -> Self {
+        self.init_scale = init_scale;
+        self
+    }
+
+    /// `growth_factor`: multiplies the scale after `growth_interval` clean steps (above 1).
+    #[must_use]
+    pub const fn with_growth_factor(mut self, growth_factor: f32) -> Self {
+        self.growth_factor = growth_factor;
+        self
+    }
+
+    /// `backoff_factor`: multiplies the scale after a skipped step (between 0 and 1).
+    #[must_use]
+    pub const fn with_backoff_factor(mut self, backoff_factor: f32) -> Self {
+        self.backoff_factor = backoff_factor;
+        self
+    }
+
+    /// `growth_interval`: clean steps in a row before the scale grows (at least 1).
+    #[must_use]
+    pub const fn with_growth_interval(mut self, growth_interval: u32) -> Self {
+        self.growth_interval = growth_interval;
+        self
+    }
+
+    /// `enabled`: whether the scaler does anything (disabled, the scale stays 1 and no step
+    /// is skipped).
+    #[must_use]
+    pub const fn with_enabled(mut self, enabled: bool) -> Self {
+        self.enabled = enabled;
+        self
     }
 }
 
@@ -62,7 +119,16 @@ pub enum NormType {
 
 /// `clip_grad_norm_(max_norm, norm_type)` over all the optimizer's grads: every grad is
 /// multiplied by `min(max_norm / (total_norm + 1e-6), 1)`.
+///
+/// ```
+/// use fused_optim::{ClipGradNorm, NormType};
+///
+/// let l2 = ClipGradNorm::new(1.0); // clip_grad_norm_(params, 1.0)
+/// let inf = ClipGradNorm::new(1.0).with_norm_type(NormType::Inf); // norm_type=inf
+/// assert_eq!((l2.norm_type, inf.max_norm), (NormType::L2, 1.0));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct ClipGradNorm {
     /// The largest total norm the grads keep.
     pub max_norm: f32,
@@ -70,10 +136,46 @@ pub struct ClipGradNorm {
     pub norm_type: NormType,
 }
 
+impl ClipGradNorm {
+    /// `clip_grad_norm_(params, max_norm)`: the L2 norm, as PyTorch's default `norm_type` 2.
+    #[must_use]
+    pub const fn new(max_norm: f32) -> Self {
+        Self {
+            max_norm,
+            norm_type: NormType::L2,
+        }
+    }
+
+    /// `norm_type`: the norm measured, L2 or inf.
+    #[must_use]
+    pub const fn with_norm_type(mut self, norm_type: NormType) -> Self {
+        self.norm_type = norm_type;
+        self
+    }
+}
+
 /// What a step does to the grads before the update (see the module's docs): an optional loss
 /// scaler, clipping by value, then clipping by global norm. Give it to an optimizer with
 /// `with_grad_guard`; the default does nothing but measure the norm.
+///
+/// Built from [`GradGuard::new`] (or `default()`), adding each part the step needs:
+///
+/// ```
+/// use fused_optim::{ClipGradNorm, GradGuard, GradScaler};
+///
+/// // scaler = GradScaler(); scaler.unscale_(opt); clip_grad_norm_(params, 1.0)
+/// let guard = GradGuard::new()
+///     .with_scaler(GradScaler::default())
+///     .with_clip_norm(ClipGradNorm::new(1.0));
+/// assert_eq!(guard.clip_value, None);
+/// guard.validate()?;
+/// # Ok::<(), fused_optim::Error>(())
+/// ```
+///
+/// The fields are public to read (and to set, `guard.scaler = None`), not to build: later
+/// versions may add settings.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct GradGuard {
     /// Unscale the grads, skip steps with an inf or NaN grad, adapt the scale.
     pub scaler: Option<GradScaler>,
@@ -84,6 +186,39 @@ pub struct GradGuard {
 }
 
 impl GradGuard {
+    /// No scaler and no clipping: the step only measures the norm. The same as `default()`.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self {
+            scaler: None,
+            clip_value: None,
+            clip_norm: None,
+        }
+    }
+
+    /// Loss scaling as `torch.amp.GradScaler` with these settings: unscale the grads, skip
+    /// steps with an inf or NaN grad, adapt the scale.
+    #[must_use]
+    pub const fn with_scaler(mut self, scaler: GradScaler) -> Self {
+        self.scaler = Some(scaler);
+        self
+    }
+
+    /// `clip_grad_value_(params, clip_value)`: clamp each unscaled grad to
+    /// `[-clip_value, clip_value]`.
+    #[must_use]
+    pub const fn with_clip_value(mut self, clip_value: f32) -> Self {
+        self.clip_value = Some(clip_value);
+        self
+    }
+
+    /// `clip_grad_norm_` over the unscaled (and value-clipped) grads.
+    #[must_use]
+    pub const fn with_clip_norm(mut self, clip_norm: ClipGradNorm) -> Self {
+        self.clip_norm = Some(clip_norm);
+        self
+    }
+
     /// Rejects what `GradScaler` and the clipping functions reject, naming the field.
     pub fn validate(&self) -> Result<()> {
         let fail = |reason: String| Err(Error::InvalidGuard { reason });
@@ -458,6 +593,23 @@ impl CpuGuard {
         })
     }
 
+    /// Sets the guard a twin keeps in `slot`: a new setting for the one there (its scaler's
+    /// state kept), or a guard starting after `applied` unguarded steps. On error nothing
+    /// changed.
+    pub(crate) fn install(
+        slot: &mut Option<CpuGuard>,
+        guard: GradGuard,
+        applied: u64,
+    ) -> Result<()> {
+        match slot {
+            Some(twin) => twin.set_guard(guard),
+            None => {
+                *slot = Some(CpuGuard::after(guard, applied as u32)?);
+                Ok(())
+            }
+        }
+    }
+
     /// The status as the device would hold it now.
     pub fn status(&self) -> GradStatus {
         self.status
@@ -567,5 +719,71 @@ impl CpuGuard {
             clip_coef,
             ..probe
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builders_set_what_they_name() {
+        let scaler = GradScaler::new()
+            .with_init_scale(1024.0)
+            .with_growth_factor(4.0)
+            .with_backoff_factor(0.25)
+            .with_growth_interval(7)
+            .with_enabled(false);
+        assert_eq!(
+            (
+                scaler.init_scale,
+                scaler.growth_factor,
+                scaler.backoff_factor,
+                scaler.growth_interval,
+                scaler.enabled
+            ),
+            (1024.0, 4.0, 0.25, 7, false)
+        );
+        let torch = GradScaler::default();
+        assert_eq!(GradScaler::new(), torch);
+        assert_eq!(
+            (
+                torch.init_scale,
+                torch.growth_factor,
+                torch.backoff_factor,
+                torch.growth_interval,
+                torch.enabled
+            ),
+            (65536.0, 2.0, 0.5, 2000, true)
+        );
+        // Each builder changes only its own field.
+        assert_eq!(torch.with_init_scale(8.0).growth_factor, 2.0);
+        assert_eq!(torch.with_growth_interval(3).with_enabled(true), {
+            let mut expected = torch;
+            expected.growth_interval = 3;
+            expected
+        });
+
+        let l2 = ClipGradNorm::new(0.5);
+        assert_eq!((l2.max_norm, l2.norm_type), (0.5, NormType::L2));
+        let inf = l2.with_norm_type(NormType::Inf);
+        assert_eq!((inf.max_norm, inf.norm_type), (0.5, NormType::Inf));
+
+        assert_eq!(GradGuard::new(), GradGuard::default());
+        let guard = GradGuard::new()
+            .with_scaler(scaler)
+            .with_clip_value(3.0)
+            .with_clip_norm(inf);
+        assert_eq!(guard.scaler, Some(scaler));
+        assert_eq!(guard.clip_value, Some(3.0));
+        assert_eq!(guard.clip_norm, Some(inf));
+        assert_eq!(
+            GradGuard::new().with_clip_value(1.0),
+            GradGuard {
+                scaler: None,
+                clip_value: Some(1.0),
+                clip_norm: None,
+            }
+        );
     }
 }

@@ -13,13 +13,15 @@
 //! - [`format`](mod@format): storage formats, their bytes and the CPU twins of their codecs; no GPU.
 //! - [`checkpoint`]: checkpoints as named host tensors, their safetensors file; no GPU.
 //! - [`guard`]: the grad guard's settings, status and CPU twin; no GPU.
-//! - [`rule`]: what an update rule is (trait, hyperparameters, twin, unfused program); no GPU.
+//! - `rule`: what an update rule is (its declaration, trait, hyperparameters, twin loop,
+//!   unfused program); no GPU.
 //! - `rules`: the optimizers, one file and one shader each, and the registry
 //!   ([`tooling::visit_rules`]); their configuration types re-exported here.
 //! - `gpu`: the host layer (context, kernels, plan, engine); knows no particular rule.
 //! - `optim`: what users hold ([`Optimizer`], [`ParamSet`], [`ForeachOptimizer`],
-//!   [`CpuOptimizer`]).
+//!   [`CpuOptimizer`], [`CpuParamSet`]).
 //! - `baseline` (feature `baselines`): the benchmark's roofline and unfused chain.
+//! - [`tooling`]: what tools read (kernel sources and shapes, the registry, the rule schema).
 //!
 //! The root exports what a trainer needs; [`tooling`] what tools need (kernel sources and
 //! shapes, the rule registry, per-step scalars).
@@ -47,8 +49,9 @@ pub mod format;
 mod gpu;
 pub mod guard;
 mod optim;
-pub mod rule;
+mod rule;
 mod rules;
+pub mod tooling;
 
 /// The wgpu this library is built on, for naming its buffers, devices and encoders without
 /// depending on a second copy.
@@ -64,24 +67,11 @@ pub use guard::{
     ClipGradNorm, CpuGuard, GradGuard, GradPartial, GradScaler, GradStatus, GradStep, NormType,
 };
 pub use optim::{
-    CpuOptimizer, ForeachOptimizer, Optimizer, PackedBuffers, ParamGroup, ParamLayout, ParamSet,
-    TensorRef, TensorSlot, TENSOR_ALIGNMENT,
+    CpuOptimizer, CpuParamSet, ForeachOptimizer, Optimizer, PackedBuffers, ParamGroup, ParamLayout,
+    ParamSet, TensorRef, TensorSlot, TENSOR_ALIGNMENT,
 };
 pub use rule::{Hyperparameter, LrSchedule, UpdateRule};
 pub use rules::optimizers::*;
-
-/// For tool authors, not for training: the kernels' WGSL and dispatch shapes, the registry
-/// of rules (to cover every rule without naming one, as the tests, the benchmark and the
-/// example do), each rule's per-step scalars, and byte counts. What these say may change
-/// with the kernels.
-pub mod tooling {
-    pub use crate::gpu::{
-        dispatch_grid, shader_forms, shader_source, Lanes, CODEC, DUMP_KERNELS,
-        MAX_STEP_VALUES_BYTES, PRELUDE, WORKGROUP_SIZE,
-    };
-    pub use crate::rule::{bytes_per_step, kept_states, RegisteredRule};
-    pub use crate::rules::*;
-}
 
 /// The README's examples, compiled and run as doc tests.
 #[doc = include_str!("../../README.md")]

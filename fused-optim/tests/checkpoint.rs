@@ -109,14 +109,11 @@ fn every_rule_resumes_bit_for_bit_through_a_file_and_a_fresh_device() {
         }
     }
     visit_rules(&mut Resume);
-    let guard = GradGuard {
-        scaler: Some(GradScaler {
-            init_scale: 1024.0,
-            growth_interval: 2,
-            ..GradScaler::default()
-        }),
-        ..GradGuard::default()
-    };
+    let guard = GradGuard::new().with_scaler(
+        GradScaler::default()
+            .with_init_scale(1024.0)
+            .with_growth_interval(2),
+    );
     for (_, precision) in Precision::presets() {
         resume(&Adam::adamw(), &precision, Some(guard));
     }
@@ -255,10 +252,7 @@ fn a_parameter_set_names_its_tensors_and_refuses_other_tensors() {
 fn a_checkpoint_recorded_into_an_encoder_is_taken_where_it_was_recorded() {
     let gpu = common::gpu();
     let (params, grads) = common::params_and_grads(gpu, LEN);
-    let guard = GradGuard {
-        scaler: Some(GradScaler::default()),
-        ..GradGuard::default()
-    };
+    let guard = GradGuard::new().with_scaler(GradScaler::default());
     let build = || {
         Optimizer::new(gpu, Adam::adamw(), LEN)
             .unwrap()
@@ -800,17 +794,10 @@ fn checkpoints_that_do_not_fit_are_refused_with_nothing_restored() {
     // A scaled run's status must not resume under a guard that does not scale.
     let mut clipping = Optimizer::new(gpu, Adam::default(), LEN)
         .unwrap()
-        .with_grad_guard(GradGuard {
-            scaler: None,
-            clip_value: Some(1.0),
-            ..GradGuard::default()
-        })
+        .with_grad_guard(GradGuard::new().with_clip_value(1.0))
         .unwrap();
     let scaling_adam = || {
-        let scaling = GradGuard {
-            scaler: Some(GradScaler::default()),
-            ..GradGuard::default()
-        };
+        let scaling = GradGuard::new().with_scaler(GradScaler::default());
         let adam = Optimizer::new(gpu, Adam::default(), LEN).unwrap();
         adam.with_grad_guard(scaling).unwrap()
     };

@@ -397,10 +397,7 @@ fn format_errors_are_typed() {
 #[test]
 fn the_master_starts_as_the_params() {
     let gpu = common::gpu();
-    let skipping = fused_optim::GradGuard {
-        scaler: Some(fused_optim::GradScaler::default()),
-        ..Default::default()
-    };
+    let skipping = fused_optim::GradGuard::new().with_scaler(fused_optim::GradScaler::default());
     for (name, precision) in Precision::presets() {
         if precision.master == fused_optim::Master::None {
             continue;

@@ -19,11 +19,9 @@ fn bits(values: &[f32]) -> Vec<u32> {
 }
 
 fn scaler(init_scale: f32, growth_interval: u32) -> GradScaler {
-    GradScaler {
-        init_scale,
-        growth_interval,
-        ..GradScaler::default()
-    }
+    GradScaler::default()
+        .with_init_scale(init_scale)
+        .with_growth_interval(growth_interval)
 }
 
 /// The guards every rule is checked under: a scaler that grows and backs off with both
@@ -31,22 +29,11 @@ fn scaler(init_scale: f32, growth_interval: u32) -> GradScaler {
 /// clip_grad_norm_ lets it).
 fn guards() -> Vec<GradGuard> {
     vec![
-        GradGuard {
-            scaler: Some(scaler(1024.0, 2)),
-            clip_value: Some(0.9),
-            clip_norm: Some(ClipGradNorm {
-                max_norm: 4.0,
-                norm_type: NormType::L2,
-            }),
-        },
-        GradGuard {
-            scaler: None,
-            clip_value: None,
-            clip_norm: Some(ClipGradNorm {
-                max_norm: 0.5,
-                norm_type: NormType::Inf,
-            }),
-        },
+        GradGuard::new()
+            .with_scaler(scaler(1024.0, 2))
+            .with_clip_value(0.9)
+            .with_clip_norm(ClipGradNorm::new(4.0)),
+        GradGuard::new().with_clip_norm(ClipGradNorm::new(0.5).with_norm_type(NormType::Inf)),
     ]
 }
 
@@ -195,10 +182,7 @@ fn every_format_scaled_clipped_and_skipped_matches_its_twin_bit_for_bit() {
 fn an_inf_in_the_last_tensor_skips_the_step_for_every_tensor() {
     let gpu = common::gpu();
     let lens: Vec<usize> = (0..148).map(|k| 1 + (k * 37) % 300).collect();
-    let guard = GradGuard {
-        scaler: Some(GradScaler::default()),
-        ..GradGuard::default()
-    };
+    let guard = GradGuard::new().with_scaler(GradScaler::default());
     let mut foreach = ForeachOptimizer::new(gpu, Adam::default(), &lens)
         .unwrap()
         .with_grad_guard(guard)
@@ -275,10 +259,7 @@ fn an_inf_in_a_parameter_set_skips_every_group() {
     ];
     let mut set = ParamSet::new(gpu, &tensors, groups)
         .unwrap()
-        .with_grad_guard(GradGuard {
-            scaler: Some(GradScaler::default()),
-            ..GradGuard::default()
-        })
+        .with_grad_guard(GradGuard::new().with_scaler(GradScaler::default()))
         .unwrap();
     let len = set.layout().len() as usize;
     let params = gpu
@@ -309,13 +290,7 @@ fn an_inf_in_a_parameter_set_skips_every_group() {
 #[test]
 fn the_loss_scale_is_readable_without_waiting() {
     let gpu = common::gpu();
-    let guard = |enabled| GradGuard {
-        scaler: Some(GradScaler {
-            enabled,
-            ..scaler(1024.0, 1)
-        }),
-        ..GradGuard::default()
-    };
+    let guard = |enabled| GradGuard::new().with_scaler(scaler(1024.0, 1).with_enabled(enabled));
     let (params, grads) = common::params_and_grads(gpu, 33);
     let mut adam = Optimizer::new(gpu, Adam::default(), 33).unwrap();
     assert_eq!(adam.loss_scale(), None);
@@ -366,17 +341,12 @@ impl ScalerModel {
 #[test]
 fn scale_growth_and_backoff_over_5000_steps_match_gradscaler() {
     let gpu = common::gpu();
-    let scaler = GradScaler {
-        init_scale: 1024.0,
-        growth_interval: 7,
-        ..GradScaler::default()
-    };
+    let scaler = GradScaler::default()
+        .with_init_scale(1024.0)
+        .with_growth_interval(7);
     let mut optimizer = Optimizer::new(gpu, Sgd::default(), 5)
         .unwrap()
-        .with_grad_guard(GradGuard {
-            scaler: Some(scaler),
-            ..GradGuard::default()
-        })
+        .with_grad_guard(GradGuard::new().with_scaler(scaler))
         .unwrap();
     let params = gpu.upload("params", &[0.5; 5]).unwrap();
     let grads = gpu.upload("grads", &[0.0; 5]).unwrap();
@@ -431,14 +401,9 @@ fn scale_growth_and_backoff_over_5000_steps_match_gradscaler() {
 fn two_hundred_steps_in_one_encoder_skip_where_the_infs_are() {
     let gpu = common::gpu();
     let len = 1025;
-    let guard = GradGuard {
-        scaler: Some(scaler(1.0, 3)),
-        clip_norm: Some(ClipGradNorm {
-            max_norm: 10.0,
-            norm_type: NormType::L2,
-        }),
-        ..GradGuard::default()
-    };
+    let guard = GradGuard::new()
+        .with_scaler(scaler(1.0, 3))
+        .with_clip_norm(ClipGradNorm::new(10.0));
     let rule = Adam {
         lr: 0.01,
         ..Adam::default()
@@ -507,14 +472,9 @@ fn clipping_matches_clip_grad_norm_worked_by_hand() {
     let gpu = common::gpu();
     for (norm_type, norm) in [(NormType::L2, 5.0f64), (NormType::Inf, 4.0)] {
         for scale in [None, Some(1024.0f32)] {
-            let guard = GradGuard {
-                scaler: scale.map(|s| scaler(s, 2000)),
-                clip_value: None,
-                clip_norm: Some(ClipGradNorm {
-                    max_norm: 1.0,
-                    norm_type,
-                }),
-            };
+            let mut guard =
+                GradGuard::new().with_clip_norm(ClipGradNorm::new(1.0).with_norm_type(norm_type));
+            guard.scaler = scale.map(|s| scaler(s, 2000));
             let rule = Sgd {
                 lr: 1.0,
                 ..Sgd::default()
@@ -546,10 +506,7 @@ fn clipping_matches_clip_grad_norm_worked_by_hand() {
 #[test]
 fn clipping_by_value_clamps_each_grad() {
     let gpu = common::gpu();
-    let guard = GradGuard {
-        clip_value: Some(0.5),
-        ..GradGuard::default()
-    };
+    let guard = GradGuard::new().with_clip_value(0.5);
     let rule = Sgd {
         lr: 1.0,
         ..Sgd::default()
@@ -642,38 +599,11 @@ fn invalid_guards_are_refused() {
     let gpu = common::gpu();
     let mut optimizer = Optimizer::new(gpu, Sgd::default(), 4).unwrap();
     let bad = [
-        GradGuard {
-            scaler: Some(GradScaler {
-                init_scale: 0.0,
-                ..GradScaler::default()
-            }),
-            ..GradGuard::default()
-        },
-        GradGuard {
-            scaler: Some(GradScaler {
-                backoff_factor: 1.5,
-                ..GradScaler::default()
-            }),
-            ..GradGuard::default()
-        },
-        GradGuard {
-            scaler: Some(GradScaler {
-                growth_interval: 0,
-                ..GradScaler::default()
-            }),
-            ..GradGuard::default()
-        },
-        GradGuard {
-            clip_value: Some(f32::NAN),
-            ..GradGuard::default()
-        },
-        GradGuard {
-            clip_norm: Some(ClipGradNorm {
-                max_norm: -1.0,
-                norm_type: NormType::L2,
-            }),
-            ..GradGuard::default()
-        },
+        GradGuard::new().with_scaler(GradScaler::default().with_init_scale(0.0)),
+        GradGuard::new().with_scaler(GradScaler::default().with_backoff_factor(1.5)),
+        GradGuard::new().with_scaler(GradScaler::default().with_growth_interval(0)),
+        GradGuard::new().with_clip_value(f32::NAN),
+        GradGuard::new().with_clip_norm(ClipGradNorm::new(-1.0)),
     ];
     for guard in bad {
         let error = optimizer.set_grad_guard(guard).unwrap_err();
@@ -688,10 +618,7 @@ fn invalid_guards_are_refused() {
 #[test]
 fn a_failed_guarded_step_changes_nothing() {
     let gpu = common::gpu();
-    let guard = GradGuard {
-        scaler: Some(GradScaler::default()),
-        ..GradGuard::default()
-    };
+    let guard = GradGuard::new().with_scaler(GradScaler::default());
     let mut optimizer = Optimizer::new(gpu, Adam::default(), 1025)
         .unwrap()
         .with_grad_guard(guard)
@@ -739,42 +666,25 @@ fn a_failed_guarded_step_changes_nothing() {
 #[test]
 fn every_guard_transition_matches_its_twin_bit_for_bit() {
     const LEN: usize = 1025;
-    let clip = Some(ClipGradNorm {
-        max_norm: 4.0,
-        norm_type: NormType::L2,
-    });
-    let scaled = |init_scale, growth_interval, clip_norm| GradGuard {
-        scaler: Some(scaler(init_scale, growth_interval)),
-        clip_value: None,
-        clip_norm,
+    let clip = ClipGradNorm::new(4.0);
+    let scaled = |init_scale, growth_interval| {
+        GradGuard::new().with_scaler(scaler(init_scale, growth_interval))
     };
-    let disabled = GradGuard {
-        scaler: Some(GradScaler {
-            enabled: false,
-            ..scaler(8.0, 2)
-        }),
-        ..GradGuard::default()
-    };
+    let disabled = GradGuard::new().with_scaler(scaler(8.0, 2).with_enabled(false));
     // (the guard set before the step, whether the step's grads hold an inf)
     let plan = [
-        (scaled(65536.0, 3, clip), false),
-        (scaled(65536.0, 3, clip), false),
-        (
-            GradGuard {
-                clip_norm: clip,
-                ..GradGuard::default()
-            },
-            false,
-        ),
+        (scaled(65536.0, 3).with_clip_norm(clip), false),
+        (scaled(65536.0, 3).with_clip_norm(clip), false),
+        (GradGuard::new().with_clip_norm(clip), false),
         (GradGuard::default(), false),
-        (scaled(256.0, 4, None), false),
-        (scaled(256.0, 4, None), true),
-        (scaled(256.0, 4, None), false),
-        (scaled(256.0, 4, None), false),
-        (scaled(256.0, 2, clip), false),
+        (scaled(256.0, 4), false),
+        (scaled(256.0, 4), true),
+        (scaled(256.0, 4), false),
+        (scaled(256.0, 4), false),
+        (scaled(256.0, 2).with_clip_norm(clip), false),
         (disabled, false),
-        (scaled(1024.0, 2, None), false),
-        (scaled(1024.0, 2, None), true),
+        (scaled(1024.0, 2), false),
+        (scaled(1024.0, 2), true),
     ];
     let gpu = common::gpu();
     for precision in [Precision::default(), Precision::lean()] {
@@ -835,10 +745,7 @@ fn every_guard_transition_matches_its_twin_bit_for_bit() {
 fn a_scaler_switched_with_a_step_unsubmitted_is_refused() {
     let gpu = common::gpu();
     let (params, grads) = common::params_and_grads(gpu, 1025);
-    let scaling = GradGuard {
-        scaler: Some(GradScaler::default()),
-        ..GradGuard::default()
-    };
+    let scaling = GradGuard::new().with_scaler(GradScaler::default());
     let mut optimizer = Optimizer::new(gpu, Adam::default(), 1025)
         .unwrap()
         .with_grad_guard(scaling)
@@ -854,10 +761,7 @@ fn a_scaler_switched_with_a_step_unsubmitted_is_refused() {
     );
     assert_eq!(optimizer.grad_guard(), Some(&scaling));
     // Settings that keep the scaler on change nothing on the device: no need to wait.
-    let clipped = GradGuard {
-        clip_value: Some(1.0),
-        ..scaling
-    };
+    let clipped = scaling.with_clip_value(1.0);
     optimizer.set_grad_guard(clipped).unwrap();
     gpu.queue().submit([encoder.finish()]);
     optimizer.set_grad_guard(GradGuard::default()).unwrap();
@@ -878,14 +782,9 @@ fn shards_under_a_split_guard_agree_and_match_the_twin_bit_for_bit() {
         .collect();
     let names: Vec<String> = tensors.iter().map(|(name, _)| name.clone()).collect();
     let precision: Precision = "bf16,master=remainder,state=8bit".parse().unwrap();
-    let guard = GradGuard {
-        scaler: Some(scaler(1024.0, 2)),
-        clip_value: None,
-        clip_norm: Some(ClipGradNorm {
-            max_norm: 1.0,
-            norm_type: NormType::L2,
-        }),
-    };
+    let guard = GradGuard::new()
+        .with_scaler(scaler(1024.0, 2))
+        .with_clip_norm(ClipGradNorm::new(1.0));
     let groups =
         || vec![ParamGroup::new(Adam::default(), names.clone()).with_precision(precision.clone())];
     let layout = ParamSet::new(gpu, &tensors, groups())

@@ -11,7 +11,8 @@ use std::fmt::Write as _;
 
 use fused_optim::baseline::{Roofline, RooflineScalars};
 use fused_optim::tooling::{
-    shader_source, visit_rules, Lanes, RegisteredRule, RuleVisitor, MAX_STEP_VALUES_BYTES,
+    shader_source, visit_rules, Lanes, RegisteredRule, RuleVisitor, ScalarFields,
+    MAX_STEP_VALUES_BYTES,
 };
 use fused_optim::{Precision, StepValues, UpdateRule};
 use naga::back::pipeline_constants::process_overrides;
@@ -34,8 +35,9 @@ const BOUNDS_CHECKS: BoundsCheckPolicies = BoundsCheckPolicies {
 /// so the descriptions of a state slot (its name in `STATE_SLOTS`, its position in the twin's
 /// `state`, its binding) cannot drift: a rule's own WGSL declares no binding, the host
 /// generates binding `8 + 2i` as `STATE_SLOTS[i]` (and `9 + 2i` as its scales in 8-bit), no
-/// other binding lies past the maps, and the WGSL `Scalars` has the size of the rule's
-/// `Scalars`. The roofline baseline is held to the same.
+/// other binding lies past the maps, and the WGSL `Scalars`, which the host declares from the
+/// rule's `declare_scalars!`, has the Rust struct's size and field names (the WGSL layout
+/// rules could pad where `#[repr(C)]` does not). The roofline baseline is held to the same.
 #[test]
 fn state_slots_and_scalars_are_declared_once() {
     struct Declarations;
@@ -52,6 +54,10 @@ fn check_declarations<R: UpdateRule>(name: &str) {
     assert!(
         !R::SHADER.contains("@binding"),
         "{name}: a rule's WGSL declares no binding; the host generates them per format"
+    );
+    assert!(
+        !R::SHADER.contains("struct Scalars"),
+        "{name}: a rule's WGSL declares no `Scalars`; the host declares it from the Rust one"
     );
     for (precision, per_slot) in [(Precision::default(), 1), (Precision::lean(), 2)] {
         check_bindings::<R>(name, &precision, per_slot);
@@ -89,12 +95,16 @@ fn check_bindings<R: UpdateRule>(name: &str, precision: &Precision, per_slot: us
         state, declared,
         "{name}: the shader's state bindings (left) differ from STATE_SLOTS (right)"
     );
-    let scalars = module
+    let (scalars, members) = module
         .types
         .iter()
         .find_map(|(_, ty)| match (&ty.name, &ty.inner) {
-            (Some(type_name), TypeInner::Struct { span, .. }) if type_name == "Scalars" => {
-                Some(*span as usize)
+            (Some(type_name), TypeInner::Struct { span, members }) if type_name == "Scalars" => {
+                let names: Vec<String> = members
+                    .iter()
+                    .map(|member| member.name.clone().unwrap_or_default())
+                    .collect();
+                Some((*span as usize, names))
             }
             _ => None,
         })
@@ -104,6 +114,14 @@ fn check_bindings<R: UpdateRule>(name: &str, precision: &Precision, per_slot: us
         std::mem::size_of::<R::Scalars>(),
         "{name}: the WGSL Scalars is {scalars} bytes, the Rust Scalars {}",
         std::mem::size_of::<R::Scalars>()
+    );
+    assert_eq!(
+        members,
+        <R::Scalars as ScalarFields>::FIELDS
+            .iter()
+            .map(|(name, _)| *name)
+            .collect::<Vec<_>>(),
+        "{name}: the WGSL Scalars' fields (left) differ from the declared scalars (right)"
     );
 }
 

@@ -9,8 +9,9 @@
 mod common;
 
 use fused_optim::baseline::UnfusedChain;
-use fused_optim::tooling::{visit_rules, RegisteredRule, RuleVisitor};
-use fused_optim::{Adam, CpuOptimizer, GpuContext, Optimizer, StepValues, UpdateRule};
+
+use fused_optim::tooling::{visit_rules, RegisteredRule, RuleVisitor, Unfused};
+use fused_optim::{Adam, CpuOptimizer, GpuContext, Optimizer, StepValues};
 
 const SIZES: [usize; 9] = [1, 3, 4, 5, 255, 257, 1025, 100_003, 4_194_307];
 
@@ -45,7 +46,7 @@ const LEARNING_RATES: [f64; STEPS] = [0.1, 0.03, 0.2, 0.05, 0.12, 0.08, 0.15];
 /// flag or epsilon placement shows up at 1e-3 or more.
 const TOLERANCE: f64 = common::TWIN_TOLERANCE;
 
-fn check_rule<R: UpdateRule>(rule: R) {
+fn check_rule<R: Unfused>(rule: R) {
     let mut worst = (0.0, "params", SIZES[0]);
     for (gpu, sizes) in contexts() {
         for (index, &len) in sizes.iter().enumerate() {

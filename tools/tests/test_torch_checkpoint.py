@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import torch_checkpoint
 
@@ -399,6 +399,40 @@ def test_flag_values_carried(tmp_path, make, options, rule, expected):
     assert status == 0
     written = metadata(output)
     assert {key: written[f"param_groups.0.{key}"] for key in expected} == expected
+
+
+def test_own_hyperparameters_go_to_torch_only_at_torchs_value(tmp_path):
+    """fused-optim's own hyperparameters, which no torch class has (the schema's `always`
+    values beyond the class's hyperparameters), are dropped at PyTorch's behaviour and refused
+    at any other."""
+    model, optimizer = trained(torch.optim.RMSprop)
+    params = torch_checkpoint.params_in_order(optimizer, model)
+    status, output = to_fused(tmp_path, optimizer.state_dict(), params, "--rule", "RMSprop",
+                              "--step", "3")
+    assert status == 0
+    state_dict, rule = torch_checkpoint.fused_to_state_dict(str(output), params)
+    assert rule == "RMSprop" and "eps_inside_sqrt" not in state_dict["param_groups"][0]
+    inside = tmp_path / "inside.safetensors"
+    save_file(load_file(str(output)), str(inside),
+              {**metadata(output), "param_groups.0.eps_inside_sqrt": "true"})
+    with pytest.raises(ValueError, match=r"RMSprop with eps_inside_sqrt=True has no torch.optim "
+                                         r"form \(PyTorch's behaviour is eps_inside_sqrt=False\)"):
+        torch_checkpoint.fused_to_state_dict(str(inside), params)
+
+
+def test_tables_come_from_the_librarys_schema(tmp_path):
+    """The converter's tables are the schema's: AdamW is Adam's rule with decoupled weight
+    decay, and SGD keeps its momentum buffer with momentum on."""
+    assert torch_checkpoint.RULES["AdamW"] == ("Adam", {"decoupled_weight_decay": True})
+    assert torch_checkpoint.HYPERPARAMETERS["AdamW"]["weight_decay"] == 0.01
+    assert torch_checkpoint.SLOTS["SGD"] == {"momentum_buffer": "momentum"}
+    assert torch_checkpoint.HOST_STATE["NAdam"] == ["mu_product"]
+    broken = json.loads(torch_checkpoint.SCHEMA_PATH.read_text())
+    broken["schema_version"] = 0
+    path = tmp_path / "schema.json"
+    path.write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match="schema version 0"):
+        torch_checkpoint._load_schema(path)
 
 
 @pytest.mark.parametrize("rule, decoupled, warned", [("Adam", "false", True),

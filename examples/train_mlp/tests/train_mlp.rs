@@ -94,10 +94,7 @@ fn the_leanest_precision_trains_within_two_percent_of_f32() {
 /// gradients f16 would flush; the test loss after a full run is within 2% of the f32 run's.
 #[test]
 fn f16_with_dynamic_loss_scaling_trains_within_two_percent_of_f32() {
-    let guard = fused_optim::GradGuard {
-        scaler: Some(fused_optim::GradScaler::default()),
-        ..Default::default()
-    };
+    let guard = fused_optim::GradGuard::new().with_scaler(fused_optim::GradScaler::default());
     let run = full_adam_run("f16".parse().unwrap(), Some(guard));
     let cpu_test_loss = run.cpu_test_loss.unwrap();
     let difference = (run.gpu_test_loss - cpu_test_loss).abs() / cpu_test_loss;
@@ -192,10 +189,7 @@ fn a_resumed_run_continues_the_uninterrupted_one_bit_for_bit() {
     let data = mlp::wine_quality(7);
     let scratch = tempfile::tempdir().unwrap();
     let dir = scratch.path().join("checkpoint");
-    let scaling = fused_optim::GradGuard {
-        scaler: Some(fused_optim::GradScaler::default()),
-        ..Default::default()
-    };
+    let scaling = fused_optim::GradGuard::new().with_scaler(fused_optim::GradScaler::default());
     let cases = [
         (fused_optim::Precision::default(), None),
         (fused_optim::Precision::lean(), Some(scaling)),

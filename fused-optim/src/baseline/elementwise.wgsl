@@ -1,20 +1,16 @@
 // One elementwise tensor operation per dispatch: the unfused chain the benchmark compares each
 // fused rule against (unfused.rs), the way a tensor framework without fusion runs an optimizer
 // step (one kernel per mul, add, sqrt, ...). `OP` picks the operation; its numbers are
-// `Elementwise`'s discriminants in src/rule/program.rs. The host declares `V` and `step` ahead
-// of it as for a rule, and it keeps the prelude's bindings, `Step` layout and windowing (values,
+// `Elementwise`'s discriminants in src/rule/program.rs. The host declares `V`, `Scalars` and
+// `step` ahead of it as for a rule, and it keeps the prelude's bindings, `Step` layout and windowing (values,
 // then the read-write operand at binding 1, the read one at binding 2), so the engine
 // dispatches it like a rule with no state and it moves 16-byte vectors too. It brings its own
-// entry point (`UpdateRule::OWN_ENTRY_POINT`) because the prelude's reads both operands of
+// entry point (`StepKernel::OWN_ENTRY_POINT`) because the prelude's reads both operands of
 // every element: a framework's copy or in-place scale reads one tensor, and the baseline
 // should move no more bytes than the framework would.
 
 override WORKGROUP_SIZE: u32 = 256u;
 override OP: u32 = 0u;
-
-struct Scalars {
-    scalar: f32,
-}
 
 // The prelude's `Step`: the 32-byte header (only begin and end used here), then the scalars.
 struct Step {

@@ -12,7 +12,7 @@ pub use unfused::UnfusedChain;
 use crate::gpu::shader_forms;
 
 /// The baselines' full WGSL in each form the host builds, named like
-/// [`shader_sources`](crate::shader_sources)'s.
+/// [`shader_sources`](crate::tooling::shader_sources)'s.
 pub fn shader_sources() -> Vec<(String, String)> {
     let mut sources = shader_forms::<Roofline>("roofline.wgsl");
     sources.extend(shader_forms::<unfused::ElementwiseOp>("elementwise.wgsl"));

@@ -6,8 +6,9 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::Result;
 use crate::rule::check::require;
-use crate::rule::program::{Operand, Program};
-use crate::rule::{Hyperparameter, UpdateRule};
+use crate::rule::declaration::{Declared, Field, ScalarFields};
+use crate::rule::program::{Operand, Program, Unfused};
+use crate::rule::UpdateRule;
 
 /// Moves the bytes of a rule with `states` (0 to [`Roofline::MAX_STATES`]) state buffers:
 /// `p += g` and `state += p` for each kept state.
@@ -30,12 +31,25 @@ pub struct RooflineScalars {
     pub unused: f32,
 }
 
-impl UpdateRule for Roofline {
+impl Declared for Roofline {
     type Scalars = RooflineScalars;
-    const SHADER: &'static str = include_str!("roofline.wgsl");
-    const STATE_SLOTS: &'static [&'static str] = &["state0", "state1", "state2"];
-    const COUNTS_STEPS: bool = false;
     const CHECKPOINT_NAME: &'static str = "Roofline";
+    const TORCH_CLASS: Option<&'static str> = None;
+    const HYPERPARAMETERS: &'static [Field<Self>] = &[];
+    const NOT_IN_TORCH: &'static [&'static str] = &[];
+    const STATE_SLOTS: &'static [&'static str] = &["state0", "state1", "state2"];
+    const NON_NEGATIVE: &'static [&'static str] = &[];
+    const KEPT_WITH: &'static [(&'static str, &'static str)] = &[];
+    const HOST_STATE: &'static [&'static str] = &[];
+    const COUNTS_STEPS: bool = false;
+}
+
+impl ScalarFields for RooflineScalars {
+    const FIELDS: &'static [(&'static str, &'static str)] = &[("unused", "f32")];
+}
+
+impl UpdateRule for Roofline {
+    const SHADER: &'static str = include_str!("roofline.wgsl");
 
     fn name(&self) -> &'static str {
         ["roofline-0", "roofline-1", "roofline-2", "roofline-3"][self.states.min(3)]
@@ -48,18 +62,6 @@ impl UpdateRule for Roofline {
             self.states as f64,
             "the roofline kernel has three state slots",
         )
-    }
-
-    fn hyperparameters(&self) -> Vec<(&'static str, Hyperparameter)> {
-        Vec::new()
-    }
-
-    fn set_hyperparameter(&mut self, name: &str, _value: Hyperparameter) -> Result<()> {
-        Err(crate::Error::UnknownHyperparameter {
-            name: name.to_owned(),
-            rule: self.name(),
-            available: String::new(),
-        })
     }
 
     fn keeps_state(&self, name: &str) -> bool {
@@ -88,7 +90,9 @@ impl UpdateRule for Roofline {
         }
         p + g
     }
+}
 
+impl Unfused for Roofline {
     fn unfused(&self, _t: u64, _host: &[f64], program: &mut Program) {
         for slot in 0..self.states {
             program.add(Operand::State(slot), Operand::Param);

@@ -9,10 +9,6 @@ override STATE0: bool = false;
 override STATE1: bool = false;
 override STATE2: bool = false;
 
-struct Scalars {
-    unused: f32,
-}
-
 fn update(i: u32, p: V, g: V) -> V {
     if STATE0 {
         store_state0(i, load_state0(i) + p);

@@ -1,7 +1,7 @@
 //! The unfused chain: an update rule run the way a tensor framework without fusion runs it,
 //! one elementwise kernel per operation (`elementwise.wgsl`, beside this file), each reading and
-//! writing whole tensors. Each operation is a rule of its own over a (destination, source)
-//! pair, run through the same engine as the optimizers (windows, per-step values, checks,
+//! writing whole tensors. Each operation is a kernel of its own over a (destination, source)
+//! pair (a [`StepKernel`], not a rule), run through the same engine as the optimizers (windows, per-step values, checks,
 //! cached bind groups). The benchmark times it beside the fused kernel; the tests hold its
 //! results to the CPU twin, so the comparison is between two correct implementations.
 
@@ -11,11 +11,12 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::format::Precision;
-use crate::gpu::{state_buffer, Engine, GpuContext, Reduction, Span};
-use crate::rule::program::{Elementwise, Op, Operand, Program};
-use crate::rule::{find_state, try_set_lr, Hyperparameter, StateRef, UpdateRule};
+use crate::gpu::{state_buffer, Engine, GpuContext, Reduction, Span, StepKernel};
+use crate::rule::declaration::ScalarFields;
+use crate::rule::program::{Elementwise, Op, Operand, Program, Unfused};
+use crate::rule::{find_state, try_set_lr, StateRef};
 
-/// One elementwise operation as a rule: the engine binds its destination as the params and
+/// One elementwise operation as a kernel: the engine binds its destination as the params and
 /// its source as the grads. Operations without a source get the grads bound and never read
 /// them: the kernel brings its own entry point, which loads only the operands its operation
 /// uses, as a framework's kernel would.
@@ -32,13 +33,18 @@ pub(crate) struct ElementwiseScalars {
     scalar: f32,
 }
 
-impl UpdateRule for ElementwiseOp {
+impl ScalarFields for ElementwiseScalars {
+    const FIELDS: &'static [(&'static str, &'static str)] = &[("scalar", "f32")];
+}
+
+/// An operation is a kernel, not a rule: its own entry point reads only the operands it uses,
+/// and an integer override picks the operation.
+impl StepKernel for ElementwiseOp {
     type Scalars = ElementwiseScalars;
     const SHADER: &'static str = include_str!("elementwise.wgsl");
     const OWN_ENTRY_POINT: bool = true;
     const STATE_SLOTS: &'static [&'static str] = &[];
-    const COUNTS_STEPS: bool = false;
-    const CHECKPOINT_NAME: &'static str = "ElementwiseOp";
+    const NON_NEGATIVE: &'static [&'static str] = &[];
 
     fn name(&self) -> &'static str {
         "unfused op"
@@ -48,72 +54,32 @@ impl UpdateRule for ElementwiseOp {
         Ok(())
     }
 
-    fn hyperparameters(&self) -> Vec<(&'static str, Hyperparameter)> {
-        Vec::new()
-    }
-
-    fn set_hyperparameter(&mut self, name: &str, _value: Hyperparameter) -> Result<()> {
-        Err(Error::UnknownHyperparameter {
-            name: name.to_owned(),
-            rule: self.name(),
-            available: String::new(),
-        })
-    }
-
     fn keeps_state(&self, _name: &str) -> bool {
         false
+    }
+
+    fn initial_state(&self, _name: &str) -> f32 {
+        0.0
+    }
+
+    fn pipeline_constants(&self) -> Vec<(&'static str, u32)> {
+        vec![("OP", self.kind as u32)]
     }
 
     fn l2_weight_decay(&self) -> f64 {
         0.0
     }
 
-    fn flags(&self) -> Vec<(&'static str, bool)> {
+    fn initial_host_state(&self) -> Vec<f64> {
         Vec::new()
     }
 
-    fn constants(&self) -> Vec<(&'static str, u32)> {
-        vec![("OP", self.kind as u32)]
-    }
+    fn advance_host_state(&self, _t: u64, _host: &mut [f64]) {}
 
     fn scalars(&self, _t: u64, _host: &[f64]) -> ElementwiseScalars {
         ElementwiseScalars {
             scalar: self.scalar,
         }
-    }
-
-    fn twin_update(&self, s: &ElementwiseScalars, dst: f32, src: f32, _state: &mut [f32]) -> f32 {
-        let s = s.scalar;
-        match self.kind {
-            Elementwise::Add => dst + src,
-            Elementwise::Sub => dst - src,
-            Elementwise::Mul => dst * src,
-            Elementwise::Div => dst / src,
-            Elementwise::Max => dst.max(src),
-            Elementwise::MulScalar => dst * s,
-            Elementwise::DivScalar => dst / s,
-            Elementwise::AddScalar => dst + s,
-            Elementwise::SqrtInPlace => dst.sqrt(),
-            Elementwise::Copy => src,
-            Elementwise::Sqrt => src.sqrt(),
-            Elementwise::Square => src * src,
-            Elementwise::Scale => src * s,
-            Elementwise::Abs => src.abs(),
-            Elementwise::Sign => match src {
-                x if x > 0.0 => 1.0,
-                x if x < 0.0 => -1.0,
-                x => x,
-            },
-        }
-    }
-
-    fn unfused(&self, _t: u64, _host: &[f64], program: &mut Program) {
-        program.ops.push(Op {
-            kind: self.kind,
-            dst: Operand::Param,
-            src: Some(Operand::Grad),
-            scalar: self.scalar,
-        });
     }
 }
 
@@ -127,7 +93,7 @@ fn op_key(op: &Op) -> OpKey {
 /// A rule run as its unfused chain over caller buffers of `len` elements, with its own state
 /// and scratch tensors. Every step is submitted; it is a benchmark baseline, not an optimizer
 /// to train with.
-pub struct UnfusedChain<R: UpdateRule> {
+pub struct UnfusedChain<R: Unfused> {
     context: GpuContext,
     rule: R,
     len: u64,
@@ -141,7 +107,7 @@ pub struct UnfusedChain<R: UpdateRule> {
     ops: HashMap<OpKey, Engine<ElementwiseOp>>,
 }
 
-impl<R: UpdateRule> UnfusedChain<R> {
+impl<R: Unfused> UnfusedChain<R> {
     /// Validates `rule`, builds an engine for each operation of its program and allocates its
     /// state and scratch tensors for `len` elements.
     pub fn new(context: &GpuContext, rule: R, len: usize) -> Result<Self> {

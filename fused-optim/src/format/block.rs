@@ -49,28 +49,28 @@ pub struct Code {
 
 impl Code {
     /// The largest signed code.
-    pub fn top(&self) -> u8 {
+    pub(crate) fn top(&self) -> u8 {
         ((1u32 << (self.bits - 1)) - 1) as u8
     }
 
     /// How many finite unsigned codes there are.
-    pub fn levels(&self) -> u8 {
+    pub(crate) fn levels(&self) -> u8 {
         ((1u32 << self.bits) - 2) as u8
     }
 
     /// The signed code of NaN.
-    pub fn signed_nan(&self) -> u8 {
+    pub(crate) fn signed_nan(&self) -> u8 {
         1 << (self.bits - 1)
     }
 
     /// The unsigned code of +inf; the next one is NaN.
-    pub fn unsigned_inf(&self) -> u8 {
+    pub(crate) fn unsigned_inf(&self) -> u8 {
         self.levels()
     }
 
     /// The code of `x` in a signed block whose scale's reciprocal is `inverse`, rounding up
     /// past `random`.
-    pub fn signed_code(&self, x: f32, inverse: f32, random: f32) -> u8 {
+    pub(crate) fn signed_code(&self, x: f32, inverse: f32, random: f32) -> u8 {
         if !x.is_finite() {
             return self.signed_nan();
         }
@@ -84,7 +84,7 @@ impl Code {
     }
 
     /// The value of signed code `code` in a block of scale `scale`.
-    pub fn signed_value(&self, code: u8, scale: f32) -> f32 {
+    pub(crate) fn signed_value(&self, code: u8, scale: f32) -> f32 {
         if code == self.signed_nan() {
             return f32::NAN;
         }
@@ -101,7 +101,7 @@ impl Code {
     /// The code of `x` (its magnitude) in an unsigned block whose scale's reciprocal is
     /// `inverse`, rounding up past `random`; a value below the smallest code's takes that
     /// code.
-    pub fn unsigned_code(&self, x: f32, inverse: f32, random: f32) -> u8 {
+    pub(crate) fn unsigned_code(&self, x: f32, inverse: f32, random: f32) -> u8 {
         if x.is_nan() {
             return self.unsigned_inf() + 1;
         }
@@ -114,7 +114,7 @@ impl Code {
     }
 
     /// The value of unsigned code `code` in a block of scale `scale`.
-    pub fn unsigned_value(&self, code: u8, scale: f32) -> f32 {
+    pub(crate) fn unsigned_value(&self, code: u8, scale: f32) -> f32 {
         if code > self.unsigned_inf() {
             return f32::NAN;
         }
@@ -127,7 +127,7 @@ impl Code {
     }
 
     /// The code of `x` in a block whose scale's reciprocal is `inverse`, signed or unsigned.
-    pub fn code(&self, x: f32, inverse: f32, non_negative: bool, random: f32) -> u8 {
+    pub(crate) fn code(&self, x: f32, inverse: f32, non_negative: bool, random: f32) -> u8 {
         match non_negative {
             true => self.unsigned_code(x, inverse, random),
             false => self.signed_code(x, inverse, random),
@@ -135,7 +135,7 @@ impl Code {
     }
 
     /// The value of `code` in a block of scale `scale`, signed or unsigned.
-    pub fn value(&self, code: u8, scale: f32, non_negative: bool) -> f32 {
+    pub(crate) fn value(&self, code: u8, scale: f32, non_negative: bool) -> f32 {
         match non_negative {
             true => self.unsigned_value(code, scale),
             false => self.signed_value(code, scale),
@@ -145,14 +145,14 @@ impl Code {
     /// Each code's value in a block of scale 1 (non-finite codes: NaN or +inf), in code
     /// order: what checkpoints carry so that other tools decode without this module. A value
     /// is `table[code] * scale` for finite entries, the entry itself otherwise.
-    pub fn table(&self, non_negative: bool) -> Vec<f32> {
+    pub(crate) fn table(&self, non_negative: bool) -> Vec<f32> {
         (0..1u32 << self.bits)
             .map(|c| self.value(c as u8, 1.0, non_negative))
             .collect()
     }
 
     /// Codes the values of one block at scale `scale`: appends one code per value to `codes`.
-    pub fn encode(
+    pub(crate) fn encode(
         &self,
         values: &[f32],
         scale: f32,
@@ -227,24 +227,24 @@ pub fn scale_value(raw: u32, shift: u32) -> f32 {
 /// A block format: its code and its scale's width, all that the GPU glue, the twin and
 /// checkpoints need to know of it. Codes of `code.bits` are packed little-end first in bytes
 /// (two 4-bit codes per byte, element `2k` in the low nibble), scales in whole little-endian
-/// bytes, one per block of [`BLOCK`].
+/// bytes, one per block of `BLOCK`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BlockFormat {
     /// The code of each element.
     pub code: Code,
     /// Where each block's scale sits in an f32's bits: 16 for a bf16, 23 for an exponent
-    /// byte (see [`scale_bits`]).
+    /// byte (see `scale_bits`).
     pub scale_shift: u32,
 }
 
 impl BlockFormat {
     /// Bytes of one block's scale.
-    pub fn scale_bytes(&self) -> u64 {
+    pub(crate) fn scale_bytes(&self) -> u64 {
         (31 - self.scale_shift as u64).div_ceil(8)
     }
 
     /// The scale of block `block` of `scales`.
-    pub fn scale(&self, scales: &[u8], block: usize) -> f32 {
+    pub(crate) fn scale(&self, scales: &[u8], block: usize) -> f32 {
         let per = self.scale_bytes() as usize;
         let raw = scales[per * block..per * block + per]
             .iter()
@@ -254,14 +254,20 @@ impl BlockFormat {
     }
 
     /// Element `e`'s code in `codes`.
-    pub fn code_at(&self, codes: &[u8], e: usize) -> u8 {
+    pub(crate) fn code_at(&self, codes: &[u8], e: usize) -> u8 {
         let bits = self.code.bits as usize;
         let (byte, shift) = (e * bits / 8, (e * bits) % 8);
         (codes[byte] >> shift) & ((1u16 << bits) - 1) as u8
     }
 
     /// The value of element `e` of the codes and scales of a whole state.
-    pub fn value_at(&self, codes: &[u8], scales: &[u8], e: usize, non_negative: bool) -> f32 {
+    pub(crate) fn value_at(
+        &self,
+        codes: &[u8],
+        scales: &[u8],
+        e: usize,
+        non_negative: bool,
+    ) -> f32 {
         let scale = self.scale(scales, e / BLOCK as usize);
         self.code.value(self.code_at(codes, e), scale, non_negative)
     }
@@ -269,7 +275,7 @@ impl BlockFormat {
     /// Codes the new values of one block, its first element `stream.first`, into the codes
     /// and scales of the whole state: its scale from its largest finite magnitude, then each
     /// code rounded with `stream`'s random points.
-    pub fn encode_block(
+    pub(crate) fn encode_block(
         &self,
         values: &[f32],
         non_negative: bool,

@@ -2,14 +2,14 @@
 //! what each costs in bytes. The rules never see a format: the prelude loads every value to
 //! f32 before a rule's `update` and stores it after, through the WGSL codecs beside their
 //! CPU twins here (`codec.wgsl` with [`codec`] for the 16-bit formats, `block.wgsl` with
-//! [`block`] for block codes, `correction.wgsl` with [`correction`] for the 8-bit master).
+//! `block.rs` for block codes, `correction.wgsl` with `correction.rs` for the 8-bit master).
 //! A state format is a name and a [`Layout`], listed in [`StateFormat::ALL`]; everything
 //! else reads its layout. This layer is plain data, integer/f32 arithmetic and WGSL text: no
 //! GPU and no particular rule.
 
-pub mod block;
+pub(crate) mod block;
 pub mod codec;
-pub mod correction;
+pub(crate) mod correction;
 pub mod q4;
 pub mod q8;
 
@@ -17,6 +17,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
+pub use block::{BlockFormat, Code};
 
 /// Elements in one block of 8-bit state: one bf16 scale per block.
 pub const BLOCK: u64 = block::BLOCK;
@@ -102,7 +103,8 @@ impl Dtype {
         }
     }
 
-    fn name(self) -> &'static str {
+    /// The name a precision's text gives it (`f32`, `bf16`, `f16`), as errors name it.
+    pub fn name(self) -> &'static str {
         match self {
             Dtype::F32 => "f32",
             Dtype::Bf16 => "bf16",
@@ -128,7 +130,7 @@ pub enum Master {
     /// rounded to nearest with ties away from zero (see [`codec::split_remainder`]).
     Bf16Remainder,
     /// bf16 params only: one byte per parameter, a signed count of 1/256ths of the param's
-    /// ulp, rounded stochastically ([`correction`]): the master within ulp/512 of the f32
+    /// ulp, rounded stochastically (`correction.rs`): the master within ulp/512 of the f32
     /// one (16 significant bits), for 1 byte where the remainder takes 2. The param is the
     /// master rounded to nearest, ties to even.
     Bf16Correction,
@@ -154,7 +156,7 @@ pub enum Layout {
     /// `2k` in the low half), rounded to nearest, ties to even (`codec.wgsl`, [`codec`]).
     Elements(Dtype),
     /// Blocks of [`BLOCK`] elements, a code per element and a scale per block
-    /// ([`block::BlockFormat`], `block.wgsl`).
+    /// ([`BlockFormat`], `block.wgsl`).
     Blocks(block::BlockFormat),
 }
 
@@ -252,7 +254,7 @@ impl StateFormat {
     /// The buffer contents of `values` in this format: the values, and for block formats the
     /// scale of each block of 32, blocks counted from the first value, each in whole words;
     /// coded for a slot that is never negative where `non_negative`, rounded with the random
-    /// points of slot `slot` at step `step` ([`block::random`]).
+    /// points of slot `slot` at step `step` (`block.rs`'s `random`).
     pub fn encode(
         self,
         values: &[f32],

@@ -1,5 +1,5 @@
 //! 4-bit block state (`state=4bit`, [`StateFormat::BLOCK4`](super::StateFormat::BLOCK4)):
-//! the block scheme of [`super::block`] at 4 bits, with an exponent byte as each block's
+//! the block scheme of `block.rs` at 4 bits, with an exponent byte as each block's
 //! scale. Everything else about it (its WGSL, twin, buffer and checkpoint layout) follows
 //! from this declaration.
 //!

@@ -1,5 +1,5 @@
 //! 8-bit block state (`state=8bit`, [`StateFormat::BLOCK8`](super::StateFormat::BLOCK8)):
-//! the block scheme of [`super::block`] at 8 bits, with a bf16 scale per block. Everything
+//! the block scheme of `block.rs` at 8 bits, with a bf16 scale per block. Everything
 //! else about it (its WGSL, twin, buffer and checkpoint layout) follows from this declaration.
 //!
 //! Signed codes run to ±127 (`0x80` is NaN), unsigned ones to 253 (254 is +inf, 255 NaN), one

@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use wgpu::util::DeviceExt;
 
-use super::kernel::{Kernel, KernelKey, StepValues};
+use super::kernel::{Kernel, KernelKey, StepValues, HEADER_BYTES};
 use crate::error::{Error, Result};
+use crate::rules::LARGEST_SCALARS_BYTES;
 
 /// A wgpu device and queue, plus what fused-optim caches on them. Cheap to clone.
 #[derive(Clone)]
@@ -33,9 +34,9 @@ pub struct DispatchLimits {
     pub workgroups_per_dimension: u32,
 }
 
-/// The most bytes of per-dispatch values any kernel here takes: the 32-byte header and nine
-/// scalars (NAdam's).
-pub const MAX_STEP_VALUES_BYTES: u64 = 68;
+/// The most bytes of per-dispatch values any rule's kernel takes: the header and the largest
+/// rule's scalars (the registry's count).
+pub const MAX_STEP_VALUES_BYTES: u64 = HEADER_BYTES as u64 + LARGEST_SCALARS_BYTES;
 
 /// Elements a u32 index reaches with room for the overshoot of a folded grid.
 const INDEX_LIMIT_ELEMENTS: u64 = 1 << 30;

@@ -11,13 +11,14 @@ use super::context::GpuContext;
 use super::glue::{roles, KernelFormats, Role};
 use super::guard::{DeviceGuard, Staged, Then};
 use super::kernel::{
-    dispatch_grid, step_values, values_size, DispatchValues, Kernel, KernelKey, ValueSlots,
+    dispatch_grid, step_values, values_size, DispatchValues, Kernel, KernelKey, StepValues,
 };
 use super::plan::{dispatches, windows, Dispatch, Grain, Span, Window};
+use super::step_kernel::StepKernel;
+use super::values::ValueSlots;
 use crate::error::{Error, Result};
 use crate::format::{codec, correction, Dtype, Master, Precision, StateFormat, BLOCK};
 use crate::guard::{GradGuard, GradStatus};
-use crate::rule::UpdateRule;
 
 mod checkpoint;
 mod submissions;
@@ -28,12 +29,12 @@ use submissions::{encoder_id, Ahead, Submissions, Work};
 
 /// Fused steps over `targets` caller buffer pairs, each element updated by its group's rule,
 /// in its group's storage formats.
-pub(crate) struct Engine<R: UpdateRule> {
+pub(crate) struct Engine<R: StepKernel> {
     context: GpuContext,
     pub groups: Vec<R>,
     pub precisions: Vec<Precision>,
     pub steps: u64,
-    /// Each group's host state (`UpdateRule::HOST_STATE`) as of step `steps`.
+    /// Each group's host state (a rule's `HOST_STATE`) as of step `steps`.
     pub host: Vec<Vec<f64>>,
     /// Elements of each target.
     lens: Vec<u64>,
@@ -43,7 +44,7 @@ pub(crate) struct Engine<R: UpdateRule> {
     formats: Vec<KernelFormats>,
     spans: Vec<Span>,
     /// Per span, the buffers the optimizer owns for it (master, state values, scales).
-    owned: Vec<Vec<(Role, wgpu::Buffer)>>,
+    owned: Vec<SpanBuffers>,
     windows: Vec<Window>,
     dispatches: Vec<Dispatch>,
     /// Each dispatch's kernel: its group's rule and formats, vector or scalar.
@@ -64,6 +65,9 @@ pub(crate) struct Engine<R: UpdateRule> {
     /// For a shard of a packed layout, its range: what needs every shard is refused.
     pub shard: Option<std::ops::Range<u64>>,
 }
+
+/// The buffers an engine owns for one span (master, state values, scales), by role.
+type SpanBuffers = Vec<(Role, wgpu::Buffer)>;
 
 /// Where a guarded step's check of the grads comes from.
 #[derive(Clone, Copy)]
@@ -183,7 +187,7 @@ impl Storage {
     }
 }
 
-impl<R: UpdateRule> Engine<R> {
+impl<R: StepKernel> Engine<R> {
     /// Validates every group's rule and precision, compiles (or reuses) their kernels and
     /// allocates the state of `spans` over targets of `lens` elements. Checks every size
     /// before allocating anything, and keeps nothing if an allocation fails.
@@ -194,119 +198,29 @@ impl<R: UpdateRule> Engine<R> {
         lens: Vec<u64>,
         spans: &[Span],
     ) -> Result<Self> {
-        for (rule, precision) in groups.iter().zip(&precisions) {
-            rule.validate()?;
-            precision.validate(R::STATE_SLOTS)?;
-            if R::OWN_ENTRY_POINT && *precision != Precision::default() {
-                return Err(Error::InvalidPrecision {
-                    reason: format!("{} runs in f32 only", rule.name()),
-                });
-            }
-        }
+        Self::validate_groups(&groups, &precisions)?;
         if lens.contains(&0) {
             return Err(Error::EmptyParams);
         }
-        // Each target's formats: those of the groups updating it, which must agree.
-        let mut dtypes: Vec<Option<(usize, Dtype, Dtype)>> = vec![None; lens.len()];
-        for span in spans {
-            let precision = &precisions[span.group];
-            match dtypes[span.target] {
-                None => dtypes[span.target] = Some((span.group, precision.params, precision.grads)),
-                Some((first, params, grads)) => {
-                    for (buffer, mine, theirs) in [
-                        ("params", params, precision.params),
-                        ("grads", grads, precision.grads),
-                    ] {
-                        if mine != theirs {
-                            return Err(Error::FormatMismatch {
-                                buffer,
-                                first,
-                                first_format: mine,
-                                second: span.group,
-                                second_format: theirs,
-                            });
-                        }
-                    }
-                }
-            }
-        }
-        let dtypes: Vec<(Dtype, Dtype)> = dtypes
-            .into_iter()
-            .map(|d| d.map_or((Dtype::F32, Dtype::F32), |(_, p, g)| (p, g)))
-            .collect();
-        let limits = context.limits();
+        let dtypes = target_dtypes(lens.len(), spans, &precisions)?;
         // Sizes are checked before anything is planned or allocated: a length no buffer can
         // hold is refused here, not found out by cutting it into windows.
-        if let Some(bytes) = lens
-            .iter()
-            .map(|len| len.saturating_mul(4))
-            .find(|&bytes| bytes > limits.max_buffer_size)
-        {
-            return Err(Error::BufferTooLarge {
-                what: "a tensor of this length (its params, grads and each state buffer)",
-                bytes,
-                limit: limits.max_buffer_size,
-            });
-        }
-        let formats: Vec<KernelFormats> = groups
-            .iter()
-            .zip(&precisions)
-            .map(|(rule, precision)| KernelFormats {
-                params: precision.params,
-                grads: precision.grads,
-                master: precision.master,
-                rounding: precision.rounding,
-                slots: R::STATE_SLOTS
-                    .iter()
-                    .map(|slot| rule.keeps_state(slot).then(|| precision.state_format(slot)))
-                    .collect(),
-                guarded: false,
-            })
-            .collect();
-        let dispatch = context.dispatch_limits();
-        let alignment = limits.min_storage_buffer_offset_alignment as u64;
-        let windows = windows(
-            spans,
-            dispatch.window_elements,
-            context.binding_elements(),
-            |span| Grain {
-                alignment: formats[span.group].alignment_elements(alignment),
-                quantum: formats[span.group].quantum(),
-            },
-        );
+        check_target_sizes(context, &lens)?;
+        let formats = Self::kernel_formats(&groups, &precisions);
+        let windows = plan_windows(context, spans, &formats);
         let dispatches = dispatches(&windows);
-        let device = context.device();
-        let values = context.step_values_for(values_size::<R>());
-        let values_bytes =
-            ValueSlots::bytes_needed(device, values, values_size::<R>(), dispatches.len());
-        // Dynamic offsets into the values' uniform are u32.
-        let values_limit = limits.max_buffer_size.min(u32::MAX as u64);
-        if values_bytes > values_limit {
-            return Err(Error::BufferTooLarge {
-                what: "the uniform of the step's values",
-                bytes: values_bytes,
-                limit: values_limit,
-            });
-        }
+        let values = Self::checked_step_values(context, dispatches.len())?;
         let kernels = build_kernels(context, &groups, &formats, &windows, &dispatches)?;
-        let (values, owned) = context.scoped("allocating optimizer state", || {
-            let values = ValueSlots::new(device, values, values_size::<R>(), dispatches.len());
-            let owned = spans
-                .iter()
-                .map(|span| {
-                    span_buffers(
-                        context,
-                        &groups[span.group],
-                        &formats[span.group],
-                        span.end - span.start,
-                    )
-                })
-                .collect();
-            (values, owned)
-        })?;
+        let (values, owned) = Self::allocate(
+            context,
+            (&groups, &formats),
+            spans,
+            values,
+            dispatches.len(),
+        )?;
         Ok(Self {
             context: context.clone(),
-            host: groups.iter().map(UpdateRule::initial_host_state).collect(),
+            host: groups.iter().map(StepKernel::initial_host_state).collect(),
             groups,
             precisions,
             steps: 0,
@@ -321,12 +235,89 @@ impl<R: UpdateRule> Engine<R> {
             windows,
             dispatches,
             values,
-            workgroups_per_dimension: dispatch.workgroups_per_dimension,
+            workgroups_per_dimension: context.dispatch_limits().workgroups_per_dimension,
             guard: None,
             checkpoint_copies: Default::default(),
             submissions: Submissions::default(),
             shard: None,
         })
+    }
+
+    /// Validates every group's rule, and its precision for the rule's kernels.
+    fn validate_groups(groups: &[R], precisions: &[Precision]) -> Result<()> {
+        for (rule, precision) in groups.iter().zip(precisions) {
+            rule.validate()?;
+            precision.validate(R::STATE_SLOTS)?;
+            if R::OWN_ENTRY_POINT && *precision != Precision::default() {
+                return Err(Error::InvalidPrecision {
+                    reason: format!("{} runs in f32 only", rule.name()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Each group's kernel formats: its precision's, and which slots its rule keeps, unguarded.
+    fn kernel_formats(groups: &[R], precisions: &[Precision]) -> Vec<KernelFormats> {
+        groups
+            .iter()
+            .zip(precisions)
+            .map(|(rule, precision)| KernelFormats {
+                params: precision.params,
+                grads: precision.grads,
+                master: precision.master,
+                rounding: precision.rounding,
+                slots: R::STATE_SLOTS
+                    .iter()
+                    .map(|slot| rule.keeps_state(slot).then(|| precision.state_format(slot)))
+                    .collect(),
+                guarded: false,
+            })
+            .collect()
+    }
+
+    /// The uniform slots of `dispatches` dispatches' values (passed as `values` says) and
+    /// each span's buffers for its group's rule in its formats, in one error scope: an
+    /// allocation that fails keeps nothing.
+    fn allocate(
+        context: &GpuContext,
+        (groups, formats): (&[R], &[KernelFormats]),
+        spans: &[Span],
+        values: StepValues,
+        dispatches: usize,
+    ) -> Result<(ValueSlots, Vec<SpanBuffers>)> {
+        context.scoped("allocating optimizer state", || {
+            let values = ValueSlots::new(context.device(), values, values_size::<R>(), dispatches);
+            let owned = spans
+                .iter()
+                .map(|span| {
+                    span_buffers(
+                        context,
+                        &groups[span.group],
+                        &formats[span.group],
+                        span.end - span.start,
+                    )
+                })
+                .collect();
+            (values, owned)
+        })
+    }
+
+    /// How the context passes the values of `dispatches` dispatches, once their uniform is
+    /// known to fit a buffer (dynamic offsets into it are u32).
+    fn checked_step_values(context: &GpuContext, dispatches: usize) -> Result<StepValues> {
+        let values = context.step_values_for(values_size::<R>());
+        let bytes =
+            ValueSlots::bytes_needed(context.device(), values, values_size::<R>(), dispatches);
+        let limit = context.limits().max_buffer_size.min(u32::MAX as u64);
+        if bytes > limit {
+            return Err(Error::BufferTooLarge {
+                what: "the uniform of the step's values",
+                bytes,
+                limit,
+            });
+        }
+        Ok(values)
     }
 
     /// Puts every later step under `guard`. The first guard compiles the guarded kernels and
@@ -688,7 +679,7 @@ impl<R: UpdateRule> Engine<R> {
                     if bytes != expected {
                         return Err(Error::FormatSize {
                             buffer: self.buffer_name(target, which),
-                            format: dtype,
+                            format: dtype.name(),
                             len,
                             expected,
                             got: bytes,
@@ -966,45 +957,78 @@ impl<R: UpdateRule> Engine<R> {
         // A lost device silently drops the work, and cached bind groups mean no wgpu call of
         // ours would notice.
         self.context.ensure_alive()?;
-        match (&self.guard, reduction) {
-            (Some(_), Reduction::Own) if self.shard.is_some() => {
-                self.whole(
-                    "a guarded step over the shard's grads alone",
-                    "record_grad_partial, gather every shard's partial, then \
-                     record_step_with_partials",
-                )?;
-            }
-            (None, Reduction::Gathered(..)) => {
-                return Err(Error::InvalidGuard {
-                    reason: "a step with gathered partials needs a grad guard".into(),
-                })
-            }
-            (_, Reduction::Gathered(gathered, count)) => check_gathered(gathered, count)?,
-            _ => {}
-        }
+        self.check_reduction(reduction)?;
         let stale = self.stale_targets(pairs)?;
         let t = self.steps + 1;
         let mut host = self.host.clone();
         for (rule, host) in self.groups.iter().zip(&mut host) {
             rule.advance_host_state(t, host);
         }
-        let (mut readback, mut staged) = (None, None);
-        if self.guard.is_some() {
-            let gathered = match reduction {
-                Reduction::Own => None,
-                Reduction::Gathered(_, count) => Some(count),
-            };
-            staged = Some(self.stage_guard(gathered)?);
-            readback = Some(
-                self.guard
-                    .as_ref()
-                    .expect("checked above")
-                    .device
-                    .readback_slot()?,
-            );
+        let guarded = self.stage_guarded_step(reduction)?;
+        self.bind_step(pairs, &stale, reduction)?;
+        let step = self.values_of_step(t, &host);
+        self.values.stage(&self.context, encoder, &step)?;
+        let readback = guarded.map(|(staged, readback)| {
+            let guard = &self.guard.as_ref().expect("staged above").device;
+            guard.record_stage(encoder, staged);
+            readback
+        });
+        let timestamps = self.record_guard_pass(encoder, reduction, timestamps);
+        self.record_update_pass(encoder, &step, timestamps);
+        if let (Some(guarded), Some(slot)) = (&mut self.guard, readback) {
+            guarded.device.record_readback(encoder, slot, t);
         }
+        Ok(host)
+    }
+
+    /// Refuses a step's `reduction` where it cannot be: a shard's own reduction under a guard
+    /// (every shard's grads decide the step), or gathered partials without a guard or in a
+    /// buffer that cannot hold them.
+    fn check_reduction(&self, reduction: Reduction) -> Result<()> {
+        match (&self.guard, reduction) {
+            (Some(_), Reduction::Own) if self.shard.is_some() => self.whole(
+                "a guarded step over the shard's grads alone",
+                "record_grad_partial, gather every shard's partial, then \
+                 record_step_with_partials",
+            ),
+            (None, Reduction::Gathered(..)) => Err(Error::InvalidGuard {
+                reason: "a step with gathered partials needs a grad guard".into(),
+            }),
+            (_, Reduction::Gathered(gathered, count)) => check_gathered(gathered, count),
+            _ => Ok(()),
+        }
+    }
+
+    /// With a guard, stages step `steps + 1`'s guard values (for a finalize over the
+    /// partials `reduction` gathers, where it does) and takes a buffer for the readback of
+    /// its status; `None` without a guard.
+    fn stage_guarded_step(
+        &mut self,
+        reduction: Reduction,
+    ) -> Result<Option<(Staged, wgpu::Buffer)>> {
+        if self.guard.is_none() {
+            return Ok(None);
+        }
+        let gathered = match reduction {
+            Reduction::Own => None,
+            Reduction::Gathered(_, count) => Some(count),
+        };
+        let staged = self.stage_guard(gathered)?;
+        let guarded = self.guard.as_ref().expect("checked above");
+        let readback = guarded.device.readback_slot()?;
+        Ok(Some((staged, readback)))
+    }
+
+    /// Binds what the step reads: the dispatches of the `stale` targets of `pairs`, the
+    /// partials `reduction` gathers (if it does) and the guard's reduction.
+    fn bind_step(
+        &mut self,
+        pairs: &[(&wgpu::Buffer, &wgpu::Buffer)],
+        stale: &[usize],
+        reduction: Reduction,
+    ) -> Result<()> {
         if !stale.is_empty() {
-            self.bind(pairs, &stale)?;
+            self.bind(pairs, stale)?;
         }
         if let (Some(guarded), Reduction::Gathered(gathered, _)) = (&mut self.guard, reduction) {
             self.context
@@ -1012,14 +1036,19 @@ impl<R: UpdateRule> Engine<R> {
                     guarded.device.bind_gathered(gathered)
                 })?;
         }
-        self.bind_reduction(pairs, &stale)?;
+        self.bind_reduction(pairs, stale)
+    }
+
+    /// The bytes of step `t`'s values, each dispatch's in its slot: its window's place and its
+    /// group's scalars, from the group's host state `host` advanced to step `t`.
+    fn values_of_step(&self, t: u64, host: &[Vec<f64>]) -> Vec<u8> {
         let scalars: Vec<R::Scalars> = self
             .groups
             .iter()
-            .zip(&host)
+            .zip(host)
             .map(|(rule, host)| rule.scalars(t, host))
             .collect();
-        let step = self.values.layout(self.dispatches.iter().map(|d| {
+        self.values.layout(self.dispatches.iter().map(|d| {
             let window = &self.windows[d.window];
             let values = DispatchValues {
                 begin: d.begin,
@@ -1029,46 +1058,59 @@ impl<R: UpdateRule> Engine<R> {
                 group: window.group,
             };
             step_values(&self.groups[window.group], &scalars[window.group], &values)
-        }));
-        self.values.stage(&self.context, encoder, &step)?;
-        if let (Some(guarded), Some(staged)) = (&self.guard, staged) {
-            guarded.device.record_stage(encoder, staged);
-        }
-        // With a guard, the reduction and its combine run in a pass of their own, whose
-        // resolved values are copied into the uniform the update pass reads; timestamps, if
-        // any, open the first pass and close the last.
-        let timestamps = match &self.guard {
-            None => timestamps,
-            Some(guarded) => {
-                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("fused-optim grad guard"),
-                    timestamp_writes: timestamps.as_ref().map(|t| {
-                        wgpu::ComputePassTimestampWrites {
-                            query_set: t.query_set,
-                            beginning_of_pass_write_index: t.beginning_of_pass_write_index,
-                            end_of_pass_write_index: None,
-                        }
-                    }),
-                });
-                match reduction {
-                    Reduction::Own => {
-                        let grads = grads_formats(&self.dtypes);
-                        let wide = self.workgroups_per_dimension;
-                        guarded
-                            .device
-                            .record_reduction(&mut pass, &grads, wide, Then::Finalize);
-                    }
-                    Reduction::Gathered(..) => guarded.device.record_gathered_finalize(&mut pass),
-                }
-                drop(pass);
-                guarded.device.record_resolved_copy(encoder);
-                timestamps.map(|t| wgpu::ComputePassTimestampWrites {
-                    query_set: t.query_set,
-                    beginning_of_pass_write_index: None,
-                    end_of_pass_write_index: t.end_of_pass_write_index,
-                })
-            }
+        }))
+    }
+
+    /// With a guard, records the pass of its reduction and combine (or of the finalize over
+    /// the partials `reduction` gathers), whose resolved values are copied into the uniform
+    /// the update pass reads. `timestamps`, if any, open the first pass and close the last:
+    /// returns those left for the update pass.
+    fn record_guard_pass<'a>(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        reduction: Reduction,
+        timestamps: Option<wgpu::ComputePassTimestampWrites<'a>>,
+    ) -> Option<wgpu::ComputePassTimestampWrites<'a>> {
+        let Some(guarded) = &self.guard else {
+            return timestamps;
         };
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("fused-optim grad guard"),
+            timestamp_writes: timestamps
+                .as_ref()
+                .map(|t| wgpu::ComputePassTimestampWrites {
+                    query_set: t.query_set,
+                    beginning_of_pass_write_index: t.beginning_of_pass_write_index,
+                    end_of_pass_write_index: None,
+                }),
+        });
+        match reduction {
+            Reduction::Own => {
+                let grads = grads_formats(&self.dtypes);
+                let wide = self.workgroups_per_dimension;
+                guarded
+                    .device
+                    .record_reduction(&mut pass, &grads, wide, Then::Finalize);
+            }
+            Reduction::Gathered(..) => guarded.device.record_gathered_finalize(&mut pass),
+        }
+        drop(pass);
+        guarded.device.record_resolved_copy(encoder);
+        timestamps.map(|t| wgpu::ComputePassTimestampWrites {
+            query_set: t.query_set,
+            beginning_of_pass_write_index: None,
+            end_of_pass_write_index: t.end_of_pass_write_index,
+        })
+    }
+
+    /// Records the update pass: every dispatch's kernel, bind group and slot of the `step`'s
+    /// values, with `timestamps` written around it.
+    fn record_update_pass(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        step: &[u8],
+        timestamps: Option<wgpu::ComputePassTimestampWrites>,
+    ) {
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some(self.groups[0].name()),
             timestamp_writes: timestamps,
@@ -1079,22 +1121,87 @@ impl<R: UpdateRule> Engine<R> {
                 .expect("every dispatch is bound above");
             let kernel = &self.kernels[index];
             pass.set_pipeline(&kernel.pipeline);
-            self.values.set(&mut pass, index, group, &step);
+            self.values.set(&mut pass, index, group, step);
             let invocations = d.len().div_ceil(kernel.items);
             let (x, y) = dispatch_grid(invocations, self.workgroups_per_dimension);
             pass.dispatch_workgroups(x, y, 1);
         }
-        drop(pass);
-        if let (Some(guarded), Some(slot)) = (&mut self.guard, readback) {
-            guarded.device.record_readback(encoder, slot, t);
-        }
-        Ok(host)
     }
+}
+
+/// Each of `targets` targets' (params, grads) formats: those of the groups whose `spans`
+/// update it, which must agree (f32 for a target no span updates).
+pub(crate) fn target_dtypes(
+    targets: usize,
+    spans: &[Span],
+    precisions: &[Precision],
+) -> Result<Vec<(Dtype, Dtype)>> {
+    // The first group seen updating each target, and its formats.
+    let mut dtypes: Vec<Option<(usize, Dtype, Dtype)>> = vec![None; targets];
+    for span in spans {
+        let precision = &precisions[span.group];
+        match dtypes[span.target] {
+            None => dtypes[span.target] = Some((span.group, precision.params, precision.grads)),
+            Some((first, params, grads)) => {
+                for (buffer, mine, theirs) in [
+                    ("params", params, precision.params),
+                    ("grads", grads, precision.grads),
+                ] {
+                    if mine != theirs {
+                        return Err(Error::FormatMismatch {
+                            buffer,
+                            first,
+                            first_format: mine.name(),
+                            second: span.group,
+                            second_format: theirs.name(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    Ok(dtypes
+        .into_iter()
+        .map(|d| d.map_or((Dtype::F32, Dtype::F32), |(_, p, g)| (p, g)))
+        .collect())
+}
+
+/// Refuses targets of `lens` elements whose f32 buffers (params, grads, each state) would
+/// exceed the adapter's `max_buffer_size`.
+fn check_target_sizes(context: &GpuContext, lens: &[u64]) -> Result<()> {
+    let limit = context.limits().max_buffer_size;
+    match lens
+        .iter()
+        .map(|len| len.saturating_mul(4))
+        .find(|&bytes| bytes > limit)
+    {
+        Some(bytes) => Err(Error::BufferTooLarge {
+            what: "a tensor of this length (its params, grads and each state buffer)",
+            bytes,
+            limit,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// `spans` cut into windows the context's dispatch and binding limits allow, each starting
+/// where its group's formats can bind it.
+fn plan_windows(context: &GpuContext, spans: &[Span], formats: &[KernelFormats]) -> Vec<Window> {
+    let alignment = context.limits().min_storage_buffer_offset_alignment as u64;
+    windows(
+        spans,
+        context.dispatch_limits().window_elements,
+        context.binding_elements(),
+        |span| Grain {
+            alignment: formats[span.group].alignment_elements(alignment),
+            quantum: formats[span.group].quantum(),
+        },
+    )
 }
 
 /// Each dispatch's kernel: its window's group's rule in that group's `formats`, compiled or
 /// taken from the context's cache.
-fn build_kernels<R: UpdateRule>(
+fn build_kernels<R: StepKernel>(
     context: &GpuContext,
     groups: &[R],
     formats: &[KernelFormats],
@@ -1117,7 +1224,7 @@ fn build_kernels<R: UpdateRule>(
 
 /// The buffers a span of `len` elements keeps for `rule` in `formats`, holding their
 /// [`initial_contents`].
-fn span_buffers<R: UpdateRule>(
+fn span_buffers<R: StepKernel>(
     context: &GpuContext,
     rule: &R,
     formats: &KernelFormats,
@@ -1149,7 +1256,7 @@ fn span_buffers<R: UpdateRule>(
 /// kernel takes it from the params (an f32 master) or reads a zero remainder or correction,
 /// which stands
 /// for the bf16 param exactly.
-pub(crate) fn initial_contents<R: UpdateRule>(
+pub(crate) fn initial_contents<R: StepKernel>(
     rule: &R,
     formats: &KernelFormats,
     len: u64,

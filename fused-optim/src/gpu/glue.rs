@@ -18,6 +18,7 @@
 use std::fmt::Write;
 
 use super::plan::Lanes;
+use crate::format::block::BlockFormat;
 use crate::format::{Dtype, Layout, Master, Rounding, StateFormat, BLOCK};
 
 /// The formats one kernel is built for: its group's params, grads, master and rounding, and
@@ -445,194 +446,309 @@ impl Generator<'_> {
         writeln!(self.out, "fn load_grad(i: u32) -> V {{ return {load}; }}").unwrap();
     }
 
+    /// The accessors of state slot `slot` (`name` in the rule's WGSL, never negative where
+    /// `non_negative`) in its format: `load_<name>` and `store_<name>`, and for a block-wise
+    /// slot the statements of `begin_items` and `end_items`.
     fn slot(&mut self, slot: usize, name: &str, non_negative: bool) {
         let Some(format) = self.formats.slots[slot] else {
-            // Not kept by this configuration: the rule's code for it is behind a flag that is
-            // off, but must still compile.
-            writeln!(
-                self.out,
-                "fn load_{name}(i: u32) -> V {{ return V(0.0); }}\n\
-                 fn store_{name}(i: u32, v: V) {{}}"
-            )
-            .unwrap();
+            self.unkept_slot(name);
             return;
         };
-        let role = Role::Slot(slot);
-        let width = if self.vector() { 4 } else { 1 };
-        let next = format!("next_{name}");
         let load = match format.layout() {
-            Layout::Elements(dtype) => {
-                writeln!(
-                    self.out,
-                    "var<private> {next}: V;\n\
-                     fn store_{name}(i: u32, v: V) {{ {next} = v; }}"
-                )
-                .unwrap();
-                if dtype == Dtype::F32 {
-                    self.declare(role, name, Storage::F32);
-                    writeln!(self.finish, "    {name}[i] = {next};").unwrap();
-                    format!("{name}[i]")
-                } else {
-                    self.declare(role, name, Storage::Half(dtype));
-                    let bits: Vec<String> = (0..width)
-                        .map(|lane| Self::nearest(dtype, &self.lane(&next, lane)))
-                        .collect();
-                    let store = self.store_small(name, &bits, 2);
-                    self.finish.push_str(&store);
-                    let lanes: Vec<String> = self
-                        .halves(name)
-                        .iter()
-                        .map(|h| Self::decode(dtype, h))
-                        .collect();
-                    self.v_of(&lanes)
-                }
-            }
+            Layout::Elements(dtype) => self.element_slot(Role::Slot(slot), name, dtype),
             Layout::Blocks(block) => {
-                self.declare(role, name, Storage::Codes);
-                let kind = match non_negative {
-                    true => "unsigned",
-                    false => "signed",
-                };
-                let (code, shift) = (block.code, block.scale_shift);
-                let per = block.scale_bytes();
-                let bits = code.bits as u64;
-                let step = match non_negative {
-                    true => code.unsigned_step,
-                    false => code.signed_step,
-                };
-                let step = format!("bitcast<f32>({:#010x}u)", step.to_bits());
-                let scales_per_word = 4 / per;
-                let scale_width = 8 * per;
-                let scale_mask = (1u64 << scale_width) - 1;
-                let items = self.formats.items(self.lanes);
-                // A vector kernel keeps each item's new value in a variable of its own and
-                // unrolls the loops over them: an array indexed by the item would live in
-                // memory on CPU adapters (lavapipe) rather than in registers. A scalar tail,
-                // 32 items of one element, keeps an array.
-                let unrolled = self.vector();
-                let (variables, store) = match unrolled {
-                    true => {
-                        let variables: String = (0..items)
-                            .map(|k| format!("var<private> {next}_{k}: V;\n"))
-                            .collect();
-                        let cases: String = (0..items)
-                            .map(|k| format!("        case {k}u: {{ {next}_{k} = v; }}\n"))
-                            .collect();
-                        let store =
-                            format!("    switch item_k {{\n{cases}        default: {{}}\n    }}\n");
-                        (variables, store)
-                    }
-                    false => (
-                        format!("var<private> {next}: array<V, ITEMS>;\n"),
-                        format!("    {next}[item_k] = v;\n"),
-                    ),
-                };
-                writeln!(
-                    self.out,
-                    "@group(0) @binding({}) var<storage, read_write> {name}_scale: array<atomic<u32>>;\n\
-                     // The new values of the invocation's items, coded once all are known.\n\
-                     {variables}\
-                     var<private> scale_{name}: f32;\n\
-                     fn store_{name}(i: u32, v: V) {{\n{store}}}",
-                    Role::Scales(slot).binding()
-                )
-                .unwrap();
-                writeln!(
-                    self.begin,
-                    "    scale_{name} = block_scale_value((atomicLoad(&{name}_scale[block / \
-                     {scales_per_word}u]) >> ((block % {scales_per_word}u) * {scale_width}u)) & \
-                     {scale_mask}u, {shift}u);"
-                )
-                .unwrap();
-                // A vector item's four codes are a whole word at 8 bits; narrower, they are
-                // part of a word (half at 4 bits) that no other invocation writes.
-                let items_per_word = 8 / bits;
-                let item_bits = 4 * bits;
-                let store = match self.vector() && items_per_word > 1 {
-                    true => format!(
-                        "            {{\n\
-                         \x20               let shift = (i % {items_per_word}u) * {item_bits}u;\n\
-                         \x20               let packed = codes.x | (codes.y << {bits}u) | (codes.z << {}u) | (codes.w << {}u);\n\
-                         \x20               let kept = {name}[i / {items_per_word}u] & ~({:#x}u << shift);\n\
-                         \x20               {name}[i / {items_per_word}u] = kept | (packed << shift);\n\
-                         \x20           }}\n",
-                        2 * bits,
-                        3 * bits,
-                        (1u64 << item_bits) - 1
-                    ),
-                    false => {
-                        let codes: Vec<String> =
-                            (0..width).map(|lane| self.lane("codes", lane)).collect();
-                        self.store_small(name, &codes, (32 / bits) as u32)
-                    }
-                };
-                let index = match self.vector() {
-                    true => "VU(step.origin + i * 4u) + vec4<u32>(0u, 1u, 2u, 3u)",
-                    false => "step.origin + i",
-                };
-                // Statements over every item: `each(value, k)` with the item's new value and
-                // its index among the invocation's items, as expressions.
-                let every = |each: &dyn Fn(&str, &str) -> String| -> String {
-                    match unrolled {
-                        true => (0..items)
-                            .map(|k| each(&format!("{next}_{k}"), &format!("{k}u")))
-                            .collect(),
-                        false => format!(
-                            "        for (var k = 0u; k < ITEMS; k++) {{\n{}        }}\n",
-                            each(&format!("{next}[k]"), "k")
-                        ),
-                    }
-                };
-                let largest = every(&|value, k| {
-                    format!(
-                        "        if guard_live(first + {k} < step.end) {{ \
-                         m = max(m, lanes_max(block_magnitude({value}))); }}\n"
-                    )
-                });
-                let coded = every(&|value, k| {
-                    format!(
-                        "        if guard_live(first + {k} < step.end) {{\n\
-                         \x20           let i = first + {k};\n\
-                         \x20           let random = block_random({index}, seed(), {slot}u);\n\
-                         \x20           let codes = block_{kind}_code({value}, r, random, {bits}u);\n\
-                         {store}\
-                         \x20       }}\n"
-                    )
-                });
-                write!(
-                    self.end,
-                    "    if guard_live(first < step.end) {{\n\
-                     \x20       var m = 0.0;\n\
-                     {largest}\
-                     \x20       let bits = block_scale_bits(m, {shift}u);\n\
-                     \x20       let word = block / {scales_per_word}u;\n\
-                     \x20       let shift = (block % {scales_per_word}u) * {scale_width}u;\n\
-                     \x20       atomicAnd(&{name}_scale[word], ~({scale_mask}u << shift));\n\
-                     \x20       atomicOr(&{name}_scale[word], bits << shift);\n\
-                     \x20       let r = block_reciprocal(block_scale_value(bits, {shift}u));\n\
-                     {coded}\
-                     \x20   }}\n"
-                )
-                .unwrap();
-                let mask = (1u64 << bits) - 1;
-                let lanes = format!("vec4<u32>(0u, {bits}u, {}u, {}u)", 2 * bits, 3 * bits);
-                let codes = match (self.vector(), items_per_word) {
-                    (true, 1) => format!("(VU({name}[i]) >> {lanes}) & VU({mask}u)"),
-                    (true, _) => format!(
-                        "(VU({name}[i / {items_per_word}u] >> ((i % {items_per_word}u) * \
-                         {item_bits}u)) >> {lanes}) & VU({mask}u)"
-                    ),
-                    (false, _) => {
-                        let per_word = 32 / bits;
-                        format!(
-                            "({name}[i / {per_word}u] >> ((i % {per_word}u) * {bits}u)) & {mask}u"
-                        )
-                    }
-                };
-                format!("block_{kind}_value({codes}, scale_{name}, {bits}u, {step})")
+                self.block_slot(&BlockSlot::new(slot, name, non_negative, block))
             }
         };
         writeln!(self.out, "fn load_{name}(i: u32) -> V {{ return {load}; }}").unwrap();
+    }
+
+    /// Stubs for a slot this configuration does not keep: the rule's code for it is behind a
+    /// flag that is off, but must still compile.
+    fn unkept_slot(&mut self, name: &str) {
+        writeln!(
+            self.out,
+            "fn load_{name}(i: u32) -> V {{ return V(0.0); }}\n\
+             fn store_{name}(i: u32, v: V) {{}}"
+        )
+        .unwrap();
+    }
+
+    /// An element-wise slot stored as `dtype`: `store_<name>` keeps the new value in a private
+    /// variable, which `finish` writes (rounded to nearest in a 16-bit format). Returns the
+    /// load's expression.
+    fn element_slot(&mut self, role: Role, name: &str, dtype: Dtype) -> String {
+        let next = format!("next_{name}");
+        writeln!(
+            self.out,
+            "var<private> {next}: V;\n\
+             fn store_{name}(i: u32, v: V) {{ {next} = v; }}"
+        )
+        .unwrap();
+        if dtype == Dtype::F32 {
+            self.declare(role, name, Storage::F32);
+            writeln!(self.finish, "    {name}[i] = {next};").unwrap();
+            return format!("{name}[i]");
+        }
+        self.declare(role, name, Storage::Half(dtype));
+        let width = if self.vector() { 4 } else { 1 };
+        let bits: Vec<String> = (0..width)
+            .map(|lane| Self::nearest(dtype, &self.lane(&next, lane)))
+            .collect();
+        let store = self.store_small(name, &bits, 2);
+        self.finish.push_str(&store);
+        let lanes: Vec<String> = self
+            .halves(name)
+            .iter()
+            .map(|h| Self::decode(dtype, h))
+            .collect();
+        self.v_of(&lanes)
+    }
+
+    /// A block-wise slot: its codes and scales, the new values of the invocation's items kept
+    /// until `end_items` codes them, and the block's scale read in `begin_items`. Returns the
+    /// load's expression.
+    fn block_slot(&mut self, coded: &BlockSlot) -> String {
+        self.declare(Role::Slot(coded.slot), coded.name, Storage::Codes);
+        self.declare_block_values(coded);
+        self.begin_block(coded);
+        self.end_block(coded);
+        self.block_load(coded)
+    }
+
+    /// The scales' binding, where the items' new values wait, `store_<name>` and the block's
+    /// scale. A vector kernel keeps each item's new value in a variable of its own and
+    /// unrolls the loops over them: an array indexed by the item would live in memory on CPU
+    /// adapters (lavapipe) rather than in registers. A scalar tail, 32 items of one element,
+    /// keeps an array.
+    fn declare_block_values(&mut self, coded: &BlockSlot) {
+        let (name, next) = (coded.name, coded.next());
+        let items = self.formats.items(self.lanes);
+        let (variables, store) = match self.vector() {
+            true => {
+                let variables: String = (0..items)
+                    .map(|k| format!("var<private> {next}_{k}: V;\n"))
+                    .collect();
+                let cases: String = (0..items)
+                    .map(|k| format!("        case {k}u: {{ {next}_{k} = v; }}\n"))
+                    .collect();
+                let store = format!("    switch item_k {{\n{cases}        default: {{}}\n    }}\n");
+                (variables, store)
+            }
+            false => (
+                format!("var<private> {next}: array<V, ITEMS>;\n"),
+                format!("    {next}[item_k] = v;\n"),
+            ),
+        };
+        writeln!(
+            self.out,
+            "@group(0) @binding({}) var<storage, read_write> {name}_scale: array<atomic<u32>>;\n\
+             // The new values of the invocation's items, coded once all are known.\n\
+             {variables}\
+             var<private> scale_{name}: f32;\n\
+             fn store_{name}(i: u32, v: V) {{\n{store}}}",
+            Role::Scales(coded.slot).binding()
+        )
+        .unwrap();
+    }
+
+    /// `begin_items`' read of the block's scale.
+    fn begin_block(&mut self, coded: &BlockSlot) {
+        let BlockSlot {
+            name,
+            scales_per_word,
+            scale_width,
+            scale_mask,
+            ..
+        } = *coded;
+        writeln!(
+            self.begin,
+            "    scale_{name} = block_scale_value((atomicLoad(&{name}_scale[block / \
+             {scales_per_word}u]) >> ((block % {scales_per_word}u) * {scale_width}u)) & \
+             {scale_mask}u, {}u);",
+            coded.block.scale_shift
+        )
+        .unwrap();
+    }
+
+    /// `end_items`' coding of the block: its scale from the largest new value, written with
+    /// atomics (it may share its word with the next block's), then each item's codes.
+    fn end_block(&mut self, coded: &BlockSlot) {
+        let BlockSlot {
+            slot,
+            name,
+            kind,
+            bits,
+            scales_per_word,
+            scale_width,
+            scale_mask,
+            ..
+        } = *coded;
+        let shift = coded.block.scale_shift;
+        let store = self.store_codes(coded);
+        let index = match self.vector() {
+            true => "VU(step.origin + i * 4u) + vec4<u32>(0u, 1u, 2u, 3u)",
+            false => "step.origin + i",
+        };
+        let next = coded.next();
+        let largest = self.every_item(&next, &|value, k| {
+            format!(
+                "        if guard_live(first + {k} < step.end) {{ \
+                 m = max(m, lanes_max(block_magnitude({value}))); }}\n"
+            )
+        });
+        let codes = self.every_item(&next, &|value, k| {
+            format!(
+                "        if guard_live(first + {k} < step.end) {{\n\
+                 \x20           let i = first + {k};\n\
+                 \x20           let random = block_random({index}, seed(), {slot}u);\n\
+                 \x20           let codes = block_{kind}_code({value}, r, random, {bits}u);\n\
+                 {store}\
+                 \x20       }}\n"
+            )
+        });
+        write!(
+            self.end,
+            "    if guard_live(first < step.end) {{\n\
+             \x20       var m = 0.0;\n\
+             {largest}\
+             \x20       let bits = block_scale_bits(m, {shift}u);\n\
+             \x20       let word = block / {scales_per_word}u;\n\
+             \x20       let shift = (block % {scales_per_word}u) * {scale_width}u;\n\
+             \x20       atomicAnd(&{name}_scale[word], ~({scale_mask}u << shift));\n\
+             \x20       atomicOr(&{name}_scale[word], bits << shift);\n\
+             \x20       let r = block_reciprocal(block_scale_value(bits, {shift}u));\n\
+             {codes}\
+             \x20   }}\n"
+        )
+        .unwrap();
+    }
+
+    /// Statements over every item of the invocation: `each(value, k)` with the item's new
+    /// value (in `next`) and its index among the items, as expressions; unrolled in a vector
+    /// kernel (see [`Self::declare_block_values`]).
+    fn every_item(&self, next: &str, each: &dyn Fn(&str, &str) -> String) -> String {
+        match self.vector() {
+            true => (0..self.formats.items(self.lanes))
+                .map(|k| each(&format!("{next}_{k}"), &format!("{k}u")))
+                .collect(),
+            false => format!(
+                "        for (var k = 0u; k < ITEMS; k++) {{\n{}        }}\n",
+                each(&format!("{next}[k]"), "k")
+            ),
+        }
+    }
+
+    /// The statement storing item `i`'s `codes`: a vector item's four codes are a whole word
+    /// at 8 bits; narrower, they are part of a word (half at 4 bits) that no other invocation
+    /// writes.
+    fn store_codes(&self, coded: &BlockSlot) -> String {
+        let BlockSlot {
+            name,
+            bits,
+            items_per_word,
+            item_bits,
+            ..
+        } = *coded;
+        if self.vector() && items_per_word > 1 {
+            return format!(
+                "            {{\n\
+                 \x20               let shift = (i % {items_per_word}u) * {item_bits}u;\n\
+                 \x20               let packed = codes.x | (codes.y << {bits}u) | (codes.z << {}u) | (codes.w << {}u);\n\
+                 \x20               let kept = {name}[i / {items_per_word}u] & ~({:#x}u << shift);\n\
+                 \x20               {name}[i / {items_per_word}u] = kept | (packed << shift);\n\
+                 \x20           }}\n",
+                2 * bits,
+                3 * bits,
+                (1u64 << item_bits) - 1
+            );
+        }
+        let width = if self.vector() { 4 } else { 1 };
+        let codes: Vec<String> = (0..width).map(|lane| self.lane("codes", lane)).collect();
+        self.store_small(name, &codes, (32 / bits) as u32)
+    }
+
+    /// The load's expression: item `i`'s codes decoded with the block's scale.
+    fn block_load(&self, coded: &BlockSlot) -> String {
+        let BlockSlot {
+            name,
+            kind,
+            bits,
+            items_per_word,
+            item_bits,
+            ..
+        } = *coded;
+        let code = coded.block.code;
+        let step = match coded.non_negative {
+            true => code.unsigned_step,
+            false => code.signed_step,
+        };
+        let step = format!("bitcast<f32>({:#010x}u)", step.to_bits());
+        let mask = (1u64 << bits) - 1;
+        let lanes = format!("vec4<u32>(0u, {bits}u, {}u, {}u)", 2 * bits, 3 * bits);
+        let codes = match (self.vector(), items_per_word) {
+            (true, 1) => format!("(VU({name}[i]) >> {lanes}) & VU({mask}u)"),
+            (true, _) => format!(
+                "(VU({name}[i / {items_per_word}u] >> ((i % {items_per_word}u) * \
+                 {item_bits}u)) >> {lanes}) & VU({mask}u)"
+            ),
+            (false, _) => {
+                let per_word = 32 / bits;
+                format!("({name}[i / {per_word}u] >> ((i % {per_word}u) * {bits}u)) & {mask}u")
+            }
+        };
+        format!("block_{kind}_value({codes}, scale_{name}, {bits}u, {step})")
+    }
+}
+
+/// A block-wise slot as its generated WGSL names and packs it.
+#[derive(Clone, Copy)]
+struct BlockSlot<'a> {
+    slot: usize,
+    name: &'a str,
+    non_negative: bool,
+    /// `unsigned` for a slot never negative, else `signed`: which codec functions it calls.
+    kind: &'static str,
+    block: BlockFormat,
+    /// Bits per code.
+    bits: u64,
+    /// A vector item's codes per u32 word, and their bits.
+    items_per_word: u64,
+    item_bits: u64,
+    /// Blocks' scales per u32 word of the scales' binding, each `scale_width` bits.
+    scales_per_word: u64,
+    scale_width: u64,
+    scale_mask: u64,
+}
+
+impl<'a> BlockSlot<'a> {
+    /// Slot `slot`, `name` in the rule's WGSL (never negative where `non_negative`), stored
+    /// in `block`.
+    fn new(slot: usize, name: &'a str, non_negative: bool, block: BlockFormat) -> Self {
+        let bits = block.code.bits as u64;
+        let scale_bytes = block.scale_bytes();
+        let scale_width = 8 * scale_bytes;
+        Self {
+            slot,
+            name,
+            non_negative,
+            kind: match non_negative {
+                true => "unsigned",
+                false => "signed",
+            },
+            block,
+            bits,
+            items_per_word: 8 / bits,
+            item_bits: 4 * bits,
+            scales_per_word: 4 / scale_bytes,
+            scale_width,
+            scale_mask: (1u64 << scale_width) - 1,
+        }
+    }
+
+    /// The private variable(s) holding the items' new values.
+    fn next(&self) -> String {
+        format!("next_{}", self.name)
     }
 }
 

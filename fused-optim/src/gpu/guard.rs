@@ -194,6 +194,196 @@ fn grad_accessor(dtype: Dtype) -> String {
     }
 }
 
+/// The reduction's dispatches over `spans`: windows of whole chunks, each invocation writing
+/// one partial, numbered window after window; and how many partials that makes.
+fn reduce_windows(context: &GpuContext, spans: &[Span]) -> (Vec<ReduceWindow>, u32) {
+    let chunk = REDUCTION_CHUNK as u64;
+    let mut partial_count = 0;
+    let reduce_windows = windows(
+        spans,
+        context.dispatch_limits().window_elements,
+        context.binding_elements(),
+        |_| Grain {
+            alignment: chunk,
+            quantum: chunk,
+        },
+    )
+    .into_iter()
+    .map(|window| {
+        let chunks = window.end.div_ceil(chunk);
+        let base = partial_count;
+        // One partial per invocation.
+        partial_count += chunks as u32 * WORKGROUP_SIZE;
+        ReduceWindow {
+            window,
+            partial_base: base,
+            chunks,
+        }
+    })
+    .collect();
+    (reduce_windows, partial_count)
+}
+
+/// The uniform of every reduce window's slot (`ReduceWindow` in guard.wgsl: its first
+/// partial and its end), one per uniform offset alignment, and that stride.
+fn window_uniform(context: &GpuContext, reduce_windows: &[ReduceWindow]) -> (wgpu::Buffer, u64) {
+    let window_stride = (context.limits().min_uniform_buffer_offset_alignment as u64).max(16);
+    let mut slots = vec![0u8; (window_stride * reduce_windows.len() as u64) as usize];
+    for (index, reduce) in reduce_windows.iter().enumerate() {
+        let at = index * window_stride as usize;
+        let words = [reduce.partial_base, reduce.window.end as u32];
+        slots[at..at + 8].copy_from_slice(bytemuck::cast_slice(&words));
+    }
+    let uniform = context
+        .device()
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("fused-optim reduce windows"),
+            contents: &slots,
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+    (uniform, window_stride)
+}
+
+/// The status buffer, holding `initial`.
+fn status_buffer(device: &wgpu::Device, initial: GradStatus) -> wgpu::Buffer {
+    device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("fused-optim grad status"),
+        contents: bytemuck::bytes_of(&StatusWords::from(initial)),
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST,
+    })
+}
+
+/// The finalize's resolved values (`DeviceGuard::resolved`) for `groups` groups of
+/// `scalar_bytes` scalars, the uniform they are copied into, and the stride of their rows
+/// (the header, then each group's scalars): room for either at the uniform offset alignment,
+/// so each row binds at its own offset.
+fn resolved_buffers(
+    context: &GpuContext,
+    groups: usize,
+    scalar_bytes: u64,
+) -> (wgpu::Buffer, wgpu::Buffer, u64) {
+    let alignment = context.limits().min_uniform_buffer_offset_alignment as u64;
+    let stride =
+        (RESOLVED_HEADER_BYTES.max(scalar_bytes.next_multiple_of(16))).next_multiple_of(alignment);
+    let size = stride * (groups as u64 + 1);
+    let device = context.device();
+    let resolved = buffer(
+        device,
+        "fused-optim guard resolved",
+        size,
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+    );
+    let uniform = buffer(
+        device,
+        "fused-optim guard uniform",
+        size,
+        wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+    );
+    (resolved, uniform, stride)
+}
+
+/// The reduction's bind group layout: the window's slot, then the grads, status, values,
+/// partials and all the grads.
+fn reduce_layout(device: &wgpu::Device) -> wgpu::BindGroupLayout {
+    device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some("fused-optim reduce"),
+        entries: &[
+            wgpu::BindGroupLayoutEntry {
+                binding: 0,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            },
+            storage_entry(1, true),
+            storage_entry(2, false),
+            storage_entry(3, true),
+            storage_entry(4, false),
+            storage_entry(6, true),
+        ],
+    })
+}
+
+/// A layout of storage `bindings`, each (binding, read-only).
+fn bind_group_layout(
+    device: &wgpu::Device,
+    label: &str,
+    bindings: &[(u32, bool)],
+) -> wgpu::BindGroupLayout {
+    let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
+        .iter()
+        .map(|&(binding, read_only)| storage_entry(binding, read_only))
+        .collect();
+    device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(label),
+        entries: &entries,
+    })
+}
+
+/// One reduction kernel per grads format some window reads, in the windows' order.
+fn reduce_kernels(
+    device: &wgpu::Device,
+    layout: &wgpu::BindGroupLayout,
+    reduce_windows: &[ReduceWindow],
+    grads: &[Dtype],
+) -> Vec<ReduceKernel> {
+    let mut dtypes: Vec<Dtype> = Vec::new();
+    for reduce in reduce_windows {
+        let dtype = grads[reduce.window.target];
+        if !dtypes.contains(&dtype) {
+            dtypes.push(dtype);
+        }
+    }
+    dtypes
+        .into_iter()
+        .map(|dtype| ReduceKernel {
+            dtype,
+            pipeline: guard_pipeline(
+                device,
+                layout,
+                format!("{CODEC}\n{}\n{SOURCE}", grad_accessor(dtype)),
+                "reduce",
+            ),
+        })
+        .collect()
+}
+
+/// The guard's pipeline of `entry` in `source` over `layout` (the source dumped where
+/// `DUMP_KERNELS` asks).
+fn guard_pipeline(
+    device: &wgpu::Device,
+    layout: &wgpu::BindGroupLayout,
+    source: String,
+    entry: &str,
+) -> wgpu::ComputePipeline {
+    dump(&format!("grad-guard-{entry}"), &source);
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("fused-optim grad guard"),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
+    });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some("fused-optim grad guard"),
+        bind_group_layouts: &[Some(layout)],
+        immediate_size: 0,
+    });
+    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(entry),
+        layout: Some(&pipeline_layout),
+        module: &module,
+        entry_point: Some(entry),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants: &[("WORKGROUP_SIZE", WORKGROUP_SIZE as f64)],
+            zero_initialize_workgroup_memory: false,
+        },
+        cache: None,
+    })
+}
+
 impl DeviceGuard {
     /// The guard of an engine over `spans` in `groups` groups, whose targets' grads are
     /// stored as `grads` and whose rule's scalars take `scalar_bytes`, after `steps` steps.
@@ -207,51 +397,10 @@ impl DeviceGuard {
         steps: u64,
     ) -> Self {
         let device = context.device();
-        let limits = context.limits();
-        let chunk = REDUCTION_CHUNK as u64;
-        let mut partial_count = 0;
-        let reduce_windows: Vec<ReduceWindow> = windows(
-            spans,
-            context.dispatch_limits().window_elements,
-            context.binding_elements(),
-            |_| Grain {
-                alignment: chunk,
-                quantum: chunk,
-            },
-        )
-        .into_iter()
-        .map(|window| {
-            let chunks = window.end.div_ceil(chunk);
-            let base = partial_count;
-            // One partial per invocation.
-            partial_count += chunks as u32 * WORKGROUP_SIZE;
-            ReduceWindow {
-                window,
-                partial_base: base,
-                chunks,
-            }
-        })
-        .collect();
-        let window_stride = (limits.min_uniform_buffer_offset_alignment as u64).max(16);
-        let mut slots = vec![0u8; (window_stride * reduce_windows.len() as u64) as usize];
-        for (index, reduce) in reduce_windows.iter().enumerate() {
-            let at = index * window_stride as usize;
-            let words = [reduce.partial_base, reduce.window.end as u32];
-            slots[at..at + 8].copy_from_slice(bytemuck::cast_slice(&words));
-        }
-        let window_uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("fused-optim reduce windows"),
-            contents: &slots,
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
+        let (reduce_windows, partial_count) = reduce_windows(context, spans);
+        let (window_uniform, window_stride) = window_uniform(context, &reduce_windows);
         let initial = GradStatus::initial(&settings, steps as u32);
-        let status = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("fused-optim grad status"),
-            contents: bytemuck::bytes_of(&StatusWords::from(initial)),
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
-        });
+        let status = status_buffer(device, initial);
         let partials = buffer(
             device,
             "fused-optim grad partials",
@@ -265,108 +414,28 @@ impl DeviceGuard {
             wgpu::BufferUsages::STORAGE,
         );
         let values = Self::values_buffer(device, HEADER_BYTES * 4);
-        let resolved_stride = (RESOLVED_HEADER_BYTES.max(scalar_bytes.next_multiple_of(16)))
-            .next_multiple_of(limits.min_uniform_buffer_offset_alignment as u64);
-        let resolved_size = resolved_stride * (groups as u64 + 1);
-        let resolved = buffer(
+        let (resolved, uniform, resolved_stride) = resolved_buffers(context, groups, scalar_bytes);
+        let reduce_layout = reduce_layout(device);
+        let reduce_kernels = reduce_kernels(device, &reduce_layout, &reduce_windows, grads);
+        let finalize = guard_pipeline(
             device,
-            "fused-optim guard resolved",
-            resolved_size,
-            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-        );
-        let uniform = buffer(
-            device,
-            "fused-optim guard uniform",
-            resolved_size,
-            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        );
-        let reduce_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("fused-optim reduce"),
-            entries: &[
-                wgpu::BindGroupLayoutEntry {
-                    binding: 0,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Uniform,
-                        has_dynamic_offset: false,
-                        min_binding_size: None,
-                    },
-                    count: None,
-                },
-                storage_entry(1, true),
-                storage_entry(2, false),
-                storage_entry(3, true),
-                storage_entry(4, false),
-                storage_entry(6, true),
-            ],
-        });
-        let finalize_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("fused-optim finalize"),
-            entries: &[
-                storage_entry(2, false),
-                storage_entry(3, true),
-                storage_entry(4, false),
-                storage_entry(5, false),
-            ],
-        });
-        let combine_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("fused-optim combine"),
-            entries: &[
-                storage_entry(3, true),
-                storage_entry(4, false),
-                storage_entry(7, false),
-            ],
-        });
-        let pipeline = |layout: &wgpu::BindGroupLayout, source: String, entry: &str| {
-            dump(&format!("grad-guard-{entry}"), &source);
-            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some("fused-optim grad guard"),
-                source: wgpu::ShaderSource::Wgsl(source.into()),
-            });
-            let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some("fused-optim grad guard"),
-                bind_group_layouts: &[Some(layout)],
-                immediate_size: 0,
-            });
-            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(entry),
-                layout: Some(&pipeline_layout),
-                module: &module,
-                entry_point: Some(entry),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: &[("WORKGROUP_SIZE", WORKGROUP_SIZE as f64)],
-                    zero_initialize_workgroup_memory: false,
-                },
-                cache: None,
-            })
-        };
-        let mut dtypes: Vec<Dtype> = Vec::new();
-        for reduce in &reduce_windows {
-            let dtype = grads[reduce.window.target];
-            if !dtypes.contains(&dtype) {
-                dtypes.push(dtype);
-            }
-        }
-        let reduce_kernels = dtypes
-            .into_iter()
-            .map(|dtype| ReduceKernel {
-                dtype,
-                pipeline: pipeline(
-                    &reduce_layout,
-                    format!("{CODEC}\n{}\n{SOURCE}", grad_accessor(dtype)),
-                    "reduce",
-                ),
-            })
-            .collect();
-        let finalize = pipeline(
-            &finalize_layout,
+            &bind_group_layout(
+                device,
+                "fused-optim finalize",
+                &[(2, false), (3, true), (4, false), (5, false)],
+            ),
             format!("{}\n{SOURCE}", grad_accessor(Dtype::F32)),
             "finalize",
         );
         let finalize_group =
             Self::finalize_group(device, &finalize, [&status, &values, &partials, &resolved]);
-        let combine = pipeline(
-            &combine_layout,
+        let combine = guard_pipeline(
+            device,
+            &bind_group_layout(
+                device,
+                "fused-optim combine",
+                &[(3, true), (4, false), (7, false)],
+            ),
             format!("{}\n{SOURCE}", grad_accessor(Dtype::F32)),
             "combine",
         );

@@ -2,14 +2,13 @@
 //! bind-group layout, the per-dispatch values and the dispatch geometry. Shared by all rules.
 
 use bytemuck::{Pod, Zeroable};
-use wgpu::util::DeviceExt;
 
-use super::context::GpuContext;
 use super::glue::{accessors, roles, KernelFormats, Role};
 pub use super::plan::Lanes;
-use crate::error::Result;
+use super::step_kernel::StepKernel;
 use crate::format::Precision;
-use crate::rule::{pipeline_constants, slot_signs, UpdateRule};
+use crate::rule::declaration::ScalarFields;
+use crate::rule::slot_signs;
 
 /// Invocations per workgroup. Passed to every shader as the `WORKGROUP_SIZE` override, so this
 /// constant is the only place the dispatch geometry and the shaders learn it.
@@ -79,17 +78,18 @@ pub(crate) fn assemble(body: &str, lanes: Lanes, values: StepValues) -> String {
 /// The full WGSL of a rule's kernel for `lanes`, `values` and storage `formats`: the codecs,
 /// the accessors generated for the formats, the prelude and the rule's own file (see
 /// prelude.wgsl), or the rule's file alone where it brings its own entry point (f32 only).
-pub(crate) fn kernel_source<R: UpdateRule>(
+pub(crate) fn kernel_source<R: StepKernel>(
     lanes: Lanes,
     values: StepValues,
     formats: &KernelFormats,
 ) -> String {
+    let scalars = scalars_struct(<R::Scalars as ScalarFields>::FIELDS);
     match R::OWN_ENTRY_POINT {
-        true => assemble(R::SHADER, lanes, values),
+        true => assemble(&format!("{scalars}\n{}", R::SHADER), lanes, values),
         false => assemble(
             &format!(
-                "{CODEC}\n{COMPACT}\n{}\n{PRELUDE}\n{}",
-                accessors(&slot_signs::<R>(), formats, lanes),
+                "{CODEC}\n{COMPACT}\n{}\n{scalars}\n{PRELUDE}\n{}",
+                accessors(&slot_signs(R::STATE_SLOTS, R::NON_NEGATIVE), formats, lanes),
                 R::SHADER
             ),
             lanes,
@@ -98,9 +98,19 @@ pub(crate) fn kernel_source<R: UpdateRule>(
     }
 }
 
+/// The shader's `struct Scalars`, from the Rust struct's declared fields: one declaration of
+/// the per-step values, so the two cannot drift apart.
+fn scalars_struct(fields: &[(&str, &str)]) -> String {
+    let members: String = fields
+        .iter()
+        .map(|(name, ty)| format!("    {name}: {ty},\n"))
+        .collect();
+    format!("// Declared by the host from the Rust `Scalars` (declare_scalars!).\nstruct Scalars {{\n{members}}}\n")
+}
+
 /// The full WGSL of `R`'s kernel for `lanes`, `values` and `precision` with every state slot
 /// kept, with the grad guard's bindings where `guarded`: what the naga test translates.
-pub fn shader_source<R: UpdateRule>(
+pub fn shader_source<R: StepKernel>(
     lanes: Lanes,
     values: StepValues,
     precision: &Precision,
@@ -124,7 +134,7 @@ pub fn shader_source<R: UpdateRule>(
 /// immediates or in a uniform) for each precision preset, unguarded and, in f32 and the
 /// leanest preset, guarded, named `file [lanes, values, precision]`: what the naga test
 /// translates.
-pub fn shader_forms<R: UpdateRule>(file: &str) -> Vec<(String, String)> {
+pub fn shader_forms<R: StepKernel>(file: &str) -> Vec<(String, String)> {
     let mut sources = Vec::new();
     let presets = match R::OWN_ENTRY_POINT {
         true => vec![("f32", Precision::default())],
@@ -176,7 +186,7 @@ pub(crate) struct StepHeader {
 }
 
 impl StepHeader {
-    pub fn new<R: UpdateRule>(rule: &R, dispatch: &DispatchValues) -> Self {
+    pub fn new<R: StepKernel>(rule: &R, dispatch: &DispatchValues) -> Self {
         Self {
             begin: dispatch.begin as u32,
             end: dispatch.end as u32,
@@ -222,12 +232,12 @@ pub(crate) fn dump(label: &str, source: &str) {
 }
 
 /// Bytes of rule `R`'s per-dispatch values: header plus scalars.
-pub(crate) fn values_size<R: UpdateRule>() -> u64 {
+pub(crate) fn values_size<R: StepKernel>() -> u64 {
     (HEADER_BYTES + std::mem::size_of::<R::Scalars>()) as u64
 }
 
 /// The values of one dispatch of `rule`: its header, then `scalars`.
-pub(crate) fn step_values<R: UpdateRule>(
+pub(crate) fn step_values<R: StepKernel>(
     rule: &R,
     scalars: &R::Scalars,
     dispatch: &DispatchValues,
@@ -250,7 +260,7 @@ pub(crate) struct KernelKey {
 
 impl KernelKey {
     /// The key of `rule`'s pipeline: its shader, flags and formats.
-    pub fn of<R: UpdateRule>(
+    pub fn of<R: StepKernel>(
         rule: &R,
         lanes: Lanes,
         values: StepValues,
@@ -260,7 +270,7 @@ impl KernelKey {
             shader: R::SHADER,
             lanes,
             values,
-            constants: pipeline_constants(rule),
+            constants: rule.pipeline_constants(),
             formats: formats.clone(),
         }
     }
@@ -290,14 +300,15 @@ pub(crate) struct Kernel {
 impl Kernel {
     /// Builds the pipeline for `rule`'s flag variant in `formats`. Runs inside the context's
     /// error scopes.
-    pub fn build<R: UpdateRule>(
+    pub fn build<R: StepKernel>(
         device: &wgpu::Device,
         rule: &R,
         lanes: Lanes,
         values: StepValues,
         formats: &KernelFormats,
     ) -> Self {
-        let constants: Vec<(&str, f64)> = pipeline_constants(rule)
+        let constants: Vec<(&str, f64)> = rule
+            .pipeline_constants()
             .into_iter()
             .map(|(name, value)| (name, value as f64))
             .collect();
@@ -422,132 +433,8 @@ impl Kernel {
 
 /// Bytes of a uniform binding of `values_size` bytes of values: WGSL's uniform layout rounds
 /// the `Step` struct to 16.
-fn uniform_binding_size(values_size: u64) -> u64 {
+pub(crate) fn uniform_binding_size(values_size: u64) -> u64 {
     values_size.next_multiple_of(16)
-}
-
-/// Where the dispatches of one step read their values: immediates, or the slots of a uniform
-/// buffer (see [`StepValues`]). Owned by each optimizer (and the unfused chain).
-pub(crate) struct ValueSlots {
-    /// Bytes of one dispatch's values, and between two dispatches' values in a step's bytes.
-    size: u64,
-    stride: u64,
-    /// The slots, for [`StepValues::UniformCopy`]; none for immediates.
-    uniforms: Option<wgpu::Buffer>,
-}
-
-impl ValueSlots {
-    /// Slots for `dispatches` dispatches of `size` bytes of values each. Allocates (the
-    /// uniform) only for [`StepValues::UniformCopy`]; call inside an error scope.
-    pub fn new(device: &wgpu::Device, values: StepValues, size: u64, dispatches: usize) -> Self {
-        let uniforms = (values == StepValues::UniformCopy).then(|| {
-            device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("fused-optim step values"),
-                size: Self::bytes_needed(device, values, size, dispatches),
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            })
-        });
-        let stride = match uniforms {
-            Some(_) => Self::uniform_stride(device, size),
-            None => size,
-        };
-        Self {
-            size,
-            stride,
-            uniforms,
-        }
-    }
-
-    /// Bytes the uniform of `dispatches` slots would take with `values` (0 for immediates), to
-    /// check against the adapter's limits before allocating anything.
-    pub fn bytes_needed(
-        device: &wgpu::Device,
-        values: StepValues,
-        size: u64,
-        dispatches: usize,
-    ) -> u64 {
-        match values {
-            StepValues::Immediates => 0,
-            StepValues::UniformCopy => {
-                Self::uniform_stride(device, size) * dispatches.max(1) as u64
-            }
-        }
-    }
-
-    fn uniform_stride(device: &wgpu::Device, size: u64) -> u64 {
-        uniform_binding_size(size)
-            .next_multiple_of(device.limits().min_uniform_buffer_offset_alignment as u64)
-    }
-
-    /// Bytes of GPU memory allocated.
-    pub fn allocated_bytes(&self) -> u64 {
-        self.uniforms.as_ref().map_or(0, wgpu::Buffer::size)
-    }
-
-    /// Binding 0 of every bind group, when the values come in a uniform.
-    pub fn binding(&self) -> Option<wgpu::BufferBinding<'_>> {
-        self.uniforms.as_ref().map(|buffer| wgpu::BufferBinding {
-            buffer,
-            offset: 0,
-            size: wgpu::BufferSize::new(uniform_binding_size(self.size)),
-        })
-    }
-
-    /// Lays out one step's values, one entry per dispatch, as [`ValueSlots::stage`] and
-    /// [`ValueSlots::set`] read them.
-    pub fn layout(&self, values: impl IntoIterator<Item = Vec<u8>>) -> Vec<u8> {
-        let mut bytes = Vec::new();
-        for (index, value) in values.into_iter().enumerate() {
-            debug_assert_eq!(value.len() as u64, self.size);
-            bytes.resize(index * self.stride as usize, 0);
-            bytes.extend_from_slice(&value);
-        }
-        bytes
-    }
-
-    /// For a uniform, records into `encoder` a copy of `step` (from [`ValueSlots::layout`])
-    /// into the slots, from a staging buffer of this step's own, ahead of the step's pass.
-    /// Nothing to do for immediates.
-    pub fn stage(
-        &self,
-        context: &GpuContext,
-        encoder: &mut wgpu::CommandEncoder,
-        step: &[u8],
-    ) -> Result<()> {
-        let Some(uniforms) = &self.uniforms else {
-            return Ok(());
-        };
-        let staging = context.scoped("staging the step's values", || {
-            context
-                .device()
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("fused-optim staged step values"),
-                    contents: step,
-                    usage: wgpu::BufferUsages::COPY_SRC,
-                })
-        })?;
-        encoder.copy_buffer_to_buffer(&staging, 0, uniforms, 0, step.len() as u64);
-        Ok(())
-    }
-
-    /// Sets dispatch `index`'s bind group and values in `pass`.
-    pub fn set(
-        &self,
-        pass: &mut wgpu::ComputePass,
-        index: usize,
-        group: &wgpu::BindGroup,
-        step: &[u8],
-    ) {
-        let start = index * self.stride as usize;
-        match self.uniforms {
-            Some(_) => pass.set_bind_group(0, group, &[start as u32]),
-            None => {
-                pass.set_bind_group(0, group, &[]);
-                pass.set_immediates(0, &step[start..start + self.size as usize]);
-            }
-        }
-    }
 }
 
 /// Workgroup grid covering `n` items (vec4s or f32s): a row of up to `max_per_dim` workgroups,

@@ -1,6 +1,7 @@
 //! The GPU host layer: the device context, kernels built from a rule's WGSL and the shared
-//! prelude, the plan of windows and dispatches, and the engine that records a step. It knows
-//! the [`UpdateRule`](crate::UpdateRule) trait and never a particular rule.
+//! prelude, the plan of windows and dispatches, and the engine that records a step. The
+//! engine runs a [`StepKernel`], which every [`UpdateRule`](crate::UpdateRule) is; it never
+//! knows a particular rule.
 
 mod callbacks;
 mod context;
@@ -9,6 +10,8 @@ mod glue;
 mod guard;
 mod kernel;
 mod plan;
+mod step_kernel;
+mod values;
 
 pub use context::{
     enumerate_adapters, AdapterChoice, DispatchLimits, GpuContext, MAX_STEP_VALUES_BYTES,
@@ -16,7 +19,7 @@ pub use context::{
 #[cfg(feature = "baselines")]
 pub(crate) use engine::state_buffer;
 pub use engine::PendingCheckpoint;
-pub(crate) use engine::{Engine, NamedTensor, Reduction};
+pub(crate) use engine::{target_dtypes, Engine, NamedTensor, Reduction};
 pub(crate) use glue::Role;
 pub use kernel::{
     dispatch_grid, shader_forms, shader_source, StepValues, CODEC, DUMP_KERNELS, PRELUDE,
@@ -24,3 +27,4 @@ pub use kernel::{
 };
 pub use plan::Lanes;
 pub(crate) use plan::Span;
+pub use step_kernel::StepKernel;

@@ -24,8 +24,9 @@
 //     on a skipped step), `guard_grad` (unscale and clip), `scalars()` (the rule's scalars for
 //     the step count) and `seed()`, which without a guard pass through or read `step`. Every value reaches the rule as f32 and leaves it as f32: a rule never
 //     knows how its param, grad or state is stored.
-// - `Step` is the 32-byte header (`StepHeader`) then the rule's own `Scalars`, field for field
-//   the rule's `#[repr(C)]` Scalars in src/rules/<rule>.rs.
+// - `Step` is the 32-byte header (`StepHeader`) then the rule's own `Scalars`, which the host
+//   declares from the rule's `declare_scalars!` in src/rules/<rule>.rs (a rule's file uses it
+//   and does not declare it).
 // - each dispatch updates one window: the buffers are bound from an aligned offset, and the
 //   dispatch updates items `begin..end` of those bindings, counted in `V`s (src/gpu/plan.rs
 //   cuts the windows and their dispatches). The host dispatches ceil((end - begin) /

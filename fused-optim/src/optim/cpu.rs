@@ -67,7 +67,7 @@ impl<R: UpdateRule> CpuOptimizer<R> {
         if len == 0 {
             return Err(Error::EmptyParams);
         }
-        let state = slot_signs::<R>()
+        let state = slot_signs(R::STATE_SLOTS, R::NON_NEGATIVE)
             .into_iter()
             .enumerate()
             .map(|(slot, (name, non_negative))| {
@@ -112,13 +112,8 @@ impl<R: UpdateRule> CpuOptimizer<R> {
     /// [`Self::with_grad_guard`] in place, keeping the scaler's state as the GPU optimizer
     /// does; on error nothing changed.
     pub fn set_grad_guard(&mut self, guard: GradGuard) -> Result<()> {
-        match &mut self.guard {
-            Some(twin) => twin.set_guard(guard),
-            None => {
-                self.guard = Some(CpuGuard::after(guard, self.steps as u32)?);
-                Ok(())
-            }
-        }
+        let applied = self.steps;
+        CpuGuard::install(&mut self.guard, guard, applied)
     }
 
     /// The grad guard's status after the last step (`None` without a guard).
@@ -253,88 +248,57 @@ impl<R: UpdateRule> CpuOptimizer<R> {
     /// step, given the [`GradStep`] its [`CpuGuard`](crate::CpuGuard) returned for this step's
     /// grads. A skipped step changes nothing, not even the step count.
     /// Use it where one [`CpuGuard`] checks the grads of many tensors (a foreach list, a
-    /// parameter set's groups); a twin with its own guard refuses it.
+    /// parameter set's groups, as [`CpuParamSet`](crate::CpuParamSet) does); a twin with its
+    /// own guard refuses it.
     pub fn step_guarded(
         &mut self,
         params: &mut [u8],
         grads: &[u8],
         guard: &GradStep,
     ) -> Result<()> {
-        if self.guard.is_some() {
-            return Err(Error::InvalidGuard {
-                reason: "this twin checks its grads with its own guard; call step_bytes".into(),
-            });
-        }
+        self.refuse_own_guard()?;
         self.check_sizes(params, grads)?;
         self.apply(params, grads, guard);
         Ok(())
     }
 
-    /// Params and grads of the precision's formats and this twin's length, or the error.
-    fn check_sizes(&self, params: &[u8], grads: &[u8]) -> Result<()> {
-        let len = self.len as u64;
-        for (bytes, dtype, which) in [
-            (params.len() as u64, self.precision.params, "params"),
-            (grads.len() as u64, self.precision.grads, "grads"),
-        ] {
-            let expected = dtype.buffer_bytes(len);
-            if bytes != expected {
-                return Err(match dtype {
-                    Dtype::F32 => Error::StateMismatch {
-                        tensor: which.into(),
-                        expected: len,
-                        got: bytes / 4,
-                    },
-                    _ => Error::FormatSize {
-                        buffer: which.into(),
-                        format: dtype,
-                        len,
-                        expected,
-                        got: bytes,
-                    },
-                });
-            }
+    /// Refuses a step checked by a guard outside this twin where it has a guard of its own,
+    /// which would check the grads again.
+    fn refuse_own_guard(&self) -> Result<()> {
+        match self.guard {
+            Some(_) => Err(Error::InvalidGuard {
+                reason: "this twin checks its grads with its own guard; call step_bytes".into(),
+            }),
+            None => Ok(()),
         }
-        Ok(())
     }
 
-    /// One step over params and grads of the checked sizes, taking the grads as `guard` says.
+    /// Params and grads of the precision's formats and this twin's length, or the error.
+    fn check_sizes(&self, params: &[u8], grads: &[u8]) -> Result<()> {
+        let dtypes = (self.precision.params, self.precision.grads);
+        check_buffer_sizes(self.len as u64, dtypes, params, grads)
+    }
+
+    /// One step over params and grads of the checked sizes, taking the grads as `guard` says:
+    /// element by element, each block's new state coded once its values are known.
     fn apply(&mut self, params: &mut [u8], grads: &[u8], guard: &GradStep) {
         if guard.skip {
             return;
         }
-        let guarded = *guard != GradStep::PLAIN;
+        let guard = (*guard != GradStep::PLAIN).then_some(guard);
         let t = self.steps + 1;
         let l2 = self.rule.l2_weight_decay() as f32;
         let mut host = self.host.clone();
         self.rule.advance_host_state(t, &mut host);
         let scalars = self.rule.scalars(t, &host);
-        let precision = self.precision.clone();
         let block = BLOCK as usize;
         let mut values = vec![0.0; self.state.len()];
+        // Each kept slot's new values of the block.
         let mut fresh: Vec<Vec<f32>> = vec![Vec::with_capacity(block); self.state.len()];
         for start in (0..self.len).step_by(block) {
-            let end = (start + block).min(self.len);
-            for e in start..end {
-                let mut p = match (precision.params, precision.master) {
-                    (Dtype::F32, _) => f32_at(params, e),
-                    (dtype, Master::None) => dtype.value(half_at(params, e)),
-                    (dtype, Master::F32) if t == 1 => dtype.value(half_at(params, e)),
-                    (_, Master::F32) => f32::from_bits(self.master[e]),
-                    (_, Master::Bf16Remainder) => {
-                        codec::join_remainder(half_at(params, e), self.master[e] as u16)
-                    }
-                    (_, Master::Bf16Correction) => {
-                        correction::join(half_at(params, e), self.master[e] as u8)
-                    }
-                };
-                let mut g = match precision.grads {
-                    Dtype::F32 => f32_at(grads, e),
-                    dtype => dtype.value(half_at(grads, e)),
-                };
-                if guarded {
-                    g = guard.grad(g);
-                }
+            for e in start..(start + block).min(self.len) {
+                let mut p = self.load_param(params, e, t);
+                let g = self.load_grad(grads, e, guard);
                 for (value, slot) in values.iter_mut().zip(&self.state) {
                     *value = slot.as_ref().map_or(0.0, |s| s.load(e));
                 }
@@ -344,50 +308,90 @@ impl<R: UpdateRule> CpuOptimizer<R> {
                         fresh.push(*value);
                     }
                 }
-                match (precision.params, precision.master) {
-                    (Dtype::F32, _) => params[4 * e..4 * e + 4].copy_from_slice(&p.to_le_bytes()),
-                    (dtype, Master::None) => {
-                        let bits = match (precision.rounding, dtype) {
-                            (Rounding::NearestEven, _) => dtype.nearest(p),
-                            (Rounding::Stochastic, Dtype::F16) => {
-                                codec::f16_stochastic(p, codec::random_bits(e as u32, t as u32))
-                            }
-                            (Rounding::Stochastic, _) => {
-                                codec::bf16_stochastic(p, codec::random_bits(e as u32, t as u32))
-                            }
-                        };
-                        set_half(params, e, bits);
-                    }
-                    (dtype, Master::F32) => {
-                        self.master[e] = p.to_bits();
-                        set_half(params, e, dtype.nearest(p));
-                    }
-                    (_, Master::Bf16Remainder) => {
-                        let (param, remainder) = codec::split_remainder(p);
-                        self.master[e] = remainder as u32;
-                        set_half(params, e, param);
-                    }
-                    (_, Master::Bf16Correction) => {
-                        let (param, code) = correction::split(p, e as u32, t as u32);
-                        self.master[e] = code as u32;
-                        set_half(params, e, param);
-                    }
-                }
+                self.store_param(params, e, t, p);
             }
-            for (index, (slot, fresh)) in self.state.iter_mut().zip(&mut fresh).enumerate() {
-                if let Some(slot) = slot {
-                    let stream = block::Stream {
-                        first: start as u32,
-                        step: t as u32,
-                        slot: index as u32,
-                    };
-                    slot.store(stream, fresh);
-                }
-                fresh.clear();
-            }
+            self.store_block(start, t, &mut fresh);
         }
         self.host = host;
         self.steps = t;
+    }
+
+    /// Element `e`'s param as step `t` reads it: the params' value, or the master's where it
+    /// holds more (an f32 master from the second step on; a bf16 param joined with its
+    /// remainder or correction).
+    fn load_param(&self, params: &[u8], e: usize, t: u64) -> f32 {
+        match (self.precision.params, self.precision.master) {
+            (Dtype::F32, _) => f32_at(params, e),
+            (dtype, Master::None) => dtype.value(half_at(params, e)),
+            (dtype, Master::F32) if t == 1 => dtype.value(half_at(params, e)),
+            (_, Master::F32) => f32::from_bits(self.master[e]),
+            (_, Master::Bf16Remainder) => {
+                codec::join_remainder(half_at(params, e), self.master[e] as u16)
+            }
+            (_, Master::Bf16Correction) => {
+                correction::join(half_at(params, e), self.master[e] as u8)
+            }
+        }
+    }
+
+    /// Element `e`'s grad as the rule receives it: decoded, then taken as `guard` says where
+    /// the step is guarded.
+    fn load_grad(&self, grads: &[u8], e: usize, guard: Option<&GradStep>) -> f32 {
+        let g = match self.precision.grads {
+            Dtype::F32 => f32_at(grads, e),
+            dtype => dtype.value(half_at(grads, e)),
+        };
+        guard.map_or(g, |guard| guard.grad(g))
+    }
+
+    /// Stores element `e`'s new param `p` of step `t` in the params' format, rounded as the
+    /// precision says, and what the master keeps of it.
+    fn store_param(&mut self, params: &mut [u8], e: usize, t: u64, p: f32) {
+        match (self.precision.params, self.precision.master) {
+            (Dtype::F32, _) => params[4 * e..4 * e + 4].copy_from_slice(&p.to_le_bytes()),
+            (dtype, Master::None) => {
+                let bits = match (self.precision.rounding, dtype) {
+                    (Rounding::NearestEven, _) => dtype.nearest(p),
+                    (Rounding::Stochastic, Dtype::F16) => {
+                        codec::f16_stochastic(p, codec::random_bits(e as u32, t as u32))
+                    }
+                    (Rounding::Stochastic, _) => {
+                        codec::bf16_stochastic(p, codec::random_bits(e as u32, t as u32))
+                    }
+                };
+                set_half(params, e, bits);
+            }
+            (dtype, Master::F32) => {
+                self.master[e] = p.to_bits();
+                set_half(params, e, dtype.nearest(p));
+            }
+            (_, Master::Bf16Remainder) => {
+                let (param, remainder) = codec::split_remainder(p);
+                self.master[e] = remainder as u32;
+                set_half(params, e, param);
+            }
+            (_, Master::Bf16Correction) => {
+                let (param, code) = correction::split(p, e as u32, t as u32);
+                self.master[e] = code as u32;
+                set_half(params, e, param);
+            }
+        }
+    }
+
+    /// Stores the new values of the block from element `start` of each kept slot (`fresh`,
+    /// emptied for the next block), rounding block codes with step `t`'s random points.
+    fn store_block(&mut self, start: usize, t: u64, fresh: &mut [Vec<f32>]) {
+        for (index, (slot, fresh)) in self.state.iter_mut().zip(fresh).enumerate() {
+            if let Some(slot) = slot {
+                let stream = block::Stream {
+                    first: start as u32,
+                    step: t as u32,
+                    slot: index as u32,
+                };
+                slot.store(stream, fresh);
+            }
+            fresh.clear();
+        }
     }
 }
 
@@ -409,6 +413,39 @@ impl StoredSlot {
             &mut self.scales,
         )
     }
+}
+
+/// `params` and `grads` as the bytes of `len` elements in the (params, grads) formats
+/// `dtypes`, or the error.
+pub(super) fn check_buffer_sizes(
+    len: u64,
+    (params_dtype, grads_dtype): (Dtype, Dtype),
+    params: &[u8],
+    grads: &[u8],
+) -> Result<()> {
+    for (bytes, dtype, which) in [
+        (params.len() as u64, params_dtype, "params"),
+        (grads.len() as u64, grads_dtype, "grads"),
+    ] {
+        let expected = dtype.buffer_bytes(len);
+        if bytes != expected {
+            return Err(match dtype {
+                Dtype::F32 => Error::StateMismatch {
+                    tensor: which.into(),
+                    expected: len,
+                    got: bytes / 4,
+                },
+                _ => Error::FormatSize {
+                    buffer: which.into(),
+                    format: dtype.name(),
+                    len,
+                    expected,
+                    got: bytes,
+                },
+            });
+        }
+    }
+    Ok(())
 }
 
 fn f32_at(bytes: &[u8], e: usize) -> f32 {

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
+use super::TensorRef;
 use crate::error::{Error, Result};
 
 /// Every tensor starts at a multiple of this many elements: one 8-bit state block, so no block
@@ -177,6 +178,19 @@ impl ParamLayout {
             .get(name)
             .map(|&index| &self.tensors[index])
             .ok_or_else(|| Error::UnknownTensor { name: name.into() })
+    }
+
+    /// The slot of a tensor by name, or by index in layout order.
+    pub(crate) fn find(&self, tensor: TensorRef) -> Result<&TensorSlot> {
+        match tensor {
+            TensorRef::Name(name) => self.tensor(name),
+            TensorRef::Index(index) => {
+                let count = self.tensors.len();
+                self.tensors.get(index).ok_or_else(|| Error::UnknownTensor {
+                    name: format!("#{index} (this set has {count})"),
+                })
+            }
+        }
     }
 
     /// The number of parameter groups.

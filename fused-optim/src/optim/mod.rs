@@ -1,14 +1,17 @@
 //! What users hold: [`Optimizer`] over one caller buffer pair, [`ParamSet`] over a packed
 //! [`ParamLayout`] with parameter groups, [`ForeachOptimizer`] over a list of buffer pairs, and
-//! [`CpuOptimizer`], the CPU twin on host slices. Generic over the rule, they know none in
-//! particular, and they step through the GPU layer's engine.
+//! [`CpuOptimizer`] and [`CpuParamSet`], the CPU twins of an optimizer and a parameter set on
+//! host slices. Generic over the rule, they know none in particular, and they step through
+//! the GPU layer's engine.
 
 mod cpu;
+mod cpu_param_set;
 mod layout;
 mod optimizer;
 mod param_set;
 
 pub use cpu::CpuOptimizer;
+pub use cpu_param_set::CpuParamSet;
 pub use layout::{ParamLayout, TensorSlot, TENSOR_ALIGNMENT};
 pub use optimizer::Optimizer;
 pub use param_set::{ForeachOptimizer, PackedBuffers, ParamGroup, ParamSet};
@@ -61,7 +64,9 @@ impl TensorRef<'_> {
     }
 }
 
-/// The accessors every optimizer kind forwards to its `engine` field, written once.
+/// The accessors every optimizer kind forwards to its `engine` field (an
+/// [`Engine`](crate::gpu::Engine)), written once with their docs: each is one call of the
+/// engine, the checkpoint's with the tensors the type's `named_tensors` names.
 macro_rules! engine_accessors {
     () => {
         /// Steps recorded so far: PyTorch's `state["step"]`, unless a grad guard skipped some
@@ -81,8 +86,7 @@ macro_rules! engine_accessors {
         /// is refused ([`Error::UnsubmittedStep`](crate::Error::UnsubmittedStep)) while a
         /// recorded step waits to be submitted.
         pub fn with_grad_guard(mut self, guard: crate::GradGuard) -> crate::Result<Self> {
-            self.set_grad_guard(guard)?;
-            Ok(self)
+            self.engine.set_guard(guard).map(|()| self)
         }
 
         /// [`Self::with_grad_guard`] in place; on error nothing changed.
@@ -127,7 +131,7 @@ macro_rules! engine_accessors {
 
         /// The states this optimizer keeps, by PyTorch name.
         pub fn state_names(&self) -> Vec<&'static str> {
-            crate::rule::state_names(&self.engine.groups)
+            self.engine.state_names()
         }
 
         /// Bytes of GPU memory this optimizer allocated: its state buffers (with their block
@@ -177,19 +181,18 @@ macro_rules! engine_accessors {
         /// is a typed error naming what is wrong, and changes nothing. Restore before recording
         /// more steps: the state is written ahead of the next submission's commands.
         pub fn restore(&mut self, checkpoint: &crate::Checkpoint) -> crate::Result<()> {
-            let named = self.named_tensors();
-            self.engine.restore(checkpoint, &named)
+            self.engine.restore(checkpoint, &self.named_tensors())
         }
 
         /// [`Self::checkpoint`] written to a safetensors file at `path` crash-safely (see
         /// [`Checkpoint::save`](crate::Checkpoint::save)).
         pub fn save(&self, path: impl AsRef<std::path::Path>) -> crate::Result<()> {
-            self.checkpoint()?.save(path)
+            self.engine.save(path.as_ref(), &self.named_tensors())
         }
 
         /// [`Self::restore`] from the safetensors file at `path`.
         pub fn load(&mut self, path: impl AsRef<std::path::Path>) -> crate::Result<()> {
-            self.restore(&crate::Checkpoint::load(path)?)
+            self.engine.load(path.as_ref(), &self.named_tensors())
         }
 
         /// Dispatches one step records: one per parameter group (or buffer pair) and binding

@@ -381,18 +381,7 @@ impl<R: UpdateRule> ParamSet<R> {
     /// decoded to f32; `step` reads as one element. Fails for a state the tensor's group does
     /// not keep, and on a shard for a tensor it holds only part of. Waits for the GPU.
     pub fn read_state<'a>(&self, name: &str, tensor: impl Into<TensorRef<'a>>) -> Result<Vec<f32>> {
-        let slot = match tensor.into() {
-            TensorRef::Name(name) => self.layout.tensor(name)?,
-            TensorRef::Index(index) => {
-                let count = self.layout.tensors().len();
-                self.layout
-                    .tensors()
-                    .get(index)
-                    .ok_or_else(|| Error::UnknownTensor {
-                        name: format!("#{index} (this set has {count})"),
-                    })?
-            }
-        };
+        let slot = self.layout.find(tensor.into())?;
         let tensor = slot.name.as_str();
         match find_state(&self.engine.groups[slot.group], name)? {
             StateRef::Slot(index) => {

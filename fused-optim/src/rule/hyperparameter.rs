@@ -183,35 +183,3 @@ fn kind_error<R: UpdateRule>(name: &str, rule: &R, value: &serde_json::Value) ->
         got: json_kind(value),
     }
 }
-
-/// Implements [`UpdateRule::hyperparameters`](crate::UpdateRule::hyperparameters) and
-/// [`UpdateRule::set_hyperparameter`](crate::UpdateRule::set_hyperparameter) inside an
-/// `impl UpdateRule` block from the rule's field names, which are PyTorch's.
-macro_rules! hyperparameters {
-    ($($field:ident),* $(,)?) => {
-        fn hyperparameters(&self) -> Vec<(&'static str, $crate::rule::Hyperparameter)> {
-            vec![$((stringify!($field), self.$field.into())),*]
-        }
-
-        fn set_hyperparameter(
-            &mut self,
-            name: &str,
-            value: $crate::rule::Hyperparameter,
-        ) -> $crate::Result<()> {
-            if let Some(outcome) = $crate::rule::hyperparameter::implementation_choice(name, value) {
-                return outcome;
-            }
-            match name {
-                $(stringify!($field) => {
-                    $crate::rule::hyperparameter::assign(&mut self.$field, name, value)
-                })*
-                _ => Err($crate::Error::UnknownHyperparameter {
-                    name: name.to_owned(),
-                    rule: self.name(),
-                    available: [$(stringify!($field)),*].join(", "),
-                }),
-            }
-        }
-    };
-}
-pub(crate) use hyperparameters;

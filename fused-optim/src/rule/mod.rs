@@ -3,62 +3,64 @@
 //! no GPU (no wgpu), no buffers and no particular rule.
 
 pub mod check;
+pub mod declaration;
 pub mod hyperparameter;
 pub mod program;
 mod schedule;
-
-use bytemuck::Pod;
+pub(crate) mod schema;
 
 use crate::error::{Error, Result};
-pub(crate) use hyperparameter::hyperparameters;
+pub use declaration::Declared;
+pub(crate) use declaration::{declare_rule, declare_scalars};
 pub use hyperparameter::Hyperparameter;
-use program::Program;
 pub use schedule::LrSchedule;
 
 /// One optimizer's update rule: its PyTorch hyperparameters, the WGSL kernel that applies them,
 /// and the CPU twin that performs the same f32 operations in the same order.
-pub trait UpdateRule: Clone + std::fmt::Debug + Send + Sync + 'static {
-    /// Per-step values, field for field the `Scalars` struct in the rule's shader.
-    type Scalars: Pod + std::fmt::Debug;
-
+pub trait UpdateRule: Declared + Clone + std::fmt::Debug + Send + Sync + 'static {
     /// The rule's WGSL, without the prelude (`src/gpu/prelude.wgsl`).
     const SHADER: &'static str;
-
-    /// Whether [`UpdateRule::SHADER`] is a whole kernel with its own `main`, bindings and
-    /// `Step` (laid out as the prelude's) rather than a `fn update` the prelude calls. Only
-    /// the unfused chain's elementwise kernel does this, so that an operation reads no operand
-    /// it does not use; rules leave it false.
-    const OWN_ENTRY_POINT: bool = false;
-
-    /// Every per-element state the shader loads and stores (`load_<name>`, `store_<name>`),
-    /// by PyTorch name. The twin's `state[i]` is slot `i`; the host generates each slot's
-    /// binding and accessors in the slot's storage format (src/gpu/glue.rs).
-    const STATE_SLOTS: &'static [&'static str];
-
-    /// The slots of [`UpdateRule::STATE_SLOTS`] that are never negative (`exp_avg_sq`, `sum`,
-    /// ...): 8-bit state stores them through the unsigned quantization map, which spends all
-    /// 256 codes on values of one sign. Every other slot uses the signed map.
-    const NON_NEGATIVE: &'static [&'static str] = &[];
-
-    /// Whether PyTorch keeps a `step` count in this optimizer's state.
-    const COUNTS_STEPS: bool;
-
-    /// The rule's name in checkpoints (`fused_optim.rule`), which a restore must match:
-    /// PyTorch's class name where it has one (`Adam` for Adam and AdamW, `SGD`, `RMSprop`).
-    const CHECKPOINT_NAME: &'static str;
 
     /// Short name for reports and labels (`adam`, `adamw`, ...): the configuration's variant.
     fn name(&self) -> &'static str;
 
-    /// Rejects hyperparameters PyTorch rejects, naming the field.
-    fn validate(&self) -> Result<()>;
+    /// Rejects hyperparameters PyTorch rejects, naming the field: each against its declared
+    /// range, then [`UpdateRule::validate_combination`].
+    fn validate(&self) -> Result<()> {
+        declaration::validate_ranges(self)?;
+        self.validate_combination()
+    }
 
-    /// Every hyperparameter by PyTorch name (write it with the `hyperparameters!` macro).
-    fn hyperparameters(&self) -> Vec<(&'static str, Hyperparameter)>;
+    /// Conditions between hyperparameters that no single range states (SGD's nesterov needs
+    /// momentum); none by default.
+    fn validate_combination(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Every hyperparameter by PyTorch name, in declaration order.
+    fn hyperparameters(&self) -> Vec<(&'static str, Hyperparameter)> {
+        declaration::hyperparameters(self)
+    }
 
     /// Sets one hyperparameter by PyTorch name, without validating the result (see
     /// [`UpdateRule::validate`]); an unknown name or a value of the wrong kind is an error.
-    fn set_hyperparameter(&mut self, name: &str, value: Hyperparameter) -> Result<()>;
+    fn set_hyperparameter(&mut self, name: &str, value: Hyperparameter) -> Result<()> {
+        if let Some(outcome) = hyperparameter::implementation_choice(name, value) {
+            return outcome;
+        }
+        match declaration::field::<Self>(name) {
+            Some(field) => (field.set)(self, value),
+            None => Err(Error::UnknownHyperparameter {
+                name: name.to_owned(),
+                rule: self.name(),
+                available: Self::HYPERPARAMETERS
+                    .iter()
+                    .map(|field| field.name)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
 
     /// The rule one entry of a PyTorch optimizer's `state_dict()["param_groups"]` describes,
     /// as JSON (`json.dumps(optimizer.state_dict()["param_groups"][g])`): PyTorch's defaults,
@@ -77,17 +79,17 @@ pub trait UpdateRule: Clone + std::fmt::Debug + Send + Sync + 'static {
 
     /// The learning rate (0 for a rule without one).
     fn lr(&self) -> f64 {
-        self.hyperparameters()
-            .into_iter()
-            .find_map(|(name, value)| match (name, value) {
-                ("lr", Hyperparameter::Float(lr)) => Some(lr),
-                _ => None,
-            })
-            .unwrap_or(0.0)
+        match declaration::field::<Self>("lr").map(|field| (field.get)(self)) {
+            Some(Hyperparameter::Float(lr)) => lr,
+            _ => 0.0,
+        }
     }
 
-    /// Whether this configuration keeps the state slot `name` (e.g. `max_exp_avg_sq` only with amsgrad).
-    fn keeps_state(&self, name: &str) -> bool;
+    /// Whether this configuration keeps the state slot `name` (e.g. `max_exp_avg_sq` only
+    /// with amsgrad), as [`Declared::KEPT_WITH`] says.
+    fn keeps_state(&self, name: &str) -> bool {
+        declaration::keeps_state(self, name)
+    }
 
     /// The value a state buffer starts at (zero except Adagrad's `initial_accumulator_value`).
     fn initial_state(&self, _name: &str) -> f32 {
@@ -96,8 +98,8 @@ pub trait UpdateRule: Clone + std::fmt::Debug + Send + Sync + 'static {
 
     /// PyTorch's `maximize`: the prelude negates the gradient (the `MAXIMIZE` override).
     fn maximize(&self) -> bool {
-        self.hyperparameters()
-            .contains(&("maximize", Hyperparameter::Bool(true)))
+        declaration::field::<Self>("maximize")
+            .is_some_and(|field| (field.get)(self) == Hyperparameter::Bool(true))
     }
 
     /// The coefficient of the L2 term `weight_decay * p` the prelude adds to the gradient
@@ -109,17 +111,7 @@ pub trait UpdateRule: Clone + std::fmt::Debug + Send + Sync + 'static {
     /// [`UpdateRule::l2_weight_decay`].
     fn flags(&self) -> Vec<(&'static str, bool)>;
 
-    /// Integer pipeline-overridable constants besides the flags. The optimizers have none; the
-    /// unfused chain's elementwise kernel picks its operation with one.
-    fn constants(&self) -> Vec<(&'static str, u32)> {
-        Vec::new()
-    }
-
-    /// Values PyTorch keeps in this optimizer's state that change every step and are the same
-    /// for every element, kept on the host like `step` (NAdam's `mu_product`), by name.
-    const HOST_STATE: &'static [&'static str] = &[];
-
-    /// The values of [`UpdateRule::HOST_STATE`] before the first step.
+    /// The values of [`Declared::HOST_STATE`] before the first step.
     fn initial_host_state(&self) -> Vec<f64> {
         Vec::new()
     }
@@ -137,17 +129,11 @@ pub trait UpdateRule: Clone + std::fmt::Debug + Send + Sync + 'static {
     /// prelude passes it. `state` holds this element's value of every slot in `STATE_SLOTS`
     /// (slots this configuration does not keep hold 0 and are ignored).
     fn twin_update(&self, s: &Self::Scalars, p: f32, g: f32, state: &mut [f32]) -> f32;
-
-    /// Step `t` as the unfused chain of elementwise operations a framework without fusion
-    /// would run (the benchmark's baseline). Starts from [`Program::gradient`], the prelude's
-    /// gradient, and uses the same scalars as the kernel (`host` as for
-    /// [`UpdateRule::scalars`]).
-    fn unfused(&self, t: u64, host: &[f64], program: &mut Program);
 }
 
 /// An optimizer of the registry (`src/rules/mod.rs`): what the tests, the benchmark and the
 /// example need to iterate every rule without naming one.
-pub trait RegisteredRule: UpdateRule + Default {
+pub trait RegisteredRule: UpdateRule + program::Unfused + Default {
     /// The rule's name in the registry and in tests/data/pytorch_reference.json (`adam` covers
     /// Adam and AdamW, told apart by `decoupled_weight_decay`, as in PyTorch).
     const KEY: &'static str;
@@ -161,23 +147,6 @@ pub trait RegisteredRule: UpdateRule + Default {
     /// bolder than the defaults (lr 0.1, weight decay 0.3, eps 1e-2, ...) so that every term
     /// moves a result far past the tests' tolerance: what the twin tests run.
     fn every_flag() -> Vec<Self>;
-}
-
-/// Every override the rule's pipeline is specialised on: its flags as 0 or 1, its integer
-/// constants, and, for a rule appended to the prelude, the prelude's `MAXIMIZE` and
-/// `WEIGHT_DECAY` (whether there is an L2 term).
-pub(crate) fn pipeline_constants<R: UpdateRule>(rule: &R) -> Vec<(&'static str, u32)> {
-    let mut constants: Vec<(&'static str, u32)> = rule
-        .flags()
-        .into_iter()
-        .map(|(name, on)| (name, on as u32))
-        .collect();
-    constants.extend(rule.constants());
-    if !R::OWN_ENTRY_POINT {
-        constants.push(("MAXIMIZE", rule.maximize() as u32));
-        constants.push(("WEIGHT_DECAY", (rule.l2_weight_decay() != 0.0) as u32));
-    }
-    constants
 }
 
 /// The CPU twin of the prelude's `main` for one element: negate when maximizing, add the L2
@@ -199,11 +168,14 @@ pub(crate) fn twin_element<R: UpdateRule>(
     *param = rule.twin_update(s, p, g, state);
 }
 
-/// Each state slot of `R` by name, with whether it is never negative.
-pub(crate) fn slot_signs<R: UpdateRule>() -> Vec<(&'static str, bool)> {
-    R::STATE_SLOTS
+/// Each of `slots` by name, with whether it is one of the `non_negative` ones.
+pub(crate) fn slot_signs(
+    slots: &[&'static str],
+    non_negative: &[&'static str],
+) -> Vec<(&'static str, bool)> {
+    slots
         .iter()
-        .map(|slot| (*slot, R::NON_NEGATIVE.contains(slot)))
+        .map(|slot| (*slot, non_negative.contains(slot)))
         .collect()
 }
 

@@ -1,8 +1,18 @@
 //! A step as plain data: the chain of elementwise operations a framework without fusion runs,
-//! one kernel per operation over whole tensors. Rules write it ([`UpdateRule::unfused`]);
-//! the unfused baseline interprets it. No GPU here.
-//!
-//! [`UpdateRule::unfused`]: crate::UpdateRule::unfused
+//! one kernel per operation over whole tensors. Rules write it ([`Unfused`]), beside their
+//! kernel; the unfused baseline interprets it. No GPU here.
+
+use crate::rule::UpdateRule;
+
+/// A rule's step as the unfused chain of elementwise operations a framework without fusion
+/// would run: what the benchmark's unfused baseline times against the fused kernel. Apart
+/// from [`UpdateRule`], which a rule is without it; the registry asks every rule for one.
+pub trait Unfused: UpdateRule {
+    /// Step `t`'s operations, appended to `program`. Starts from [`Program::gradient`], the
+    /// prelude's gradient, and uses the same scalars as the kernel (`host` as for
+    /// [`UpdateRule::scalars`]).
+    fn unfused(&self, t: u64, host: &[f64], program: &mut Program);
+}
 
 /// A tensor an operation reads or writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -66,7 +76,7 @@ pub struct Op {
     pub scalar: f32,
 }
 
-/// The operations of one step, in order: what [`UpdateRule::unfused`](crate::UpdateRule::unfused) writes.
+/// The operations of one step, in order: what [`Unfused::unfused`] writes.
 #[derive(Clone, Debug, Default)]
 pub struct Program {
     /// The operations, in the order they run.

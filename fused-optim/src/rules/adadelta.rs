@@ -12,82 +12,49 @@
 //! ```
 //! Kernel: `adadelta.wgsl`, beside this file.
 
-use bytemuck::{Pod, Zeroable};
+use crate::rule::program::{Operand, Program, Unfused};
+use crate::rule::{declare_rule, declare_scalars, RegisteredRule, UpdateRule};
 
-use crate::error::Result;
-use crate::rule::check::{non_negative, positive, require};
-use crate::rule::program::{Operand, Program};
-use crate::rule::{hyperparameters, RegisteredRule, UpdateRule};
-
-/// Hyperparameters of Adadelta, with PyTorch's names and defaults.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Adadelta {
-    /// Learning rate: the scale of the delta applied.
-    pub lr: f64,
-    /// Coefficient of the running averages of the squared gradient and of the squared delta.
-    pub rho: f64,
-    /// Term added inside both square roots for numerical stability.
-    pub eps: f64,
-    /// Weight decay: an L2 term `weight_decay * p` added to the gradient.
-    pub weight_decay: f64,
-    /// Maximize the objective instead of minimizing it (the gradient is negated).
-    pub maximize: bool,
-}
-
-impl Default for Adadelta {
-    fn default() -> Self {
-        Self {
-            lr: 1.0,
-            rho: 0.9,
-            eps: 1e-6,
-            weight_decay: 0.0,
-            maximize: false,
-        }
+declare_rule! {
+    /// Hyperparameters of Adadelta, with PyTorch's names and defaults.
+    pub struct Adadelta {
+        /// Learning rate: the scale of the delta applied.
+        lr: f64 = 1.0, NonNegative;
+        /// Coefficient of the running averages of the squared gradient and of the squared delta.
+        rho: f64 = 0.9, ClosedUnitInterval;
+        /// Term added inside both square roots for numerical stability.
+        eps: f64 = 1e-6, Positive;
+        /// Weight decay: an L2 term `weight_decay * p` added to the gradient.
+        weight_decay: f64 = 0.0, NonNegative;
+        /// Maximize the objective instead of minimizing it (the gradient is negated).
+        maximize: bool = false;
     }
+    torch_class: Some("Adadelta"),
+    scalars: AdadeltaScalars,
+    checkpoint_name: "Adadelta",
+    state: [square_avg: non_negative, acc_delta: non_negative],
+    counts_steps: true,
 }
 
-/// Per-step values of `adadelta.wgsl`'s `Scalars`, field for field.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-pub struct AdadeltaScalars {
-    /// Learning rate.
-    pub lr: f32,
-    /// rho
-    pub rho: f32,
-    /// 1 - rho
-    pub one_minus_rho: f32,
-    /// Term added inside the square roots.
-    pub eps: f32,
+declare_scalars! {
+    /// Per-step values of `adadelta.wgsl`'s `Scalars`, field for field.
+    pub struct AdadeltaScalars {
+        /// Learning rate.
+        lr: f32,
+        /// rho
+        rho: f32,
+        /// 1 - rho
+        one_minus_rho: f32,
+        /// Term added inside the square roots.
+        eps: f32,
+    }
 }
 
 impl UpdateRule for Adadelta {
-    type Scalars = AdadeltaScalars;
     const SHADER: &'static str = include_str!("adadelta.wgsl");
-    const STATE_SLOTS: &'static [&'static str] = &["square_avg", "acc_delta"];
-    const NON_NEGATIVE: &'static [&'static str] = &["square_avg", "acc_delta"];
-    const COUNTS_STEPS: bool = true;
-    const CHECKPOINT_NAME: &'static str = "Adadelta";
 
     fn name(&self) -> &'static str {
         "adadelta"
-    }
-
-    fn validate(&self) -> Result<()> {
-        non_negative("lr", self.lr)?;
-        require(
-            (0.0..=1.0).contains(&self.rho),
-            "rho",
-            self.rho,
-            "must lie in [0, 1]",
-        )?;
-        positive("eps", self.eps)?;
-        non_negative("weight_decay", self.weight_decay)
-    }
-
-    hyperparameters!(lr, rho, eps, weight_decay, maximize);
-
-    fn keeps_state(&self, name: &str) -> bool {
-        Self::STATE_SLOTS.contains(&name)
     }
 
     fn l2_weight_decay(&self) -> f64 {
@@ -115,7 +82,9 @@ impl UpdateRule for Adadelta {
         state[1] = s.rho * state[1] + s.one_minus_rho * (delta * delta);
         p - s.lr * delta
     }
+}
 
+impl Unfused for Adadelta {
     fn unfused(&self, t: u64, host: &[f64], program: &mut Program) {
         let s = self.scalars(t, host);
         let g = program.gradient(self.maximize, self.weight_decay as f32);

@@ -5,13 +5,6 @@
 //   acc_delta = rho * acc_delta + (1 - rho) * delta * delta
 //   p = p - lr * delta
 
-struct Scalars {
-    lr: f32,
-    rho: f32,
-    one_minus_rho: f32,
-    eps: f32,
-}
-
 fn update(i: u32, p: V, g: V) -> V {
     let s = scalars();
     let v = s.rho * load_square_avg(i) + s.one_minus_rho * (g * g);

@@ -11,77 +11,47 @@
 //! ```
 //! Kernel: `adagrad.wgsl`, beside this file.
 
-use bytemuck::{Pod, Zeroable};
+use crate::rule::program::{Operand, Program, Unfused};
+use crate::rule::{declare_rule, declare_scalars, RegisteredRule, UpdateRule};
 
-use crate::error::Result;
-use crate::rule::check::{non_negative, positive};
-use crate::rule::program::{Operand, Program};
-use crate::rule::{hyperparameters, RegisteredRule, UpdateRule};
-
-/// Hyperparameters of Adagrad, with PyTorch's names and defaults.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Adagrad {
-    /// Learning rate.
-    pub lr: f64,
-    /// Learning-rate decay: step t uses `lr / (1 + (t - 1) * lr_decay)`.
-    pub lr_decay: f64,
-    /// Weight decay: an L2 term `weight_decay * p` added to the gradient, unless decoupled.
-    pub weight_decay: f64,
-    /// Value `sum` starts at.
-    pub initial_accumulator_value: f64,
-    /// Term added to the denominator for numerical stability.
-    pub eps: f64,
-    /// Maximize the objective instead of minimizing it (the gradient is negated).
-    pub maximize: bool,
-}
-
-impl Default for Adagrad {
-    fn default() -> Self {
-        Self {
-            lr: 1e-2,
-            lr_decay: 0.0,
-            weight_decay: 0.0,
-            initial_accumulator_value: 0.0,
-            eps: 1e-10,
-            maximize: false,
-        }
+declare_rule! {
+    /// Hyperparameters of Adagrad, with PyTorch's names and defaults.
+    pub struct Adagrad {
+        /// Learning rate.
+        lr: f64 = 1e-2, NonNegative;
+        /// Learning-rate decay: step t uses `lr / (1 + (t - 1) * lr_decay)`.
+        lr_decay: f64 = 0.0, NonNegative;
+        /// Weight decay: an L2 term `weight_decay * p` added to the gradient, unless decoupled.
+        weight_decay: f64 = 0.0, NonNegative;
+        /// Value `sum` starts at.
+        initial_accumulator_value: f64 = 0.0, NonNegative;
+        /// Term added to the denominator for numerical stability.
+        eps: f64 = 1e-10, Positive;
+        /// Maximize the objective instead of minimizing it (the gradient is negated).
+        maximize: bool = false;
     }
+    torch_class: Some("Adagrad"),
+    scalars: AdagradScalars,
+    checkpoint_name: "Adagrad",
+    state: [sum: non_negative],
+    counts_steps: true,
 }
 
-/// Per-step values of `adagrad.wgsl`'s `Scalars`, field for field.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-pub struct AdagradScalars {
-    /// lr / (1 + (t - 1) * lr_decay)
-    pub clr: f32,
-    /// Term added to the denominator for numerical stability.
-    pub eps: f32,
+declare_scalars! {
+    /// Per-step values of `adagrad.wgsl`'s `Scalars`, field for field.
+    pub struct AdagradScalars {
+        /// lr / (1 + (t - 1) * lr_decay)
+        clr: f32,
+        /// Term added to the denominator for numerical stability.
+        eps: f32,
+    }
 }
 
 impl UpdateRule for Adagrad {
-    type Scalars = AdagradScalars;
     const SHADER: &'static str = include_str!("adagrad.wgsl");
-    const STATE_SLOTS: &'static [&'static str] = &["sum"];
-    const NON_NEGATIVE: &'static [&'static str] = &["sum"];
-    const COUNTS_STEPS: bool = true;
-    const CHECKPOINT_NAME: &'static str = "Adagrad";
 
     fn name(&self) -> &'static str {
         "adagrad"
-    }
-
-    fn validate(&self) -> Result<()> {
-        non_negative("lr", self.lr)?;
-        non_negative("lr_decay", self.lr_decay)?;
-        non_negative("weight_decay", self.weight_decay)?;
-        non_negative("initial_accumulator_value", self.initial_accumulator_value)?;
-        positive("eps", self.eps)
-    }
-
-    hyperparameters!(lr, lr_decay, weight_decay, initial_accumulator_value, eps, maximize);
-
-    fn keeps_state(&self, name: &str) -> bool {
-        name == "sum"
     }
 
     fn initial_state(&self, _name: &str) -> f32 {
@@ -108,7 +78,9 @@ impl UpdateRule for Adagrad {
         state[0] = acc;
         p - s.clr * (g / (acc.sqrt() + s.eps))
     }
+}
 
+impl Unfused for Adagrad {
     fn unfused(&self, t: u64, host: &[f64], program: &mut Program) {
         let s = self.scalars(t, host);
         let g = program.gradient(self.maximize, self.weight_decay as f32);

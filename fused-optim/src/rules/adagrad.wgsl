@@ -4,11 +4,6 @@
 //   p = p - clr * g / (sqrt(sum) + eps)
 // with clr = lr / (1 + (t - 1) * lr_decay) computed on the host each step.
 
-struct Scalars {
-    clr: f32,
-    eps: f32,
-}
-
 fn update(i: u32, p: V, g: V) -> V {
     let s = scalars();
     let acc = load_sum(i) + g * g;

@@ -15,44 +15,33 @@
 //! Epsilon is added after the square root of the bias-corrected second moment, as in PyTorch.
 //! Kernel: `adam.wgsl`, beside this file.
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::error::{Error, Result};
-use crate::rule::check::{non_negative, positive, unit_interval};
-use crate::rule::program::{Operand, Program};
-use crate::rule::{hyperparameters, Hyperparameter, RegisteredRule, UpdateRule};
+use crate::rule::program::{Operand, Program, Unfused};
+use crate::rule::{declare_rule, declare_scalars, RegisteredRule, UpdateRule};
 
-/// Hyperparameters of Adam, with PyTorch's names and defaults. [`Adam::adamw`] gives AdamW's.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Adam {
-    /// Learning rate.
-    pub lr: f64,
-    /// Coefficients of the running averages of the gradient and of its square.
-    pub betas: (f64, f64),
-    /// Term added to the denominator for numerical stability.
-    pub eps: f64,
-    /// Weight decay: an L2 term `weight_decay * p` added to the gradient, unless decoupled.
-    pub weight_decay: f64,
-    /// AdamW: decay the parameter by `1 - lr * weight_decay` instead of adding an L2 term to the gradient.
-    pub decoupled_weight_decay: bool,
-    /// Use the maximum of all second moments so far (AMSGrad).
-    pub amsgrad: bool,
-    /// Maximize the objective instead of minimizing it (the gradient is negated).
-    pub maximize: bool,
-}
-
-impl Default for Adam {
-    fn default() -> Self {
-        Self {
-            lr: 1e-3,
-            betas: (0.9, 0.999),
-            eps: 1e-8,
-            weight_decay: 0.0,
-            decoupled_weight_decay: false,
-            amsgrad: false,
-            maximize: false,
-        }
+declare_rule! {
+    /// Hyperparameters of Adam, with PyTorch's names and defaults. [`Adam::adamw`] gives AdamW's.
+    pub struct Adam {
+        /// Learning rate.
+        lr: f64 = 1e-3, NonNegative;
+        /// Coefficients of the running averages of the gradient and of its square.
+        betas: (f64, f64) = (0.9, 0.999), UnitInterval;
+        /// Term added to the denominator for numerical stability.
+        eps: f64 = 1e-8, Positive;
+        /// Weight decay: an L2 term `weight_decay * p` added to the gradient, unless decoupled.
+        weight_decay: f64 = 0.0, NonNegative;
+        /// AdamW: decay the parameter by `1 - lr * weight_decay` instead of adding an L2 term to the gradient.
+        decoupled_weight_decay: bool = false;
+        /// Use the maximum of all second moments so far (AMSGrad).
+        amsgrad: bool = false;
+        /// Maximize the objective instead of minimizing it (the gradient is negated).
+        maximize: bool = false;
     }
+    torch_class: Some("Adam"),
+    scalars: AdamScalars,
+    checkpoint_name: "Adam",
+    state: [exp_avg, exp_avg_sq: non_negative, max_exp_avg_sq: non_negative if amsgrad],
+    counts_steps: true,
 }
 
 impl Adam {
@@ -63,38 +52,29 @@ impl Adam {
     }
 }
 
-/// `torch.optim.AdamW` under its own name and defaults (`weight_decay` 1e-2): Adam with
-/// decoupled weight decay, the same kernel, state and checkpoints (a checkpoint of either
-/// restores into the other). Its `decoupled_weight_decay` hyperparameter is always true, as
-/// in AdamW's `param_groups`; setting it false is refused (that is [`Adam`]).
-#[derive(Clone, Debug, PartialEq)]
-pub struct AdamW {
-    /// Learning rate.
-    pub lr: f64,
-    /// Coefficients of the running averages of the gradient and of its square.
-    pub betas: (f64, f64),
-    /// Term added to the denominator for numerical stability.
-    pub eps: f64,
-    /// Decoupled weight decay: the parameter is multiplied by `1 - lr * weight_decay`.
-    pub weight_decay: f64,
-    /// Use the maximum of all second moments so far (AMSGrad).
-    pub amsgrad: bool,
-    /// Maximize the objective instead of minimizing it (the gradient is negated).
-    pub maximize: bool,
-}
-
-impl Default for AdamW {
-    fn default() -> Self {
-        let adam = Adam::default();
-        Self {
-            lr: adam.lr,
-            betas: adam.betas,
-            eps: adam.eps,
-            weight_decay: 1e-2,
-            amsgrad: adam.amsgrad,
-            maximize: adam.maximize,
-        }
+declare_rule! {
+    /// `torch.optim.AdamW` under its own name and defaults (`weight_decay` 1e-2): Adam with
+    /// decoupled weight decay, the same kernel, state and checkpoints (a checkpoint of either
+    /// restores into the other). Its `decoupled_weight_decay` hyperparameter is always true, as
+    /// in AdamW's `param_groups`; setting it false is refused (that is [`Adam`]).
+    pub struct AdamW {
+        /// Learning rate.
+        lr: f64 = 1e-3, NonNegative;
+        /// Coefficients of the running averages of the gradient and of its square.
+        betas: (f64, f64) = (0.9, 0.999), UnitInterval;
+        /// Term added to the denominator for numerical stability.
+        eps: f64 = 1e-8, Positive;
+        /// Decoupled weight decay: the parameter is multiplied by `1 - lr * weight_decay`.
+        weight_decay: f64 = 1e-2, NonNegative;
+        /// Use the maximum of all second moments so far (AMSGrad).
+        amsgrad: bool = false;
+        /// Maximize the objective instead of minimizing it (the gradient is negated).
+        maximize: bool = false;
     }
+    torch_class: Some("AdamW"),
+    fixed: [decoupled_weight_decay = true => "AdamW always decouples weight decay; use Adam for an L2 penalty"],
+    scalars: AdamScalars,
+    same_rule_as: Adam,
 }
 
 impl From<AdamW> for Adam {
@@ -141,36 +121,12 @@ impl AdamW {
     }
 }
 
-/// AdamW is Adam's rule under another name: every item is Adam's.
+/// AdamW runs Adam's rule: every item below is Adam's.
 impl UpdateRule for AdamW {
-    type Scalars = AdamScalars;
     const SHADER: &'static str = Adam::SHADER;
-    const STATE_SLOTS: &'static [&'static str] = Adam::STATE_SLOTS;
-    const NON_NEGATIVE: &'static [&'static str] = Adam::NON_NEGATIVE;
-    const COUNTS_STEPS: bool = Adam::COUNTS_STEPS;
-    const CHECKPOINT_NAME: &'static str = Adam::CHECKPOINT_NAME;
 
     fn name(&self) -> &'static str {
         self.adam().name()
-    }
-
-    fn validate(&self) -> Result<()> {
-        self.adam().validate()
-    }
-
-    fn hyperparameters(&self) -> Vec<(&'static str, Hyperparameter)> {
-        self.adam().hyperparameters()
-    }
-
-    fn set_hyperparameter(&mut self, name: &str, value: Hyperparameter) -> Result<()> {
-        let mut adam = self.adam();
-        adam.set_hyperparameter(name, value)?;
-        *self = adam.try_into()?;
-        Ok(())
-    }
-
-    fn keeps_state(&self, name: &str) -> bool {
-        self.adam().keeps_state(name)
     }
 
     fn l2_weight_decay(&self) -> f64 {
@@ -188,10 +144,6 @@ impl UpdateRule for AdamW {
     fn twin_update(&self, s: &AdamScalars, p: f32, g: f32, state: &mut [f32]) -> f32 {
         self.adam().twin_update(s, p, g, state)
     }
-
-    fn unfused(&self, t: u64, host: &[f64], program: &mut Program) {
-        self.adam().unfused(t, host, program)
-    }
 }
 
 impl Adam {
@@ -202,35 +154,30 @@ impl Adam {
     }
 }
 
-/// Per-step values of `adam.wgsl`'s `Scalars`, field for field.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-pub struct AdamScalars {
-    /// lr / (1 - beta1^t)
-    pub step_size: f32,
-    /// betas.0
-    pub beta1: f32,
-    /// 1 - betas.0
-    pub one_minus_beta1: f32,
-    /// betas.1
-    pub beta2: f32,
-    /// 1 - betas.1
-    pub one_minus_beta2: f32,
-    /// sqrt(1 - beta2^t)
-    pub bias_correction2_sqrt: f32,
-    /// Term added to the denominator for numerical stability.
-    pub eps: f32,
-    /// The parameter's multiplier: 1 - lr * weight_decay for AdamW, 1 for Adam.
-    pub decay: f32,
+declare_scalars! {
+    /// Per-step values of `adam.wgsl`'s `Scalars`, field for field.
+    pub struct AdamScalars {
+        /// lr / (1 - beta1^t)
+        step_size: f32,
+        /// betas.0
+        beta1: f32,
+        /// 1 - betas.0
+        one_minus_beta1: f32,
+        /// betas.1
+        beta2: f32,
+        /// 1 - betas.1
+        one_minus_beta2: f32,
+        /// sqrt(1 - beta2^t)
+        bias_correction2_sqrt: f32,
+        /// Term added to the denominator for numerical stability.
+        eps: f32,
+        /// The parameter's multiplier: 1 - lr * weight_decay for AdamW, 1 for Adam.
+        decay: f32,
+    }
 }
 
 impl UpdateRule for Adam {
-    type Scalars = AdamScalars;
     const SHADER: &'static str = include_str!("adam.wgsl");
-    const STATE_SLOTS: &'static [&'static str] = &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"];
-    const NON_NEGATIVE: &'static [&'static str] = &["exp_avg_sq", "max_exp_avg_sq"];
-    const COUNTS_STEPS: bool = true;
-    const CHECKPOINT_NAME: &'static str = "Adam";
 
     fn name(&self) -> &'static str {
         match (self.decoupled_weight_decay, self.amsgrad) {
@@ -238,24 +185,6 @@ impl UpdateRule for Adam {
             (false, true) => "adam-amsgrad",
             (true, false) => "adamw",
             (true, true) => "adamw-amsgrad",
-        }
-    }
-
-    fn validate(&self) -> Result<()> {
-        non_negative("lr", self.lr)?;
-        positive("eps", self.eps)?;
-        unit_interval("betas.0", self.betas.0)?;
-        unit_interval("betas.1", self.betas.1)?;
-        non_negative("weight_decay", self.weight_decay)
-    }
-
-    hyperparameters!(lr, betas, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize);
-
-    fn keeps_state(&self, name: &str) -> bool {
-        match name {
-            "exp_avg" | "exp_avg_sq" => true,
-            "max_exp_avg_sq" => self.amsgrad,
-            _ => false,
         }
     }
 
@@ -310,7 +239,9 @@ impl UpdateRule for Adam {
         let denom = v.sqrt() / s.bias_correction2_sqrt + s.eps;
         decayed - s.step_size * (m / denom)
     }
+}
 
+impl Unfused for Adam {
     fn unfused(&self, t: u64, host: &[f64], program: &mut Program) {
         let s = self.scalars(t, host);
         let g = program.gradient(self.maximize, self.l2_weight_decay() as f32);

@@ -13,17 +13,6 @@ override AMSGRAD: bool = false;
 // AdamW with a non-zero weight decay: the parameter is decayed before the update.
 override DECOUPLED: bool = false;
 
-struct Scalars {
-    step_size: f32,
-    beta1: f32,
-    one_minus_beta1: f32,
-    beta2: f32,
-    one_minus_beta2: f32,
-    bias_correction2_sqrt: f32,
-    eps: f32,
-    decay: f32,
-}
-
 fn update(i: u32, p: V, g: V) -> V {
     let s = scalars();
     let decayed = select(p, p * s.decay, DECOUPLED);

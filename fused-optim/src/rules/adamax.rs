@@ -11,80 +11,51 @@
 //! ```
 //! Kernel: `adamax.wgsl`, beside this file.
 
-use bytemuck::{Pod, Zeroable};
+use crate::rule::program::{Operand, Program, Unfused};
+use crate::rule::{declare_rule, declare_scalars, RegisteredRule, UpdateRule};
 
-use crate::error::Result;
-use crate::rule::check::{non_negative, positive, unit_interval};
-use crate::rule::program::{Operand, Program};
-use crate::rule::{hyperparameters, RegisteredRule, UpdateRule};
-
-/// Hyperparameters of Adamax, with PyTorch's names and defaults.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Adamax {
-    /// Learning rate.
-    pub lr: f64,
-    /// Coefficients of the running average of the gradient and of the infinity norm.
-    pub betas: (f64, f64),
-    /// Term added to the gradient's magnitude before the infinity norm's maximum.
-    pub eps: f64,
-    /// Weight decay: an L2 term `weight_decay * p` added to the gradient.
-    pub weight_decay: f64,
-    /// Maximize the objective instead of minimizing it (the gradient is negated).
-    pub maximize: bool,
-}
-
-impl Default for Adamax {
-    fn default() -> Self {
-        Self {
-            lr: 2e-3,
-            betas: (0.9, 0.999),
-            eps: 1e-8,
-            weight_decay: 0.0,
-            maximize: false,
-        }
+declare_rule! {
+    /// Hyperparameters of Adamax, with PyTorch's names and defaults.
+    pub struct Adamax {
+        /// Learning rate.
+        lr: f64 = 2e-3, NonNegative;
+        /// Coefficients of the running average of the gradient and of the infinity norm.
+        betas: (f64, f64) = (0.9, 0.999), UnitInterval;
+        /// Term added to the gradient's magnitude before the infinity norm's maximum.
+        eps: f64 = 1e-8, Positive;
+        /// Weight decay: an L2 term `weight_decay * p` added to the gradient.
+        weight_decay: f64 = 0.0, NonNegative;
+        /// Maximize the objective instead of minimizing it (the gradient is negated).
+        maximize: bool = false;
     }
+    torch_class: Some("Adamax"),
+    scalars: AdamaxScalars,
+    checkpoint_name: "Adamax",
+    state: [exp_avg, exp_inf: non_negative],
+    counts_steps: true,
 }
 
-/// Per-step values of `adamax.wgsl`'s `Scalars`, field for field.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-pub struct AdamaxScalars {
-    /// betas.0
-    pub beta1: f32,
-    /// 1 - betas.0
-    pub one_minus_beta1: f32,
-    /// betas.1
-    pub beta2: f32,
-    /// Term added to the gradient's magnitude.
-    pub eps: f32,
-    /// lr / (1 - beta1^t)
-    pub clr: f32,
+declare_scalars! {
+    /// Per-step values of `adamax.wgsl`'s `Scalars`, field for field.
+    pub struct AdamaxScalars {
+        /// betas.0
+        beta1: f32,
+        /// 1 - betas.0
+        one_minus_beta1: f32,
+        /// betas.1
+        beta2: f32,
+        /// Term added to the gradient's magnitude.
+        eps: f32,
+        /// lr / (1 - beta1^t)
+        clr: f32,
+    }
 }
 
 impl UpdateRule for Adamax {
-    type Scalars = AdamaxScalars;
     const SHADER: &'static str = include_str!("adamax.wgsl");
-    const STATE_SLOTS: &'static [&'static str] = &["exp_avg", "exp_inf"];
-    const NON_NEGATIVE: &'static [&'static str] = &["exp_inf"];
-    const COUNTS_STEPS: bool = true;
-    const CHECKPOINT_NAME: &'static str = "Adamax";
 
     fn name(&self) -> &'static str {
         "adamax"
-    }
-
-    fn validate(&self) -> Result<()> {
-        non_negative("lr", self.lr)?;
-        positive("eps", self.eps)?;
-        unit_interval("betas.0", self.betas.0)?;
-        unit_interval("betas.1", self.betas.1)?;
-        non_negative("weight_decay", self.weight_decay)
-    }
-
-    hyperparameters!(lr, betas, eps, weight_decay, maximize);
-
-    fn keeps_state(&self, name: &str) -> bool {
-        Self::STATE_SLOTS.contains(&name)
     }
 
     fn l2_weight_decay(&self) -> f64 {
@@ -113,7 +84,9 @@ impl UpdateRule for Adamax {
         state[1] = u;
         p - s.clr * (m / u)
     }
+}
 
+impl Unfused for Adamax {
     fn unfused(&self, t: u64, host: &[f64], program: &mut Program) {
         let s = self.scalars(t, host);
         let g = program.gradient(self.maximize, self.weight_decay as f32);

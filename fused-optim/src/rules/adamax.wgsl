@@ -5,14 +5,6 @@
 //   p = p - clr * m / u
 // with clr = lr / (1 - beta1^t) computed on the host each step.
 
-struct Scalars {
-    beta1: f32,
-    one_minus_beta1: f32,
-    beta2: f32,
-    eps: f32,
-    clr: f32,
-}
-
 fn update(i: u32, p: V, g: V) -> V {
     let s = scalars();
     let m = s.beta1 * load_exp_avg(i) + s.one_minus_beta1 * g;

@@ -12,53 +12,44 @@
 //! ```
 //! with `sign(0) = 0`. Kernel: `lion.wgsl`, beside this file.
 
-use bytemuck::{Pod, Zeroable};
+use crate::rule::program::{Operand, Program, Unfused};
+use crate::rule::{declare_rule, declare_scalars, RegisteredRule, UpdateRule};
 
-use crate::error::Result;
-use crate::rule::check::{non_negative, unit_interval};
-use crate::rule::program::{Operand, Program};
-use crate::rule::{hyperparameters, RegisteredRule, UpdateRule};
-
-/// Hyperparameters of Lion, with the paper's names and defaults.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Lion {
-    /// Learning rate: the size of every element's step.
-    pub lr: f64,
-    /// Interpolation coefficient of the update direction, and of the momentum's average.
-    pub betas: (f64, f64),
-    /// Decoupled weight decay: the parameter is scaled by `1 - lr * weight_decay`.
-    pub weight_decay: f64,
-    /// Maximize the objective instead of minimizing it (the gradient is negated).
-    pub maximize: bool,
-}
-
-impl Default for Lion {
-    fn default() -> Self {
-        Self {
-            lr: 1e-4,
-            betas: (0.9, 0.99),
-            weight_decay: 0.0,
-            maximize: false,
-        }
+declare_rule! {
+    /// Hyperparameters of Lion, with the paper's names and defaults.
+    pub struct Lion {
+        /// Learning rate: the size of every element's step.
+        lr: f64 = 1e-4, NonNegative;
+        /// Interpolation coefficient of the update direction, and of the momentum's average.
+        betas: (f64, f64) = (0.9, 0.99), UnitInterval;
+        /// Decoupled weight decay: the parameter is scaled by `1 - lr * weight_decay`.
+        weight_decay: f64 = 0.0, NonNegative;
+        /// Maximize the objective instead of minimizing it (the gradient is negated).
+        maximize: bool = false;
     }
+    torch_class: None,
+    scalars: LionScalars,
+    checkpoint_name: "Lion",
+    state: [exp_avg],
+    counts_steps: false,
 }
 
-/// Per-step values of `lion.wgsl`'s `Scalars`, field for field.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-pub struct LionScalars {
-    /// Learning rate.
-    pub lr: f32,
-    /// betas.0
-    pub beta1: f32,
-    /// 1 - betas.0
-    pub one_minus_beta1: f32,
-    /// betas.1
-    pub beta2: f32,
-    /// 1 - betas.1
-    pub one_minus_beta2: f32,
-    /// The parameter's multiplier, 1 - lr * weight_decay (exactly 1 without weight decay).
-    pub decay: f32,
+declare_scalars! {
+    /// Per-step values of `lion.wgsl`'s `Scalars`, field for field.
+    pub struct LionScalars {
+        /// Learning rate.
+        lr: f32,
+        /// betas.0
+        beta1: f32,
+        /// 1 - betas.0
+        one_minus_beta1: f32,
+        /// betas.1
+        beta2: f32,
+        /// 1 - betas.1
+        one_minus_beta2: f32,
+        /// The parameter's multiplier, 1 - lr * weight_decay (exactly 1 without weight decay).
+        decay: f32,
+    }
 }
 
 /// `sign` as WGSL and PyTorch define it: 1, -1, or 0 for a zero (`f32::signum` gives 1 for +0).
@@ -73,27 +64,10 @@ fn sign(x: f32) -> f32 {
 }
 
 impl UpdateRule for Lion {
-    type Scalars = LionScalars;
     const SHADER: &'static str = include_str!("lion.wgsl");
-    const STATE_SLOTS: &'static [&'static str] = &["exp_avg"];
-    const COUNTS_STEPS: bool = false;
-    const CHECKPOINT_NAME: &'static str = "Lion";
 
     fn name(&self) -> &'static str {
         "lion"
-    }
-
-    fn validate(&self) -> Result<()> {
-        non_negative("lr", self.lr)?;
-        unit_interval("betas.0", self.betas.0)?;
-        unit_interval("betas.1", self.betas.1)?;
-        non_negative("weight_decay", self.weight_decay)
-    }
-
-    hyperparameters!(lr, betas, weight_decay, maximize);
-
-    fn keeps_state(&self, name: &str) -> bool {
-        name == "exp_avg"
     }
 
     fn l2_weight_decay(&self) -> f64 {
@@ -122,7 +96,9 @@ impl UpdateRule for Lion {
         state[0] = s.beta2 * m + s.one_minus_beta2 * g;
         p * s.decay - s.lr * sign(c)
     }
+}
 
+impl Unfused for Lion {
     fn unfused(&self, t: u64, host: &[f64], program: &mut Program) {
         let s = self.scalars(t, host);
         let g = program.gradient(self.maximize, 0.0);

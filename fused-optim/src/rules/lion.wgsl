@@ -6,15 +6,6 @@
 //   m = beta2 * m + (1 - beta2) * g
 // WGSL's sign(0) is 0, as PyTorch's.
 
-struct Scalars {
-    lr: f32,
-    beta1: f32,
-    one_minus_beta1: f32,
-    beta2: f32,
-    one_minus_beta2: f32,
-    decay: f32,
-}
-
 fn update(i: u32, p: V, g: V) -> V {
     let s = scalars();
     let m = load_exp_avg(i);

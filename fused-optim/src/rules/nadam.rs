@@ -17,44 +17,33 @@
 //! ```
 //! Kernel: `nadam.wgsl`, beside this file.
 
-use bytemuck::{Pod, Zeroable};
+use crate::rule::program::{Operand, Program, Unfused};
+use crate::rule::{declare_rule, declare_scalars, RegisteredRule, UpdateRule};
 
-use crate::error::Result;
-use crate::rule::check::{non_negative, positive, unit_interval};
-use crate::rule::program::{Operand, Program};
-use crate::rule::{hyperparameters, RegisteredRule, UpdateRule};
-
-/// Hyperparameters of NAdam, with PyTorch's names and defaults.
-#[derive(Clone, Debug, PartialEq)]
-pub struct NAdam {
-    /// Learning rate.
-    pub lr: f64,
-    /// Coefficients of the running averages of the gradient and of its square.
-    pub betas: (f64, f64),
-    /// Term added to the denominator for numerical stability.
-    pub eps: f64,
-    /// Weight decay: an L2 term `weight_decay * p` added to the gradient, unless decoupled.
-    pub weight_decay: f64,
-    /// How fast the momentum coefficient `mu_t` approaches `beta1`.
-    pub momentum_decay: f64,
-    /// NAdamW: decay the parameter by `1 - lr * weight_decay` instead of adding an L2 term.
-    pub decoupled_weight_decay: bool,
-    /// Maximize the objective instead of minimizing it (the gradient is negated).
-    pub maximize: bool,
-}
-
-impl Default for NAdam {
-    fn default() -> Self {
-        Self {
-            lr: 2e-3,
-            betas: (0.9, 0.999),
-            eps: 1e-8,
-            weight_decay: 0.0,
-            momentum_decay: 4e-3,
-            decoupled_weight_decay: false,
-            maximize: false,
-        }
+declare_rule! {
+    /// Hyperparameters of NAdam, with PyTorch's names and defaults.
+    pub struct NAdam {
+        /// Learning rate.
+        lr: f64 = 2e-3, NonNegative;
+        /// Coefficients of the running averages of the gradient and of its square.
+        betas: (f64, f64) = (0.9, 0.999), UnitInterval;
+        /// Term added to the denominator for numerical stability.
+        eps: f64 = 1e-8, Positive;
+        /// Weight decay: an L2 term `weight_decay * p` added to the gradient, unless decoupled.
+        weight_decay: f64 = 0.0, NonNegative;
+        /// How fast the momentum coefficient `mu_t` approaches `beta1`.
+        momentum_decay: f64 = 4e-3, NonNegative;
+        /// NAdamW: decay the parameter by `1 - lr * weight_decay` instead of adding an L2 term.
+        decoupled_weight_decay: bool = false;
+        /// Maximize the objective instead of minimizing it (the gradient is negated).
+        maximize: bool = false;
     }
+    torch_class: Some("NAdam"),
+    scalars: NAdamScalars,
+    checkpoint_name: "NAdam",
+    state: [exp_avg, exp_avg_sq: non_negative],
+    host_state: [mu_product],
+    counts_steps: true,
 }
 
 impl NAdam {
@@ -69,67 +58,38 @@ impl NAdam {
     }
 }
 
-/// Per-step values of `nadam.wgsl`'s `Scalars`, field for field.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-pub struct NAdamScalars {
-    /// betas.0
-    pub beta1: f32,
-    /// 1 - betas.0
-    pub one_minus_beta1: f32,
-    /// betas.1
-    pub beta2: f32,
-    /// 1 - betas.1
-    pub one_minus_beta2: f32,
-    /// 1 - beta2^t
-    pub bias_correction2: f32,
-    /// Term added to the denominator.
-    pub eps: f32,
-    /// lr * (1 - mu_t) / (1 - mu_product): the gradient's weight.
-    pub grad_coef: f32,
-    /// lr * mu_{t+1} / (1 - mu_product * mu_{t+1}): the momentum's weight.
-    pub momentum_coef: f32,
-    /// The parameter's multiplier: 1 - lr * weight_decay when decoupled, else 1.
-    pub decay: f32,
+declare_scalars! {
+    /// Per-step values of `nadam.wgsl`'s `Scalars`, field for field.
+    pub struct NAdamScalars {
+        /// betas.0
+        beta1: f32,
+        /// 1 - betas.0
+        one_minus_beta1: f32,
+        /// betas.1
+        beta2: f32,
+        /// 1 - betas.1
+        one_minus_beta2: f32,
+        /// 1 - beta2^t
+        bias_correction2: f32,
+        /// Term added to the denominator.
+        eps: f32,
+        /// lr * (1 - mu_t) / (1 - mu_product): the gradient's weight.
+        grad_coef: f32,
+        /// lr * mu_{t+1} / (1 - mu_product * mu_{t+1}): the momentum's weight.
+        momentum_coef: f32,
+        /// The parameter's multiplier: 1 - lr * weight_decay when decoupled, else 1.
+        decay: f32,
+    }
 }
 
 impl UpdateRule for NAdam {
-    type Scalars = NAdamScalars;
     const SHADER: &'static str = include_str!("nadam.wgsl");
-    const STATE_SLOTS: &'static [&'static str] = &["exp_avg", "exp_avg_sq"];
-    const NON_NEGATIVE: &'static [&'static str] = &["exp_avg_sq"];
-    const HOST_STATE: &'static [&'static str] = &["mu_product"];
-    const COUNTS_STEPS: bool = true;
-    const CHECKPOINT_NAME: &'static str = "NAdam";
 
     fn name(&self) -> &'static str {
         match self.decoupled_weight_decay {
             false => "nadam",
             true => "nadamw",
         }
-    }
-
-    fn validate(&self) -> Result<()> {
-        non_negative("lr", self.lr)?;
-        positive("eps", self.eps)?;
-        unit_interval("betas.0", self.betas.0)?;
-        unit_interval("betas.1", self.betas.1)?;
-        non_negative("weight_decay", self.weight_decay)?;
-        non_negative("momentum_decay", self.momentum_decay)
-    }
-
-    hyperparameters!(
-        lr,
-        betas,
-        eps,
-        weight_decay,
-        momentum_decay,
-        decoupled_weight_decay,
-        maximize
-    );
-
-    fn keeps_state(&self, name: &str) -> bool {
-        Self::STATE_SLOTS.contains(&name)
     }
 
     fn l2_weight_decay(&self) -> f64 {
@@ -186,7 +146,9 @@ impl UpdateRule for NAdam {
         let stepped = decayed - s.grad_coef * (g / denom);
         stepped - s.momentum_coef * (m / denom)
     }
+}
 
+impl Unfused for NAdam {
     fn unfused(&self, t: u64, host: &[f64], program: &mut Program) {
         let s = self.scalars(t, host);
         let g = program.gradient(self.maximize, self.l2_weight_decay() as f32);

@@ -13,18 +13,6 @@
 // NAdamW with a non-zero weight decay: the parameter is decayed before the update.
 override DECOUPLED: bool = false;
 
-struct Scalars {
-    beta1: f32,
-    one_minus_beta1: f32,
-    beta2: f32,
-    one_minus_beta2: f32,
-    bias_correction2: f32,
-    eps: f32,
-    grad_coef: f32,
-    momentum_coef: f32,
-    decay: f32,
-}
-
 fn update(i: u32, p: V, g: V) -> V {
     let s = scalars();
     let decayed = select(p, p * s.decay, DECOUPLED);

@@ -19,41 +19,30 @@
 //! The branch depends on `t` alone, so the host picks it each step and the kernel follows a
 //! per-step flag. Kernel: `radam.wgsl`, beside this file.
 
-use bytemuck::{Pod, Zeroable};
+use crate::rule::program::{Operand, Program, Unfused};
+use crate::rule::{declare_rule, declare_scalars, RegisteredRule, UpdateRule};
 
-use crate::error::Result;
-use crate::rule::check::{non_negative, positive, unit_interval};
-use crate::rule::program::{Operand, Program};
-use crate::rule::{hyperparameters, RegisteredRule, UpdateRule};
-
-/// Hyperparameters of RAdam, with PyTorch's names and defaults.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RAdam {
-    /// Learning rate.
-    pub lr: f64,
-    /// Coefficients of the running averages of the gradient and of its square.
-    pub betas: (f64, f64),
-    /// Term added to the denominator for numerical stability.
-    pub eps: f64,
-    /// Weight decay: an L2 term `weight_decay * p` added to the gradient, unless decoupled.
-    pub weight_decay: f64,
-    /// RAdamW: decay the parameter by `1 - lr * weight_decay` instead of adding an L2 term.
-    pub decoupled_weight_decay: bool,
-    /// Maximize the objective instead of minimizing it (the gradient is negated).
-    pub maximize: bool,
-}
-
-impl Default for RAdam {
-    fn default() -> Self {
-        Self {
-            lr: 1e-3,
-            betas: (0.9, 0.999),
-            eps: 1e-8,
-            weight_decay: 0.0,
-            decoupled_weight_decay: false,
-            maximize: false,
-        }
+declare_rule! {
+    /// Hyperparameters of RAdam, with PyTorch's names and defaults.
+    pub struct RAdam {
+        /// Learning rate.
+        lr: f64 = 1e-3, NonNegative;
+        /// Coefficients of the running averages of the gradient and of its square.
+        betas: (f64, f64) = (0.9, 0.999), UnitInterval;
+        /// Term added to the denominator for numerical stability.
+        eps: f64 = 1e-8, Positive;
+        /// Weight decay: an L2 term `weight_decay * p` added to the gradient, unless decoupled.
+        weight_decay: f64 = 0.0, NonNegative;
+        /// RAdamW: decay the parameter by `1 - lr * weight_decay` instead of adding an L2 term.
+        decoupled_weight_decay: bool = false;
+        /// Maximize the objective instead of minimizing it (the gradient is negated).
+        maximize: bool = false;
     }
+    torch_class: Some("RAdam"),
+    scalars: RAdamScalars,
+    checkpoint_name: "RAdam",
+    state: [exp_avg, exp_avg_sq: non_negative],
+    counts_steps: true,
 }
 
 impl RAdam {
@@ -69,69 +58,42 @@ impl RAdam {
         let rho_inf = 2.0 / (1.0 - beta2) - 1.0;
         let rho_t = rho_inf - 2.0 * t * beta2.powf(t) / (1.0 - beta2.powf(t));
         (rho_t > 5.0).then(|| {
-            ((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
-                / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
+            ((rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
                 .sqrt()
         })
     }
 }
 
-/// Per-step values of `radam.wgsl`'s `Scalars`, field for field.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-pub struct RAdamScalars {
-    /// betas.0
-    pub beta1: f32,
-    /// 1 - betas.0
-    pub one_minus_beta1: f32,
-    /// betas.1
-    pub beta2: f32,
-    /// 1 - betas.1
-    pub one_minus_beta2: f32,
-    /// Term added to the denominator.
-    pub eps: f32,
-    /// lr * rect * sqrt(1 - beta2^t) / (1 - beta1^t) when rectified, else lr / (1 - beta1^t).
-    pub step_size: f32,
-    /// 1 when this step is rectified (rho_t > 5), else 0.
-    pub rectified: u32,
-    /// The parameter's multiplier: 1 - lr * weight_decay when decoupled, else 1.
-    pub decay: f32,
+declare_scalars! {
+    /// Per-step values of `radam.wgsl`'s `Scalars`, field for field.
+    pub struct RAdamScalars {
+        /// betas.0
+        beta1: f32,
+        /// 1 - betas.0
+        one_minus_beta1: f32,
+        /// betas.1
+        beta2: f32,
+        /// 1 - betas.1
+        one_minus_beta2: f32,
+        /// Term added to the denominator.
+        eps: f32,
+        /// lr * rect * sqrt(1 - beta2^t) / (1 - beta1^t) when rectified, else lr / (1 - beta1^t).
+        step_size: f32,
+        /// 1 when this step is rectified (rho_t > 5), else 0.
+        rectified: u32,
+        /// The parameter's multiplier: 1 - lr * weight_decay when decoupled, else 1.
+        decay: f32,
+    }
 }
 
 impl UpdateRule for RAdam {
-    type Scalars = RAdamScalars;
     const SHADER: &'static str = include_str!("radam.wgsl");
-    const STATE_SLOTS: &'static [&'static str] = &["exp_avg", "exp_avg_sq"];
-    const NON_NEGATIVE: &'static [&'static str] = &["exp_avg_sq"];
-    const COUNTS_STEPS: bool = true;
-    const CHECKPOINT_NAME: &'static str = "RAdam";
 
     fn name(&self) -> &'static str {
         match self.decoupled_weight_decay {
             false => "radam",
             true => "radamw",
         }
-    }
-
-    fn validate(&self) -> Result<()> {
-        non_negative("lr", self.lr)?;
-        positive("eps", self.eps)?;
-        unit_interval("betas.0", self.betas.0)?;
-        unit_interval("betas.1", self.betas.1)?;
-        non_negative("weight_decay", self.weight_decay)
-    }
-
-    hyperparameters!(
-        lr,
-        betas,
-        eps,
-        weight_decay,
-        decoupled_weight_decay,
-        maximize
-    );
-
-    fn keeps_state(&self, name: &str) -> bool {
-        Self::STATE_SLOTS.contains(&name)
     }
 
     fn l2_weight_decay(&self) -> f64 {
@@ -184,7 +146,9 @@ impl UpdateRule for RAdam {
             _ => decayed - s.step_size * (m / (v.sqrt() + s.eps)),
         }
     }
+}
 
+impl Unfused for RAdam {
     fn unfused(&self, t: u64, host: &[f64], program: &mut Program) {
         let s = self.scalars(t, host);
         let g = program.gradient(self.maximize, self.l2_weight_decay() as f32);

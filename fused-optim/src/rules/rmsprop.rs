@@ -14,73 +14,56 @@
 //! ```
 //! Kernel: `rmsprop.wgsl`, beside this file.
 
-use bytemuck::{Pod, Zeroable};
+use crate::rule::program::{Operand, Program, Unfused};
+use crate::rule::{declare_rule, declare_scalars, RegisteredRule, UpdateRule};
 
-use crate::error::Result;
-use crate::rule::check::{non_negative, positive};
-use crate::rule::program::{Operand, Program};
-use crate::rule::{hyperparameters, RegisteredRule, UpdateRule};
-
-/// Hyperparameters of RMSprop, with PyTorch's names and defaults.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RmsProp {
-    /// Learning rate.
-    pub lr: f64,
-    /// Smoothing constant of the running average of the squared gradient.
-    pub alpha: f64,
-    /// Term added to the denominator for numerical stability.
-    pub eps: f64,
-    /// Weight decay: an L2 term `weight_decay * p` added to the gradient, unless decoupled.
-    pub weight_decay: f64,
-    /// Momentum factor (0 keeps no momentum buffer).
-    pub momentum: f64,
-    /// Normalize by an estimate of the gradient's variance instead of its second moment.
-    pub centered: bool,
-    /// Put epsilon inside the square root, `sqrt(v + eps)`, the other common convention
-    /// (Keras, TensorFlow, many papers). PyTorch adds it outside: `sqrt(v) + eps`.
-    pub eps_inside_sqrt: bool,
-    /// Maximize the objective instead of minimizing it (the gradient is negated).
-    pub maximize: bool,
+declare_rule! {
+    /// Hyperparameters of RMSprop, with PyTorch's names and defaults.
+    pub struct RmsProp {
+        /// Learning rate.
+        lr: f64 = 1e-2, NonNegative;
+        /// Smoothing constant of the running average of the squared gradient.
+        alpha: f64 = 0.99, NonNegative;
+        /// Term added to the denominator for numerical stability.
+        eps: f64 = 1e-8, Positive;
+        /// Weight decay: an L2 term `weight_decay * p` added to the gradient, unless decoupled.
+        weight_decay: f64 = 0.0, NonNegative;
+        /// Momentum factor (0 keeps no momentum buffer).
+        momentum: f64 = 0.0, NonNegative;
+        /// Normalize by an estimate of the gradient's variance instead of its second moment.
+        centered: bool = false;
+        /// Put epsilon inside the square root, `sqrt(v + eps)`, the other common convention
+        /// (Keras, TensorFlow, many papers). PyTorch adds it outside: `sqrt(v) + eps`.
+        eps_inside_sqrt: bool = false;
+        /// Maximize the objective instead of minimizing it (the gradient is negated).
+        maximize: bool = false;
+    }
+    torch_class: Some("RMSprop"),
+    not_in_torch: [eps_inside_sqrt],
+    scalars: RmsPropScalars,
+    checkpoint_name: "RMSprop",
+    state: [square_avg: non_negative, momentum_buffer if momentum, grad_avg if centered],
+    counts_steps: true,
 }
 
-impl Default for RmsProp {
-    fn default() -> Self {
-        Self {
-            lr: 1e-2,
-            alpha: 0.99,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            momentum: 0.0,
-            centered: false,
-            eps_inside_sqrt: false,
-            maximize: false,
-        }
+declare_scalars! {
+    /// Per-step values of `rmsprop.wgsl`'s `Scalars`, field for field.
+    pub struct RmsPropScalars {
+        /// Learning rate.
+        lr: f32,
+        /// Smoothing constant of the running average of the squared gradient.
+        alpha: f32,
+        /// 1 - alpha
+        one_minus_alpha: f32,
+        /// Term added to the denominator for numerical stability.
+        eps: f32,
+        /// Momentum factor (0 keeps no momentum buffer).
+        momentum: f32,
     }
 }
 
-/// Per-step values of `rmsprop.wgsl`'s `Scalars`, field for field.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-pub struct RmsPropScalars {
-    /// Learning rate.
-    pub lr: f32,
-    /// Smoothing constant of the running average of the squared gradient.
-    pub alpha: f32,
-    /// 1 - alpha
-    pub one_minus_alpha: f32,
-    /// Term added to the denominator for numerical stability.
-    pub eps: f32,
-    /// Momentum factor (0 keeps no momentum buffer).
-    pub momentum: f32,
-}
-
 impl UpdateRule for RmsProp {
-    type Scalars = RmsPropScalars;
     const SHADER: &'static str = include_str!("rmsprop.wgsl");
-    const STATE_SLOTS: &'static [&'static str] = &["square_avg", "momentum_buffer", "grad_avg"];
-    const NON_NEGATIVE: &'static [&'static str] = &["square_avg"];
-    const COUNTS_STEPS: bool = true;
-    const CHECKPOINT_NAME: &'static str = "RMSprop";
 
     fn name(&self) -> &'static str {
         match (self.centered, self.momentum > 0.0) {
@@ -88,25 +71,6 @@ impl UpdateRule for RmsProp {
             (false, true) => "rmsprop-momentum",
             (true, false) => "rmsprop-centered",
             (true, true) => "rmsprop-centered-momentum",
-        }
-    }
-
-    fn validate(&self) -> Result<()> {
-        non_negative("lr", self.lr)?;
-        positive("eps", self.eps)?;
-        non_negative("momentum", self.momentum)?;
-        non_negative("weight_decay", self.weight_decay)?;
-        non_negative("alpha", self.alpha)
-    }
-
-    hyperparameters!(lr, alpha, eps, weight_decay, momentum, centered, eps_inside_sqrt, maximize);
-
-    fn keeps_state(&self, name: &str) -> bool {
-        match name {
-            "square_avg" => true,
-            "momentum_buffer" => self.momentum > 0.0,
-            "grad_avg" => self.centered,
-            _ => false,
         }
     }
 
@@ -154,7 +118,9 @@ impl UpdateRule for RmsProp {
             p - s.lr * (g / avg)
         }
     }
+}
 
+impl Unfused for RmsProp {
     fn unfused(&self, t: u64, host: &[f64], program: &mut Program) {
         let s = self.scalars(t, host);
         let g = program.gradient(self.maximize, self.weight_decay as f32);

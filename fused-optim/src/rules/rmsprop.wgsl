@@ -10,14 +10,6 @@ override CENTERED: bool = false;
 override MOMENTUM: bool = false;
 override EPS_INSIDE_SQRT: bool = false;
 
-struct Scalars {
-    lr: f32,
-    alpha: f32,
-    one_minus_alpha: f32,
-    eps: f32,
-    momentum: f32,
-}
-
 fn update(i: u32, p: V, g: V) -> V {
     let s = scalars();
     let v = s.alpha * load_square_avg(i) + s.one_minus_alpha * (g * g);

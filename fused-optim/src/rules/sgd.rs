@@ -12,63 +12,50 @@
 //! ```
 //! Kernel: `sgd.wgsl`, beside this file.
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::error::Result;
-use crate::rule::check::{non_negative, require};
-use crate::rule::program::{Operand, Program};
-use crate::rule::{hyperparameters, RegisteredRule, UpdateRule};
+use crate::rule::check::require;
+use crate::rule::program::{Operand, Program, Unfused};
+use crate::rule::{declare_rule, declare_scalars, RegisteredRule, UpdateRule};
 
-/// Hyperparameters of SGD, with PyTorch's names and defaults.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Sgd {
-    /// Learning rate.
-    pub lr: f64,
-    /// Momentum factor (0 keeps no momentum buffer).
-    pub momentum: f64,
-    /// Dampening for momentum: the gradient enters the buffer times `1 - dampening`.
-    pub dampening: f64,
-    /// Weight decay: an L2 term `weight_decay * p` added to the gradient, unless decoupled.
-    pub weight_decay: f64,
-    /// Nesterov momentum.
-    pub nesterov: bool,
-    /// Maximize the objective instead of minimizing it (the gradient is negated).
-    pub maximize: bool,
+declare_rule! {
+    /// Hyperparameters of SGD, with PyTorch's names and defaults.
+    pub struct Sgd {
+        /// Learning rate.
+        lr: f64 = 1e-3, NonNegative;
+        /// Momentum factor (0 keeps no momentum buffer).
+        momentum: f64 = 0.0, NonNegative;
+        /// Dampening for momentum: the gradient enters the buffer times `1 - dampening`.
+        dampening: f64 = 0.0, Finite;
+        /// Weight decay: an L2 term `weight_decay * p` added to the gradient, unless decoupled.
+        weight_decay: f64 = 0.0, NonNegative;
+        /// Nesterov momentum.
+        nesterov: bool = false;
+        /// Maximize the objective instead of minimizing it (the gradient is negated).
+        maximize: bool = false;
+    }
+    torch_class: Some("SGD"),
+    scalars: SgdScalars,
+    checkpoint_name: "SGD",
+    state: [momentum_buffer if momentum],
+    counts_steps: false,
 }
 
-impl Default for Sgd {
-    fn default() -> Self {
-        Self {
-            lr: 1e-3,
-            momentum: 0.0,
-            dampening: 0.0,
-            weight_decay: 0.0,
-            nesterov: false,
-            maximize: false,
-        }
+declare_scalars! {
+    /// Per-step values of `sgd.wgsl`'s `Scalars`, field for field.
+    pub struct SgdScalars {
+        /// Learning rate.
+        lr: f32,
+        /// Momentum factor (0 keeps no momentum buffer).
+        momentum: f32,
+        /// 1 - dampening
+        one_minus_dampening: f32,
+        /// 1 on the first step, when the momentum buffer is set to the gradient itself.
+        first_step: u32,
     }
 }
 
-/// Per-step values of `sgd.wgsl`'s `Scalars`, field for field.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-pub struct SgdScalars {
-    /// Learning rate.
-    pub lr: f32,
-    /// Momentum factor (0 keeps no momentum buffer).
-    pub momentum: f32,
-    /// 1 - dampening
-    pub one_minus_dampening: f32,
-    /// 1 on the first step, when the momentum buffer is set to the gradient itself.
-    pub first_step: u32,
-}
-
 impl UpdateRule for Sgd {
-    type Scalars = SgdScalars;
     const SHADER: &'static str = include_str!("sgd.wgsl");
-    const STATE_SLOTS: &'static [&'static str] = &["momentum_buffer"];
-    const COUNTS_STEPS: bool = false;
-    const CHECKPOINT_NAME: &'static str = "SGD";
 
     fn name(&self) -> &'static str {
         match (self.momentum != 0.0, self.nesterov) {
@@ -78,16 +65,7 @@ impl UpdateRule for Sgd {
         }
     }
 
-    fn validate(&self) -> Result<()> {
-        non_negative("lr", self.lr)?;
-        non_negative("momentum", self.momentum)?;
-        non_negative("weight_decay", self.weight_decay)?;
-        require(
-            self.dampening.is_finite(),
-            "dampening",
-            self.dampening,
-            "must be finite",
-        )?;
+    fn validate_combination(&self) -> Result<()> {
         if self.nesterov {
             require(
                 self.momentum > 0.0,
@@ -103,12 +81,6 @@ impl UpdateRule for Sgd {
             )?;
         }
         Ok(())
-    }
-
-    hyperparameters!(lr, momentum, dampening, weight_decay, nesterov, maximize);
-
-    fn keeps_state(&self, name: &str) -> bool {
-        name == "momentum_buffer" && self.momentum != 0.0
     }
 
     fn l2_weight_decay(&self) -> f64 {
@@ -147,7 +119,9 @@ impl UpdateRule for Sgd {
         }
         p - s.lr * g
     }
+}
 
+impl Unfused for Sgd {
     fn unfused(&self, t: u64, host: &[f64], program: &mut Program) {
         let s = self.scalars(t, host);
         let mut g = program.gradient(self.maximize, self.weight_decay as f32);

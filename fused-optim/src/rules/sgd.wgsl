@@ -7,13 +7,6 @@
 override MOMENTUM: bool = false;
 override NESTEROV: bool = false;
 
-struct Scalars {
-    lr: f32,
-    momentum: f32,
-    one_minus_dampening: f32,
-    first_step: u32,
-}
-
 fn update(i: u32, p: V, g_in: V) -> V {
     let s = scalars();
     var g = g_in;

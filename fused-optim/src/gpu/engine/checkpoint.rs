@@ -101,6 +101,9 @@ impl Stored {
     }
 }
 
+/// A span's buffers' contents, by role.
+type SpanContents = Vec<(Role, Vec<u8>)>;
+
 /// Where the steps applied come from: known on the host, or the guard's status on the device.
 enum Applied {
     Known(u64, Vec<Vec<f64>>),
@@ -259,6 +262,11 @@ impl PendingCheckpoint {
 }
 
 impl<R: UpdateRule> Engine<R> {
+    /// The states some group keeps, by PyTorch name.
+    pub fn state_names(&self) -> Vec<&'static str> {
+        crate::rule::state_names(&self.groups)
+    }
+
     /// Whether slot `slot` is never negative (and so coded with the unsigned map).
     fn non_negative(slot: usize) -> bool {
         R::NON_NEGATIVE.contains(&R::STATE_SLOTS[slot])
@@ -553,39 +561,89 @@ impl<R: UpdateRule> Engine<R> {
         pending.wait()
     }
 
+    /// [`Engine::checkpoint`] written to a safetensors file at `path` crash-safely.
+    pub fn save(&self, path: &std::path::Path, tensors: &[NamedTensor]) -> Result<()> {
+        self.checkpoint(tensors)?.save(path)
+    }
+
+    /// [`Engine::restore`] from the safetensors file at `path`.
+    pub fn load(&mut self, path: &std::path::Path, tensors: &[NamedTensor]) -> Result<()> {
+        self.restore(&Checkpoint::load(path)?, tensors)
+    }
+
     /// Restores `checkpoint`, made by [`Engine::checkpoint`] of an optimizer of the same rule,
     /// tensors, formats and flags, its tensors named as `tensors` says: the hyperparameters,
     /// every state, the master, the step counts and the guard's status. Elements between
     /// tensors (a layout's alignment) are given their initial state. Everything is checked
     /// first; on error nothing changed.
     pub fn restore(&mut self, checkpoint: &Checkpoint, tensors: &[NamedTensor]) -> Result<()> {
-        let mismatch = |reason: String| Error::CheckpointMismatch { reason };
-        if let Some(range) = checkpoint.metadata.get(SHARD_KEY) {
-            return Err(mismatch(format!(
-                "it is the checkpoint of the shard {range} (start:end:len) alone; join every \
-                 shard's with Checkpoint::merge and restore that"
-            )));
+        self.check_restorable(checkpoint)?;
+        let ours = self.checkpoint_metadata(tensors);
+        let rule = checkpoint.meta("fused_optim.rule")?;
+        if rule != ours["fused_optim.rule"] {
+            return Err(Error::CheckpointMismatch {
+                reason: format!(
+                    "it is a checkpoint of {rule}, this optimizer is {}",
+                    ours["fused_optim.rule"]
+                ),
+            });
         }
-        let corrupt = |reason: String| Error::CorruptCheckpoint { reason };
-        // The state is written ahead of the next submission: a step or a checkpoint's copies
-        // still to be submitted would run on the restored state. Dropped steps never ran.
+        check_tensors(checkpoint, &ours, self.shard.is_some())?;
+        let (steps, applied) = self.restored_counts(checkpoint)?;
+        let groups = self.restored_groups(checkpoint)?;
+        // Every tensor of the checkpoint this restore reads.
+        let mut expected = self.check_code_tables(checkpoint)?;
+        let (contents, host) =
+            self.restored_contents(checkpoint, tensors, &groups, applied, &mut expected)?;
+        let status = self.restored_status(checkpoint, &ours, applied, &mut expected)?;
+        // A shard takes its parts of a whole set's checkpoint and leaves the rest.
+        let extra = checkpoint
+            .tensors
+            .keys()
+            .find(|name| !expected.contains(*name) && self.shard.is_none());
+        if let Some(extra) = extra {
+            return Err(Error::CheckpointMismatch {
+                reason: format!("tensor `{extra}` is not state this optimizer keeps"),
+            });
+        }
+        if self.guard.is_some() {
+            // Status readbacks still in flight would land after the restart below and tell
+            // the guard of steps the restored state never took.
+            self.context.wait()?;
+        }
+        // Everything is checked: write.
+        self.write_restored(contents, host, groups, status, (steps, applied));
+        Ok(())
+    }
+
+    /// Refuses to restore a shard's checkpoint (a part of the state, which only a merge makes
+    /// whole), one of a format version this library does not read, or while a step or a
+    /// checkpoint's copies wait to be submitted: the state is written ahead of the next
+    /// submission, so they would run on the restored state (dropped steps never ran).
+    fn check_restorable(&self, checkpoint: &Checkpoint) -> Result<()> {
+        if let Some(range) = checkpoint.metadata.get(SHARD_KEY) {
+            return Err(Error::CheckpointMismatch {
+                reason: format!(
+                    "it is the checkpoint of the shard {range} (start:end:len) alone; join \
+                     every shard's with Checkpoint::merge and restore that"
+                ),
+            });
+        }
         self.submissions
             .check(&self.context, Ahead::Restore, "restoring a checkpoint")?;
         let version = checkpoint.meta(VERSION_KEY)?;
         if version.parse::<u32>().map_or(true, |v| v > FORMAT_VERSION) {
-            return Err(corrupt(format!(
-                "format version `{version}` is not one this library reads"
-            )));
+            return Err(Error::CorruptCheckpoint {
+                reason: format!("format version `{version}` is not one this library reads"),
+            });
         }
-        let ours = self.checkpoint_metadata(tensors);
-        let rule = checkpoint.meta("fused_optim.rule")?;
-        if rule != ours["fused_optim.rule"] {
-            return Err(mismatch(format!(
-                "it is a checkpoint of {rule}, this optimizer is {}",
-                ours["fused_optim.rule"]
-            )));
-        }
-        check_tensors(checkpoint, &ours, self.shard.is_some())?;
+        Ok(())
+    }
+
+    /// The checkpoint's steps recorded and steps applied, where they agree: only a guard
+    /// skips steps, and the device counts a guarded optimizer's in 32 bits.
+    fn restored_counts(&self, checkpoint: &Checkpoint) -> Result<(u64, u64)> {
+        let corrupt = |reason: String| Error::CorruptCheckpoint { reason };
         let count = |key: &str| -> Result<u64> {
             let text = checkpoint.meta(key)?;
             text.parse()
@@ -597,9 +655,16 @@ impl<R: UpdateRule> Engine<R> {
             None => applied == steps,
             Some(_) => applied <= steps && steps <= u32::MAX as u64,
         };
-        if !consistent {
-            return Err(corrupt(format!("{applied} steps applied of {steps}")));
+        match consistent {
+            true => Ok((steps, applied)),
+            false => Err(corrupt(format!("{applied} steps applied of {steps}"))),
         }
+    }
+
+    /// Every group's rule with the checkpoint's hyperparameters, where the group is stored in
+    /// the same precision and the rule validates with the same flags.
+    fn restored_groups(&self, checkpoint: &Checkpoint) -> Result<Vec<R>> {
+        let mismatch = |reason: String| Error::CheckpointMismatch { reason };
         let mut groups = self.groups.clone();
         for (g, rule) in groups.iter_mut().enumerate() {
             let key = format!("fused_optim.group.{g}.precision");
@@ -613,8 +678,10 @@ impl<R: UpdateRule> Engine<R> {
             for (name, like) in rule.hyperparameters() {
                 let key = format!("param_groups.{g}.{name}");
                 let text = checkpoint.meta(&key)?;
-                let value = parse_hyperparameter(text, like)
-                    .ok_or_else(|| corrupt(format!("`{key}` = `{text}` is not {}", like.kind())))?;
+                let value =
+                    parse_hyperparameter(text, like).ok_or_else(|| Error::CorruptCheckpoint {
+                        reason: format!("`{key}` = `{text}` is not {}", like.kind()),
+                    })?;
                 rule.set_hyperparameter(name, value)?;
             }
             rule.validate()?;
@@ -627,7 +694,13 @@ impl<R: UpdateRule> Engine<R> {
                 )));
             }
         }
-        let mut expected = BTreeSet::new();
+        Ok(groups)
+    }
+
+    /// Checks that the checkpoint's blocks are of this library's size and that it holds this
+    /// library's code table of every block format the groups keep; returns the tables' names.
+    fn check_code_tables(&self, checkpoint: &Checkpoint) -> Result<BTreeSet<String>> {
+        let mismatch = |reason: String| Error::CheckpointMismatch { reason };
         let tables = self.used_tables();
         if !tables.is_empty() && checkpoint.meta(BLOCK_KEY)? != BLOCK.to_string() {
             return Err(mismatch(format!(
@@ -636,6 +709,7 @@ impl<R: UpdateRule> Engine<R> {
                 checkpoint.meta(BLOCK_KEY)?
             )));
         }
+        let mut names = BTreeSet::new();
         for (name, table) in tables {
             let data = checkpoint.tensor(&name, TensorDtype::F32, &[table.len()])?;
             if data != bytemuck::cast_slice::<f32, u8>(&table) {
@@ -643,10 +717,23 @@ impl<R: UpdateRule> Engine<R> {
                     "`{name}` is not this library's 8-bit code table"
                 )));
             }
-            expected.insert(name);
+            names.insert(name);
         }
-        // Each span's buffers as they will be: the initial state, overwritten by each tensor.
-        let mut contents: Vec<Vec<(Role, Vec<u8>)>> = self
+        Ok(names)
+    }
+
+    /// Each span's buffers as they will be, the initial state of `groups` overwritten by each
+    /// tensor's state in the checkpoint, and each group's host state (empty for a group
+    /// without a tensor), every value checked; each tensor read is added to `expected`.
+    fn restored_contents(
+        &self,
+        checkpoint: &Checkpoint,
+        tensors: &[NamedTensor],
+        groups: &[R],
+        applied: u64,
+        expected: &mut BTreeSet<String>,
+    ) -> Result<(Vec<SpanContents>, Vec<Vec<f64>>)> {
+        let mut contents: Vec<SpanContents> = self
             .spans
             .iter()
             .map(|span| {
@@ -659,21 +746,8 @@ impl<R: UpdateRule> Engine<R> {
         for tensor in tensors {
             let group = self.spans[tensor.span].group;
             for stored in self.stored(group) {
-                let name = format!("state.{}.{}", tensor.name, stored.suffix);
+                let (name, data) = self.restored_values(checkpoint, tensor, group, &stored)?;
                 let (bytes, _) = stored.range(tensor.offset, tensor.len);
-                // The whole tensor's state, of which a shard takes its part.
-                let (_, count) = stored.range(0, tensor.elements);
-                let whole = checkpoint.tensor(&name, stored.dtype, &[count])?;
-                let data = &whole[stored.range(tensor.skip, tensor.len).0];
-                let non_negative = match stored.role {
-                    Role::Slot(slot) => Self::non_negative(slot),
-                    _ => matches!(stored.role, Role::Scales(_)),
-                };
-                check_values(&name, stored.dtype, data, non_negative)?;
-                if let Role::Scales(slot) = stored.role {
-                    let format = self.formats[group].slots[slot].and_then(|f| f.blocks());
-                    check_finite(&name, format.expect("scales are a block format's"), data)?;
-                }
                 let (_, buffer) = contents[tensor.span]
                     .iter_mut()
                     .find(|(role, _)| *role == stored.role)
@@ -682,15 +756,7 @@ impl<R: UpdateRule> Engine<R> {
                 expected.insert(name);
             }
             if R::COUNTS_STEPS {
-                let key = format!("state.{}.step", tensor.name);
-                let data = checkpoint.tensor(&key, TensorDtype::F32, &[])?;
-                let step = f32::from_le_bytes(data.try_into().expect("4 bytes"));
-                if step != applied as f32 {
-                    return Err(corrupt(format!(
-                        "`{key}` is {step}, not the {applied} steps applied"
-                    )));
-                }
-                expected.insert(key);
+                expected.insert(check_restored_step(checkpoint, tensor, applied)?);
             }
             host[group] = R::HOST_STATE
                 .iter()
@@ -703,11 +769,53 @@ impl<R: UpdateRule> Engine<R> {
                 })
                 .collect::<Result<Vec<f64>>>()?;
         }
-        let status = match (
+        Ok((contents, host))
+    }
+
+    /// The checkpoint's name and bytes of `stored`, a state of `tensor` (of group `group`):
+    /// the part of the whole tensor's state that `tensor` covers, its values checked.
+    fn restored_values<'c>(
+        &self,
+        checkpoint: &'c Checkpoint,
+        tensor: &NamedTensor,
+        group: usize,
+        stored: &Stored,
+    ) -> Result<(String, &'c [u8])> {
+        let name = format!("state.{}.{}", tensor.name, stored.suffix);
+        // The whole tensor's state, of which a shard takes its part.
+        let (_, count) = stored.range(0, tensor.elements);
+        let whole = checkpoint.tensor(&name, stored.dtype, &[count])?;
+        let data = &whole[stored.range(tensor.skip, tensor.len).0];
+        let non_negative = match stored.role {
+            Role::Slot(slot) => Self::non_negative(slot),
+            _ => matches!(stored.role, Role::Scales(_)),
+        };
+        check_values(&name, stored.dtype, data, non_negative)?;
+        if let Role::Scales(slot) = stored.role {
+            let format = self.formats[group].slots[slot].and_then(|f| f.blocks());
+            check_finite(&name, format.expect("scales are a block format's"), data)?;
+        }
+        Ok((name, data))
+    }
+
+    /// The grad guard's status in the checkpoint, where this optimizer has a guard and the
+    /// checkpoint a status (either both or neither): made with the same loss scaling, agreeing
+    /// with the scaler's state in the metadata and with the steps `applied`. Adds it to
+    /// `expected`.
+    fn restored_status(
+        &self,
+        checkpoint: &Checkpoint,
+        ours: &BTreeMap<String, String>,
+        applied: u64,
+        expected: &mut BTreeSet<String>,
+    ) -> Result<Option<GradStatus>> {
+        let mismatch = |reason: String| Error::CheckpointMismatch { reason };
+        let corrupt = |reason: String| Error::CorruptCheckpoint { reason };
+        match (
             &self.guard,
             checkpoint.tensors.get("fused_optim.grad_status"),
         ) {
-            (None, None) => None,
+            (None, None) => Ok(None),
             (Some(_), Some(_)) => {
                 let key = "fused_optim.loss_scaling";
                 let (theirs, ours) = (checkpoint.meta(key)?, &ours[key]);
@@ -740,39 +848,32 @@ impl<R: UpdateRule> Engine<R> {
                     ));
                 }
                 expected.insert("fused_optim.grad_status".to_owned());
-                Some(status)
+                Ok(Some(status))
             }
-            (Some(_), None) => {
-                return Err(mismatch(
-                    "it has no grad guard status; restore it into an optimizer without a \
-                     guard, then set the guard"
-                        .into(),
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(mismatch(
-                    "it holds a grad guard's status; set the guard (`with_grad_guard`) before \
-                     restoring"
-                        .into(),
-                ))
-            }
-        };
-        // A shard takes its parts of a whole set's checkpoint and leaves the rest.
-        let extra = checkpoint
-            .tensors
-            .keys()
-            .find(|name| !expected.contains(*name) && self.shard.is_none());
-        if let Some(extra) = extra {
-            return Err(mismatch(format!(
-                "tensor `{extra}` is not state this optimizer keeps"
-            )));
+            (Some(_), None) => Err(mismatch(
+                "it has no grad guard status; restore it into an optimizer without a guard, \
+                 then set the guard"
+                    .into(),
+            )),
+            (None, Some(_)) => Err(mismatch(
+                "it holds a grad guard's status; set the guard (`with_grad_guard`) before \
+                 restoring"
+                    .into(),
+            )),
         }
-        if self.guard.is_some() {
-            // Status readbacks still in flight would land after the restart below and tell
-            // the guard of steps the restored state never took.
-            self.context.wait()?;
-        }
-        // Everything is checked: write.
+    }
+
+    /// Writes a checked restore: each span's buffers' `contents`, the `groups`' rules and
+    /// `host` state (the initial one where empty), the guard's `status` where it has one, and
+    /// the counts of steps recorded and applied. Forgets unsubmitted work, which never ran.
+    fn write_restored(
+        &mut self,
+        contents: Vec<SpanContents>,
+        mut host: Vec<Vec<f64>>,
+        groups: Vec<R>,
+        status: Option<GradStatus>,
+        (steps, applied): (u64, u64),
+    ) {
         let queue = self.context.queue();
         for (span, contents) in contents.into_iter().enumerate() {
             for (role, bytes) in contents {
@@ -796,7 +897,6 @@ impl<R: UpdateRule> Engine<R> {
         self.host = host;
         self.steps = steps;
         self.submissions.clear();
-        Ok(())
     }
 }
 
@@ -811,6 +911,23 @@ fn scaler_state(status: &GradStatus) -> (String, String) {
         format!("{:?}", status.scale),
         status.growth_tracker.to_string(),
     )
+}
+
+/// Checks `tensor`'s `step` in the checkpoint against the steps `applied`; returns its name.
+fn check_restored_step(
+    checkpoint: &Checkpoint,
+    tensor: &NamedTensor,
+    applied: u64,
+) -> Result<String> {
+    let key = format!("state.{}.step", tensor.name);
+    let data = checkpoint.tensor(&key, TensorDtype::F32, &[])?;
+    let step = f32::from_le_bytes(data.try_into().expect("4 bytes"));
+    if step != applied as f32 {
+        return Err(Error::CorruptCheckpoint {
+            reason: format!("`{key}` is {step}, not the {applied} steps applied"),
+        });
+    }
+    Ok(key)
 }
 
 /// Checks that the checkpoint has every tensor of `ours`, in the same group with the same
