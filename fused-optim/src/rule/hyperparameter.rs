@@ -133,10 +133,11 @@ pub(crate) fn from_param_group<R: UpdateRule + Default>(group: &serde_json::Valu
         let value = match value {
             Value::Bool(on) => Hyperparameter::Bool(*on),
             Value::Number(x) => Hyperparameter::Float(x.as_f64().unwrap_or(f64::NAN)),
-            Value::Array(pair) => match (pair.first().and_then(Value::as_f64), pair.get(1)) {
-                (Some(first), Some(second)) if pair.len() == 2 && second.is_number() => {
-                    Hyperparameter::Pair(first, second.as_f64().unwrap_or(f64::NAN))
-                }
+            Value::Array(pair) => match pair.as_slice() {
+                [Value::Number(first), Value::Number(second)] => Hyperparameter::Pair(
+                    first.as_f64().unwrap_or(f64::NAN),
+                    second.as_f64().unwrap_or(f64::NAN),
+                ),
                 _ => return Err(kind_error(name, &rule, value)),
             },
             Value::Null if IMPLEMENTATION_CHOICES.contains(&name.as_str()) => continue,
