@@ -6,7 +6,8 @@ hyperparameters as `param_groups.<g>.<key>` and each tensor's place as
 `fused_optim.param.<name>` = `<group>:<index in group>:<elements>` in the header metadata.
 A fused-optim `ParamSet` built with the same tensor names and groups loads it.
 
-Python API (needs `torch` and `safetensors`):
+Python API (needs `torch` and `safetensors`, and fused-optim's `fused-optim/rule-schema.json`,
+found beside this script in the repository or named by FUSED_OPTIM_RULE_SCHEMA):
 
     to_fused(optimizer, model, "optimizer.safetensors")     # a live torch optimizer out
     from_fused("optimizer.safetensors", optimizer, model)   # ... and back in
@@ -58,6 +59,7 @@ checkpoint made under a loss scaler also gives `torch.amp.GradScaler` its state
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -68,13 +70,20 @@ from safetensors.torch import load_file, safe_open, save_file
 # library's rule declarations and held to them by its tests): each checkpoint rule's state, and
 # each torch.optim class's rule, hyperparameters with PyTorch's defaults, and the values the
 # class always has.
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "fused-optim" / "rule-schema.json"
+# FUSED_OPTIM_RULE_SCHEMA names another copy, for this script used outside the repository.
+SCHEMA_PATH = Path(os.environ.get("FUSED_OPTIM_RULE_SCHEMA") or
+                   Path(__file__).resolve().parent.parent / "fused-optim" / "rule-schema.json")
 SCHEMA_VERSION = 1
 
 
 def _load_schema(path=SCHEMA_PATH):
-    with open(path) as f:
-        schema = json.load(f)
+    try:
+        with open(path) as f:
+            schema = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: fused-optim's rule schema, which this converter reads; "
+                                "run it from the repository, or set FUSED_OPTIM_RULE_SCHEMA to a "
+                                "copy of fused-optim/rule-schema.json") from None
     if schema.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"{path} has schema version {schema.get('schema_version')}, this "
                          f"converter reads {SCHEMA_VERSION}")
@@ -298,7 +307,7 @@ def state_dict_to_fused(state_dict, params, torch_class, step=None):
         states = {index: {key: value for key, value in state_dict["state"].get(index, {}).items()
                           if value is not None} for index in group["params"]}
         values = _hyperparameters(torch_class, g, group, set().union(*states.values()))
-        metadata[f"fused_optim.group.{g}.precision"] = "f32"
+        metadata[f"{GROUP_PREFIX}{g}.precision"] = "f32"
         for key, value in values.items():
             metadata[f"param_groups.{g}.{key}"] = _text(value)
         for k, index in enumerate(group["params"]):

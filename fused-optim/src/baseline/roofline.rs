@@ -2,13 +2,11 @@
 //! `states` state buffers moves and does no update arithmetic (`roofline.wgsl`, beside this file). Being a
 //! rule, it runs through the same engine, windows and timing as the rules it is compared with.
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::error::Result;
 use crate::rule::check::require;
-use crate::rule::declaration::{Declared, Field, ScalarFields};
+use crate::rule::declaration::{Declared, Field};
 use crate::rule::program::{Operand, Program, Unfused};
-use crate::rule::UpdateRule;
+use crate::rule::{declare_scalars, UpdateRule};
 
 /// Moves the bytes of a rule with `states` (0 to [`Roofline::MAX_STATES`]) state buffers:
 /// `p += g` and `state += p` for each kept state.
@@ -23,12 +21,12 @@ impl Roofline {
     pub const MAX_STATES: usize = 3;
 }
 
-/// The roofline's per-step values: none, but WGSL structs cannot be empty.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-pub struct RooflineScalars {
-    /// Unused.
-    pub unused: f32,
+declare_scalars! {
+    /// The roofline's per-step values: none, but WGSL structs cannot be empty.
+    pub struct RooflineScalars {
+        /// Unused.
+        unused: f32,
+    }
 }
 
 impl Declared for Roofline {
@@ -42,10 +40,6 @@ impl Declared for Roofline {
     const KEPT_WITH: &'static [(&'static str, &'static str)] = &[];
     const HOST_STATE: &'static [&'static str] = &[];
     const COUNTS_STEPS: bool = false;
-}
-
-impl ScalarFields for RooflineScalars {
-    const FIELDS: &'static [(&'static str, &'static str)] = &[("unused", "f32")];
 }
 
 impl UpdateRule for Roofline {

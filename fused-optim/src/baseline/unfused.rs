@@ -7,14 +7,12 @@
 
 use std::collections::HashMap;
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::error::{Error, Result};
 use crate::format::Precision;
 use crate::gpu::{state_buffer, Engine, GpuContext, Reduction, Span, StepKernel};
-use crate::rule::declaration::ScalarFields;
+
 use crate::rule::program::{Elementwise, Op, Operand, Program, Unfused};
-use crate::rule::{find_state, try_set_lr, StateRef};
+use crate::rule::{declare_scalars, find_state, try_set_lr, StateRef};
 
 /// One elementwise operation as a kernel: the engine binds its destination as the params and
 /// its source as the grads. Operations without a source get the grads bound and never read
@@ -26,15 +24,12 @@ pub(crate) struct ElementwiseOp {
     scalar: f32,
 }
 
-/// `elementwise.wgsl`'s `Scalars`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-pub(crate) struct ElementwiseScalars {
-    scalar: f32,
-}
-
-impl ScalarFields for ElementwiseScalars {
-    const FIELDS: &'static [(&'static str, &'static str)] = &[("scalar", "f32")];
+declare_scalars! {
+    /// `elementwise.wgsl`'s `Scalars`.
+    pub struct ElementwiseScalars {
+        /// The operation's scalar operand `s` (0 where it has none).
+        scalar: f32,
+    }
 }
 
 /// An operation is a kernel, not a rule: its own entry point reads only the operands it uses,

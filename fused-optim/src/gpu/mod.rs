@@ -1,7 +1,8 @@
 //! The GPU host layer: the device context, kernels built from a rule's WGSL and the shared
 //! prelude, the plan of windows and dispatches, and the engine that records a step. The
 //! engine runs a [`StepKernel`], which every [`UpdateRule`](crate::UpdateRule) is; it never
-//! knows a particular rule.
+//! knows a particular rule (of the registry, the context reads only the largest scalars'
+//! size, to check the adapter's limits).
 
 mod callbacks;
 mod context;

@@ -43,7 +43,7 @@ pub struct CpuOptimizer<R: UpdateRule> {
     precision: Precision,
     len: usize,
     steps: u64,
-    /// The rule's host state (`UpdateRule::HOST_STATE`) as of step `steps`.
+    /// The rule's host state (`Declared::HOST_STATE`) as of step `steps`.
     host: Vec<f64>,
     /// The f32 master, the bf16 remainders or the correction bytes; empty without a master.
     master: Vec<u32>,

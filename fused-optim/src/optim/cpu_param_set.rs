@@ -42,6 +42,11 @@ impl<R: UpdateRule> CpuParamSet<R> {
             .map(|group| group.tensors.iter().map(String::as_str).collect())
             .collect();
         let layout = ParamLayout::new(tensors, &names)?;
+        // The rules and precisions first, as ParamSet checks them.
+        for group in &groups {
+            group.rule.validate()?;
+            group.precision.validate(R::STATE_SLOTS)?;
+        }
         // The packed buffers' formats, which the groups must agree on: ParamSet's check,
         // over one span per group of its one buffer pair.
         let spans: Vec<Span> = (0..layout.group_count())

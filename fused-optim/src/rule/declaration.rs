@@ -101,7 +101,7 @@ pub trait ScalarFields: Pod + std::fmt::Debug {
 /// What a rule's declaration (`declare_rule!` in its file) states: the data every layer reads about a
 /// rule without running it.
 pub trait Declared: Sized + 'static {
-    /// Per-step values, field for field the `Scalars` struct in the rule's shader.
+    /// Per-step values, from whose declaration the host declares the shader's `Scalars`.
     type Scalars: ScalarFields;
 
     /// The rule's name in checkpoints (`fused_optim.rule`), which a restore must match:
@@ -162,7 +162,7 @@ fn reported(value: Hyperparameter) -> f64 {
 }
 
 /// The `set` of a fixed field: accepts only the class's value.
-pub fn set_fixed(
+pub(crate) fn set_fixed(
     name: &'static str,
     fixed: Hyperparameter,
     value: Hyperparameter,

@@ -14,6 +14,15 @@ use crate::rule::{Hyperparameter, UpdateRule};
 /// Bumped when the schema's shape changes, so a reader can refuse a schema it does not know.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// A hyperparameter's kind as the schema names it: `number`, `flag` or `pair`.
+fn kind(hyperparameter: Hyperparameter) -> &'static str {
+    match hyperparameter {
+        Hyperparameter::Float(_) => "number",
+        Hyperparameter::Bool(_) => "flag",
+        Hyperparameter::Pair(..) => "pair",
+    }
+}
+
 /// A hyperparameter's value as JSON: a number, a flag, or a pair as a list of two.
 fn value(hyperparameter: Hyperparameter) -> Value {
     match hyperparameter {
@@ -63,7 +72,7 @@ pub(crate) fn torch_class_entry<C: UpdateRule + Default>() -> Option<(&'static s
                 field.name.to_owned(),
                 json!({
                     "default": value(default),
-                    "kind": default.kind(),
+                    "kind": kind(default),
                     "range": field.range.interval(),
                 }),
             );

@@ -50,12 +50,17 @@ macro_rules! registry {
         /// must hold beside their header.
         pub const LARGEST_SCALARS_BYTES: u64 = {
             let mut largest = 0;
-            $(
-                let size = std::mem::size_of::<<$rule as crate::rule::Declared>::Scalars>();
-                if size > largest {
-                    largest = size;
+            let sizes = [$(
+                std::mem::size_of::<<$rule as crate::rule::Declared>::Scalars>(),
+                $(std::mem::size_of::<<$more as crate::rule::Declared>::Scalars>(),)*
+            )*];
+            let mut i = 0;
+            while i < sizes.len() {
+                if sizes[i] > largest {
+                    largest = sizes[i];
                 }
-            )*
+                i += 1;
+            }
             largest as u64
         };
     };

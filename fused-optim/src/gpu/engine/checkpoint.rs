@@ -11,7 +11,8 @@ use super::submissions::{encoder_id, Ahead, Work};
 use super::{initial_contents, Engine, HostHistory};
 use crate::checkpoint::{
     layout_key, layout_text, places, scale_dtype, table_name, Checkpoint, HostTensor, TensorDtype,
-    BLOCK_KEY, FORMAT_VERSION, PARAM_PREFIX, PIECE_PREFIX, QMAP_PREFIX, SHARD_KEY, VERSION_KEY,
+    BLOCK_KEY, FORMAT_VERSION, GROUP_PREFIX, PARAM_PREFIX, PIECE_PREFIX, QMAP_PREFIX, SHARD_KEY,
+    VERSION_KEY,
 };
 use crate::error::{Error, Result};
 use crate::format::block::BlockFormat;
@@ -380,7 +381,7 @@ impl<R: UpdateRule> Engine<R> {
         }
         for (g, (rule, precision)) in self.groups.iter().zip(&self.precisions).enumerate() {
             metadata.insert(
-                format!("fused_optim.group.{g}.precision"),
+                format!("{GROUP_PREFIX}{g}.precision"),
                 precision.to_string(),
             );
             for (name, value) in rule.hyperparameters() {
@@ -667,7 +668,7 @@ impl<R: UpdateRule> Engine<R> {
         let mismatch = |reason: String| Error::CheckpointMismatch { reason };
         let mut groups = self.groups.clone();
         for (g, rule) in groups.iter_mut().enumerate() {
-            let key = format!("fused_optim.group.{g}.precision");
+            let key = format!("{GROUP_PREFIX}{g}.precision");
             let precision = checkpoint.meta(&key)?;
             if precision != self.precisions[g].to_string() {
                 return Err(mismatch(format!(
