@@ -112,8 +112,7 @@ impl<R: UpdateRule> CpuOptimizer<R> {
     /// [`Self::with_grad_guard`] in place, keeping the scaler's state as the GPU optimizer
     /// does; on error nothing changed.
     pub fn set_grad_guard(&mut self, guard: GradGuard) -> Result<()> {
-        let applied = self.steps;
-        CpuGuard::install(&mut self.guard, guard, applied)
+        CpuGuard::install(&mut self.guard, guard, self.steps)
     }
 
     /// The grad guard's status after the last step (`None` without a guard).

@@ -42,13 +42,6 @@ impl<R: UpdateRule> CpuParamSet<R> {
             .map(|group| group.tensors.iter().map(String::as_str).collect())
             .collect();
         let layout = ParamLayout::new(tensors, &names)?;
-        // The rules and precisions first, as ParamSet checks them.
-        for group in &groups {
-            group.rule.validate()?;
-            group.precision.validate(R::STATE_SLOTS)?;
-        }
-        // The packed buffers' formats, which the groups must agree on: ParamSet's check,
-        // over one span per group of its one buffer pair.
         let spans: Vec<Span> = (0..layout.group_count())
             .map(|group| {
                 let run = layout.group_range(group);
@@ -62,7 +55,7 @@ impl<R: UpdateRule> CpuParamSet<R> {
             })
             .collect();
         let precisions: Vec<_> = groups.iter().map(|g| g.precision.clone()).collect();
-        let dtypes = target_dtypes(1, &spans, &precisions)?[0];
+        // Each group's twin validates its rule and precision, which ParamSet checks first.
         let groups = groups
             .into_iter()
             .zip(&spans)
@@ -71,6 +64,9 @@ impl<R: UpdateRule> CpuParamSet<R> {
                 CpuOptimizer::with_precision(group.rule, group.precision, len)
             })
             .collect::<Result<_>>()?;
+        // The packed buffers' formats, which the groups must agree on: ParamSet's check,
+        // over one span per group of its one buffer pair.
+        let dtypes = target_dtypes(1, &spans, &precisions)?[0];
         Ok(Self {
             layout,
             groups,

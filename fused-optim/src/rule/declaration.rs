@@ -202,7 +202,7 @@ macro_rules! declare_rule {
         }
         torch_class: $torch_class:expr,
         $(not_in_torch: [$($own:ident),* $(,)?],)?
-        $(fixed: [$($fixed:ident = $fixed_value:expr => $fixed_reason:literal),* $(,)?],)?
+        $(fixed: [$($fixed:ident = $fixed_value:expr => $fixed_reason:expr),* $(,)?],)?
         scalars: $scalars:ty,
         $($rule:tt)*
     ) => {

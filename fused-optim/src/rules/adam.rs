@@ -52,6 +52,9 @@ impl Adam {
     }
 }
 
+/// Why AdamW refuses `decoupled_weight_decay = false`, set or converted from Adam.
+const ALWAYS_DECOUPLED: &str = "AdamW always decouples weight decay; use Adam for an L2 penalty";
+
 declare_rule! {
     /// `torch.optim.AdamW` under its own name and defaults (`weight_decay` 1e-2): Adam with
     /// decoupled weight decay, the same kernel, state and checkpoints (a checkpoint of either
@@ -72,7 +75,7 @@ declare_rule! {
         maximize: bool = false;
     }
     torch_class: Some("AdamW"),
-    fixed: [decoupled_weight_decay = true => "AdamW always decouples weight decay; use Adam for an L2 penalty"],
+    fixed: [decoupled_weight_decay = true => ALWAYS_DECOUPLED],
     scalars: AdamScalars,
     same_rule_as: Adam,
 }
@@ -100,7 +103,7 @@ impl TryFrom<Adam> for AdamW {
             return Err(Error::InvalidConfig {
                 field: "decoupled_weight_decay",
                 value: 0.0,
-                reason: "AdamW always decouples weight decay; use Adam for an L2 penalty",
+                reason: ALWAYS_DECOUPLED,
             });
         }
         Ok(Self {
