@@ -213,7 +213,10 @@ fn a_group_is_one_dispatch_per_window_however_many_tensors() {
 
 #[test]
 fn foreach_matches_twins_and_creates_nothing_after_the_first_step() {
-    let gpu = common::gpu();
+    // A device of its own: the counters below are per device, and other tests create and
+    // drop bind groups on the shared one in parallel.
+    let own = GpuContext::new().unwrap();
+    let gpu = &own;
     let lens = [1, 3, 1025, 4099];
     let rule = Adam {
         eps: 1e-2,
