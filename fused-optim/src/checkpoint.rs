@@ -3,11 +3,15 @@
 //! state dict (`state.<tensor>.exp_avg`, `state.<tensor>.step`, ...); what PyTorch has no name
 //! for is under `fused_optim.` (the code tables of block state, the grad guard's status).
 //! Plain data and files: no GPU. The optimizers make and restore checkpoints
-//! (`Optimizer::checkpoint`, `Optimizer::restore`).
+//! (`Optimizer::checkpoint`, `Optimizer::restore`). Files are native only; in a browser,
+//! checkpoints travel as bytes (`Checkpoint::to_bytes`, `Checkpoint::from_bytes`).
 
 use std::collections::{BTreeMap, HashMap};
+#[cfg(not(target_arch = "wasm32"))]
 use std::io::Write;
+#[cfg(not(target_arch = "wasm32"))]
 use std::path::{Path, PathBuf};
+#[cfg(not(target_arch = "wasm32"))]
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use safetensors::tensor::{Dtype as FileDtype, SafeTensors, TensorView};
@@ -331,6 +335,7 @@ impl Checkpoint {
         Ok(Self { tensors, metadata })
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     /// Writes the checkpoint to `path` so that a crash or a full disk never leaves a
     /// truncated file there: into a temporary file of its own in the same directory (created
     /// exclusively, its name unique to this save), synced, then renamed over `path` (and the
@@ -341,6 +346,7 @@ impl Checkpoint {
         self.save_through(path, |file| file)
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     /// [`Checkpoint::save`] writing through `writer`, which wraps the temporary file (for
     /// callers that count or throttle bytes, and for the tests that inject write errors).
     /// On any error the temporary file is removed and `path` is untouched.
@@ -374,6 +380,7 @@ impl Checkpoint {
         Ok(())
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     /// Reads and parses the checkpoint at `path` (see [`Checkpoint::from_bytes`]).
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
@@ -695,6 +702,7 @@ impl Checkpoint {
 }
 
 /// A failed read or write of `path` as [`Error::Io`].
+#[cfg(not(target_arch = "wasm32"))]
 fn io_error(path: &Path, error: std::io::Error) -> Error {
     Error::Io {
         path: path.display().to_string(),
@@ -702,6 +710,7 @@ fn io_error(path: &Path, error: std::io::Error) -> Error {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// Creates a new temporary file beside `path` for one save: its name carries the process id
 /// and a counter of this process's saves, and it is created exclusively, so no other save, in
 /// this process or another, ever writes to it. A name left by a crashed process of the same

@@ -60,9 +60,9 @@ pub use wgpu;
 pub use checkpoint::{Checkpoint, HostTensor, TensorDtype, TensorPlace};
 pub use error::{Error, Result};
 pub use format::{Dtype, Master, Precision, Rounding, StateFormat};
-pub use gpu::{
-    enumerate_adapters, AdapterChoice, DispatchLimits, GpuContext, PendingCheckpoint, StepValues,
-};
+#[cfg(not(target_arch = "wasm32"))]
+pub use gpu::enumerate_adapters;
+pub use gpu::{AdapterChoice, DispatchLimits, GpuContext, PendingCheckpoint, StepValues};
 pub use guard::{
     ClipGradNorm, CpuGuard, GradGuard, GradPartial, GradScaler, GradStatus, GradStep, NormType,
 };

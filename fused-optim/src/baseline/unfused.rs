@@ -227,9 +227,15 @@ impl<R: Unfused> UnfusedChain<R> {
     }
 
     /// Reads a state back by PyTorch name. Waits for the GPU.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn read_state(&self, name: &str) -> Result<Vec<f32>> {
+        pollster::block_on(self.read_state_async(name))
+    }
+
+    /// [`Self::read_state`] without blocking, on the web too.
+    pub async fn read_state_async(&self, name: &str) -> Result<Vec<f32>> {
         match find_state(&self.rule, name)? {
-            StateRef::Slot(slot) => self.context.download(&self.state[slot]),
+            StateRef::Slot(slot) => self.context.download_async(&self.state[slot]).await,
             StateRef::Host(index) => Ok(vec![self.host[index] as f32]),
             StateRef::Step => Ok(vec![self.steps as f32]),
         }

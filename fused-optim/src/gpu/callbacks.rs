@@ -4,13 +4,18 @@
 //! because another thread is about to run it. So a waiter blocks on a condition variable the
 //! callbacks signal, for a short while, rather than trusting its own poll. A request whose
 //! encoder was dropped unsubmitted drops its callback uncalled, which says so at once.
+//! In a browser there is one thread and the page's event loop runs the callbacks: a waiter
+//! awaits them ([`Callbacks::settled_async`]) once it knows the mapping was requested.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::Waker;
+#[cfg(not(target_arch = "wasm32"))]
 use std::time::{Duration, Instant};
 
 /// How long a waiter gives callbacks it did not run itself to finish running elsewhere: far
 /// beyond a callback's few instructions and a loaded machine's scheduling delay, and paid
 /// only by a call that then reports its encoder unsubmitted.
+#[cfg(not(target_arch = "wasm32"))]
 const PATIENCE: Duration = Duration::from_secs(1);
 
 /// What has become of a set of callbacks.
@@ -28,6 +33,8 @@ pub(crate) struct Outcome {
 pub(crate) struct Callbacks {
     outcome: Mutex<Outcome>,
     changed: Condvar,
+    /// Those awaiting the outcome ([`Callbacks::settled_async`]).
+    wakers: Mutex<Vec<Waker>>,
     expected: usize,
 }
 
@@ -51,6 +58,7 @@ impl Callbacks {
         Arc::new(Self {
             outcome: Mutex::default(),
             changed: Condvar::new(),
+            wakers: Mutex::default(),
             expected,
         })
     }
@@ -58,8 +66,8 @@ impl Callbacks {
     /// A callback for one request: records its result, then runs `then` on success.
     pub fn callback(
         self: &Arc<Self>,
-        then: impl FnOnce() + Send + 'static,
-    ) -> impl FnOnce(Result<(), wgpu::BufferAsyncError>) + Send + 'static {
+        then: impl FnOnce() + wgpu::WasmNotSend + 'static,
+    ) -> impl FnOnce(Result<(), wgpu::BufferAsyncError>) + wgpu::WasmNotSend + 'static {
         let mut pending = Pending {
             callbacks: Arc::clone(self),
             fired: false,
@@ -82,6 +90,9 @@ impl Callbacks {
     fn update(&self, change: impl FnOnce(&mut Outcome)) {
         change(&mut self.outcome.lock().expect("not poisoned"));
         self.changed.notify_all();
+        for waker in std::mem::take(&mut *self.wakers.lock().expect("not poisoned")) {
+            waker.wake();
+        }
     }
 
     /// Whether every callback has run, or one failed or was dropped.
@@ -98,8 +109,34 @@ impl Callbacks {
         outcome.fired == self.expected || outcome.error.is_some() || outcome.dropped
     }
 
+    /// Resolves once every callback has run, or one failed or was dropped: for callbacks that
+    /// will run (their mappings were requested), never for an encoder still unsubmitted.
+    pub async fn settled_async(&self) {
+        std::future::poll_fn(|context| {
+            let outcome = self.outcome.lock().expect("not poisoned");
+            if self.is_settled(&outcome) {
+                return std::task::Poll::Ready(());
+            }
+            // Registered under the outcome's lock, so no update is missed.
+            self.wakers
+                .lock()
+                .expect("not poisoned")
+                .push(context.waker().clone());
+            std::task::Poll::Pending
+        })
+        .await
+    }
+
+    /// The outcome as it stands: one thread runs everything in a browser, so no callback is
+    /// running elsewhere.
+    #[cfg(target_arch = "wasm32")]
+    pub fn outcome(&self) -> MutexGuard<'_, Outcome> {
+        self.outcome.lock().expect("not poisoned")
+    }
+
     /// The outcome once settled, or as it stands after [`PATIENCE`] for callbacks that
     /// another thread may be running.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn outcome(&self) -> MutexGuard<'_, Outcome> {
         let deadline = Instant::now() + PATIENCE;
         let mut outcome = self.outcome.lock().expect("not poisoned");
@@ -115,5 +152,23 @@ impl Callbacks {
                 .0;
         }
         outcome
+    }
+}
+
+/// Whether `buffer`'s mapping has been requested, the map still to come: in a browser, how a
+/// mapping on submit shows its encoder was submitted before the GPU has done its work.
+/// Natively a requested mapping resolves at the device's next poll, so never.
+pub(crate) fn mapping_requested(buffer: &wgpu::Buffer) -> bool {
+    #[cfg(target_arch = "wasm32")]
+    return buffer.as_webgpu().is_some_and(|buffer| {
+        wasm_bindgen::JsValue::from(buffer.map_state())
+            .as_string()
+            .as_deref()
+            == Some("pending")
+    });
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = buffer;
+        false
     }
 }

@@ -59,6 +59,17 @@ struct Inner {
     info: wgpu::AdapterInfo,
     kernels: Mutex<HashMap<KernelKey, Arc<Kernel>>>,
     lost: Arc<Mutex<Option<String>>>,
+    /// On the web, where popping an error scope is a promise: the scopes of earlier calls
+    /// whose errors are still to be learnt (see [`GpuContext::settle`]).
+    #[cfg(target_arch = "wasm32")]
+    unsettled: Mutex<Vec<Unsettled>>,
+}
+
+/// The error scopes one call popped, as a future of the first error they caught.
+#[cfg(target_arch = "wasm32")]
+struct Unsettled {
+    operation: &'static str,
+    caught: std::pin::Pin<Box<dyn std::future::Future<Output = Option<wgpu::Error>>>>,
 }
 
 /// Which adapter to open: a backend set and an optional case-insensitive substring of its name.
@@ -98,12 +109,20 @@ struct Adapters {
     preferred: std::result::Result<wgpu::Adapter, String>,
 }
 
-fn adapters(backends: wgpu::Backends) -> Adapters {
-    static FOUND: Mutex<Vec<Adapters>> = Mutex::new(Vec::new());
-    let mut found = FOUND
+/// The adapters found so far, one entry per backend set.
+static FOUND: Mutex<Vec<Adapters>> = Mutex::new(Vec::new());
+
+fn found() -> std::sync::MutexGuard<'static, Vec<Adapters>> {
+    FOUND
         .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(adapters) = found.iter().find(|a| a.backends == backends) {
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The adapters of `backends`: natively found once per process (see [`Adapters`]); in a
+/// browser found anew for every device, since WebGPU lets an adapter make only one.
+async fn adapters(backends: wgpu::Backends) -> Adapters {
+    let once = cfg!(not(target_arch = "wasm32"));
+    if let Some(adapters) = found().iter().find(|a| once && a.backends == backends) {
         return adapters.clone();
     }
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
@@ -112,25 +131,38 @@ fn adapters(backends: wgpu::Backends) -> Adapters {
     // error (caught by our scopes) instead of overcommitting or losing the device.
     desc.memory_budget_thresholds.for_resource_creation = Some(95);
     let instance = wgpu::Instance::new(desc);
-    let all = pollster::block_on(instance.enumerate_adapters(backends));
-    let preferred = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
-        power_preference:
-            wgpu::PowerPreference::from_env().unwrap_or(wgpu::PowerPreference::HighPerformance),
-        ..Default::default()
-    }))
-    .map_err(|e| e.to_string());
-    let adapters = Adapters {
+    let all = instance.enumerate_adapters(backends).await;
+    let preferred = instance
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::from_env()
+                .unwrap_or(wgpu::PowerPreference::HighPerformance),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string());
+    let made = Adapters {
         backends,
         all,
         preferred,
     };
-    found.push(adapters.clone());
-    adapters
+    if !once {
+        return made;
+    }
+    let mut found = found();
+    // Another caller may have found them meanwhile: keep the first instance, so that every
+    // device of these backends comes from one.
+    if let Some(adapters) = found.iter().find(|a| a.backends == backends) {
+        return adapters.clone();
+    }
+    found.push(made.clone());
+    made
 }
 
 /// Whether wgpu's `error` (from creating a bind group) says a resource belongs to another
 /// device. wgpu-core's errors forward to one another transparently, so the mismatch is a
-/// variant of the bind-group error rather than a link of the source chain.
+/// variant of the bind-group error rather than a link of the source chain. (wgpu-core's
+/// errors are native-only; the browser's are messages.)
+#[cfg(not(target_arch = "wasm32"))]
 fn is_device_mismatch(error: &wgpu::Error) -> bool {
     use wgpu::wgc::{binding_model::CreateBindGroupError, device::DeviceError};
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
@@ -145,24 +177,53 @@ fn is_device_mismatch(error: &wgpu::Error) -> bool {
     false
 }
 
+/// What a call's error scopes caught, as this library's error.
+fn caught_error(operation: &'static str, caught: Option<wgpu::Error>) -> Result<()> {
+    match caught {
+        Some(wgpu::Error::OutOfMemory { .. }) => Err(Error::OutOfMemory { operation }),
+        Some(error) => Err(Error::Gpu {
+            operation,
+            message: error.to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Every adapter the given backends expose, for `fused-optim info` and adapter selection.
+/// Native only: a browser names no adapters.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn enumerate_adapters(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
-    adapters(backends).all
+    pollster::block_on(adapters(backends)).all
 }
 
 impl GpuContext {
     /// Opens the adapter named by the environment (see [`AdapterChoice::from_env`]), headless.
+    /// Native only; [`GpuContext::new_async`] everywhere, the web included.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new() -> Result<Self> {
-        Self::open(&AdapterChoice::from_env())
+        pollster::block_on(Self::new_async())
+    }
+
+    /// [`GpuContext::new`] without blocking: in a browser, the page's WebGPU adapter.
+    pub async fn new_async() -> Result<Self> {
+        Self::open_async(&AdapterChoice::from_env()).await
     }
 
     /// Opens the first adapter matching `choice` (the default high-performance one when no
     /// name is given) with the adapter's own limits, not WebGPU's conservative defaults.
+    /// Native only; [`GpuContext::open_async`] everywhere.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn open(choice: &AdapterChoice) -> Result<Self> {
+        pollster::block_on(Self::open_async(choice))
+    }
+
+    /// [`GpuContext::open`] without blocking.
+    pub async fn open_async(choice: &AdapterChoice) -> Result<Self> {
+        let found = adapters(choice.backends).await;
         let adapter = match &choice.name {
             Some(name) => {
                 let wanted = name.to_lowercase();
-                let adapters = enumerate_adapters(choice.backends);
+                let adapters = found.all;
                 let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
                 adapters
                     .into_iter()
@@ -175,25 +236,25 @@ impl GpuContext {
                         ),
                     })?
             }
-            None => adapters(choice.backends)
-                .preferred
-                .map_err(|e| Error::NoAdapter {
-                    detail: format!("{e} on {:?}", choice.backends),
-                })?,
+            None => found.preferred.map_err(|e| Error::NoAdapter {
+                detail: format!("{e} on {:?}", choice.backends),
+            })?,
         };
         let info = adapter.get_info();
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("fused-optim"),
-            // Timestamps for the benchmark; immediates carry each dispatch's values.
-            required_features: adapter.features()
-                & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::IMMEDIATES),
-            required_limits: adapter.limits(),
-            ..Default::default()
-        }))
-        .map_err(|e| Error::RequestDevice {
-            adapter: info.name.clone(),
-            message: e.to_string(),
-        })?;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("fused-optim"),
+                // Timestamps for the benchmark; immediates carry each dispatch's values.
+                required_features: adapter.features()
+                    & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::IMMEDIATES),
+                required_limits: adapter.limits(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::RequestDevice {
+                adapter: info.name.clone(),
+                message: e.to_string(),
+            })?;
         Ok(Self::build(device, queue, info))
     }
 
@@ -212,16 +273,21 @@ impl GpuContext {
         device.set_device_lost_callback(move |reason, message| {
             *record.lock().unwrap() = Some(format!("{reason:?}: {message}"));
         });
+        // In a browser, one thread: the scopes' futures the context keeps need not be Send.
+        #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
+        let inner = Arc::new(Inner {
+            device,
+            queue,
+            info,
+            kernels: Mutex::default(),
+            lost,
+            #[cfg(target_arch = "wasm32")]
+            unsettled: Mutex::default(),
+        });
         Self {
-            dispatch: adapter_dispatch_limits(&device.limits()),
+            dispatch: adapter_dispatch_limits(&inner.device.limits()),
             step_values: None,
-            inner: Arc::new(Inner {
-                device,
-                queue,
-                info,
-                kernels: Mutex::default(),
-                lost,
-            }),
+            inner,
         }
     }
 
@@ -328,7 +394,8 @@ impl GpuContext {
 
     /// Fails with `DeviceLost` once the device is gone. wgpu delivers the loss (and silently
     /// drops submissions to a lost device) only when the device is maintained, so this polls
-    /// it first, without waiting.
+    /// it first, without waiting. On the web, also fails with the first error the error scopes
+    /// of earlier calls have caught since (see [`GpuContext::settle`]).
     pub(crate) fn ensure_alive(&self) -> Result<()> {
         self.inner
             .device
@@ -336,37 +403,102 @@ impl GpuContext {
             .map_err(|e| Error::DeviceLost {
                 reason: e.to_string(),
             })?;
-        match self.inner.lost.lock().unwrap().as_ref() {
-            Some(reason) => Err(Error::DeviceLost {
+        if let Some(reason) = self.inner.lost.lock().unwrap().as_ref() {
+            return Err(Error::DeviceLost {
                 reason: reason.clone(),
-            }),
-            None => Ok(()),
+            });
         }
+        #[cfg(target_arch = "wasm32")]
+        self.learn_settled()?;
+        Ok(())
     }
 
     /// Runs `work` inside validation, out-of-memory and internal error scopes and turns the
     /// first error any of them caught into `Error::Gpu` (or `Error::OutOfMemory`), so wgpu
     /// never aborts the process. Checks the device afterwards, since work on a lost device is
     /// dropped without an error. For a caller's own wgpu work beside the optimizer's.
+    ///
+    /// On the web, WebGPU tells a scope's errors only through a promise: there `work`'s
+    /// errors are returned by a later call on this context, the first after the browser
+    /// answered, or by [`GpuContext::settle`], which waits for the answers.
     pub fn scoped<T>(&self, operation: &'static str, work: impl FnOnce() -> T) -> Result<T> {
         let device = &self.inner.device;
         let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
         let memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let value = work();
-        // Popping resolves at once on native backends: errors are raised as commands are made.
-        let caught = [validation.pop(), memory.pop(), internal.pop()]
-            .into_iter()
-            .find_map(pollster::block_on);
-        self.ensure_alive()?;
-        match caught {
-            Some(wgpu::Error::OutOfMemory { .. }) => Err(Error::OutOfMemory { operation }),
-            Some(error) => Err(Error::Gpu {
-                operation,
-                message: error.to_string(),
-            }),
-            None => Ok(value),
+        let pops = [validation.pop(), memory.pop(), internal.pop()];
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            // Popping resolves at once on native backends: errors are raised as commands are
+            // made.
+            let caught = pops.into_iter().find_map(pollster::block_on);
+            self.ensure_alive()?;
+            caught_error(operation, caught).map(|()| value)
         }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let caught = Box::pin(async move {
+                for pop in pops {
+                    if let Some(error) = pop.await {
+                        return Some(error);
+                    }
+                }
+                None
+            });
+            self.inner
+                .unsettled
+                .lock()
+                .unwrap()
+                .push(Unsettled { operation, caught });
+            self.ensure_alive()?;
+            Ok(value)
+        }
+    }
+
+    /// The first error of the earlier calls' scopes the browser has answered, without
+    /// waiting; those answered are forgotten.
+    #[cfg(target_arch = "wasm32")]
+    fn learn_settled(&self) -> Result<()> {
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut first = Ok(());
+        self.inner
+            .unsettled
+            .lock()
+            .unwrap()
+            .retain_mut(
+                |unsettled| match unsettled.caught.as_mut().poll(&mut context) {
+                    std::task::Poll::Ready(caught) => {
+                        if first.is_ok() {
+                            first = caught_error(unsettled.operation, caught);
+                        }
+                        false
+                    }
+                    std::task::Poll::Pending => true,
+                },
+            );
+        first
+    }
+
+    /// Waits until every GPU call made so far on this context has been checked, and returns
+    /// the first error their scopes caught (once: an error is returned by one call only). On
+    /// the web, where errors arrive through promises (see [`GpuContext::scoped`]), await it
+    /// where a result must be known good; natively, errors are returned by the call that made
+    /// them and this only checks the device.
+    pub async fn settle(&self) -> Result<()> {
+        #[cfg(target_arch = "wasm32")]
+        {
+            let unsettled = std::mem::take(&mut *self.inner.unsettled.lock().unwrap());
+            let mut first = Ok(());
+            for Unsettled { operation, caught } in unsettled {
+                let caught = caught_error(operation, caught.await);
+                if first.is_ok() {
+                    first = caught;
+                }
+            }
+            first?;
+        }
+        self.ensure_alive()
     }
 
     /// Whether `buffer` belongs to this context's device. wgpu offers no direct query, so this
@@ -396,9 +528,17 @@ impl GpuContext {
                 resource: buffer.as_entire_binding(),
             }],
         });
-        match pollster::block_on(scope.pop()) {
+        let popped = scope.pop();
+        #[cfg(not(target_arch = "wasm32"))]
+        return match pollster::block_on(popped) {
             Some(error) => !is_device_mismatch(&error),
             None => true,
+        };
+        // The browser answers later, and in words: the binding's own error stands.
+        #[cfg(target_arch = "wasm32")]
+        {
+            drop(popped);
+            true
         }
     }
 
@@ -482,39 +622,77 @@ impl GpuContext {
     }
 
     /// Copies a whole buffer of f32 back to the host. Waits for the GPU: for tests,
-    /// checkpoints and printing, never inside a step.
+    /// checkpoints and printing, never inside a step. Native only, as every call that waits;
+    /// its `_async` twin everywhere.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn download(&self, buffer: &wgpu::Buffer) -> Result<Vec<f32>> {
+        pollster::block_on(self.download_async(buffer))
+    }
+
+    /// [`GpuContext::download`] without blocking.
+    pub async fn download_async(&self, buffer: &wgpu::Buffer) -> Result<Vec<f32>> {
         if !buffer.size().is_multiple_of(4) {
             return Err(Error::NotF32Sized {
                 buffer: "downloaded".into(),
                 bytes: buffer.size(),
             });
         }
-        self.download_range(buffer, 0..buffer.size() / 4)
+        self.download_range_async(buffer, 0..buffer.size() / 4)
+            .await
     }
 
     /// Copies elements `range` of a buffer of f32 back to the host, e.g. one tensor of a packed
     /// buffer. Waits for the GPU.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn download_range(&self, buffer: &wgpu::Buffer, range: Range<u64>) -> Result<Vec<f32>> {
+        pollster::block_on(self.download_range_async(buffer, range))
+    }
+
+    /// [`GpuContext::download_range`] without blocking.
+    pub async fn download_range_async(
+        &self,
+        buffer: &wgpu::Buffer,
+        range: Range<u64>,
+    ) -> Result<Vec<f32>> {
         crate::rule::check::require(
             range.start <= range.end,
             "range.start",
             range.start as f64,
             "must not be past range.end",
         )?;
-        let bytes = self.download_byte_range(buffer, range.start * 4..range.end * 4)?;
+        let bytes = self
+            .download_byte_range_async(buffer, range.start * 4..range.end * 4)
+            .await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
     /// Copies a whole buffer back to the host as bytes, whatever its format (see
     /// [`Dtype::decode`](crate::Dtype::decode)). Waits for the GPU.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn download_bytes(&self, buffer: &wgpu::Buffer) -> Result<Vec<u8>> {
-        self.download_byte_range(buffer, 0..buffer.size())
+        pollster::block_on(self.download_bytes_async(buffer))
+    }
+
+    /// [`GpuContext::download_bytes`] without blocking.
+    pub async fn download_bytes_async(&self, buffer: &wgpu::Buffer) -> Result<Vec<u8>> {
+        self.download_byte_range_async(buffer, 0..buffer.size())
+            .await
     }
 
     /// Copies bytes `range` of a buffer back to the host (both ends multiples of 4). Waits for
     /// the GPU.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn download_byte_range(&self, buffer: &wgpu::Buffer, range: Range<u64>) -> Result<Vec<u8>> {
+        pollster::block_on(self.download_byte_range_async(buffer, range))
+    }
+
+    /// [`GpuContext::download_byte_range`] without blocking: in a browser, the readback
+    /// resolves once the queue's earlier work is done.
+    pub async fn download_byte_range_async(
+        &self,
+        buffer: &wgpu::Buffer,
+        range: Range<u64>,
+    ) -> Result<Vec<u8>> {
         crate::rule::check::require(
             range.start <= range.end
                 && range.start.is_multiple_of(4)
@@ -544,8 +722,8 @@ impl GpuContext {
             });
             staging
         })?;
-        self.wait()?;
-        let mapped = pollster::block_on(receiver.receive());
+        self.wait_async().await?;
+        let mapped = receiver.receive().await;
         let failed = |message: String| Error::Gpu {
             operation: "mapping a readback buffer",
             message,
@@ -565,7 +743,8 @@ impl GpuContext {
         Ok(data)
     }
 
-    /// Blocks until every submitted command has finished.
+    /// Blocks until every submitted command has finished. Native only.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn wait(&self) -> Result<()> {
         self.inner
             .device
@@ -574,5 +753,21 @@ impl GpuContext {
                 reason: e.to_string(),
             })?;
         self.ensure_alive()
+    }
+
+    /// Every submitted command finished, and every error of the calls before checked (see
+    /// [`GpuContext::settle`]). Natively this waits in place, as [`GpuContext::wait`].
+    pub async fn wait_async(&self) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        self.wait()?;
+        #[cfg(target_arch = "wasm32")]
+        {
+            let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+            self.inner.queue.on_submitted_work_done(move || {
+                sender.send(()).ok();
+            });
+            receiver.receive().await;
+        }
+        self.settle().await
     }
 }

@@ -406,17 +406,17 @@ impl<R: StepKernel> Engine<R> {
     }
 
     /// The guard's status once every submitted step has run. Waits for the GPU.
-    pub fn read_guard_status(&self) -> Result<Option<GradStatus>> {
-        self.guard
-            .as_ref()
-            .map(|g| g.device.read_status())
-            .transpose()
+    pub async fn read_guard_status(&self) -> Result<Option<GradStatus>> {
+        match &self.guard {
+            Some(guarded) => guarded.device.read_status().await.map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The steps applied and each group's host state after them: the step count and host
     /// state PyTorch would report. Without a guard, every step recorded; with one, what the
     /// device counted, which waits for the GPU.
-    pub fn applied(&self) -> Result<(u64, Vec<Vec<f64>>)> {
+    pub async fn applied(&self) -> Result<(u64, Vec<Vec<f64>>)> {
         let Some(guarded) = &self.guard else {
             // The host counts steps as they are recorded: each must have been submitted for
             // the count to be that of the state the GPU holds.
@@ -425,7 +425,7 @@ impl<R: StepKernel> Engine<R> {
                 .check(&self.context, Ahead::Read, operation)?;
             return Ok((self.steps, self.host.clone()));
         };
-        let applied = guarded.device.read_status()?.applied as u64;
+        let applied = guarded.device.read_status().await?.applied as u64;
         let host = guarded
             .history
             .after(applied)
@@ -471,17 +471,19 @@ impl<R: StepKernel> Engine<R> {
     }
 
     /// The values of state slot `slot` over span `span`, decoded to f32. Waits for the GPU.
-    pub fn read_slot(&self, span: usize, slot: usize) -> Result<Vec<f32>> {
+    pub async fn read_slot(&self, span: usize, slot: usize) -> Result<Vec<f32>> {
         self.submissions
             .check(&self.context, Ahead::Read, "reading the state")?;
         let len = (self.spans[span].end - self.spans[span].start) as usize;
         let format = self.formats[self.spans[span].group].slots[slot].unwrap_or_default();
-        let download = |role| match self.owned_buffer(span, role) {
-            Some(buffer) => self.context.download_bytes(buffer),
-            None => Ok(Vec::new()),
+        let download = |role| async move {
+            match self.owned_buffer(span, role) {
+                Some(buffer) => self.context.download_bytes_async(buffer).await,
+                None => Ok(Vec::new()),
+            }
         };
-        let values = download(Role::Slot(slot))?;
-        let scales = download(Role::Scales(slot))?;
+        let values = download(Role::Slot(slot)).await?;
+        let scales = download(Role::Scales(slot)).await?;
         let non_negative = R::NON_NEGATIVE.contains(&R::STATE_SLOTS[slot]);
         Ok(format.decode(&values, &scales, len, non_negative))
     }
@@ -489,7 +491,11 @@ impl<R: StepKernel> Engine<R> {
     /// The f32 master weights of span `span`, where its group keeps them. Waits for the GPU.
     /// An f32 master starts as the params: until a step is applied its buffer is unwritten
     /// (the first step reads the params in its place), so the params are what it holds.
-    pub fn read_master(&self, span: usize, params: &wgpu::Buffer) -> Result<Option<Vec<f32>>> {
+    pub async fn read_master(
+        &self,
+        span: usize,
+        params: &wgpu::Buffer,
+    ) -> Result<Option<Vec<f32>>> {
         let Span {
             group, start, end, ..
         } = self.spans[span];
@@ -500,22 +506,24 @@ impl<R: StepKernel> Engine<R> {
         self.submissions
             .check(&self.context, Ahead::Read, "reading the master weights")?;
         let precision = &self.precisions[group];
-        if precision.master == Master::F32 && self.applied()?.0 == 0 {
+        if precision.master == Master::F32 && self.applied().await?.0 == 0 {
             // Spans of 16-bit params start on a whole pair.
             let first = start * precision.params.element_bytes();
             let bytes = precision.params.buffer_bytes(len as u64);
             let params = self
                 .context
-                .download_byte_range(params, first..first + bytes)?;
+                .download_byte_range_async(params, first..first + bytes)
+                .await?;
             return Ok(Some(precision.params.decode(&params, len)));
         }
-        let master = self.context.download_bytes(buffer)?;
+        let master = self.context.download_bytes_async(buffer).await?;
         Ok(Some(match precision.master {
             Master::Bf16Remainder => {
                 let (first, count) = (start * 2, (len as u64).div_ceil(2) * 4);
                 let params = self
                     .context
-                    .download_byte_range(params, first..first + count)?;
+                    .download_byte_range_async(params, first..first + count)
+                    .await?;
                 let halves = |bytes: &[u8]| -> Vec<u16> { bytemuck::pod_collect_to_vec(bytes) };
                 halves(&params)
                     .into_iter()
@@ -528,7 +536,8 @@ impl<R: StepKernel> Engine<R> {
                 let (first, count) = (start * 2, (len as u64).div_ceil(2) * 4);
                 let params = self
                     .context
-                    .download_byte_range(params, first..first + count)?;
+                    .download_byte_range_async(params, first..first + count)
+                    .await?;
                 let halves: Vec<u16> = bytemuck::pod_collect_to_vec(&params);
                 halves
                     .into_iter()

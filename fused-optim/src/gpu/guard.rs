@@ -59,6 +59,9 @@ struct Learnt {
     newest: Option<(u64, GradStatus)>,
     /// Readback buffers free for reuse.
     free: Vec<wgpu::Buffer>,
+    /// Restores so far: a readback recorded before the newest tells of steps the restored
+    /// state never took, and is ignored when it lands.
+    restores: u64,
 }
 
 /// A step's guard values in a staging buffer, to copy into the values buffer.
@@ -577,7 +580,9 @@ impl DeviceGuard {
         self.known = (steps, applied);
         self.written_scale = (steps, scale);
         self.pending.clear();
-        self.learnt.lock().unwrap().newest = None;
+        let mut learnt = self.learnt.lock().unwrap();
+        learnt.newest = None;
+        learnt.restores += 1;
     }
 
     /// Sets the loss scale to `scale` and the growth tracker to 0 (a scaler switched on or
@@ -608,8 +613,8 @@ impl DeviceGuard {
     }
 
     /// The status now, once every submitted step has run. Waits for the GPU.
-    pub fn read_status(&self) -> Result<GradStatus> {
-        let bytes = self.context.download_bytes(&self.status)?;
+    pub async fn read_status(&self) -> Result<GradStatus> {
+        let bytes = self.context.download_bytes_async(&self.status).await?;
         Ok(bytemuck::pod_read_unaligned::<StatusWords>(&bytes).into())
     }
 
@@ -889,6 +894,7 @@ impl DeviceGuard {
     ) {
         encoder.copy_buffer_to_buffer(&self.status, 0, &slot, 0, STATUS_BYTES);
         let learnt = Arc::clone(&self.learnt);
+        let restores = learnt.lock().unwrap().restores;
         let mapped = slot.clone();
         encoder.map_buffer_on_submit(&slot, wgpu::MapMode::Read, .., move |result| {
             if result.is_err() {
@@ -901,7 +907,8 @@ impl DeviceGuard {
             mapped.unmap();
             let Some(status) = status else { return };
             let mut learnt = learnt.lock().unwrap();
-            if learnt.newest.is_none_or(|(newest, _)| newest < step) {
+            let current = learnt.restores == restores;
+            if current && learnt.newest.is_none_or(|(newest, _)| newest < step) {
                 learnt.newest = Some((step, status));
             }
             learnt.free.push(mapped);

@@ -216,12 +216,15 @@ fn reduce(
     partials[reduce_window.partial_base + chunk * LANES + local] = sum;
 }
 
+// WGSL makes a constant expression that is NaN or infinite a shader-creation error (Tint
+// refuses `bitcast<f32>(0x7fc00000u)`; naga lets it pass): both are made from `total.worst`,
+// a runtime value.
 fn total_norm(total: Partial, inf_norm: bool) -> f32 {
     if total.worst > 0x7f800000u {
-        return bitcast<f32>(0x7fc00000u);
+        return bitcast<f32>((total.worst & 0u) | 0x7fc00000u);
     }
     if total.worst == 0x7f800000u {
-        return bitcast<f32>(0x7f800000u);
+        return bitcast<f32>(total.worst);
     }
     if inf_norm {
         return total.max;

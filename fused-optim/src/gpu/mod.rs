@@ -14,9 +14,9 @@ mod plan;
 mod step_kernel;
 mod values;
 
-pub use context::{
-    enumerate_adapters, AdapterChoice, DispatchLimits, GpuContext, MAX_STEP_VALUES_BYTES,
-};
+#[cfg(not(target_arch = "wasm32"))]
+pub use context::enumerate_adapters;
+pub use context::{AdapterChoice, DispatchLimits, GpuContext, MAX_STEP_VALUES_BYTES};
 #[cfg(feature = "baselines")]
 pub(crate) use engine::state_buffer;
 pub use engine::PendingCheckpoint;

@@ -117,8 +117,14 @@ macro_rules! engine_accessors {
 
         /// The grad guard's status once every submitted step has run (`None` without a
         /// guard). Waits for the GPU: for tests and logs, not the training loop.
+        #[cfg(not(target_arch = "wasm32"))]
         pub fn read_grad_status(&self) -> crate::Result<Option<crate::GradStatus>> {
-            self.engine.read_guard_status()
+            pollster::block_on(self.read_grad_status_async())
+        }
+
+        /// [`Self::read_grad_status`] without blocking, on the web too.
+        pub async fn read_grad_status_async(&self) -> crate::Result<Option<crate::GradStatus>> {
+            self.engine.read_guard_status().await
         }
 
         /// The buffer holding the grad guard's [`GradStatus`](crate::GradStatus) on the
@@ -156,8 +162,16 @@ macro_rules! engine_accessors {
         /// 4-bit codes with their block scales and code tables), the master, `step`, the grad guard's status, and the
         /// hyperparameters, formats and tensors in the metadata. Params are the caller's: save
         /// them with the model. Waits for the GPU; [`Self::record_checkpoint`] does not.
+        #[cfg(not(target_arch = "wasm32"))]
         pub fn checkpoint(&self) -> crate::Result<crate::Checkpoint> {
-            self.engine.checkpoint(&self.named_tensors())
+            pollster::block_on(self.checkpoint_async())
+        }
+
+        /// [`Self::checkpoint`] without blocking, on the web too (where
+        /// [`Checkpoint::to_bytes`](crate::Checkpoint::to_bytes) and
+        /// [`Checkpoint::from_bytes`](crate::Checkpoint::from_bytes) stand in for files).
+        pub async fn checkpoint_async(&self) -> crate::Result<crate::Checkpoint> {
+            self.engine.checkpoint(&self.named_tensors()).await
         }
 
         /// Records copies of the state into `encoder`, after the steps recorded so far, and
@@ -186,11 +200,13 @@ macro_rules! engine_accessors {
 
         /// [`Self::checkpoint`] written to a safetensors file at `path` crash-safely (see
         /// [`Checkpoint::save`](crate::Checkpoint::save)).
+        #[cfg(not(target_arch = "wasm32"))]
         pub fn save(&self, path: impl AsRef<std::path::Path>) -> crate::Result<()> {
             self.engine.save(path.as_ref(), &self.named_tensors())
         }
 
         /// [`Self::restore`] from the safetensors file at `path`.
+        #[cfg(not(target_arch = "wasm32"))]
         pub fn load(&mut self, path: impl AsRef<std::path::Path>) -> crate::Result<()> {
             self.engine.load(path.as_ref(), &self.named_tensors())
         }

@@ -97,12 +97,22 @@ impl<R: UpdateRule> Optimizer<R> {
     /// Reads a state of its one tensor (`0`, or `"0"` as checkpoints name it) back to the
     /// host by PyTorch name, decoded to f32 whatever its format; `step` reads as one element.
     /// Waits for the GPU.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn read_state<'a>(&self, name: &str, tensor: impl Into<TensorRef<'a>>) -> Result<Vec<f32>> {
+        pollster::block_on(self.read_state_async(name, tensor))
+    }
+
+    /// [`Self::read_state`] without blocking, on the web too.
+    pub async fn read_state_async<'a>(
+        &self,
+        name: &str,
+        tensor: impl Into<TensorRef<'a>>,
+    ) -> Result<Vec<f32>> {
         tensor.into().numbered(1)?;
         match find_state(self.rule(), name)? {
-            StateRef::Slot(slot) => self.engine.read_slot(0, slot),
-            StateRef::Host(index) => Ok(vec![self.engine.applied()?.1[0][index] as f32]),
-            StateRef::Step => Ok(vec![self.engine.applied()?.0 as f32]),
+            StateRef::Slot(slot) => self.engine.read_slot(0, slot).await,
+            StateRef::Host(index) => Ok(vec![self.engine.applied().await?.1[0][index] as f32]),
+            StateRef::Step => Ok(vec![self.engine.applied().await?.0 as f32]),
         }
     }
 
@@ -114,8 +124,14 @@ impl<R: UpdateRule> Optimizer<R> {
     /// The f32 master weights (reconstructed exactly from the bf16 params and the remainder,
     /// for that master), or `None` without a master. `params` is the buffer the steps update.
     /// Waits for the GPU.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn read_master(&self, params: &wgpu::Buffer) -> Result<Option<Vec<f32>>> {
-        self.engine.read_master(0, params)
+        pollster::block_on(self.read_master_async(params))
+    }
+
+    /// [`Self::read_master`] without blocking, on the web too.
+    pub async fn read_master_async(&self, params: &wgpu::Buffer) -> Result<Option<Vec<f32>>> {
+        self.engine.read_master(0, params).await
     }
 
     /// How many per-element state buffers this configuration keeps.

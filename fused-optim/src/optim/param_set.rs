@@ -380,7 +380,17 @@ impl<R: UpdateRule> ParamSet<R> {
     /// Reads one tensor's state (by name, or by index in layout order) back by PyTorch name,
     /// decoded to f32; `step` reads as one element. Fails for a state the tensor's group does
     /// not keep, and on a shard for a tensor it holds only part of. Waits for the GPU.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn read_state<'a>(&self, name: &str, tensor: impl Into<TensorRef<'a>>) -> Result<Vec<f32>> {
+        pollster::block_on(self.read_state_async(name, tensor))
+    }
+
+    /// [`Self::read_state`] without blocking, on the web too.
+    pub async fn read_state_async<'a>(
+        &self,
+        name: &str,
+        tensor: impl Into<TensorRef<'a>>,
+    ) -> Result<Vec<f32>> {
         let slot = self.layout.find(tensor.into())?;
         let tensor = slot.name.as_str();
         match find_state(&self.engine.groups[slot.group], name)? {
@@ -395,12 +405,14 @@ impl<R: UpdateRule> ParamSet<R> {
                     });
                 }
                 let span = self.span(slot.group)?;
-                let values = self.engine.read_slot(span, index)?;
+                let values = self.engine.read_slot(span, index).await?;
                 let start = (slot.offset - self.engine.spans()[span].start) as usize;
                 Ok(values[start..start + slot.len as usize].to_vec())
             }
-            StateRef::Host(index) => Ok(vec![self.engine.applied()?.1[slot.group][index] as f32]),
-            StateRef::Step => Ok(vec![self.engine.applied()?.0 as f32]),
+            StateRef::Host(index) => Ok(vec![
+                self.engine.applied().await?.1[slot.group][index] as f32,
+            ]),
+            StateRef::Step => Ok(vec![self.engine.applied().await?.0 as f32]),
         }
     }
 
@@ -523,12 +535,22 @@ impl<R: UpdateRule> ForeachOptimizer<R> {
 
     /// Reads the state of a tensor (by index, or by its checkpoint name, the index as text)
     /// back by PyTorch name. Waits for the GPU.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn read_state<'a>(&self, name: &str, tensor: impl Into<TensorRef<'a>>) -> Result<Vec<f32>> {
+        pollster::block_on(self.read_state_async(name, tensor))
+    }
+
+    /// [`Self::read_state`] without blocking, on the web too.
+    pub async fn read_state_async<'a>(
+        &self,
+        name: &str,
+        tensor: impl Into<TensorRef<'a>>,
+    ) -> Result<Vec<f32>> {
         let index = tensor.into().numbered(self.engine.targets())?;
         match find_state(self.rule(), name)? {
-            StateRef::Slot(slot) => self.engine.read_slot(index, slot),
-            StateRef::Host(slot) => Ok(vec![self.engine.applied()?.1[0][slot] as f32]),
-            StateRef::Step => Ok(vec![self.engine.applied()?.0 as f32]),
+            StateRef::Slot(slot) => self.engine.read_slot(index, slot).await,
+            StateRef::Host(slot) => Ok(vec![self.engine.applied().await?.1[0][slot] as f32]),
+            StateRef::Step => Ok(vec![self.engine.applied().await?.0 as f32]),
         }
     }
 

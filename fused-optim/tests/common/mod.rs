@@ -1,9 +1,12 @@
 //! Shared by the GPU test binaries: one context per binary, random data, error measurement.
 #![allow(dead_code)] // each test binary uses its own subset
 
+mod measure;
+pub use measure::*;
+
 use std::sync::OnceLock;
 
-use fused_optim::{DispatchLimits, GpuContext, StepValues};
+use fused_optim::{GpuContext, StepValues};
 use rand::{Rng, SeedableRng};
 
 /// One device per test binary; error scopes are per thread, so tests may share it.
@@ -28,9 +31,6 @@ pub fn random_nonzero(len: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// The smallest magnitude `random_nonzero` produces.
-pub const INPUT_SCALE: f64 = 0.05;
-
 /// A JSON array of numbers as f32 (the golden files' values).
 pub fn floats(value: &serde_json::Value) -> Vec<f32> {
     value
@@ -48,35 +48,6 @@ pub fn params_and_grads(gpu: &GpuContext, len: usize) -> (wgpu::Buffer, wgpu::Bu
         gpu.upload("grads", &random_nonzero(len, 2)).unwrap(),
     )
 }
-
-/// Worst relative error of `got` against `want`, relative to max(|want|, INPUT_SCALE): a value
-/// that cancelled to near zero (p - lr * u with both terms around 0.2, say) is judged at the
-/// scale of the inputs that produced it, where one rounding of those inputs is what it can
-/// carry. NaN against a number is an infinite error.
-pub fn worst_relative_error(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    got.iter()
-        .zip(want)
-        .map(|(&g, &w)| {
-            if g.to_bits() == w.to_bits() {
-                0.0
-            } else if g.is_nan() || w.is_nan() {
-                f64::INFINITY
-            } else {
-                (g as f64 - w as f64).abs() / (w.abs() as f64).max(INPUT_SCALE)
-            }
-        })
-        .fold(0.0, f64::max)
-}
-
-/// Forced windows of 1004 elements: a multiple of 4 but not of any storage offset alignment
-/// (8 to 64 elements), so windows after the first start inside an aligned block and reach
-/// their first element through the header's `begin`. Three workgroups per dimension fold each
-/// window's four workgroups into a 2x2 grid.
-pub const FORCED_LIMITS: DispatchLimits = DispatchLimits {
-    window_elements: 1004,
-    workgroups_per_dimension: 3,
-};
 
 /// The shared device with `FORCED_LIMITS`, so window edges are crossed on any adapter.
 pub fn forced_windows() -> GpuContext {
@@ -97,14 +68,6 @@ pub fn step_value_contexts() -> Vec<(StepValues, GpuContext)> {
     }
     contexts
 }
-
-/// Bound on the worst relative error (see `worst_relative_error`) of a GPU step against its
-/// CPU twin after a few steps. Each step is a handful of f32 operations; Vulkan allows sqrt
-/// and division 2.5 ulp (about 3e-7 relative) and a driver may contract a * b + c into one
-/// fma. Centered RMSprop subtracts grad_avg² from square_avg, which cancels about
-/// log2(1 / (1 - alpha)) bits and magnifies those differences up to 10 times at the
-/// alpha = 0.9 the tests use. Five compounding steps of that stay well under 1e-4.
-pub const TWIN_TOLERANCE: f64 = 1e-4;
 
 /// Asserts `got` is within `TWIN_TOLERANCE` of `want`, naming `what` otherwise.
 pub fn assert_twin_close(what: &str, got: &[f32], want: &[f32]) {

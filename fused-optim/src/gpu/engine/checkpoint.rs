@@ -17,7 +17,7 @@ use crate::checkpoint::{
 use crate::error::{Error, Result};
 use crate::format::block::BlockFormat;
 use crate::format::{Dtype, Layout, Master, StateFormat, BLOCK};
-use crate::gpu::callbacks::Callbacks;
+use crate::gpu::callbacks::{mapping_requested, Callbacks};
 use crate::gpu::glue::Role;
 use crate::gpu::GpuContext;
 use crate::guard::{GradStatus, StatusWords};
@@ -159,10 +159,21 @@ impl PendingCheckpoint {
     }
 
     /// The checkpoint, once the copies are mapped. Waits for the GPU. An encoder that was
-    /// never submitted, a failed mapping or a lost device is an error.
+    /// never submitted, a failed mapping or a lost device is an error. Native only.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn wait(self) -> Result<Checkpoint> {
+        pollster::block_on(self.wait_async())
+    }
+
+    /// [`PendingCheckpoint::wait`] without blocking, on the web too.
+    pub async fn wait_async(self) -> Result<Checkpoint> {
         if !self.is_ready() {
-            self.context.wait()?;
+            self.context.wait_async().await?;
+            // In a browser the copies map after the GPU's work, once the encoder was
+            // submitted; one that was not is reported below.
+            if self.staging.iter().any(mapping_requested) {
+                self.mapping.settled_async().await;
+            }
         }
         let failed = |message: String| Error::Gpu {
             operation: "mapping a checkpoint's copies",
@@ -256,7 +267,8 @@ impl PendingCheckpoint {
     }
 
     /// Waits for the copies and writes the checkpoint to `path` crash-safely (see
-    /// [`Checkpoint::save`]).
+    /// [`Checkpoint::save`]). Native only.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn save(self, path: impl AsRef<std::path::Path>) -> Result<()> {
         self.wait()?.save(path)
     }
@@ -549,7 +561,7 @@ impl<R: UpdateRule> Engine<R> {
     /// stored form (8-bit codes with their absmax), the master, `step` (the steps applied),
     /// the rule's host state (NAdam's `mu_product`), the grad guard's status, and metadata.
     /// Waits for the GPU.
-    pub fn checkpoint(&self, tensors: &[NamedTensor]) -> Result<Checkpoint> {
+    pub async fn checkpoint(&self, tensors: &[NamedTensor]) -> Result<Checkpoint> {
         // The copies go in a submission of their own: every step must be ahead of it.
         self.submissions
             .check(&self.context, Ahead::Read, "taking a checkpoint")?;
@@ -559,15 +571,17 @@ impl<R: UpdateRule> Engine<R> {
             .create_command_encoder(&Default::default());
         let pending = self.record_copies(&mut encoder, tensors, false)?;
         self.context.queue().submit([encoder.finish()]);
-        pending.wait()
+        pending.wait_async().await
     }
 
     /// [`Engine::checkpoint`] written to a safetensors file at `path` crash-safely.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn save(&self, path: &std::path::Path, tensors: &[NamedTensor]) -> Result<()> {
-        self.checkpoint(tensors)?.save(path)
+        pollster::block_on(self.checkpoint(tensors))?.save(path)
     }
 
     /// [`Engine::restore`] from the safetensors file at `path`.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn load(&mut self, path: &std::path::Path, tensors: &[NamedTensor]) -> Result<()> {
         self.restore(&Checkpoint::load(path)?, tensors)
     }
@@ -606,11 +620,6 @@ impl<R: UpdateRule> Engine<R> {
             return Err(Error::CheckpointMismatch {
                 reason: format!("tensor `{extra}` is not state this optimizer keeps"),
             });
-        }
-        if self.guard.is_some() {
-            // Status readbacks still in flight would land after the restart below and tell
-            // the guard of steps the restored state never took.
-            self.context.wait()?;
         }
         // Everything is checked: write.
         self.write_restored(contents, host, groups, status, (steps, applied));

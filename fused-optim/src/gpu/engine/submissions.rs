@@ -6,8 +6,9 @@
 //! so wgpu-core resolves its mapping at the first poll after the submit, whatever the GPU is
 //! still running (a buffer no submission uses is ready to map at once): a host-side signal, no
 //! GPU work. An encoder dropped unsubmitted drops the mapping's callback uncalled, which says
-//! so too. (WebGPU in a browser resolves a mapping only after the queue's earlier work: there
-//! the check would have to wait for the GPU.) The order in which several encoders are
+//! so too. (WebGPU in a browser resolves a mapping only after the queue's earlier work; there
+//! the marker's mapping, requested at the submit and pending until then, says it was
+//! submitted.) The order in which several encoders are
 //! submitted is not seen: work recorded into several must be submitted in recording order.
 
 use std::collections::VecDeque;
@@ -15,7 +16,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
-use crate::gpu::callbacks::Callbacks;
+use crate::gpu::callbacks::{mapping_requested, Callbacks};
 use crate::gpu::GpuContext;
 
 /// What was recorded into a caller's encoder.
@@ -46,6 +47,8 @@ struct Unseen {
     work: Work,
     encoder: u64,
     marker: Arc<Callbacks>,
+    /// The marker itself, whose mapping a browser requests at the submit.
+    buffer: wgpu::Buffer,
 }
 
 /// The work recorded into callers' encoders whose submission the host has not seen yet.
@@ -87,7 +90,7 @@ impl Submissions {
         // A callback run, even with an error (a lost device), says its work was submitted.
         unseen.retain(|unseen| !unseen.marker.settled() || unseen.marker.dropped());
         let callbacks = Callbacks::new(1);
-        let (free, mapped) = (Arc::clone(&self.free), marker.clone());
+        let (free, mapped, buffer) = (Arc::clone(&self.free), marker.clone(), marker.clone());
         let callback = callbacks.callback(move || {
             mapped.unmap();
             free.lock().expect("not poisoned").push(mapped);
@@ -97,6 +100,7 @@ impl Submissions {
             work,
             encoder: encoder_id(encoder),
             marker: callbacks,
+            buffer,
         });
     }
 
@@ -126,7 +130,8 @@ impl Submissions {
                 continue;
             }
             let outcome = unseen.marker.outcome();
-            let pending = outcome.fired == 0 && !outcome.dropped;
+            let pending =
+                outcome.fired == 0 && !outcome.dropped && !mapping_requested(&unseen.buffer);
             match unseen.work {
                 Work::Step(step) if outcome.dropped && kind != Ahead::Restore => {
                     return Err(Error::DroppedStep { step })
