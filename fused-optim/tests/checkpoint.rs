@@ -622,6 +622,34 @@ fn a_submitted_step_still_running_is_seen_submitted() {
         .any(|&b| b != 0));
 }
 
+/// A restore does not wait for the GPU: the grad-status readbacks of steps submitted before
+/// it land after it, and are ignored then, since they tell of steps the restored state never
+/// took. Five guarded steps still in flight, a restore of the state after none: once the GPU
+/// is done, the host knows no status and the scale is the restored one, as after a restore
+/// with nothing in flight; the next step is the restored run's first.
+#[test]
+fn readbacks_of_steps_before_a_restore_are_ignored_when_they_land() {
+    let gpu = common::gpu();
+    let (params, grads) = common::params_and_grads(gpu, LEN);
+    let guard = GradGuard::new().with_scaler(GradScaler::default().with_init_scale(64.0));
+    let mut adam = Optimizer::new(gpu, Adam::default(), LEN)
+        .unwrap()
+        .with_grad_guard(guard)
+        .unwrap();
+    let fresh = adam.checkpoint().unwrap();
+    for _ in 0..5 {
+        adam.step(&params, &grads).unwrap();
+    }
+    adam.restore(&fresh).unwrap();
+    gpu.wait().unwrap();
+    assert_eq!(adam.grad_status(), None);
+    assert_eq!(adam.loss_scale(), Some(64.0));
+    adam.step(&params, &grads).unwrap();
+    gpu.wait().unwrap();
+    let (step, status) = adam.grad_status().unwrap();
+    assert_eq!((step, status.applied), (1, 1));
+}
+
 /// A step recorded into an encoder dropped without being submitted never ran, yet was
 /// counted: later steps and checkpoints are refused (their step counts would be one ahead of
 /// the state) until a restore replaces the state, after which the run goes on as one that
