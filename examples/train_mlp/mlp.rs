@@ -6,20 +6,30 @@
 //! checkpoint ([`OPTIMIZER_FILE`]) and the model's params with what resuming needs
 //! ([`MODEL_FILE`]); a run given them (`Config::resume`) continues on the GPU bit for bit as
 //! the uninterrupted run would have.
+//!
+//! Training is async underneath ([`train_async`]), so it runs in a browser too, where every
+//! readback is a promise (examples/web); natively [`train`] blocks on it.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
 
-use fused_optim::checkpoint::{FORMAT_VERSION, VERSION_KEY};
 use fused_optim::tooling::{visit_rules, RegisteredRule, RuleVisitor};
 use fused_optim::{
-    Checkpoint, CpuOptimizer, Dtype, GpuContext, GradGuard, GradStatus, HostTensor, LrSchedule,
-    ParamGroup, ParamLayout, ParamSet, PendingCheckpoint, Precision, TensorDtype, TensorSlot,
-    UpdateRule,
+    CpuOptimizer, Dtype, GpuContext, GradGuard, GradStatus, LrSchedule, ParamGroup, ParamLayout,
+    ParamSet, PendingCheckpoint, Precision, TensorSlot, UpdateRule,
 };
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use wgpu::util::DeviceExt;
+
+// The save files, native only.
+#[cfg(not(target_arch = "wasm32"))]
+use {
+    fused_optim::checkpoint::{FORMAT_VERSION, VERSION_KEY},
+    fused_optim::{Checkpoint, HostTensor, TensorDtype},
+    std::{collections::BTreeMap, path::Path},
+};
 
 const SHADER: &str = include_str!("mlp.wgsl");
 const WORKGROUP: u32 = 64;
@@ -297,7 +307,9 @@ pub fn optimizers() -> Vec<&'static str> {
 
 /// Trains the registered variant named `optimizer` with `lr` (default: the tuned rate where
 /// there is one, else the variant's own). Weights take the variant's weight decay (e.g.
-/// AdamW's 0.01); biases form a second parameter group without.
+/// AdamW's 0.01); biases form a second parameter group without. Native only: it blocks on
+/// [`train_named_async`].
+#[cfg(not(target_arch = "wasm32"))]
 pub fn train_named(
     gpu: &GpuContext,
     data: &Data,
@@ -305,13 +317,37 @@ pub fn train_named(
     optimizer: &str,
     lr: Option<f64>,
 ) -> Result<Run, Box<dyn std::error::Error>> {
+    pollster::block_on(train_named_async(
+        gpu,
+        data,
+        config,
+        optimizer,
+        lr,
+        &mut |_, _| {},
+    ))
+}
+
+/// A training run's future, its rule's type erased.
+type Training<'a> = Pin<Box<dyn Future<Output = Result<Run, Box<dyn std::error::Error>>> + 'a>>;
+
+/// [`train_named`] without blocking, on the web too, calling `on_epoch` as
+/// [`train_async`] does.
+pub async fn train_named_async(
+    gpu: &GpuContext,
+    data: &Data,
+    config: &Config,
+    optimizer: &str,
+    lr: Option<f64>,
+    on_epoch: &mut dyn FnMut(usize, f64),
+) -> Result<Run, Box<dyn std::error::Error>> {
     struct Find<'a> {
         gpu: &'a GpuContext,
         data: &'a Data,
         config: &'a Config,
         optimizer: &'a str,
         lr: Option<f64>,
-        run: Option<Result<Run, Box<dyn std::error::Error>>>,
+        on_epoch: Option<&'a mut dyn FnMut(usize, f64)>,
+        run: Option<Training<'a>>,
     }
     impl RuleVisitor for Find<'_> {
         fn visit<R: RegisteredRule>(&mut self) {
@@ -322,12 +358,16 @@ pub fn train_named(
                 return;
             };
             let tuned = TUNED_LR.iter().find(|(name, _)| *name == self.optimizer);
-            let run = match self.lr.or(tuned.map(|(_, lr)| *lr)) {
-                Some(lr) => rule.set_hyperparameter("lr", lr.into()).map_err(Into::into),
+            let set = match self.lr.or(tuned.map(|(_, lr)| *lr)) {
+                Some(lr) => rule.set_hyperparameter("lr", lr.into()),
                 None => Ok(()),
-            }
-            .and_then(|()| train(self.gpu, self.data, self.config, rule));
-            self.run = Some(run);
+            };
+            let (gpu, data, config) = (self.gpu, self.data, self.config);
+            let on_epoch = self.on_epoch.take().expect("variant names are unique");
+            self.run = Some(Box::pin(async move {
+                set?;
+                train_async(gpu, data, config, rule, on_epoch).await
+            }));
         }
     }
     let mut find = Find {
@@ -336,16 +376,18 @@ pub fn train_named(
         config,
         optimizer,
         lr,
+        on_epoch: Some(on_epoch),
         run: None,
     };
     visit_rules(&mut find);
-    find.run.unwrap_or_else(|| {
-        Err(format!(
+    match find.run {
+        Some(run) => run.await,
+        None => Err(format!(
             "unknown optimizer `{optimizer}`; choose from {}",
             optimizers().join(", ")
         )
-        .into())
-    })
+        .into()),
+    }
 }
 
 /// The model's tensors and their shapes: `layer{k}.weight` ([inputs][outputs]) and
@@ -390,13 +432,33 @@ fn initial_params(layout: &ParamLayout, widths: &[usize], seed: u64) -> Vec<f32>
 /// Trains `rule` (weights) and `rule` without weight decay (biases) on the GPU and with the
 /// CPU twin from the same initial weights and batch order, and reports both. With
 /// `config.resume`, the GPU run continues the saved one and the twin sits out (see
-/// [`Run::cpu_loss`]); with `config.save`, the run saves itself after every epoch.
+/// [`Run::cpu_loss`]); with `config.save`, the run saves itself after every epoch. Native
+/// only: it blocks on [`train_async`].
+#[cfg(not(target_arch = "wasm32"))]
 pub fn train<R: UpdateRule>(
     gpu: &GpuContext,
     data: &Data,
     config: &Config,
     rule: R,
 ) -> Result<Run, Box<dyn std::error::Error>> {
+    pollster::block_on(train_async(gpu, data, config, rule, &mut |_, _| {}))
+}
+
+/// [`train`] without blocking, on the web too, where the GPU's answers arrive through
+/// promises; it calls `on_epoch(epoch, loss)` with each epoch's GPU loss (from 0) as it is
+/// read back. Saving and resuming need files, so on the web `config.save` and
+/// `config.resume` are refused.
+pub async fn train_async<R: UpdateRule>(
+    gpu: &GpuContext,
+    data: &Data,
+    config: &Config,
+    rule: R,
+    on_epoch: &mut dyn FnMut(usize, f64),
+) -> Result<Run, Box<dyn std::error::Error>> {
+    #[cfg(target_arch = "wasm32")]
+    if config.save.is_some() || config.resume.is_some() {
+        return Err("saving and resuming need a file system: native only".into());
+    }
     config.schedule.validate()?;
     // At least one batch per epoch, so that every epoch has an encoder to checkpoint in.
     let batches = data.train_y.len().checked_div(config.batch).unwrap_or(0);
@@ -429,11 +491,14 @@ pub fn train<R: UpdateRule>(
     let layout = set.layout().clone();
     // Taken before a restore, which sets the saved run's last scheduled lr.
     let base_lrs: Vec<f64> = set.groups().iter().map(UpdateRule::lr).collect();
+    #[cfg(not(target_arch = "wasm32"))]
     let settings = settings(&widths, config, rule.name(), &base_lrs);
-    let saved = match &config.resume {
+    let saved: Option<Saved> = match &config.resume {
+        #[cfg(not(target_arch = "wasm32"))]
         Some(dir) => Some(Saved::load(dir, &settings, &widths, config, &mut set)?),
-        None => None,
+        _ => None,
     };
+    #[cfg(not(target_arch = "wasm32"))]
     let mut saver = match &config.save {
         Some(dir) => Some(Saver::new(dir, &settings, &layout, &widths, config)?),
         None => None,
@@ -492,24 +557,29 @@ pub fn train<R: UpdateRule>(
             })
             .collect();
         let y: Vec<u32> = order.iter().map(|&r| data.train_y[r]).collect();
-        let (loss, pending) = model.epoch(&x, &y, saver.is_some())?;
+        let (loss, pending) = model.epoch(&x, &y, config.save.is_some()).await?;
         gpu_loss.push(loss);
+        on_epoch(epoch, loss);
         if let Some(cpu) = &mut cpu {
             cpu_loss.push(cpu.epoch(&x, &y)?);
         }
         // The epoch's losses were just read back, so this waits for nothing more.
-        guard_status.extend(model.set.read_grad_status()?);
+        guard_status.extend(model.set.read_grad_status_async().await?);
+        #[cfg(not(target_arch = "wasm32"))]
         if let (Some(saver), Some(pending)) = (&mut saver, pending) {
             // The params as the checkpoint's copies saw them: nothing was submitted since.
-            let params = model.read_params()?;
+            let params = model.read_params().await?;
             let history = (gpu_loss.as_slice(), cpu_loss.as_slice());
             saver.save(pending, &params, model.set.step_count(), history)?;
         }
+        #[cfg(target_arch = "wasm32")]
+        drop(pending);
     }
+    #[cfg(not(target_arch = "wasm32"))]
     if let Some(saver) = saver {
         saver.finish()?;
     }
-    let gpu_logits = model.predict(&data.test_x, data.test_y.len())?;
+    let gpu_logits = model.predict(&data.test_x, data.test_y.len()).await?;
     let cpu_logits = cpu.map(|cpu| cpu.predict(&data.test_x, data.test_y.len()));
     let cpu_logits = cpu_logits.as_deref();
     Ok(Run {
@@ -531,6 +601,7 @@ pub fn train<R: UpdateRule>(
 
 /// The settings a run must resume with, by model-file metadata key: everything that shapes
 /// the run but the epochs and the schedule. Floats in Rust's shortest exact form.
+#[cfg(not(target_arch = "wasm32"))]
 fn settings(
     widths: &[usize],
     config: &Config,
@@ -556,6 +627,7 @@ fn settings(
 }
 
 /// The checkpoint container's element type for params stored as `dtype`.
+#[cfg(not(target_arch = "wasm32"))]
 fn file_dtype(dtype: Dtype) -> TensorDtype {
     match dtype {
         Dtype::F32 => TensorDtype::F32,
@@ -565,11 +637,13 @@ fn file_dtype(dtype: Dtype) -> TensorDtype {
 }
 
 /// The optimizer file's metadata key holding [`fingerprint`] of the model file saved with it.
+#[cfg(not(target_arch = "wasm32"))]
 const PAIRING_KEY: &str = "train_mlp.params_fnv1a";
 
 /// FNV-1a (64 bits) of the model file's tensors' bytes in name order, in hex: binds an
 /// optimizer file to the params it was saved with, which its own step count cannot (two runs
 /// of one length have the same).
+#[cfg(not(target_arch = "wasm32"))]
 fn fingerprint(model: &Checkpoint) -> String {
     let hash = (model.tensors.values())
         .flat_map(|tensor| &tensor.data)
@@ -580,6 +654,7 @@ fn fingerprint(model: &Checkpoint) -> String {
 }
 
 /// Losses in metadata: Rust's shortest exact form, comma separated.
+#[cfg(not(target_arch = "wasm32"))]
 fn loss_text(losses: &[f64]) -> String {
     losses
         .iter()
@@ -589,6 +664,8 @@ fn loss_text(losses: &[f64]) -> String {
 }
 
 /// A saved run, read back and checked against this one, its optimizer state restored.
+// On the web a run never resumes (there are no files): never made there.
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 struct Saved {
     epochs: usize,
     /// The packed params in their storage format (zero between tensors, as a fresh run's).
@@ -598,6 +675,7 @@ struct Saved {
     schedule: String,
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl Saved {
     /// Reads `dir`'s two files, checks them against this run (`settings`, `widths`,
     /// `config`), and restores the optimizer's checkpoint into `set`. On error `set` is
@@ -712,6 +790,7 @@ impl Saved {
 
 /// Saves a run after each epoch: builds the model file and hands both files to a writer
 /// thread, so the disk's fsyncs overlap the next epoch; each save waits for the last one.
+#[cfg(not(target_arch = "wasm32"))]
 struct Saver {
     dir: PathBuf,
     /// The model file's metadata every save shares.
@@ -722,6 +801,7 @@ struct Saver {
     writing: Option<std::thread::JoinHandle<fused_optim::Result<()>>>,
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl Saver {
     fn new(
         dir: &Path,
@@ -1214,7 +1294,7 @@ impl<R: UpdateRule> GpuModel<R> {
     /// copy, forward, loss, backward and the fused optimizer step. Reads back only the epoch's
     /// losses, once, at the end. Returns the mean loss and, with `checkpoint`, the optimizer's
     /// checkpoint recorded into the last batch's encoder, after its step.
-    fn epoch(
+    async fn epoch(
         &mut self,
         x: &[f32],
         y: &[u32],
@@ -1256,7 +1336,9 @@ impl<R: UpdateRule> GpuModel<R> {
             }
             gpu.queue().submit([encoder.finish()]);
         }
-        let losses = gpu.download_range(&self.epoch_loss, 0..y.len() as u64)?;
+        let losses = gpu
+            .download_range_async(&self.epoch_loss, 0..y.len() as u64)
+            .await?;
         let loss = losses.iter().map(|&l| l as f64).sum::<f64>() / losses.len() as f64;
         Ok((loss, pending))
     }
@@ -1275,12 +1357,13 @@ impl<R: UpdateRule> GpuModel<R> {
     }
 
     /// The params, packed in their storage format. Waits for the GPU.
-    fn read_params(&self) -> fused_optim::Result<Vec<u8>> {
-        self.gpu.download_bytes(self.stored_params())
+    #[cfg(not(target_arch = "wasm32"))]
+    async fn read_params(&self) -> fused_optim::Result<Vec<u8>> {
+        self.gpu.download_bytes_async(self.stored_params()).await
     }
 
     /// Logits of `rows` rows of `x`, forward only, in batches.
-    fn predict(&self, x: &[f32], rows: usize) -> fused_optim::Result<Vec<f32>> {
+    async fn predict(&self, x: &[f32], rows: usize) -> fused_optim::Result<Vec<f32>> {
         let gpu = &self.gpu;
         let (features, classes) = (
             self.widths[0] as u64,
@@ -1312,7 +1395,8 @@ impl<R: UpdateRule> GpuModel<R> {
             );
             gpu.queue().submit([encoder.finish()]);
         }
-        gpu.download_range(&self.test_logits, 0..rows as u64 * classes)
+        gpu.download_range_async(&self.test_logits, 0..rows as u64 * classes)
+            .await
     }
 }
 
