@@ -45,6 +45,10 @@ async fn recorded_steps_and_checkpoints_wait_for_their_submit_and_resume_from_by
         "{unsubmitted:?}"
     );
     gpu.queue().submit([encoder.finish()]);
+    // At once, before the browser has run anything: the markers' mappings are pending, which
+    // says the steps were submitted.
+    let submitted = optimizer.read_state_async("exp_avg", 0).await;
+    assert!(submitted.is_ok(), "{submitted:?}");
     assert_eq!(optimizer.read_state_async("step", 0).await.unwrap(), [3.0]);
 
     // A checkpoint's copies: an error while their encoder waits, the checkpoint after.

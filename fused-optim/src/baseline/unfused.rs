@@ -232,7 +232,7 @@ impl<R: Unfused> UnfusedChain<R> {
         pollster::block_on(self.read_state_async(name))
     }
 
-    /// [`Self::read_state`] without blocking, on the web too.
+    /// [`Self::read_state`] as a future, for a browser; natively it waits in place, as that does.
     pub async fn read_state_async(&self, name: &str) -> Result<Vec<f32>> {
         match find_state(&self.rule, name)? {
             StateRef::Slot(slot) => self.context.download_async(&self.state[slot]).await,

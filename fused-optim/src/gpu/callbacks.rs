@@ -90,7 +90,9 @@ impl Callbacks {
     fn update(&self, change: impl FnOnce(&mut Outcome)) {
         change(&mut self.outcome.lock().expect("not poisoned"));
         self.changed.notify_all();
-        for waker in std::mem::take(&mut *self.wakers.lock().expect("not poisoned")) {
+        // Woken with the lock released: a waker may poll at once.
+        let wakers = std::mem::take(&mut *self.wakers.lock().expect("not poisoned"));
+        for waker in wakers {
             waker.wake();
         }
     }
@@ -118,10 +120,10 @@ impl Callbacks {
                 return std::task::Poll::Ready(());
             }
             // Registered under the outcome's lock, so no update is missed.
-            self.wakers
-                .lock()
-                .expect("not poisoned")
-                .push(context.waker().clone());
+            let mut wakers = self.wakers.lock().expect("not poisoned");
+            if !wakers.iter().any(|waker| waker.will_wake(context.waker())) {
+                wakers.push(context.waker().clone());
+            }
             std::task::Poll::Pending
         })
         .await

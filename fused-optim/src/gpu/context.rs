@@ -457,26 +457,22 @@ impl GpuContext {
     }
 
     /// The first error of the earlier calls' scopes the browser has answered, without
-    /// waiting; those answered are forgotten.
+    /// waiting; those answered are forgotten. The browser answers scopes in the order they
+    /// were popped, so this stops at the first unanswered one.
     #[cfg(target_arch = "wasm32")]
     fn learn_settled(&self) -> Result<()> {
         let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut unsettled = self.inner.unsettled.lock().unwrap();
         let mut first = Ok(());
-        self.inner
-            .unsettled
-            .lock()
-            .unwrap()
-            .retain_mut(
-                |unsettled| match unsettled.caught.as_mut().poll(&mut context) {
-                    std::task::Poll::Ready(caught) => {
-                        if first.is_ok() {
-                            first = caught_error(unsettled.operation, caught);
-                        }
-                        false
-                    }
-                    std::task::Poll::Pending => true,
-                },
-            );
+        while let Some(oldest) = unsettled.first_mut() {
+            let std::task::Poll::Ready(caught) = oldest.caught.as_mut().poll(&mut context) else {
+                break;
+            };
+            if first.is_ok() {
+                first = caught_error(oldest.operation, caught);
+            }
+            unsettled.remove(0);
+        }
         first
     }
 
@@ -629,7 +625,8 @@ impl GpuContext {
         pollster::block_on(self.download_async(buffer))
     }
 
-    /// [`GpuContext::download`] without blocking.
+    /// [`GpuContext::download`] as a future, for a browser; natively it waits in place, as that
+    /// does.
     pub async fn download_async(&self, buffer: &wgpu::Buffer) -> Result<Vec<f32>> {
         if !buffer.size().is_multiple_of(4) {
             return Err(Error::NotF32Sized {
@@ -648,7 +645,8 @@ impl GpuContext {
         pollster::block_on(self.download_range_async(buffer, range))
     }
 
-    /// [`GpuContext::download_range`] without blocking.
+    /// [`GpuContext::download_range`] as a future, for a browser; natively it waits in place, as
+    /// that does.
     pub async fn download_range_async(
         &self,
         buffer: &wgpu::Buffer,
@@ -673,7 +671,8 @@ impl GpuContext {
         pollster::block_on(self.download_bytes_async(buffer))
     }
 
-    /// [`GpuContext::download_bytes`] without blocking.
+    /// [`GpuContext::download_bytes`] as a future, for a browser; natively it waits in place, as
+    /// that does.
     pub async fn download_bytes_async(&self, buffer: &wgpu::Buffer) -> Result<Vec<u8>> {
         self.download_byte_range_async(buffer, 0..buffer.size())
             .await
@@ -686,7 +685,7 @@ impl GpuContext {
         pollster::block_on(self.download_byte_range_async(buffer, range))
     }
 
-    /// [`GpuContext::download_byte_range`] without blocking: in a browser, the readback
+    /// [`GpuContext::download_byte_range`] as a future, for a browser, where the readback
     /// resolves once the queue's earlier work is done.
     pub async fn download_byte_range_async(
         &self,
@@ -758,6 +757,12 @@ impl GpuContext {
     /// Every submitted command finished, and every error of the calls before checked (see
     /// [`GpuContext::settle`]). Natively this waits in place, as [`GpuContext::wait`].
     pub async fn wait_async(&self) -> Result<()> {
+        self.work_done().await?;
+        self.settle().await
+    }
+
+    /// Every submitted command finished, the errors of earlier calls left for later.
+    pub(crate) async fn work_done(&self) -> Result<()> {
         #[cfg(not(target_arch = "wasm32"))]
         self.wait()?;
         #[cfg(target_arch = "wasm32")]
@@ -768,6 +773,6 @@ impl GpuContext {
             });
             receiver.receive().await;
         }
-        self.settle().await
+        Ok(())
     }
 }

@@ -122,7 +122,8 @@ macro_rules! engine_accessors {
             pollster::block_on(self.read_grad_status_async())
         }
 
-        /// [`Self::read_grad_status`] without blocking, on the web too.
+        /// [`Self::read_grad_status`] as a future, for a browser; natively it waits in place, as
+        /// that does.
         pub async fn read_grad_status_async(&self) -> crate::Result<Option<crate::GradStatus>> {
             self.engine.read_guard_status().await
         }
@@ -167,8 +168,8 @@ macro_rules! engine_accessors {
             pollster::block_on(self.checkpoint_async())
         }
 
-        /// [`Self::checkpoint`] without blocking, on the web too (where
-        /// [`Checkpoint::to_bytes`](crate::Checkpoint::to_bytes) and
+        /// [`Self::checkpoint`] as a future, for a browser (natively it waits in place, as that
+        /// does; there [`Checkpoint::to_bytes`](crate::Checkpoint::to_bytes) and
         /// [`Checkpoint::from_bytes`](crate::Checkpoint::from_bytes) stand in for files).
         pub async fn checkpoint_async(&self) -> crate::Result<crate::Checkpoint> {
             self.engine.checkpoint(&self.named_tensors()).await

@@ -102,7 +102,7 @@ impl<R: UpdateRule> Optimizer<R> {
         pollster::block_on(self.read_state_async(name, tensor))
     }
 
-    /// [`Self::read_state`] without blocking, on the web too.
+    /// [`Self::read_state`] as a future, for a browser; natively it waits in place, as that does.
     pub async fn read_state_async<'a>(
         &self,
         name: &str,
@@ -129,7 +129,7 @@ impl<R: UpdateRule> Optimizer<R> {
         pollster::block_on(self.read_master_async(params))
     }
 
-    /// [`Self::read_master`] without blocking, on the web too.
+    /// [`Self::read_master`] as a future, for a browser; natively it waits in place, as that does.
     pub async fn read_master_async(&self, params: &wgpu::Buffer) -> Result<Option<Vec<f32>>> {
         self.engine.read_master(0, params).await
     }

@@ -385,7 +385,7 @@ impl<R: UpdateRule> ParamSet<R> {
         pollster::block_on(self.read_state_async(name, tensor))
     }
 
-    /// [`Self::read_state`] without blocking, on the web too.
+    /// [`Self::read_state`] as a future, for a browser; natively it waits in place, as that does.
     pub async fn read_state_async<'a>(
         &self,
         name: &str,
@@ -540,7 +540,7 @@ impl<R: UpdateRule> ForeachOptimizer<R> {
         pollster::block_on(self.read_state_async(name, tensor))
     }
 
-    /// [`Self::read_state`] without blocking, on the web too.
+    /// [`Self::read_state`] as a future, for a browser; natively it waits in place, as that does.
     pub async fn read_state_async<'a>(
         &self,
         name: &str,

@@ -132,8 +132,8 @@ struct Piece {
 /// ([`Optimizer::record_checkpoint`](crate::Optimizer::record_checkpoint)): copies of every
 /// state buffer, taken where the encoder's commands run, mapped once its submission
 /// completes. The training loop goes on while they map; [`PendingCheckpoint::is_ready`] says
-/// whether they have, and [`PendingCheckpoint::wait`] or [`PendingCheckpoint::save`] (from any
-/// thread) build the [`Checkpoint`] or write its file. Submit the encoder before waiting.
+/// whether they have, and `wait` or `save` (natively, from any thread) or `wait_async` (in a
+/// browser too) build the [`Checkpoint`] or write its file. Submit the encoder before waiting.
 pub struct PendingCheckpoint {
     context: GpuContext,
     staging: Vec<wgpu::Buffer>,
@@ -165,10 +165,13 @@ impl PendingCheckpoint {
         pollster::block_on(self.wait_async())
     }
 
-    /// [`PendingCheckpoint::wait`] without blocking, on the web too.
+    /// [`PendingCheckpoint::wait`] as a future, for a browser; natively it waits in place, as that
+    /// does.
     pub async fn wait_async(self) -> Result<Checkpoint> {
         if !self.is_ready() {
-            self.context.wait_async().await?;
+            // Not `wait_async`: an earlier call's error is that call's to report, and the
+            // copies, once mapped, are good.
+            self.context.work_done().await?;
             // In a browser the copies map after the GPU's work, once the encoder was
             // submitted; one that was not is reported below.
             if self.staging.iter().any(mapping_requested) {
