@@ -8,9 +8,7 @@ use serde::Serialize;
 use wgpu::util::DeviceExt;
 
 use fused_optim::baseline::{Roofline, UnfusedChain};
-use fused_optim::tooling::{
-    bytes_per_step, kept_states, visit_rules, Declared, RegisteredRule, RuleVisitor, Unfused,
-};
+use fused_optim::tooling::{bytes_per_step, visit_rules, RegisteredRule, RuleVisitor, Unfused};
 use fused_optim::{
     Adam, ClipGradNorm, CpuOptimizer, Error, GpuContext, GradGuard, GradScaler, Optimizer,
     ParamGroup, ParamSet, Precision, Result, UpdateRule,
@@ -507,20 +505,10 @@ pub fn measure<R: Unfused>(
 ) -> Result<Measurement> {
     let (fused, bytes_per_step, fused_dispatches, stored) =
         time_fused(gpu, &rule, precision, guard.settings, len, repetitions)?;
-    let states = kept_states(&rule);
-    let mut floor_precision = precision.clone();
-    // The roofline's slots are named state0..; the rule's per-slot overrides map onto them
-    // in slot order.
-    floor_precision.state_overrides = R::STATE_SLOTS
-        .iter()
-        .filter(|slot| rule.keeps_state(slot))
-        .zip(Roofline::STATE_SLOTS)
-        .map(|(slot, state)| (state.to_string(), precision.state_format(slot)))
-        .collect();
-    let roofline = Roofline { states };
+    let (floor_rule, floor_precision) = Roofline::format_floor(&rule, precision);
     let (roofline, _, _, _) = time_fused(
         gpu,
-        &roofline,
+        &floor_rule,
         &floor_precision,
         guard.settings,
         len,
@@ -530,13 +518,10 @@ pub fn measure<R: Unfused>(
     let byte_floor = match f32_only {
         true => roofline.clone(),
         false => {
-            let f32_roofline = Roofline { states };
-            let kept = Roofline::STATE_SLOTS[..states].iter().copied();
-            let per_element = Precision::default().bytes_per_step(1, kept);
-            let floor_len = (bytes_per_step / per_element).max(1) as usize;
+            let floor_len = floor_rule.byte_floor_len(bytes_per_step);
             let floor = time_fused(
                 gpu,
-                &f32_roofline,
+                &floor_rule,
                 &Precision::default(),
                 None,
                 floor_len,

@@ -32,18 +32,6 @@ fn contexts() -> Vec<(GpuContext, &'static [usize])> {
     ]
 }
 
-/// Where two equally long sequences first differ, and how many elements differ.
-fn differences<T: PartialEq>(got: &[T], want: &[T]) -> Option<(usize, usize)> {
-    assert_eq!(got.len(), want.len());
-    let mut differ = (0..got.len()).filter(|&i| got[i] != want[i]);
-    let first = differ.next()?;
-    Some((first, 1 + differ.count()))
-}
-
-fn bits(values: &[f32]) -> Vec<u32> {
-    values.iter().map(|v| v.to_bits()).collect()
-}
-
 fn check<R: UpdateRule>(rule: &R, precision: &Precision) {
     for (gpu, sizes) in contexts() {
         for &len in sizes {
@@ -69,19 +57,19 @@ fn check<R: UpdateRule>(rule: &R, precision: &Precision) {
                 optimizer.step(&params, &grads).unwrap();
             }
             let got = gpu.download_bytes(&params).unwrap();
-            if let Some((first, count)) = differences(&got, &params_cpu) {
+            if let Some((first, count)) = common::differences(&got, &params_cpu) {
                 panic!("{what}: {count} param bytes differ, the first at byte {first}");
             }
             let master = optimizer.read_master(&params).unwrap();
             assert_eq!(
-                master.as_deref().map(bits),
-                cpu.master(&params_cpu).as_deref().map(bits),
+                master.as_deref().map(common::bits),
+                cpu.master(&params_cpu).as_deref().map(common::bits),
                 "{what}: master weights differ"
             );
             for name in optimizer.state_names() {
-                let got = bits(&optimizer.read_state(name, 0).unwrap());
-                let want = bits(&cpu.read_state(name, 0).unwrap());
-                if let Some((first, count)) = differences(&got, &want) {
+                let got = common::bits(&optimizer.read_state(name, 0).unwrap());
+                let want = common::bits(&cpu.read_state(name, 0).unwrap());
+                if let Some((first, count)) = common::differences(&got, &want) {
                     panic!(
                         "{what}: {count} values of {name} differ, the first at {first}: {:e} \
                          against {:e}",
@@ -194,7 +182,12 @@ fn groups_keep_their_own_master_and_state_formats() {
             for name in ["exp_avg", "exp_avg_sq"] {
                 let want = &twin.read_state(name, 0).unwrap()[start..start + tensor.len as usize];
                 let got = set.read_state(name, &tensor.name).unwrap();
-                assert_eq!(bits(&got), bits(want), "{name} of {}", tensor.name);
+                assert_eq!(
+                    common::bits(&got),
+                    common::bits(want),
+                    "{name} of {}",
+                    tensor.name
+                );
             }
         }
     }

@@ -14,10 +14,6 @@ use fused_optim::{
     UpdateRule,
 };
 
-fn bits(values: &[f32]) -> Vec<u32> {
-    values.iter().map(|v| v.to_bits()).collect()
-}
-
 fn scaler(init_scale: f32, growth_interval: u32) -> GradScaler {
     GradScaler::default()
         .with_init_scale(init_scale)
@@ -126,8 +122,8 @@ fn check<R: UpdateRule>(
     assert!(got == params_cpu, "{what}: params differ");
     let master = optimizer.read_master(&params).unwrap();
     assert_eq!(
-        master.as_deref().map(bits),
-        cpu.master(&params_cpu).as_deref().map(bits),
+        master.as_deref().map(common::bits),
+        cpu.master(&params_cpu).as_deref().map(common::bits),
         "{what}: master weights differ"
     );
     for name in optimizer.state_names() {
@@ -448,11 +444,14 @@ fn two_hundred_steps_in_one_encoder_skip_where_the_infs_are() {
     );
     assert!(matches!(refused, Err(Error::InvalidGuard { .. })));
     gpu.queue().submit([encoder.finish()]);
-    assert_eq!(bits(&gpu.download(&params).unwrap()), bits(&params_cpu));
+    assert_eq!(
+        common::bits(&gpu.download(&params).unwrap()),
+        common::bits(&params_cpu)
+    );
     for name in ["exp_avg", "exp_avg_sq"] {
         assert_eq!(
-            bits(&optimizer.read_state(name, 0).unwrap()),
-            bits(&cpu.read_state(name, 0).unwrap()),
+            common::bits(&optimizer.read_state(name, 0).unwrap()),
+            common::bits(&cpu.read_state(name, 0).unwrap()),
             "{name}"
         );
     }
@@ -728,8 +727,8 @@ fn every_guard_transition_matches_its_twin_bit_for_bit() {
         for name in optimizer.state_names() {
             let got = optimizer.read_state(name, 0).unwrap();
             assert_eq!(
-                bits(&got),
-                bits(&cpu.read_state(name, 0).unwrap()),
+                common::bits(&got),
+                common::bits(&cpu.read_state(name, 0).unwrap()),
                 "[{precision}] {name}"
             );
         }

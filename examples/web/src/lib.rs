@@ -11,7 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use fused_optim::baseline::Roofline;
-use fused_optim::tooling::{kept_states, visit_rules, Declared, RegisteredRule, RuleVisitor};
+use fused_optim::tooling::{visit_rules, RegisteredRule, RuleVisitor};
 use fused_optim::{GpuContext, LrSchedule, Optimizer, Precision, UpdateRule};
 use js_sys::{Array, Object, Reflect};
 use wasm_bindgen::prelude::*;
@@ -163,28 +163,18 @@ async fn measure<R: UpdateRule>(
     steps: u32,
 ) -> Result<JsValue, JsError> {
     let name = rule.name();
-    // The roofline's slots are named state0..; the rule's per-slot formats map onto them in
-    // slot order, as the native benchmark does.
-    let mut floor_precision = precision.clone();
-    floor_precision.state_overrides = (R::STATE_SLOTS.iter())
-        .filter(|slot| rule.keeps_state(slot))
-        .zip(Roofline::STATE_SLOTS)
-        .map(|(slot, state)| (state.to_string(), precision.state_format(slot)))
-        .collect();
-    let states = kept_states(&rule);
+    let (format_floor, floor_precision) = Roofline::format_floor(&rule, precision);
     let (ms, bytes) = time_steps(gpu, rule, precision, len, steps).await?;
     // Both floors move the rule's bytes: their GB/s are over the same count.
-    let format_floor = Roofline { states };
     let (format_floor_ms, _) = time_steps(gpu, format_floor, &floor_precision, len, steps).await?;
-    let floor_ms = if *precision == Precision::default() {
+    let f32 = Precision::default();
+    let floor_ms = if *precision == f32 {
         format_floor_ms
     } else {
-        let kept = Roofline::STATE_SLOTS[..states].iter().copied();
-        let per_element = Precision::default().bytes_per_step(1, kept);
-        let floor_len = (bytes / per_element).max(1) as usize;
-        let stream = Roofline { states };
-        let f32 = Precision::default();
-        time_steps(gpu, stream, &f32, floor_len, steps).await?.0
+        let floor_len = format_floor.byte_floor_len(bytes);
+        time_steps(gpu, format_floor, &f32, floor_len, steps)
+            .await?
+            .0
     };
     let gb_per_s = |ms: f64| bytes as f64 / ms / 1e6;
     Ok(object(&[

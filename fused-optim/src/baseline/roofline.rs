@@ -3,6 +3,7 @@
 //! rule, it runs through the same engine, windows and timing as the rules it is compared with.
 
 use crate::error::Result;
+use crate::format::Precision;
 use crate::rule::check::require;
 use crate::rule::declaration::{Declared, Field};
 use crate::rule::program::{Operand, Program, Unfused};
@@ -19,6 +20,32 @@ pub struct Roofline {
 impl Roofline {
     /// Most state buffers any rule keeps (Adam with amsgrad, centered RMSprop with momentum).
     pub const MAX_STATES: usize = 3;
+
+    /// The format floor of `rule` in `precision`: a roofline with as many state buffers as
+    /// `rule` keeps, each stored as `precision` stores that state (the roofline's slots,
+    /// `state0`.., take the rule's kept slots' formats in slot order), so it moves the rule's
+    /// bytes through the same codecs with no update arithmetic.
+    pub fn format_floor<R: UpdateRule>(rule: &R, precision: &Precision) -> (Self, Precision) {
+        let mut floor_precision = precision.clone();
+        floor_precision.state_overrides = R::STATE_SLOTS
+            .iter()
+            .filter(|slot| rule.keeps_state(slot))
+            .zip(Self::STATE_SLOTS)
+            .map(|(slot, state)| (state.to_string(), precision.state_format(slot)))
+            .collect();
+        let states = crate::rule::kept_states(rule);
+        (Self { states }, floor_precision)
+    }
+
+    /// How many f32 elements this roofline steps over to move `bytes` per step: the length of
+    /// the byte floor, a plain stream of a compact format's bytes with no decoding.
+    pub fn byte_floor_len(&self, bytes: u64) -> usize {
+        let kept = Self::STATE_SLOTS[..self.states.min(Self::MAX_STATES)]
+            .iter()
+            .copied();
+        let per_element = Precision::default().bytes_per_step(1, kept);
+        (bytes / per_element).max(1) as usize
+    }
 }
 
 declare_scalars! {

@@ -121,10 +121,25 @@ fn found() -> std::sync::MutexGuard<'static, Vec<Adapters>> {
 /// The adapters of `backends`: natively found once per process (see [`Adapters`]); in a
 /// browser found anew for every device, since WebGPU lets an adapter make only one.
 async fn adapters(backends: wgpu::Backends) -> Adapters {
-    let once = cfg!(not(target_arch = "wasm32"));
-    if let Some(adapters) = found().iter().find(|a| once && a.backends == backends) {
+    if cfg!(target_arch = "wasm32") {
+        return find_adapters(backends).await;
+    }
+    if let Some(adapters) = found().iter().find(|a| a.backends == backends) {
         return adapters.clone();
     }
+    let made = find_adapters(backends).await;
+    let mut found = found();
+    // Another caller may have found them meanwhile: keep the first instance, so that every
+    // device of these backends comes from one.
+    if let Some(adapters) = found.iter().find(|a| a.backends == backends) {
+        return adapters.clone();
+    }
+    found.push(made.clone());
+    made
+}
+
+/// The adapters of `backends`, through a new wgpu instance.
+async fn find_adapters(backends: wgpu::Backends) -> Adapters {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     desc.backends = backends;
     // Where the driver reports a memory budget, creating past it fails with an out-of-memory
@@ -140,22 +155,11 @@ async fn adapters(backends: wgpu::Backends) -> Adapters {
         })
         .await
         .map_err(|e| e.to_string());
-    let made = Adapters {
+    Adapters {
         backends,
         all,
         preferred,
-    };
-    if !once {
-        return made;
     }
-    let mut found = found();
-    // Another caller may have found them meanwhile: keep the first instance, so that every
-    // device of these backends comes from one.
-    if let Some(adapters) = found.iter().find(|a| a.backends == backends) {
-        return adapters.clone();
-    }
-    found.push(made.clone());
-    made
 }
 
 /// Whether wgpu's `error` (from creating a bind group) says a resource belongs to another
@@ -500,6 +504,7 @@ impl GpuContext {
     /// Whether `buffer` belongs to this context's device. wgpu offers no direct query, so this
     /// binds it in a throwaway bind group and looks for wgpu's device-mismatch error: a
     /// diagnosis for when binding has already failed, not a check for every step.
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn owns(&self, buffer: &wgpu::Buffer) -> bool {
         let device = &self.inner.device;
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -524,18 +529,17 @@ impl GpuContext {
                 resource: buffer.as_entire_binding(),
             }],
         });
-        let popped = scope.pop();
-        #[cfg(not(target_arch = "wasm32"))]
-        return match pollster::block_on(popped) {
+        match pollster::block_on(scope.pop()) {
             Some(error) => !is_device_mismatch(&error),
             None => true,
-        };
-        // The browser answers later, and in words: the binding's own error stands.
-        #[cfg(target_arch = "wasm32")]
-        {
-            drop(popped);
-            true
         }
+    }
+
+    /// In a browser, undecidable: it answers a probe later, and in words, so the binding's own
+    /// error stands.
+    #[cfg(target_arch = "wasm32")]
+    pub(crate) fn owns(&self, _buffer: &wgpu::Buffer) -> bool {
+        true
     }
 
     /// The compiled kernel for `key`, built once per context and shared by every optimizer.

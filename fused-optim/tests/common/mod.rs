@@ -1,34 +1,17 @@
 //! Shared by the GPU test binaries: one context per binary, random data, error measurement.
 #![allow(dead_code)] // each test binary uses its own subset
 
-mod measure;
-pub use measure::*;
+mod shared;
+pub use shared::*;
 
 use std::sync::OnceLock;
 
 use fused_optim::{GpuContext, StepValues};
-use rand::{Rng, SeedableRng};
 
 /// One device per test binary; error scopes are per thread, so tests may share it.
 pub fn gpu() -> &'static GpuContext {
     static GPU: OnceLock<GpuContext> = OnceLock::new();
     GPU.get_or_init(|| GpuContext::new().expect("a GPU adapter (lavapipe in CI)"))
-}
-
-/// Values in ±[INPUT_SCALE, 1): random sign and magnitude, never zero, so every term of every rule
-/// contributes.
-pub fn random_nonzero(len: usize, seed: u64) -> Vec<f32> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    (0..len)
-        .map(|_| {
-            let magnitude: f32 = rng.random_range(INPUT_SCALE as f32..1.0);
-            if rng.random_bool(0.5) {
-                magnitude
-            } else {
-                -magnitude
-            }
-        })
-        .collect()
 }
 
 /// A JSON array of numbers as f32 (the golden files' values).
@@ -88,27 +71,4 @@ pub fn assert_encoder_still_clean(gpu: &GpuContext, encoder: wgpu::CommandEncode
         submitted.is_ok(),
         "the failed step left work in the encoder: {submitted:?}"
     );
-}
-
-/// The status with f32 fields as bits, so NaN norms compare.
-pub fn status_bits(status: &fused_optim::GradStatus) -> Vec<u32> {
-    let floats = [
-        status.scale,
-        status.total_norm,
-        status.inv_scale,
-        status.clip_coef,
-    ];
-    let words = [
-        status.growth_tracker,
-        status.applied,
-        status.skipped,
-        status.t,
-    ];
-    let flags = [status.found_inf as u32, status.skip as u32];
-    floats
-        .iter()
-        .map(|f| f.to_bits())
-        .chain(words)
-        .chain(flags)
-        .collect()
 }

@@ -90,7 +90,7 @@ impl Submissions {
         // A callback run, even with an error (a lost device), says its work was submitted.
         unseen.retain(|unseen| !unseen.marker.settled() || unseen.marker.dropped());
         let callbacks = Callbacks::new(1);
-        let (free, mapped, buffer) = (Arc::clone(&self.free), marker.clone(), marker.clone());
+        let (free, mapped) = (Arc::clone(&self.free), marker.clone());
         let callback = callbacks.callback(move || {
             mapped.unmap();
             free.lock().expect("not poisoned").push(mapped);
@@ -100,7 +100,7 @@ impl Submissions {
             work,
             encoder: encoder_id(encoder),
             marker: callbacks,
-            buffer,
+            buffer: marker,
         });
     }
 

@@ -1,7 +1,8 @@
-//! What the GPU tests measure against, shared by the native tests and the browser tests
-//! (browser-tests/ includes this file): no GPU, no randomness, no files.
+//! What the GPU tests share with the browser tests (browser-tests/ includes this file): their
+//! random data, bounds and comparisons. No GPU, no files.
 
-use fused_optim::DispatchLimits;
+use fused_optim::{DispatchLimits, GradStatus};
+use rand::{Rng, SeedableRng};
 
 /// The smallest magnitude `random_nonzero` produces.
 pub const INPUT_SCALE: f64 = 0.05;
@@ -42,3 +43,55 @@ pub const FORCED_LIMITS: DispatchLimits = DispatchLimits {
 /// log2(1 / (1 - alpha)) bits and magnifies those differences up to 10 times at the
 /// alpha = 0.9 the tests use. Five compounding steps of that stay well under 1e-4.
 pub const TWIN_TOLERANCE: f64 = 1e-4;
+
+/// Values in ±[INPUT_SCALE, 1): random sign and magnitude, never zero, so every term of every rule
+/// contributes.
+pub fn random_nonzero(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..len)
+        .map(|_| {
+            let magnitude: f32 = rng.random_range(INPUT_SCALE as f32..1.0);
+            if rng.random_bool(0.5) {
+                magnitude
+            } else {
+                -magnitude
+            }
+        })
+        .collect()
+}
+
+/// Each value's bit pattern, so that NaNs compare and signed zeros differ.
+pub fn bits(values: &[f32]) -> Vec<u32> {
+    values.iter().map(|v| v.to_bits()).collect()
+}
+
+/// Where two equally long sequences first differ, and how many elements differ.
+pub fn differences<T: PartialEq>(got: &[T], want: &[T]) -> Option<(usize, usize)> {
+    assert_eq!(got.len(), want.len());
+    let mut differ = (0..got.len()).filter(|&i| got[i] != want[i]);
+    let first = differ.next()?;
+    Some((first, 1 + differ.count()))
+}
+
+/// The status with f32 fields as bits, so NaN norms compare.
+pub fn status_bits(status: &GradStatus) -> Vec<u32> {
+    let floats = [
+        status.scale,
+        status.total_norm,
+        status.inv_scale,
+        status.clip_coef,
+    ];
+    let words = [
+        status.growth_tracker,
+        status.applied,
+        status.skipped,
+        status.t,
+    ];
+    let flags = [status.found_inf as u32, status.skip as u32];
+    floats
+        .iter()
+        .map(|f| f.to_bits())
+        .chain(words)
+        .chain(flags)
+        .collect()
+}
