@@ -12,13 +12,12 @@ use std::future::Future;
 use std::pin::Pin;
 
 use browser_tests::{
-    bits, differences, gpu, random_nonzero, status_bits, worst_relative_error, FORCED_LIMITS,
-    TWIN_TOLERANCE,
+    bits, differences, gpu, guarded_grads, status_bits, worst_relative_error, SideBySide,
+    FORCED_LIMITS, TWIN_TOLERANCE,
 };
 use fused_optim::tooling::{visit_rules, RegisteredRule, RuleVisitor};
 use fused_optim::{
-    ClipGradNorm, CpuGuard, CpuOptimizer, GpuContext, GradGuard, GradScaler, NormType, Optimizer,
-    Precision, UpdateRule,
+    ClipGradNorm, CpuGuard, GpuContext, GradGuard, GradScaler, NormType, Precision, UpdateRule,
 };
 use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
 
@@ -67,24 +66,17 @@ async fn compare<R: UpdateRule>(
 ) -> Option<String> {
     let what = format!("{} [{precision}] len {len}", rule.name());
     let seed = len as u64;
-    let mut params_cpu = precision.params.encode(&random_nonzero(len, seed));
-    let params = gpu.upload_bytes("params", &params_cpu).unwrap();
-    let grads = gpu
-        .upload_bytes("grads", &precision.grads.encode(&vec![0.0; len]))
-        .unwrap();
-    let mut cpu = CpuOptimizer::with_precision(rule.clone(), precision.clone(), len).unwrap();
-    let mut optimizer =
-        Optimizer::with_precision(gpu, rule.clone(), precision.clone(), len).unwrap();
+    let mut pair = SideBySide::new(gpu, rule, precision, len, seed);
     for (step, lr) in LEARNING_RATES.into_iter().enumerate() {
-        let grads_cpu = precision
-            .grads
-            .encode(&random_nonzero(len, seed + 1 + step as u64));
-        gpu.queue().write_buffer(&grads, 0, &grads_cpu);
-        cpu.set_lr(lr).unwrap();
-        optimizer.set_lr(lr).unwrap();
-        cpu.step_bytes(&mut params_cpu, &grads_cpu).unwrap();
-        optimizer.step(&params, &grads).unwrap();
+        pair.step(lr, seed + 1 + step as u64);
     }
+    let SideBySide {
+        params_cpu,
+        params,
+        cpu,
+        optimizer,
+        ..
+    } = pair;
     let got = gpu.download_bytes_async(&params).await.unwrap();
     let mut compared = vec![(
         "params".to_owned(),
@@ -194,29 +186,18 @@ async fn compare_guarded<R: UpdateRule>(
 ) -> Option<String> {
     let what = format!("{} [{precision}] {guard:?} len {len}", rule.name());
     let seed = len as u64 + 7;
-    let mut params_cpu = precision.params.encode(&random_nonzero(len, seed));
-    let params = gpu.upload_bytes("params", &params_cpu).unwrap();
-    let grads = gpu
-        .upload_bytes("grads", &precision.grads.encode(&vec![0.0; len]))
-        .unwrap();
-    let mut cpu = CpuOptimizer::with_precision(rule.clone(), precision.clone(), len).unwrap();
+    let SideBySide {
+        mut params_cpu,
+        params,
+        grads,
+        mut cpu,
+        optimizer,
+        ..
+    } = SideBySide::new(gpu, rule, precision, len, seed);
     let mut twin = CpuGuard::new(guard).unwrap();
-    let mut optimizer = Optimizer::with_precision(gpu, rule.clone(), precision.clone(), len)
-        .unwrap()
-        .with_grad_guard(guard)
-        .unwrap();
+    let mut optimizer = optimizer.with_grad_guard(guard).unwrap();
     for step in 1..=6u64 {
-        let scale = twin.status().scale;
-        let mut values: Vec<f32> = random_nonzero(len, seed + step)
-            .into_iter()
-            .map(|g| g * scale)
-            .collect();
-        match (step, guard.skips()) {
-            (3, true) => values[len - 1] = f32::INFINITY,
-            (5, true) => values[len - 1] = f32::NAN,
-            (3, false) => values[len - 1] = 1e30,
-            _ => {}
-        }
+        let values = guarded_grads(&guard, len, seed, step, twin.status().scale);
         let grads_cpu = precision.grads.encode(&values);
         gpu.queue().write_buffer(&grads, 0, &grads_cpu);
         let decoded = precision.grads.decode(&grads_cpu, len);

@@ -37,25 +37,17 @@ fn check<R: UpdateRule>(rule: &R, precision: &Precision) {
         for &len in sizes {
             let what = format!("{} [{precision}] len {len}", rule.name());
             let seed = len as u64;
-            let mut params_cpu = precision.params.encode(&common::random_nonzero(len, seed));
-            let params = gpu.upload_bytes("params", &params_cpu).unwrap();
-            let grads = gpu
-                .upload_bytes("grads", &precision.grads.encode(&vec![0.0; len]))
-                .unwrap();
-            let mut cpu = CpuOptimizer::with_precision(rule.clone(), precision.clone(), len)
-                .unwrap_or_else(|e| panic!("{what}: {e}"));
-            let mut optimizer =
-                Optimizer::with_precision(&gpu, rule.clone(), precision.clone(), len).unwrap();
+            let mut pair = common::SideBySide::new(&gpu, rule, precision, len, seed);
             for (step, lr) in LEARNING_RATES.into_iter().enumerate() {
-                let grads_cpu = precision
-                    .grads
-                    .encode(&common::random_nonzero(len, seed + 1 + step as u64));
-                gpu.queue().write_buffer(&grads, 0, &grads_cpu);
-                cpu.set_lr(lr).unwrap();
-                optimizer.set_lr(lr).unwrap();
-                cpu.step_bytes(&mut params_cpu, &grads_cpu).unwrap();
-                optimizer.step(&params, &grads).unwrap();
+                pair.step(lr, seed + 1 + step as u64);
             }
+            let common::SideBySide {
+                params_cpu,
+                params,
+                cpu,
+                optimizer,
+                ..
+            } = pair;
             let got = gpu.download_bytes(&params).unwrap();
             if let Some((first, count)) = common::differences(&got, &params_cpu) {
                 panic!("{what}: {count} param bytes differ, the first at byte {first}");
@@ -479,14 +471,14 @@ fn non_finite_stays<R: UpdateRule>(rule: &R, precision: &Precision) {
     let len = 129;
     let poisoned = [(5, f32::INFINITY), (40, f32::NAN), (70, 1e20)];
     let what = format!("{} [{precision}]", rule.name());
-    let mut params_cpu = precision.params.encode(&common::random_nonzero(len, 3));
-    let params = gpu.upload_bytes("params", &params_cpu).unwrap();
-    let grads = gpu
-        .upload_bytes("grads", &precision.grads.encode(&vec![0.0; len]))
-        .unwrap();
-    let mut cpu = CpuOptimizer::with_precision(rule.clone(), precision.clone(), len).unwrap();
-    let mut optimizer =
-        Optimizer::with_precision(gpu, rule.clone(), precision.clone(), len).unwrap();
+    let common::SideBySide {
+        mut params_cpu,
+        params,
+        grads,
+        mut cpu,
+        mut optimizer,
+        ..
+    } = common::SideBySide::new(gpu, rule, precision, len, 3);
     for step in 0..3 {
         let mut values = common::random_nonzero(len, 4 + step);
         for (index, value) in poisoned {

@@ -85,31 +85,18 @@ fn check<R: UpdateRule>(
 ) {
     let what = format!("{} [{precision}] {guard:?} len {len}", rule.name());
     let seed = len as u64 + 7;
-    let mut params_cpu = precision.params.encode(&common::random_nonzero(len, seed));
-    let params = gpu.upload_bytes("params", &params_cpu).unwrap();
-    let grads = gpu
-        .upload_bytes("grads", &precision.grads.encode(&vec![0.0; len]))
-        .unwrap();
-    let mut cpu = CpuOptimizer::with_precision(rule.clone(), precision.clone(), len).unwrap();
+    let common::SideBySide {
+        mut params_cpu,
+        params,
+        grads,
+        mut cpu,
+        optimizer,
+        ..
+    } = common::SideBySide::new(gpu, rule, precision, len, seed);
     let mut twin = CpuGuard::new(guard).unwrap();
-    let mut optimizer = Optimizer::with_precision(gpu, rule.clone(), precision.clone(), len)
-        .unwrap()
-        .with_grad_guard(guard)
-        .unwrap();
+    let mut optimizer = optimizer.with_grad_guard(guard).unwrap();
     for step in 1..=6u64 {
-        let scale = twin.status().scale;
-        let mut values: Vec<f32> = common::random_nonzero(len, seed + step)
-            .into_iter()
-            .map(|g| g * scale)
-            .collect();
-        // Without a scaler nothing is skipped and a NaN would reach the params; a large
-        // grad tests the clipping instead.
-        match (step, guard.skips()) {
-            (3, true) => values[len - 1] = f32::INFINITY,
-            (5, true) => values[len - 1] = f32::NAN,
-            (3, false) => values[len - 1] = 1e30,
-            _ => {}
-        }
+        let values = common::guarded_grads(&guard, len, seed, step, twin.status().scale);
         let mut twins = Twins {
             gpu,
             cpu: &mut cpu,

@@ -1,7 +1,12 @@
 //! What the GPU tests share with the browser tests (browser-tests/ includes this file): their
-//! random data, bounds and comparisons. No GPU, no files.
+//! random data, bounds and comparisons, and a GPU optimizer set up and stepped beside its twin.
+//! Nothing here waits for the GPU (a browser cannot block) and nothing touches files.
 
-use fused_optim::{DispatchLimits, GradStatus};
+use fused_optim::wgpu;
+use fused_optim::{
+    CpuOptimizer, DispatchLimits, GpuContext, GradGuard, GradStatus, Optimizer, Precision,
+    UpdateRule,
+};
 use rand::{Rng, SeedableRng};
 
 /// The smallest magnitude `random_nonzero` produces.
@@ -94,4 +99,78 @@ pub fn status_bits(status: &GradStatus) -> Vec<u32> {
         .chain(words)
         .chain(flags)
         .collect()
+}
+
+/// A GPU optimizer and its CPU twin over the same params, `random_nonzero(len, seed)` in the
+/// precision's param format, with a grads buffer for each step to fill.
+pub struct SideBySide<R: UpdateRule> {
+    /// The context both buffers and the optimizer live on.
+    pub gpu: GpuContext,
+    /// The params' and grads' formats, and the state's.
+    pub precision: Precision,
+    /// Elements.
+    pub len: usize,
+    /// The twin's params, in the precision's param format.
+    pub params_cpu: Vec<u8>,
+    /// The GPU's params.
+    pub params: wgpu::Buffer,
+    /// The GPU's grads, written before each step.
+    pub grads: wgpu::Buffer,
+    /// The twin.
+    pub cpu: CpuOptimizer<R>,
+    /// The optimizer under test.
+    pub optimizer: Optimizer<R>,
+}
+
+impl<R: UpdateRule> SideBySide<R> {
+    /// Both sides of `rule` in `precision` over `len` params seeded with `seed`.
+    pub fn new(gpu: &GpuContext, rule: &R, precision: &Precision, len: usize, seed: u64) -> Self {
+        let what = format!("{} [{precision}] len {len}", rule.name());
+        let params_cpu = precision.params.encode(&random_nonzero(len, seed));
+        let grads = precision.grads.encode(&vec![0.0; len]);
+        Self {
+            gpu: gpu.clone(),
+            precision: precision.clone(),
+            len,
+            params: gpu.upload_bytes("params", &params_cpu).unwrap(),
+            grads: gpu.upload_bytes("grads", &grads).unwrap(),
+            params_cpu,
+            cpu: CpuOptimizer::with_precision(rule.clone(), precision.clone(), len)
+                .unwrap_or_else(|e| panic!("{what}: the twin: {e}")),
+            optimizer: Optimizer::with_precision(gpu, rule.clone(), precision.clone(), len)
+                .unwrap_or_else(|e| panic!("{what}: the optimizer: {e}")),
+        }
+    }
+
+    /// One unguarded step of both at `lr`, on grads `random_nonzero(len, grad_seed)` in the
+    /// precision's grad format.
+    pub fn step(&mut self, lr: f64, grad_seed: u64) {
+        let grads = self
+            .precision
+            .grads
+            .encode(&random_nonzero(self.len, grad_seed));
+        self.gpu.queue().write_buffer(&self.grads, 0, &grads);
+        self.cpu.set_lr(lr).unwrap();
+        self.optimizer.set_lr(lr).unwrap();
+        self.cpu.step_bytes(&mut self.params_cpu, &grads).unwrap();
+        self.optimizer.step(&self.params, &self.grads).unwrap();
+    }
+}
+
+/// Step `step`'s grads (from 1) for a guarded run: `random_nonzero(len, seed + step)` times the
+/// loss scale, with an inf at step 3 and a NaN at step 5 in the last element where `guard`
+/// skips such steps, and where it only clips (a NaN would reach the params) a large 1e30 at
+/// step 3 instead.
+pub fn guarded_grads(guard: &GradGuard, len: usize, seed: u64, step: u64, scale: f32) -> Vec<f32> {
+    let mut values: Vec<f32> = random_nonzero(len, seed + step)
+        .into_iter()
+        .map(|g| g * scale)
+        .collect();
+    match (step, guard.skips()) {
+        (3, true) => values[len - 1] = f32::INFINITY,
+        (5, true) => values[len - 1] = f32::NAN,
+        (3, false) => values[len - 1] = 1e30,
+        _ => {}
+    }
+    values
 }
